@@ -1,0 +1,1 @@
+//! tessera-comm (work in progress).

@@ -1,0 +1,1 @@
+//! tessera-convert (work in progress).

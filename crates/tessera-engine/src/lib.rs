@@ -1,0 +1,1 @@
+//! tessera-engine (work in progress).

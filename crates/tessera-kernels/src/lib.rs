@@ -1,0 +1,1 @@
+//! tessera-kernels (work in progress).

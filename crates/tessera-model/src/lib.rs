@@ -1,0 +1,1 @@
+//! tessera-model (work in progress).

@@ -1,0 +1,1 @@
+//! tessera-plan (work in progress).
