@@ -1,1 +1,85 @@
-//! tessera-comm (work in progress).
+//! Communicators: how ranks exchange activations.
+//!
+//! One trait, [`Communicator`], with a single-rank implementation ([`SingleRank`]) and an
+//! in-process one ([`ThreadGroup`]) where each rank is a thread and buffers meet in shared
+//! memory. Reductions always sum in rank order 0, 1, ..., N-1, so a result never depends on
+//! which thread arrived first. Every implementation counts the bytes it moves
+//! ([`CommStats`]), defined once: the bytes a rank writes into shared memory (its
+//! contribution), whatever the collective.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod barrier;
+mod single;
+mod thread_group;
+
+use std::time::Duration;
+
+pub use single::SingleRank;
+pub use thread_group::{ThreadGroup, ThreadRank};
+
+/// Why a collective failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommError {
+    /// Another rank failed and aborted the group; this rank must stop too.
+    #[error("the rank group was aborted by a failing rank")]
+    Aborted,
+    /// Ranks called a collective with buffers of different lengths.
+    #[error("{op}: rank {rank} passed {got} elements but rank 0 passed {expected}")]
+    LengthMismatch {
+        /// The collective.
+        op: &'static str,
+        /// The rank whose length differs.
+        rank: usize,
+        /// Length on rank 0.
+        expected: usize,
+        /// Length on `rank`.
+        got: usize,
+    },
+    /// The output buffer of a gather has the wrong length.
+    #[error("all_gather: output holds {got} elements but the ranks contributed {expected}")]
+    GatherLength {
+        /// Sum of contributions.
+        expected: usize,
+        /// Output length.
+        got: usize,
+    },
+    /// A broadcast named a root outside the group.
+    #[error("broadcast root {root} is outside a group of {world} ranks")]
+    BadRoot {
+        /// The root asked for.
+        root: usize,
+        /// The group size.
+        world: usize,
+    },
+}
+
+/// Counters of one rank's collective traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CommStats {
+    /// Collectives called.
+    pub calls: u64,
+    /// Bytes this rank wrote into shared memory (its contributions).
+    pub bytes_moved: u64,
+    /// Wall time spent inside collectives (waiting included).
+    pub time: Duration,
+}
+
+/// Collective operations among the ranks of one group, called by every rank in the same order.
+pub trait Communicator: Send {
+    /// This rank's index in `0..world_size()`.
+    fn rank(&self) -> usize;
+    /// Number of ranks in the group.
+    fn world_size(&self) -> usize;
+    /// Replaces `buf` on every rank by the element-wise sum over ranks, summed in rank order.
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CommError>;
+    /// Concatenates every rank's `local` (lengths may differ) in rank order into `out`.
+    fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError>;
+    /// Copies `buf` of rank `root` into `buf` on every rank.
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CommError>;
+    /// Returns once every rank has called it.
+    fn barrier(&mut self) -> Result<(), CommError>;
+    /// Traffic counters since creation (or the last [`Communicator::reset_stats`]).
+    fn stats(&self) -> CommStats;
+    /// Sets the traffic counters back to zero.
+    fn reset_stats(&mut self);
+}

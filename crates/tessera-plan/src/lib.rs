@@ -1,1 +1,23 @@
-//! tessera-plan (work in progress).
+//! Shard plans: for every weight of a Llama-family model, the slice each rank holds, the
+//! collectives that follow, and what that costs per rank.
+//!
+//! Everything here is pure data and arithmetic: no weights, no threads. The model loader
+//! applies a plan; the forward pass runs the collectives it names.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod error;
+mod plan;
+mod report;
+mod shape;
+mod span;
+mod strategy;
+
+pub use error::PlanError;
+pub use plan::{
+    AttentionSharding, Collective, CollectiveOp, CollectiveSite, DimSharding, HeadShard, LayerPlan,
+    Role, ShardPlan, WeightKind, PLAN_FORMAT,
+};
+pub use report::render_table;
+pub use shape::ModelShape;
+pub use span::{even_spans, kv_span_for, weighted_spans, Span};
+pub use strategy::Strategy;

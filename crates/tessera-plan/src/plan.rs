@@ -1,0 +1,550 @@
+//! `ShardPlan`: for every weight, which slice each rank holds, and the collectives that follow.
+//!
+//! A plan is data: it is printed, saved as JSON, edited by hand and loaded again. The model
+//! code never decides a split itself; it asks the plan for each weight's [`Role`] on its
+//! rank, and the collectives it runs are derived from the same plan ([`ShardPlan::collectives`]).
+//!
+//! Column and row splits of a Hugging Face `[out, in]` weight:
+//!
+//! ```text
+//!   column-parallel (q/k/v, gate/up)        row-parallel (o, down): partial sums
+//!   SplitRows: each rank holds out-rows      PartialSum: each rank holds in-columns
+//!   +-----------+                            +-----+-----+
+//!   |  rank 0   |  y0 = x W0^T               |  r0 | r1  |   y = x0 W0^T + x1 W1^T
+//!   +-----------+                            |     |     |       (all-reduce)
+//!   |  rank 1   |  y1 = x W1^T               +-----+-----+
+//!   +-----------+
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::PlanError;
+use crate::shape::ModelShape;
+use crate::span::{kv_span_for, Span};
+
+/// Version of the JSON layout written by [`ShardPlan::to_json`].
+pub const PLAN_FORMAT: u32 = 1;
+
+/// The query and key/value heads one rank computes in one attention layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadShard {
+    /// Query heads held by the rank.
+    pub q_heads: Span,
+    /// Key/value heads held by the rank; a head may be held by several ranks (replicated).
+    pub kv_heads: Span,
+}
+
+/// How an attention layer is spread over ranks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AttentionSharding {
+    /// Every rank computes the whole layer; no collective follows.
+    Replicated,
+    /// Heads split across ranks (one entry per rank); an all-reduce follows `o_proj`.
+    Heads {
+        /// One entry per rank.
+        ranks: Vec<HeadShard>,
+    },
+}
+
+/// How an MLP layer (or the vocabulary of the embedding / output head) is spread over ranks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DimSharding {
+    /// Every rank holds the whole dimension.
+    Replicated,
+    /// Contiguous per-rank spans that partition the dimension (one entry per rank).
+    Split {
+        /// One span per rank, in rank order.
+        spans: Vec<Span>,
+    },
+}
+
+impl DimSharding {
+    /// The span of the dimension (of length `len`) that `rank` holds.
+    pub fn span(&self, rank: usize, len: usize) -> Span {
+        match self {
+            Self::Replicated => Span::full(len),
+            Self::Split { spans } => spans.get(rank).copied().unwrap_or(Span::new(0, 0)),
+        }
+    }
+
+    /// True when the dimension is split (a collective follows).
+    pub fn is_split(&self) -> bool {
+        matches!(self, Self::Split { .. })
+    }
+}
+
+/// How one transformer block is spread over ranks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerPlan {
+    /// The attention half of the block.
+    pub attention: AttentionSharding,
+    /// The MLP half of the block (split along the intermediate dimension).
+    pub mlp: DimSharding,
+}
+
+/// Names the weights of a Llama-family model by role (Hugging Face names in `hf_name`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightKind {
+    /// `model.embed_tokens.weight` `[vocab, hidden]`.
+    Embedding,
+    /// `self_attn.q_proj.weight` `[heads*head_dim, hidden]`.
+    QProj,
+    /// `self_attn.k_proj.weight` `[kv_heads*head_dim, hidden]`.
+    KProj,
+    /// `self_attn.v_proj.weight` `[kv_heads*head_dim, hidden]`.
+    VProj,
+    /// `self_attn.q_proj.bias` `[heads*head_dim]`.
+    QBias,
+    /// `self_attn.k_proj.bias` `[kv_heads*head_dim]`.
+    KBias,
+    /// `self_attn.v_proj.bias` `[kv_heads*head_dim]`.
+    VBias,
+    /// `self_attn.o_proj.weight` `[hidden, heads*head_dim]`.
+    OProj,
+    /// `mlp.gate_proj.weight` `[intermediate, hidden]`.
+    GateProj,
+    /// `mlp.up_proj.weight` `[intermediate, hidden]`.
+    UpProj,
+    /// `mlp.down_proj.weight` `[hidden, intermediate]`.
+    DownProj,
+    /// `input_layernorm.weight` `[hidden]`.
+    InputNorm,
+    /// `post_attention_layernorm.weight` `[hidden]`.
+    PostAttentionNorm,
+    /// `model.norm.weight` `[hidden]`.
+    FinalNorm,
+    /// `lm_head.weight` `[vocab, hidden]` (the embedding when tied).
+    LmHead,
+}
+
+impl WeightKind {
+    /// Weights of one transformer block, in file order.
+    pub const LAYER: [WeightKind; 12] = [
+        Self::InputNorm,
+        Self::QProj,
+        Self::KProj,
+        Self::VProj,
+        Self::QBias,
+        Self::KBias,
+        Self::VBias,
+        Self::OProj,
+        Self::PostAttentionNorm,
+        Self::GateProj,
+        Self::UpProj,
+        Self::DownProj,
+    ];
+
+    /// The Hugging Face tensor name of this weight in `layer` (ignored for global weights).
+    pub fn hf_name(self, layer: usize) -> String {
+        let l = |s: &str| format!("model.layers.{layer}.{s}");
+        match self {
+            Self::Embedding => "model.embed_tokens.weight".into(),
+            Self::QProj => l("self_attn.q_proj.weight"),
+            Self::KProj => l("self_attn.k_proj.weight"),
+            Self::VProj => l("self_attn.v_proj.weight"),
+            Self::QBias => l("self_attn.q_proj.bias"),
+            Self::KBias => l("self_attn.k_proj.bias"),
+            Self::VBias => l("self_attn.v_proj.bias"),
+            Self::OProj => l("self_attn.o_proj.weight"),
+            Self::GateProj => l("mlp.gate_proj.weight"),
+            Self::UpProj => l("mlp.up_proj.weight"),
+            Self::DownProj => l("mlp.down_proj.weight"),
+            Self::InputNorm => l("input_layernorm.weight"),
+            Self::PostAttentionNorm => l("post_attention_layernorm.weight"),
+            Self::FinalNorm => "model.norm.weight".into(),
+            Self::LmHead => "lm_head.weight".into(),
+        }
+    }
+
+    /// True for biases, which exist only when the model has q/k/v biases.
+    pub fn is_bias(self) -> bool {
+        matches!(self, Self::QBias | Self::KBias | Self::VBias)
+    }
+
+    /// Full shape `[rows, cols]` (vectors: `[len, 1]`) of this weight in `shape`.
+    pub fn full_shape(self, shape: &ModelShape) -> [usize; 2] {
+        let q = shape.heads * shape.head_dim;
+        let kv = shape.kv_heads * shape.head_dim;
+        match self {
+            Self::Embedding | Self::LmHead => [shape.vocab, shape.hidden],
+            Self::QProj => [q, shape.hidden],
+            Self::KProj | Self::VProj => [kv, shape.hidden],
+            Self::QBias => [q, 1],
+            Self::KBias | Self::VBias => [kv, 1],
+            Self::OProj => [shape.hidden, q],
+            Self::GateProj | Self::UpProj => [shape.intermediate, shape.hidden],
+            Self::DownProj => [shape.hidden, shape.intermediate],
+            Self::InputNorm | Self::PostAttentionNorm | Self::FinalNorm => [shape.hidden, 1],
+        }
+    }
+}
+
+/// What one rank holds of one weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Role {
+    /// The whole weight.
+    Replicated,
+    /// These rows (output features): the rank's output is a slice of the full output.
+    SplitRows {
+        /// Rows held.
+        span: Span,
+    },
+    /// These columns (input features): the rank's output is a partial sum to be reduced.
+    PartialSum {
+        /// Columns held.
+        span: Span,
+    },
+}
+
+impl Role {
+    /// Shape `[rows, cols]` of the slice this role selects from a weight of `full` shape.
+    pub fn local_shape(&self, full: [usize; 2]) -> [usize; 2] {
+        match self {
+            Self::Replicated => full,
+            Self::SplitRows { span } => [span.len(), full[1]],
+            Self::PartialSum { span } => [full[0], span.len()],
+        }
+    }
+}
+
+/// Where in the forward pass a collective runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "site", rename_all = "snake_case")]
+pub enum CollectiveSite {
+    /// After the vocabulary-parallel embedding lookup.
+    Embedding,
+    /// After the attention output projection of a layer.
+    Attention {
+        /// Layer index.
+        layer: usize,
+    },
+    /// After the MLP down projection of a layer.
+    Mlp {
+        /// Layer index.
+        layer: usize,
+    },
+    /// After the vocabulary-parallel output head.
+    LmHead,
+}
+
+/// A collective operation the plan implies, with its payload per token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collective {
+    /// Where it runs.
+    pub site: CollectiveSite,
+    /// What it does.
+    pub op: CollectiveOp,
+    /// f32 elements each rank contributes per token.
+    pub elems_per_token: usize,
+}
+
+/// The kind of a collective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectiveOp {
+    /// Sum of every rank's buffer, result on every rank.
+    AllReduce,
+    /// Concatenation of every rank's slice in rank order, result on every rank.
+    AllGather,
+}
+
+/// The complete sharding of one model over `world_size` ranks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlan {
+    /// Layout version of the JSON form.
+    pub format: u32,
+    /// Name of the strategy that produced the plan (free text for hand-made plans).
+    pub strategy: String,
+    /// Number of ranks.
+    pub world_size: usize,
+    /// Shape of the model the plan was made for.
+    pub model: ModelShape,
+    /// Vocabulary split of the embedding.
+    pub embedding: DimSharding,
+    /// Vocabulary split of the output head.
+    pub lm_head: DimSharding,
+    /// One entry per transformer block.
+    pub layers: Vec<LayerPlan>,
+}
+
+impl ShardPlan {
+    /// The role of weight `kind` (in block `layer`; ignored for global weights) on `rank`.
+    pub fn role(&self, layer: usize, kind: WeightKind, rank: usize) -> Role {
+        let m = &self.model;
+        let layer_plan = self.layers.get(layer);
+        let heads = |rank: usize| match layer_plan.map(|l| &l.attention) {
+            Some(AttentionSharding::Heads { ranks }) => ranks.get(rank).copied(),
+            _ => None,
+        };
+        let mlp = layer_plan.map(|l| &l.mlp);
+        match kind {
+            WeightKind::Embedding => match &self.embedding {
+                DimSharding::Replicated => Role::Replicated,
+                s => Role::SplitRows {
+                    span: s.span(rank, m.vocab),
+                },
+            },
+            WeightKind::LmHead => match &self.lm_head {
+                DimSharding::Replicated => Role::Replicated,
+                s => Role::SplitRows {
+                    span: s.span(rank, m.vocab),
+                },
+            },
+            WeightKind::QProj | WeightKind::QBias => match heads(rank) {
+                Some(h) => Role::SplitRows {
+                    span: h.q_heads.scaled(m.head_dim),
+                },
+                None => Role::Replicated,
+            },
+            WeightKind::KProj | WeightKind::VProj | WeightKind::KBias | WeightKind::VBias => {
+                match heads(rank) {
+                    Some(h) => Role::SplitRows {
+                        span: h.kv_heads.scaled(m.head_dim),
+                    },
+                    None => Role::Replicated,
+                }
+            }
+            WeightKind::OProj => match heads(rank) {
+                Some(h) => Role::PartialSum {
+                    span: h.q_heads.scaled(m.head_dim),
+                },
+                None => Role::Replicated,
+            },
+            WeightKind::GateProj | WeightKind::UpProj => match mlp {
+                Some(DimSharding::Split { spans }) => Role::SplitRows {
+                    span: spans.get(rank).copied().unwrap_or(Span::new(0, 0)),
+                },
+                _ => Role::Replicated,
+            },
+            WeightKind::DownProj => match mlp {
+                Some(DimSharding::Split { spans }) => Role::PartialSum {
+                    span: spans.get(rank).copied().unwrap_or(Span::new(0, 0)),
+                },
+                _ => Role::Replicated,
+            },
+            WeightKind::InputNorm | WeightKind::PostAttentionNorm | WeightKind::FinalNorm => {
+                Role::Replicated
+            }
+        }
+    }
+
+    /// The query and key/value heads `rank` computes in `layer` (all heads when replicated).
+    pub fn heads(&self, layer: usize, rank: usize) -> HeadShard {
+        match self.layers.get(layer).map(|l| &l.attention) {
+            Some(AttentionSharding::Heads { ranks }) => {
+                ranks.get(rank).copied().unwrap_or(HeadShard {
+                    q_heads: Span::new(0, 0),
+                    kv_heads: Span::new(0, 0),
+                })
+            }
+            _ => HeadShard {
+                q_heads: Span::full(self.model.heads),
+                kv_heads: Span::full(self.model.kv_heads),
+            },
+        }
+    }
+
+    /// Every collective the forward pass runs, in execution order.
+    ///
+    /// A split embedding is summed (each rank fills the rows of its vocabulary span, zeros
+    /// elsewhere); a head- or intermediate-split layer ends in an all-reduce of its partial
+    /// sums; a split output head gathers its logits. A world of one needs no collective.
+    pub fn collectives(&self) -> Vec<Collective> {
+        let mut out = Vec::new();
+        if self.world_size <= 1 {
+            return out;
+        }
+        let h = self.model.hidden;
+        if self.embedding.is_split() {
+            out.push(Collective {
+                site: CollectiveSite::Embedding,
+                op: CollectiveOp::AllReduce,
+                elems_per_token: h,
+            });
+        }
+        for (layer, lp) in self.layers.iter().enumerate() {
+            if matches!(lp.attention, AttentionSharding::Heads { .. }) {
+                out.push(Collective {
+                    site: CollectiveSite::Attention { layer },
+                    op: CollectiveOp::AllReduce,
+                    elems_per_token: h,
+                });
+            }
+            if lp.mlp.is_split() {
+                out.push(Collective {
+                    site: CollectiveSite::Mlp { layer },
+                    op: CollectiveOp::AllReduce,
+                    elems_per_token: h,
+                });
+            }
+        }
+        if self.lm_head.is_split() {
+            out.push(Collective {
+                site: CollectiveSite::LmHead,
+                op: CollectiveOp::AllGather,
+                elems_per_token: self.model.vocab,
+            });
+        }
+        out
+    }
+
+    /// Number of parameters `rank` holds (a tied embedding used twice with one split counts once).
+    pub fn rank_parameters(&self, rank: usize) -> usize {
+        let m = &self.model;
+        let mut total = 0usize;
+        let count = |kind: WeightKind, layer: usize| {
+            let [r, c] = self.role(layer, kind, rank).local_shape(kind.full_shape(m));
+            r * c
+        };
+        total += count(WeightKind::Embedding, 0);
+        let lm_shares_embedding = m.tied_embeddings && self.lm_head == self.embedding;
+        if !lm_shares_embedding {
+            total += count(WeightKind::LmHead, 0);
+        }
+        total += count(WeightKind::FinalNorm, 0);
+        for layer in 0..self.layers.len() {
+            for kind in WeightKind::LAYER {
+                if kind.is_bias() && !m.qkv_bias {
+                    continue;
+                }
+                total += count(kind, layer);
+            }
+        }
+        total
+    }
+
+    /// The plan as pretty JSON (the form `--plan FILE` reads back).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses a plan from JSON and validates it against `model` (when given).
+    pub fn from_json(text: &str, model: Option<&ModelShape>) -> Result<Self, PlanError> {
+        let plan: ShardPlan =
+            serde_json::from_str(text).map_err(|e| PlanError::Json(e.to_string()))?;
+        if let Some(m) = model {
+            if &plan.model != m {
+                return Err(PlanError::ModelMismatch {
+                    plan: format!("{:?}", plan.model),
+                    model: format!("{m:?}"),
+                });
+            }
+        }
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Checks that the plan is complete and consistent; errors name the weight and the rank.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let m = &self.model;
+        if self.format != PLAN_FORMAT {
+            return Err(PlanError::Format(self.format));
+        }
+        if self.world_size == 0 {
+            return Err(PlanError::ZeroRanks);
+        }
+        if m.heads == 0 || m.kv_heads == 0 || !m.heads.is_multiple_of(m.kv_heads) {
+            return Err(PlanError::BadShape(format!(
+                "{} query heads cannot be grouped over {} key/value heads",
+                m.heads, m.kv_heads
+            )));
+        }
+        if self.layers.len() != m.layers {
+            return Err(PlanError::LayerCount {
+                plan: self.layers.len(),
+                model: m.layers,
+            });
+        }
+        check_dim(
+            &self.embedding,
+            self.world_size,
+            m.vocab,
+            "model.embed_tokens.weight (vocabulary)",
+        )?;
+        check_dim(
+            &self.lm_head,
+            self.world_size,
+            m.vocab,
+            "lm_head.weight (vocabulary)",
+        )?;
+        for (layer, lp) in self.layers.iter().enumerate() {
+            let what = format!("model.layers.{layer}.mlp (intermediate)");
+            check_dim(&lp.mlp, self.world_size, m.intermediate, &what)?;
+            if let AttentionSharding::Heads { ranks } = &lp.attention {
+                let what = format!("model.layers.{layer}.self_attn (query heads)");
+                let q: Vec<Span> = ranks.iter().map(|r| r.q_heads).collect();
+                check_partition(&q, self.world_size, m.heads, &what)?;
+                for (rank, shard) in ranks.iter().enumerate() {
+                    let need = kv_span_for(shard.q_heads, m.heads, m.kv_heads);
+                    if shard.kv_heads != need {
+                        return Err(PlanError::KvHeads {
+                            layer,
+                            rank,
+                            q_heads: shard.q_heads,
+                            kv_heads: shard.kv_heads,
+                            needed: need,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_dim(s: &DimSharding, world: usize, len: usize, what: &str) -> Result<(), PlanError> {
+    match s {
+        DimSharding::Replicated => Ok(()),
+        DimSharding::Split { spans } => check_partition(spans, world, len, what),
+    }
+}
+
+/// Spans must be one per rank, in order, covering `[0, len)` with no gap and no overlap.
+fn check_partition(spans: &[Span], world: usize, len: usize, what: &str) -> Result<(), PlanError> {
+    if spans.len() != world {
+        return Err(PlanError::RankCount {
+            what: what.to_string(),
+            expected: world,
+            got: spans.len(),
+        });
+    }
+    let mut expected_start = 0usize;
+    for (rank, s) in spans.iter().enumerate() {
+        if s.end < s.start {
+            return Err(PlanError::Reversed {
+                what: what.to_string(),
+                rank,
+                span: *s,
+            });
+        }
+        if s.start != expected_start {
+            return Err(if s.start < expected_start {
+                PlanError::Overlap {
+                    what: what.to_string(),
+                    rank,
+                    start: s.start,
+                    previous_end: expected_start,
+                }
+            } else {
+                PlanError::Gap {
+                    what: what.to_string(),
+                    rank,
+                    start: s.start,
+                    previous_end: expected_start,
+                }
+            });
+        }
+        expected_start = s.end;
+    }
+    if expected_start != len {
+        return Err(PlanError::Coverage {
+            what: what.to_string(),
+            end: expected_start,
+            len,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! The human-readable form of a plan: one row per rank, then the collectives.
+
+use std::fmt::Write;
+
+use crate::plan::{CollectiveOp, CollectiveSite, ShardPlan};
+
+/// Renders `plan` as a text table; `bytes_per_param` is the weight dtype's size (4 for f32).
+pub fn render_table(plan: &ShardPlan, bytes_per_param: usize) -> String {
+    let m = &plan.model;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "plan: strategy {}, {} rank(s); model: hidden {}, {} layers, {} heads / {} kv heads x {}, intermediate {}, vocab {}",
+        plan.strategy, plan.world_size, m.hidden, m.layers, m.heads, m.kv_heads, m.head_dim,
+        m.intermediate, m.vocab
+    );
+    let _ = writeln!(
+        s,
+        "{:>4}  {:>9}  {:>9}  {:>13}  {:>13}  {:>13}  {:>12}  {:>10}",
+        "rank",
+        "q heads",
+        "kv heads",
+        "intermediate",
+        "embed vocab",
+        "lm_head vocab",
+        "parameters",
+        "MiB"
+    );
+    for rank in 0..plan.world_size {
+        // Layer 0 stands for all layers in the summary; per-layer differences show in --json.
+        let heads = plan.heads(0, rank);
+        let inter = plan
+            .layers
+            .first()
+            .map(|l| l.mlp.span(rank, m.intermediate));
+        let params = plan.rank_parameters(rank);
+        let _ = writeln!(
+            s,
+            "{:>4}  {:>9}  {:>9}  {:>13}  {:>13}  {:>13}  {:>12}  {:>10.1}",
+            rank,
+            format!("{} ({})", heads.q_heads, heads.q_heads.len()),
+            format!("{} ({})", heads.kv_heads, heads.kv_heads.len()),
+            inter.map(|i| i.to_string()).unwrap_or_default(),
+            plan.embedding.span(rank, m.vocab).to_string(),
+            plan.lm_head.span(rank, m.vocab).to_string(),
+            params,
+            (params * bytes_per_param) as f64 / (1024.0 * 1024.0)
+        );
+    }
+    let collectives = plan.collectives();
+    let per_layer = collectives
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.site,
+                CollectiveSite::Attention { layer: 0 } | CollectiveSite::Mlp { layer: 0 }
+            )
+        })
+        .count();
+    let bytes: usize = collectives.iter().map(|c| c.elems_per_token * 4).sum();
+    let reduces = collectives
+        .iter()
+        .filter(|c| c.op == CollectiveOp::AllReduce)
+        .count();
+    let gathers = collectives.len() - reduces;
+    let _ = writeln!(
+        s,
+        "collectives: {per_layer} all-reduce per layer; {reduces} all-reduce + {gathers} all-gather per step; {bytes} bytes per token contributed by each rank (f32)"
+    );
+    s
+}
