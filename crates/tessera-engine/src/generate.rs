@@ -1,0 +1,114 @@
+//! Generation of one sequence: prefill the prompt, then decode token by token.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use tessera_model::LogitRows;
+
+use crate::coordinator::{Coordinator, EngineError};
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// 0 for greedy decoding; otherwise softmax temperature.
+    pub temperature: f32,
+    /// Seed of the sampler (unused when greedy).
+    pub seed: u64,
+    /// Token ids that end generation (not emitted).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token was generated.
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+}
+
+/// The result of [`Coordinator::generate`].
+#[derive(Clone, Debug)]
+pub struct GenerateOutput {
+    /// Generated token ids.
+    pub completion: Vec<u32>,
+    /// Full-vocabulary logits at the last prompt position.
+    pub prompt_logits: Vec<f32>,
+    /// Why generation ended.
+    pub finish: FinishReason,
+}
+
+impl Coordinator {
+    /// Generates a continuation of `req.prompt` from an empty cache.
+    pub fn generate(&mut self, req: &GenerateRequest) -> Result<GenerateOutput, EngineError> {
+        if req.prompt.is_empty() {
+            return Err(EngineError::BadRequest("the prompt is empty".into()));
+        }
+        if !(req.temperature >= 0.0 && req.temperature.is_finite()) {
+            return Err(EngineError::BadRequest(format!(
+                "temperature must be a finite number >= 0, got {}",
+                req.temperature
+            )));
+        }
+        let context = self.config().max_position_embeddings;
+        if req.prompt.len() > context {
+            return Err(EngineError::BadRequest(format!(
+                "the prompt has {} tokens but the model's context is {context}",
+                req.prompt.len()
+            )));
+        }
+        self.reset()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(req.seed);
+        let prompt_logits = self.forward(&req.prompt, LogitRows::Last)?;
+        let mut logits = prompt_logits.clone();
+        let mut completion = Vec::new();
+        let budget = req.max_tokens.min(context - req.prompt.len());
+        while completion.len() < budget {
+            let next = sample(&logits, req.temperature, &mut rng);
+            if req.stop_ids.contains(&next) {
+                return Ok(GenerateOutput {
+                    completion,
+                    prompt_logits,
+                    finish: FinishReason::Stop,
+                });
+            }
+            completion.push(next);
+            if completion.len() == budget {
+                break;
+            }
+            logits = self.forward(&[next], LogitRows::Last)?;
+        }
+        Ok(GenerateOutput {
+            completion,
+            prompt_logits,
+            finish: FinishReason::Length,
+        })
+    }
+}
+
+/// Greedy argmax at temperature 0 (lowest id among ties), else a softmax draw.
+fn sample(logits: &[f32], temperature: f32, rng: &mut ChaCha8Rng) -> u32 {
+    let argmax = tessera_kernels::argmax(logits).unwrap_or(0) as u32;
+    if temperature == 0.0 {
+        return argmax;
+    }
+    let max = logits[argmax as usize];
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&l| if l.is_nan() { 0.0 } else { (((l - max) / temperature) as f64).exp() })
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut draw = rng.random::<f64>() * total;
+    for (i, w) in weights.iter().enumerate() {
+        draw -= w;
+        if draw <= 0.0 {
+            return i as u32;
+        }
+    }
+    argmax
+}

@@ -1,0 +1,52 @@
+//! Which SIMD instruction set a pool's kernels use, detected once when a pool is made.
+
+/// An instruction-set path for the matmul and attention kernels; all paths give identical bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, `f32::mul_add` per lane: the fallback on every CPU.
+    Scalar,
+    /// x86-64 AVX2 + FMA: each 16-lane accumulator is two `ymm` registers.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL + FMA: each 16-lane accumulator is one `zmm` register.
+    Avx512,
+}
+
+impl Isa {
+    /// The fastest path this CPU supports (runs CPUID; call once, not per kernel).
+    pub fn detect() -> Isa {
+        if Isa::Avx512.is_available() {
+            Isa::Avx512
+        } else if Isa::Avx2.is_available() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 | Isa::Avx512 => false,
+        }
+    }
+
+    /// Every path this CPU supports, slowest first (for tests and benchmarks).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|isa| isa.is_available())
+            .collect()
+    }
+}

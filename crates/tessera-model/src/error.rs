@@ -1,0 +1,107 @@
+//! Errors of model loading, tokenization and the forward pass.
+
+use std::path::PathBuf;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `config.json` is malformed or describes an unsupported model.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The architecture named in `config.json` is not supported.
+    #[error("{path}: architecture '{arch}' is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)")]
+    UnknownArchitecture {
+        /// The config file.
+        path: PathBuf,
+        /// The architecture named.
+        arch: String,
+    },
+    /// A safetensors file is malformed or truncated.
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A weight the model needs is in none of the files.
+    #[error("weight '{name}' is missing from the model files in {dir}")]
+    MissingWeight {
+        /// The Hugging Face tensor name.
+        name: String,
+        /// The model directory.
+        dir: PathBuf,
+    },
+    /// A weight has another shape than the config implies.
+    #[error("weight '{name}' has shape {got:?} but the config implies {expected:?}")]
+    WeightShape {
+        /// The Hugging Face tensor name.
+        name: String,
+        /// Shape from the config.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        got: Vec<usize>,
+    },
+    /// A weight's dtype cannot be converted.
+    #[error("weight '{name}' has dtype {dtype}, which Tessera cannot load (f32, f16, bf16 only)")]
+    WeightDtype {
+        /// The Hugging Face tensor name.
+        name: String,
+        /// The dtype in the file.
+        dtype: String,
+    },
+    /// The tokenizer files are missing or malformed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template failed to render.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    /// A sequence would exceed the model's context.
+    #[error("{tokens} tokens exceed the model's context of {context} tokens")]
+    ContextOverflow {
+        /// Tokens the request needs.
+        tokens: usize,
+        /// The model's context length.
+        context: usize,
+    },
+    /// A token id is outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// The plan does not fit the model.
+    #[error(transparent)]
+    Plan(#[from] tessera_plan::PlanError),
+    /// A kernel refused its arguments.
+    #[error(transparent)]
+    Kernel(#[from] tessera_kernels::KernelError),
+    /// A collective failed.
+    #[error(transparent)]
+    Comm(#[from] tessera_comm::CommError),
+}
+
+impl ModelError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Reading weights from Hugging Face safetensors files, one rank's slice at a time.
+//!
+//! Files are memory-mapped; a rank copies out only the rows or columns its [`Role`] names,
+//! converting f16 / bf16 to f32 as it goes, so a 4-rank load never copies the whole model
+//! into every rank (untouched pages of the mapping are never read).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, TensorInfo};
+use safetensors::SafeTensors;
+use tessera_plan::Role;
+
+use crate::error::ModelError;
+
+struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+    /// Offset of the data section (8 + header length).
+    data_start: usize,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+/// The safetensors files of one model directory (single file or sharded with an index).
+pub struct WeightFiles {
+    dir: PathBuf,
+    files: Vec<MappedFile>,
+    /// Tensor name -> index into `files`.
+    index: HashMap<String, usize>,
+}
+
+impl WeightFiles {
+    /// Opens `model.safetensors`, or every file listed by `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let names: Vec<String> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|e| ModelError::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::Safetensors {
+                    path: index_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                ModelError::Safetensors {
+                    path: index_path.clone(),
+                    reason: "no weight_map object".into(),
+                }
+            })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
+            files.sort();
+            files.dedup();
+            files
+        } else {
+            vec!["model.safetensors".to_string()]
+        };
+        let mut files = Vec::with_capacity(names.len());
+        let mut index = HashMap::new();
+        for name in names {
+            let file = map_file(&dir.join(&name))?;
+            for tensor in file.tensors.keys() {
+                index.insert(tensor.clone(), files.len());
+            }
+            files.push(file);
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+        })
+    }
+
+    /// True when the files hold a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Loads the slice of tensor `name` selected by `role`, as row-major f32.
+    ///
+    /// `full` is the shape the config implies (`[len, 1]` for vectors); a mismatch with the
+    /// file is an error naming the tensor.
+    pub fn load(&self, name: &str, full: [usize; 2], role: Role) -> Result<Vec<f32>, ModelError> {
+        let file = self
+            .index
+            .get(name)
+            .map(|&i| &self.files[i])
+            .ok_or_else(|| ModelError::MissingWeight {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            })?;
+        let info = &file.tensors[name];
+        let shape = &info.shape;
+        let matches = match shape.as_slice() {
+            [r, c] => [*r, *c] == full,
+            [n] => full == [*n, 1],
+            _ => false,
+        };
+        if !matches {
+            let expected = if full[1] == 1 { vec![full[0]] } else { full.to_vec() };
+            return Err(ModelError::WeightShape {
+                name: name.to_string(),
+                expected,
+                got: shape.clone(),
+            });
+        }
+        let elem = match info.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            other => {
+                return Err(ModelError::WeightDtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let (begin, end) = info.data_offsets;
+        let bytes = &file.map[file.data_start + begin..file.data_start + end];
+        let [rows, cols] = full;
+        let (row_span, col_span) = match role {
+            Role::Replicated => (0..rows, 0..cols),
+            Role::SplitRows { span } => (span.start..span.end, 0..cols),
+            Role::PartialSum { span } => (0..rows, span.start..span.end),
+        };
+        if row_span.end > rows || col_span.end > cols {
+            return Err(ModelError::WeightShape {
+                name: format!("{name} (slice {row_span:?} x {col_span:?})"),
+                expected: full.to_vec(),
+                got: shape.clone(),
+            });
+        }
+        let mut out = Vec::with_capacity(row_span.len() * col_span.len());
+        for r in row_span {
+            let start = (r * cols + col_span.start) * elem;
+            let stop = (r * cols + col_span.end) * elem;
+            convert(&bytes[start..stop], info.dtype, &mut out);
+        }
+        Ok(out)
+    }
+}
+
+fn convert(bytes: &[u8], dtype: Dtype, out: &mut Vec<f32>) {
+    match dtype {
+        Dtype::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        Dtype::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        _ => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+    }
+}
+
+fn map_file(path: &Path) -> Result<MappedFile, ModelError> {
+    let f = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: the mapping is read-only and Tessera never writes model files while serving;
+    // another process truncating the file under us is outside what we can defend against
+    // (the same contract every mmap-based loader has).
+    let map = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
+    let bad = |reason: String| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(&map[..]).map_err(|e| bad(format!("{e}")))?;
+    let data_start = 8 + header_len;
+    let tensors: HashMap<String, TensorInfo> = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, info.clone()))
+        .collect();
+    let data_len = map.len().saturating_sub(data_start);
+    for (name, info) in &tensors {
+        if info.data_offsets.1 > data_len {
+            return Err(bad(format!(
+                "tensor '{name}' ends at byte {} of the data section but the file holds only {data_len} bytes (truncated?)",
+                info.data_offsets.1
+            )));
+        }
+    }
+    Ok(MappedFile {
+        path: path.to_path_buf(),
+        map,
+        data_start,
+        tensors,
+    })
+}
+
+impl std::fmt::Debug for WeightFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightFiles")
+            .field("dir", &self.dir)
+            .field("files", &self.files.iter().map(|m| &m.path).collect::<Vec<_>>())
+            .field("tensors", &self.index.len())
+            .finish()
+    }
+}
