@@ -174,7 +174,12 @@ fn map_file(path: &Path) -> Result<MappedFile, ModelError> {
         reason,
     };
     let (header_len, metadata) =
-        SafeTensors::read_metadata(&map[..]).map_err(|e| bad(format!("{e}")))?;
+        SafeTensors::read_metadata(&map[..]).map_err(|e| {
+            bad(format!(
+                "{e}: the file is truncated or corrupt ({} bytes); pull or download it again",
+                map.len()
+            ))
+        })?;
     let data_start = 8 + header_len;
     let tensors: HashMap<String, TensorInfo> = metadata
         .tensors()

@@ -1,0 +1,149 @@
+//! Bad input to the CLI is a clear error (non-zero exit, a message naming the problem), never a panic.
+
+mod common;
+
+use std::path::Path;
+
+/// A model directory with the real tokenizer and an edited config; `weights` says what
+/// `model.safetensors` is.
+fn model_dir(tmp: &Path, edit_config: impl Fn(&mut serde_json::Value), weights: Weights) -> std::path::PathBuf {
+    let real = common::default_model();
+    let dir = tmp.join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(real.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(real.join("config.json")).unwrap()).unwrap();
+    edit_config(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let st = real.join("model.safetensors");
+    match weights {
+        Weights::Missing => {}
+        Weights::Linked => std::os::unix::fs::symlink(&st, dir.join("model.safetensors")).unwrap(),
+        Weights::Truncated => {
+            let bytes = std::fs::read(&st).unwrap();
+            std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 3]).unwrap();
+        }
+    }
+    dir
+}
+
+enum Weights {
+    Missing,
+    Linked,
+    Truncated,
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = common::run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure for {args:?}, got success");
+    assert!(!stderr.contains("panicked"), "panicked for {args:?}: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr for {args:?} lacks '{n}':\n{stderr}");
+    }
+    assert!(out.stdout.is_empty(), "stdout must stay empty on error: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn missing_safetensors_file_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), |_| {}, Weights::Missing);
+    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi", "--json"], &["model.safetensors"]);
+}
+
+#[test]
+fn truncated_safetensors_file_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), |_| {}, Weights::Truncated);
+    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"], &["truncated"]);
+}
+
+#[test]
+fn unknown_architecture_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), |c| c["architectures"] = serde_json::json!(["MambaForCausalLM"]), Weights::Linked);
+    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"], &["MambaForCausalLM", "not supported"]);
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), |c| c["max_position_embeddings"] = serde_json::json!(8), Weights::Linked);
+    let prompt = "one two three four five six seven eight nine ten eleven";
+    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt], &["context"]);
+}
+
+#[test]
+fn zero_ranks_is_reported() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    fails_with(&["generate", "--model", &model, "--tp", "0", "--prompt", "hi"], &["--tp"]);
+    fails_with(&["plan", "--model", &model, "--tp", "0"], &["at least 1"]);
+}
+
+#[test]
+fn overlapping_plan_ranges_name_the_weight_and_the_rank() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    let out = common::run(&["plan", "--model", &model, "--tp", "2", "--json"]);
+    let mut plan = common::json_stdout(&out);
+    plan["layers"][7]["mlp"]["spans"] = serde_json::json!([{"start": 0, "end": 800}, {"start": 700, "end": 1536}]);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("plan.json");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    fails_with(
+        &["generate", "--model", &model, "--plan", path.to_str().unwrap(), "--prompt", "hi"],
+        &["model.layers.7.mlp", "rank 1", "overlap"],
+    );
+}
+
+#[test]
+fn plan_with_a_gap_is_reported() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    let mut plan = common::json_stdout(&common::run(&["plan", "--model", &model, "--tp", "3", "--json"]));
+    plan["lm_head"]["spans"][1]["start"] = serde_json::json!(16390);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("plan.json");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    fails_with(&["generate", "--model", &model, "--plan", path.to_str().unwrap(), "--prompt", "hi"], &["lm_head", "rank 1"]);
+}
+
+#[test]
+fn cuda_device_in_a_cpu_build_is_reported() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    fails_with(&["generate", "--model", &model, "--device", "cuda", "--prompt", "hi"], &["without CUDA"]);
+}
+
+#[test]
+fn unknown_dtype_and_strategy_are_reported() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    fails_with(&["generate", "--model", &model, "--dtype", "int3", "--prompt", "hi"], &["int3"]);
+    fails_with(&["plan", "--model", &model, "--tp", "2", "--strategy", "zigzag"], &["zigzag", "megatron"]);
+}
+
+#[test]
+fn plan_json_prints_only_json_and_the_table_names_every_rank() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    let plan = common::json_stdout(&common::run(&["plan", "--model", &model, "--tp", "3", "--json"]));
+    assert_eq!(plan["world_size"], 3);
+    let out = common::run(&["plan", "--model", &model, "--tp", "2"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(table.contains("0..5 (5)") && table.contains("5..9 (4)"), "head split 5+4 expected:\n{table}");
+    assert!(table.contains("all-reduce"), "{table}");
+}
+
+#[test]
+fn saved_plan_runs_and_fixes_the_rank_count() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    let out = common::run(&["plan", "--model", &model, "--tp", "3", "--json"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("plan.json");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let got = common::json_stdout(&common::run(&[
+        "generate", "--model", &model, "--plan", path.to_str().unwrap(), "--prompt", "The capital of France is",
+        "--max-tokens", "3", "--json",
+    ]));
+    assert_eq!(got["tp"], 3);
+    assert_eq!(got["completion_ids"], serde_json::json!([7042, 30, 198]));
+}
