@@ -4,6 +4,7 @@
 //! `RUST_LOG` is the only environment variable read (log level). Logs go to stderr, so with
 //! `--json` stdout holds only the JSON.
 
+mod bench;
 mod generate;
 mod plan;
 
@@ -30,6 +31,9 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Generate a continuation of one prompt.
     Generate(generate::GenerateArgs),
+    /// Benchmarks (medians over repeats; see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Args)]
@@ -120,6 +124,7 @@ pub fn main() -> ExitCode {
         Command::Pull(a) => pull(a),
         Command::Plan(a) => plan::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Bench(c) => bench::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

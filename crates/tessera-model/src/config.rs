@@ -75,6 +75,7 @@ struct RawConfig {
     tie_word_embeddings: Option<bool>,
     head_dim: Option<usize>,
     attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
     hidden_act: Option<String>,
@@ -86,7 +87,21 @@ impl ModelConfig {
     pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        Self::parse(&text, &path)
+        let mut config = Self::parse(&text, &path)?;
+        // generation_config.json may name further end-of-sequence ids (Llama 3 lists several).
+        let gen_path = dir.join("generation_config.json");
+        if let Ok(gen_text) = std::fs::read_to_string(&gen_path) {
+            let gen: serde_json::Value = serde_json::from_str(&gen_text).map_err(|e| ModelError::Config {
+                path: gen_path.clone(),
+                reason: e.to_string(),
+            })?;
+            for id in eos_ids(gen.get("eos_token_id")) {
+                if !config.eos_token_ids.contains(&id) {
+                    config.eos_token_ids.push(id);
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// Parses the text of a `config.json` (`path` is only used in messages).
@@ -118,6 +133,9 @@ impl ModelConfig {
                 return Err(bad(format!("hidden_act '{act}' is not supported (silu only)")));
             }
         }
+        if raw.mlp_bias == Some(true) {
+            return Err(bad("mlp_bias=true (biases on MLP projections) is not supported".into()));
+        }
         if architecture == Architecture::Llama && raw.attention_bias == Some(true) {
             return Err(bad("attention_bias=true (biases on all attention projections) is not supported".into()));
         }
@@ -148,11 +166,7 @@ impl ModelConfig {
             Architecture::Qwen2 if raw.use_sliding_window == Some(true) => raw.sliding_window,
             _ => None,
         };
-        let eos_token_ids = match &raw.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
-            _ => Vec::new(),
-        };
+        let eos_token_ids = eos_ids(raw.eos_token_id.as_ref());
         Ok(Self {
             architecture,
             shape: ModelShape {
@@ -209,6 +223,15 @@ impl ModelConfig {
                     .collect()
             }
         }
+    }
+}
+
+/// End-of-sequence ids from a JSON number or list of numbers.
+fn eos_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+        _ => Vec::new(),
     }
 }
 

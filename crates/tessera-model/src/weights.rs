@@ -212,3 +212,77 @@ impl std::fmt::Debug for WeightFiles {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_plan::{ModelShape, Span, WeightKind};
+
+    fn shape() -> ModelShape {
+        ModelShape {
+            hidden: 12,
+            layers: 1,
+            heads: 3,
+            kv_heads: 1,
+            head_dim: 4,
+            intermediate: 10,
+            vocab: 17,
+            tied_embeddings: false,
+            qkv_bias: true,
+        }
+    }
+
+    #[test]
+    fn row_and_column_slices_are_the_matching_parts_of_the_full_weight() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shape();
+        crate::synthetic::write_random_model(tmp.path(), &s, 1, 32).unwrap();
+        let files = WeightFiles::open(tmp.path()).unwrap();
+        let name = WeightKind::DownProj.hf_name(0);
+        let full_shape = WeightKind::DownProj.full_shape(&s);
+        let full = files.load(&name, full_shape, Role::Replicated).unwrap();
+        let cols = files
+            .load(&name, full_shape, Role::PartialSum { span: Span::new(3, 7) })
+            .unwrap();
+        assert_eq!(cols.len(), 12 * 4);
+        for r in 0..12 {
+            assert_eq!(&cols[r * 4..r * 4 + 4], &full[r * 10 + 3..r * 10 + 7]);
+        }
+        let rows = files
+            .load(&name, full_shape, Role::SplitRows { span: Span::new(5, 9) })
+            .unwrap();
+        assert_eq!(rows, full[5 * 10..9 * 10].to_vec());
+        let bias = files
+            .load(&WeightKind::QBias.hf_name(0), WeightKind::QBias.full_shape(&s), Role::SplitRows { span: Span::new(4, 8) })
+            .unwrap();
+        assert_eq!(bias.len(), 4);
+    }
+
+    #[test]
+    fn wrong_shape_and_missing_weight_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::synthetic::write_random_model(tmp.path(), &shape(), 1, 32).unwrap();
+        let files = WeightFiles::open(tmp.path()).unwrap();
+        let err = files
+            .load(&WeightKind::DownProj.hf_name(0), [12, 11], Role::Replicated)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("down_proj") && err.contains("[12, 10]"), "{err}");
+        let err = files
+            .load("model.layers.9.mlp.up_proj.weight", [1, 1], Role::Replicated)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing") && err.contains("layers.9"), "{err}");
+    }
+
+    #[test]
+    fn truncated_file_is_rejected_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::synthetic::write_random_model(tmp.path(), &shape(), 1, 32).unwrap();
+        let path = tmp.path().join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        let err = WeightFiles::open(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+    }
+}

@@ -1,0 +1,175 @@
+//! `tessera bench`: measurements that are benchmarks, not tests (medians over repeats).
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use tessera_engine::{Coordinator, EngineOptions};
+use tessera_kernels::CpuPool;
+use tessera_model::{LogitRows, ModelConfig, WeightDtype};
+
+use crate::{ModelArgs, ShardArgs};
+
+/// Which benchmark to run.
+#[derive(Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Prefill tokens/s for one long prompt and batch-1 decode tokens/s.
+    Latency(LatencyArgs),
+    /// Read bandwidth of this machine (GB/s), for the memory-bound decode ceiling.
+    Bandwidth(BandwidthArgs),
+}
+
+/// Arguments of `tessera bench latency`.
+#[derive(Args)]
+pub(crate) struct LatencyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// Weight precision: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens decoded one at a time after a short prompt.
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    /// Repeats; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Total CPU threads for all ranks (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Arguments of `tessera bench bandwidth`.
+#[derive(Args)]
+pub(crate) struct BandwidthArgs {
+    /// Threads reading.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Buffer size in MiB (much larger than the caches).
+    #[arg(long, default_value_t = 1024)]
+    mib: usize,
+    /// Repeats; the median is reported.
+    #[arg(long, default_value_t = 7)]
+    repeats: usize,
+}
+
+#[derive(Serialize)]
+struct LatencyReport {
+    tp: usize,
+    strategy: String,
+    dtype: String,
+    weight_bytes_per_token: usize,
+    prompt_tokens: usize,
+    prefill_tok_s_median: f64,
+    prefill_tok_s_all: Vec<f64>,
+    decode_tokens: usize,
+    decode_tok_s_median: f64,
+    decode_tok_s_all: Vec<f64>,
+}
+
+pub(crate) fn run(cmd: &BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Latency(a) => latency(a),
+        BenchCommand::Bandwidth(a) => bandwidth(a),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return 0.0;
+    }
+    s[s.len() / 2]
+}
+
+fn latency(a: &LatencyArgs) -> Result<()> {
+    let Some(dtype) = WeightDtype::parse(&a.dtype) else {
+        bail!("unknown --dtype '{}' (f32 or bf16)", a.dtype);
+    };
+    if a.repeats == 0 || a.prompt_tokens == 0 {
+        bail!("--repeats and --prompt-tokens must be at least 1");
+    }
+    let dir = a.model.resolve()?;
+    let config = ModelConfig::from_dir(&dir)?;
+    let plan = a.shard.plan(&config.shape)?;
+    let tp = plan.world_size;
+    let strategy = plan.strategy.clone();
+    let options = EngineOptions {
+        dtype,
+        threads: a.threads,
+    };
+    let mut engine = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
+    let vocab = config.shape.vocab as u64;
+    // A fixed pseudo-random prompt (no tokenizer involved): prefill cost does not depend on text.
+    let prompt: Vec<u32> = (0..a.prompt_tokens as u64)
+        .map(|i| ((i * 2654435761 + 12345) % vocab) as u32)
+        .collect();
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for _ in 0..a.repeats {
+        engine.reset()?;
+        let t = Instant::now();
+        engine.forward(&prompt, LogitRows::Last)?;
+        prefill.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
+
+        engine.reset()?;
+        let mut logits = engine.forward(&prompt[..8.min(prompt.len())], LogitRows::Last)?;
+        let t = Instant::now();
+        for _ in 0..a.decode_tokens {
+            let next = tessera_kernels::argmax(&logits).unwrap_or(0) as u32;
+            logits = engine.forward(&[next], LogitRows::Last)?;
+        }
+        decode.push(a.decode_tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    let s = &config.shape;
+    // Every weight is read once per decode step (a tied embedding once, as the output head).
+    let weight_bytes_per_token = s.parameters() * dtype.size();
+    let report = LatencyReport {
+        tp,
+        strategy,
+        dtype: a.dtype.clone(),
+        weight_bytes_per_token,
+        prompt_tokens: a.prompt_tokens,
+        prefill_tok_s_median: median(&prefill),
+        prefill_tok_s_all: prefill,
+        decode_tokens: a.decode_tokens,
+        decode_tok_s_median: median(&decode),
+        decode_tok_s_all: decode,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn bandwidth(a: &BandwidthArgs) -> Result<()> {
+    let pool = CpuPool::new(a.threads.max(1))?;
+    let len = a.mib * 1024 * 1024 / 4;
+    let buf: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
+    let threads = pool.threads();
+    let mut rates = Vec::new();
+    let sink = std::sync::atomic::AtomicU32::new(0);
+    for _ in 0..a.repeats {
+        let t = Instant::now();
+        pool.run(|i| {
+            let part = &buf[len * i / threads..len * (i + 1) / threads];
+            let mut acc = [0.0f32; 16];
+            for c in part.chunks_exact(16) {
+                for (a, x) in acc.iter_mut().zip(c) {
+                    *a += *x;
+                }
+            }
+            sink.fetch_add(acc.iter().sum::<f32>() as u32, std::sync::atomic::Ordering::Relaxed);
+        });
+        rates.push((len * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"threads": threads, "mib": a.mib, "read_gb_s_median": median(&rates), "read_gb_s_all": rates})
+    );
+    Ok(())
+}
