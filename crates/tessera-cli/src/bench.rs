@@ -103,6 +103,7 @@ fn latency(a: &LatencyArgs) -> Result<()> {
     let options = EngineOptions {
         dtype,
         threads: a.threads,
+        ..EngineOptions::default()
     };
     let mut engine = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
     let vocab = config.shape.vocab as u64;

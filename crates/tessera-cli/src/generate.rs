@@ -100,6 +100,7 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
     let options = EngineOptions {
         dtype,
         threads: args.threads,
+        ..EngineOptions::default()
     };
     let mut engine = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
     let mut stop_ids = tokenizer.eos_ids().to_vec();

@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 
 use tessera_comm::{Communicator, SingleRank, ThreadGroup};
 use tessera_model::{
-    CpuBackend, KvCache, LogitRows, ModelConfig, ModelError, RankModel, WeightDtype, WeightFiles,
+    CpuBackend, LogitRows, ModelConfig, ModelError, PagedKvCache, RankModel, SeqInput, WeightDtype,
+    WeightFiles,
 };
 use tessera_plan::ShardPlan;
 
@@ -36,6 +37,10 @@ pub struct EngineOptions {
     pub dtype: WeightDtype,
     /// Total CPU threads to share among ranks (default: all cores).
     pub threads: Option<usize>,
+    /// KV-cache memory per rank in bytes; the block count follows from it.
+    pub kv_cache_bytes: usize,
+    /// Tokens per KV-cache block.
+    pub block_size: usize,
 }
 
 impl Default for EngineOptions {
@@ -43,16 +48,27 @@ impl Default for EngineOptions {
         Self {
             dtype: WeightDtype::F32,
             threads: None,
+            kv_cache_bytes: 512 << 20,
+            block_size: 16,
         }
     }
 }
 
+/// One sequence's part of a batched step (owned, so it can cross to the rank threads).
+#[derive(Clone, Debug)]
+pub struct StepSeq {
+    /// New token ids.
+    pub tokens: Vec<u32>,
+    /// Position of the first new token.
+    pub start: usize,
+    /// Cache blocks of the sequence, covering `start + tokens.len()` positions.
+    pub block_table: Vec<u32>,
+    /// Which rows need logits.
+    pub logits: LogitRows,
+}
+
 enum Command {
-    Forward {
-        tokens: Arc<Vec<u32>>,
-        rows: LogitRows,
-    },
-    Reset,
+    Step(Arc<Vec<StepSeq>>),
 }
 
 struct RankHandle {
@@ -67,6 +83,9 @@ pub struct Coordinator {
     config: ModelConfig,
     plan: ShardPlan,
     model_dir: PathBuf,
+    num_blocks: usize,
+    block_size: usize,
+    /// Tokens of the single-sequence mode ([`Coordinator::forward`]) in blocks 0, 1, ...
     cached: usize,
     failed: bool,
 }
@@ -97,6 +116,29 @@ impl Coordinator {
                 .map(|c| Box::new(c) as Box<dyn Communicator>)
                 .collect()
         };
+        if options.block_size == 0 {
+            return Err(EngineError::BadRequest("the KV block size must be at least 1".into()));
+        }
+        // Every rank holds the same block ids; the rank with the widest key/value slice
+        // (replicated kv heads) decides how many blocks fit the budget.
+        let widest = (0..world)
+            .map(|rank| {
+                let widths: Vec<usize> = (0..config.shape.layers)
+                    .map(|l| plan.heads(l, rank).kv_heads.len() * config.shape.head_dim)
+                    .collect();
+                PagedKvCache::block_bytes(&widths, options.block_size)
+            })
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let num_blocks = options.kv_cache_bytes / widest;
+        if num_blocks == 0 {
+            return Err(EngineError::BadRequest(format!(
+                "a KV cache of {} bytes per rank holds no block of {widest} bytes",
+                options.kv_cache_bytes
+            )));
+        }
+        tracing::info!(num_blocks, block_size = options.block_size, "KV cache");
         let plan_arc = Arc::new(plan.clone());
         let mut ranks = Vec::with_capacity(world);
         let mut ready = Vec::with_capacity(world);
@@ -108,10 +150,21 @@ impl Coordinator {
             let plan = Arc::clone(&plan_arc);
             let config = config.clone();
             let dtype = options.dtype;
+            let block_size = options.block_size;
             let join = std::thread::Builder::new()
                 .name(format!("tessera-rank-{rank}"))
                 .spawn(move || {
-                    rank_main(rank, &dir, &config, &plan, dtype, threads_per_rank, comm, cmd_rx, res_tx, ready_tx)
+                    let setup = RankSetup {
+                        rank,
+                        dir,
+                        config,
+                        plan,
+                        dtype,
+                        threads: threads_per_rank,
+                        num_blocks,
+                        block_size,
+                    };
+                    rank_main(setup, comm, cmd_rx, res_tx, ready_tx)
                 })
                 .map_err(|e| ModelError::io(model_dir, e))?;
             ranks.push(RankHandle {
@@ -133,9 +186,21 @@ impl Coordinator {
             config,
             plan,
             model_dir: model_dir.to_path_buf(),
+            num_blocks,
+            block_size: options.block_size,
             cached: 0,
             failed: false,
         })
+    }
+
+    /// Blocks in every rank's KV cache.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// Tokens per KV-cache block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
     }
 
     /// The model's config.
@@ -158,24 +223,16 @@ impl Coordinator {
         self.cached
     }
 
-    /// Empties every rank's KV cache (start of a new sequence).
+    /// Starts a new sequence in single-sequence mode (see [`Coordinator::forward`]).
     pub fn reset(&mut self) -> Result<(), EngineError> {
-        for (rank, r) in self.ranks.iter().enumerate() {
-            r.tx.send(Command::Reset).map_err(|_| EngineError::RankLost(rank))?;
-        }
         self.cached = 0;
         Ok(())
     }
 
-    /// Appends `tokens` to the sequence and returns full-vocabulary logits (`rows` says which).
+    /// Single-sequence mode: appends `tokens` to the one sequence held in blocks `0, 1, ...`
+    /// and returns full-vocabulary logits (`rows` says which). Not to be mixed with
+    /// [`Coordinator::step`] on the same coordinator, whose block manager owns the blocks.
     pub fn forward(&mut self, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
-        if self.failed {
-            return Err(EngineError::RankLost(0));
-        }
-        let shape = &self.config.shape;
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= shape.vocab) {
-            return Err(ModelError::TokenOutOfRange { id, vocab: shape.vocab }.into());
-        }
         let total = self.cached + tokens.len();
         if total > self.config.max_position_embeddings {
             return Err(ModelError::ContextOverflow {
@@ -184,13 +241,55 @@ impl Coordinator {
             }
             .into());
         }
-        let tokens = Arc::new(tokens.to_vec());
+        let blocks = total.div_ceil(self.block_size);
+        if blocks > self.num_blocks {
+            return Err(EngineError::BadRequest(format!(
+                "{total} tokens need {blocks} KV blocks but the cache holds {}",
+                self.num_blocks
+            )));
+        }
+        let seq = StepSeq {
+            tokens: tokens.to_vec(),
+            start: self.cached,
+            block_table: (0..blocks as u32).collect(),
+            logits: rows,
+        };
+        let out = self.step(vec![seq])?;
+        self.cached = total;
+        Ok(out)
+    }
+
+    /// Runs one batched step on every rank and returns the logits rows the sequences ask
+    /// for, in order. Inputs are checked here so that no rank fails alone.
+    pub fn step(&mut self, seqs: Vec<StepSeq>) -> Result<Vec<f32>, EngineError> {
+        if self.failed {
+            return Err(EngineError::RankLost(0));
+        }
+        let shape = &self.config.shape;
+        for s in &seqs {
+            if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= shape.vocab) {
+                return Err(ModelError::TokenOutOfRange { id, vocab: shape.vocab }.into());
+            }
+            let end = s.start + s.tokens.len();
+            if end > self.config.max_position_embeddings {
+                return Err(ModelError::ContextOverflow {
+                    tokens: end,
+                    context: self.config.max_position_embeddings,
+                }
+                .into());
+            }
+            if s.block_table.len() * self.block_size < end
+                || s.block_table.iter().any(|&b| b as usize >= self.num_blocks)
+            {
+                return Err(EngineError::BadRequest(format!(
+                    "block table {:?} cannot hold {end} positions in a pool of {} blocks",
+                    s.block_table, self.num_blocks
+                )));
+            }
+        }
+        let seqs = Arc::new(seqs);
         for (rank, r) in self.ranks.iter().enumerate() {
-            let cmd = Command::Forward {
-                tokens: Arc::clone(&tokens),
-                rows,
-            };
-            if r.tx.send(cmd).is_err() {
+            if r.tx.send(Command::Step(Arc::clone(&seqs))).is_err() {
                 self.failed = true;
                 return Err(EngineError::RankLost(rank));
             }
@@ -216,7 +315,6 @@ impl Coordinator {
             self.failed = true;
             return Err(e);
         }
-        self.cached = total;
         first.ok_or(EngineError::RankLost(0))
     }
 }
@@ -236,22 +334,28 @@ impl Drop for Coordinator {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn rank_main(
+/// What a rank thread needs to load its shard.
+struct RankSetup {
     rank: usize,
-    dir: &Path,
-    config: &ModelConfig,
-    plan: &ShardPlan,
+    dir: PathBuf,
+    config: ModelConfig,
+    plan: Arc<ShardPlan>,
     dtype: WeightDtype,
     threads: usize,
+    num_blocks: usize,
+    block_size: usize,
+}
+
+fn rank_main(
+    setup: RankSetup,
     mut comm: Box<dyn Communicator>,
     commands: Receiver<Command>,
     results: Sender<Result<Vec<f32>, ModelError>>,
     ready: Sender<Result<usize, ModelError>>,
 ) {
-    let loaded = WeightFiles::open(dir)
-        .and_then(|files| RankModel::load(config, &files, plan, rank, dtype))
-        .and_then(|m| CpuBackend::new(threads).map(|b| (m, b)));
+    let loaded = WeightFiles::open(&setup.dir)
+        .and_then(|files| RankModel::load(&setup.config, &files, &setup.plan, setup.rank, setup.dtype))
+        .and_then(|m| CpuBackend::new(setup.threads).map(|b| (m, b)));
     let (model, backend) = match loaded {
         Ok(v) => v,
         Err(e) => {
@@ -259,18 +363,22 @@ fn rank_main(
             return;
         }
     };
+    let mut cache = PagedKvCache::new(model.kv_widths(), setup.num_blocks, setup.block_size);
     let _ = ready.send(Ok(model.weight_bytes()));
-    let mut cache = KvCache::default();
-    while let Ok(cmd) = commands.recv() {
-        match cmd {
-            Command::Reset => cache.clear(),
-            Command::Forward { tokens, rows } => {
-                let out = model.forward(&backend, comm.as_mut(), &mut cache, &tokens, rows);
-                let failed = out.is_err();
-                if results.send(out).is_err() || failed {
-                    return;
-                }
-            }
+    while let Ok(Command::Step(seqs)) = commands.recv() {
+        let inputs: Vec<SeqInput<'_>> = seqs
+            .iter()
+            .map(|s| SeqInput {
+                tokens: &s.tokens,
+                start: s.start,
+                block_table: &s.block_table,
+                logits: s.logits,
+            })
+            .collect();
+        let out = model.forward_batch(&backend, comm.as_mut(), &mut cache, &inputs);
+        let failed = out.is_err();
+        if results.send(out).is_err() || failed {
+            return;
         }
     }
 }

@@ -5,8 +5,11 @@
 //! full-vocabulary logits back.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod block_pool;
 mod coordinator;
 mod generate;
+pub mod sampling;
+pub mod scheduler;
 
-pub use coordinator::{Coordinator, EngineError, EngineOptions};
+pub use coordinator::{Coordinator, EngineError, EngineOptions, StepSeq};
 pub use generate::{FinishReason, GenerateOutput, GenerateRequest};

@@ -45,6 +45,7 @@ mod error;
 mod isa;
 mod matmul;
 mod norm;
+mod paged_attention;
 mod pool;
 mod rope;
 
@@ -55,5 +56,6 @@ pub use error::KernelError;
 pub use isa::Isa;
 pub use matmul::{matmul, matmul_reference, WeightRef};
 pub use norm::{add_rms_norm, rms_norm};
+pub use paged_attention::{paged_attention, PagedSeq, PagedShape};
 pub use pool::CpuPool;
 pub use rope::{rope, RopeTable};

@@ -3,7 +3,7 @@
 //! The forward pass ([`crate::RankModel`]) is written against [`Backend`] only. Buffers are
 //! host slices today; the CUDA backend generalizes them to device buffers.
 
-use tessera_kernels::{AttentionShape, CpuPool, RopeTable, WeightRef};
+use tessera_kernels::{CpuPool, PagedSeq, PagedShape, RopeTable, WeightRef};
 
 use crate::error::ModelError;
 
@@ -109,8 +109,8 @@ pub trait Backend: Send + Sync {
     fn add_rms_norm(&self, residual: &mut [f32], delta: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), ModelError>;
     /// Rotary embedding in place for rows of `heads * head_dim` at `positions`.
     fn rope(&self, x: &mut [f32], heads: usize, positions: &[usize], table: &RopeTable) -> Result<(), ModelError>;
-    /// Causal attention of new queries over the cache (see [`AttentionShape`]).
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape<'_>, out: &mut [f32]) -> Result<(), ModelError>;
+    /// Causal attention of each sequence's new queries over its paged cache (see [`PagedShape`]).
+    fn paged_attention(&self, q: &[f32], k: &[f32], v: &[f32], seqs: &[PagedSeq<'_>], shape: &PagedShape<'_>, out: &mut [f32]) -> Result<(), ModelError>;
     /// `gate = silu(gate) * up`.
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<(), ModelError>;
 }
@@ -168,11 +168,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape<'_>, out: &mut [f32]) -> Result<(), ModelError> {
+    fn paged_attention(&self, q: &[f32], k: &[f32], v: &[f32], seqs: &[PagedSeq<'_>], shape: &PagedShape<'_>, out: &mut [f32]) -> Result<(), ModelError> {
         if shape.kv_index.is_empty() {
             return Ok(());
         }
-        tessera_kernels::attention(&self.pool, q, k, v, shape, out)?;
+        tessera_kernels::paged_attention(&self.pool, q, k, v, seqs, shape, out)?;
         Ok(())
     }
 

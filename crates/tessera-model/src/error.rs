@@ -85,6 +85,9 @@ pub enum ModelError {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// A batch is inconsistent with the cache (block tables, positions).
+    #[error("invalid batch: {0}")]
+    BadBatch(String),
     /// The plan does not fit the model.
     #[error(transparent)]
     Plan(#[from] tessera_plan::PlanError),

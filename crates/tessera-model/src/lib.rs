@@ -5,6 +5,7 @@
 mod backend;
 mod config;
 mod error;
+mod paged;
 mod rank;
 pub mod synthetic;
 mod tokenizer;
@@ -13,6 +14,7 @@ mod weights;
 pub use backend::{Backend, CpuBackend, Matrix, WeightDtype};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::ModelError;
-pub use rank::{KvCache, LogitRows, RankModel};
+pub use paged::PagedKvCache;
+pub use rank::{LogitRows, RankModel, SeqInput};
 pub use tokenizer::{ChatMessage, TextTokenizer};
 pub use weights::WeightFiles;

@@ -22,12 +22,13 @@
 use std::path::Path;
 
 use tessera_comm::Communicator;
-use tessera_kernels::{AttentionShape, RopeTable};
+use tessera_kernels::{PagedSeq, PagedShape, RopeTable};
 use tessera_plan::{AttentionSharding, ShardPlan, Span, WeightKind};
 
 use crate::backend::{Backend, Matrix, WeightDtype};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::paged::PagedKvCache;
 use crate::weights::WeightFiles;
 
 struct Layer {
@@ -47,43 +48,32 @@ struct Layer {
     reduce_mlp: bool,
 }
 
-/// Per-rank key/value cache of one sequence, contiguous per layer: `[position, kv_head, d]`.
-#[derive(Debug, Default)]
-pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    len: usize,
-}
-
-impl KvCache {
-    /// Tokens cached so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Forgets every cached token (keeps the memory).
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// Drops cached tokens from position `len` on.
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-}
-
-/// Which positions' logits a forward pass returns.
+/// Which positions' logits a forward pass returns for one sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogitRows {
+    /// None (a prefill chunk that does not reach the end of the prompt).
+    None,
     /// Only the last position's (generation).
     Last,
     /// Every position's (scoring, tests).
     All,
+}
+
+/// One sequence's part of a batched forward pass.
+///
+/// Its `tokens` sit at positions `start..start + tokens.len()`; keys and values of
+/// positions `0..start` are already in the cache blocks listed by `block_table`
+/// (`block_table[p / block_size]` holds position `p`), which must also cover the new tokens.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqInput<'a> {
+    /// New token ids.
+    pub tokens: &'a [u32],
+    /// Position of the first new token.
+    pub start: usize,
+    /// Cache blocks of the sequence, in position order.
+    pub block_table: &'a [u32],
+    /// Which of its positions need logits.
+    pub logits: LogitRows,
 }
 
 /// One rank's shard of the model.
@@ -97,6 +87,8 @@ pub struct RankModel {
     lm_span: Span,
     reduce_embedding: bool,
     gather_logits: bool,
+    /// Every rank's vocabulary span of the output head, in rank order.
+    lm_spans: Vec<Span>,
     final_norm: Vec<f32>,
     layers: Vec<Layer>,
     rope: RopeTable,
@@ -185,6 +177,7 @@ impl RankModel {
             lm_span,
             reduce_embedding: plan.world_size > 1 && plan.embedding.is_split(),
             gather_logits: plan.world_size > 1 && plan.lm_head.is_split(),
+            lm_spans: (0..plan.world_size).map(|r| plan.lm_head.span(r, shape.vocab)).collect(),
             final_norm: load(0, WeightKind::FinalNorm)?,
             layers,
             rope,
@@ -218,33 +211,52 @@ impl RankModel {
         b
     }
 
-    /// Runs `tokens` (at positions `cache.len()..`) through the model, appending to the cache,
-    /// and returns full-vocabulary logits for the rows `rows` asks for (every rank returns them).
-    pub fn forward(
+    /// Key/value width (kv heads x head_dim) of each layer on this rank, for the cache.
+    pub fn kv_widths(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .map(|l| l.kv_heads * self.config.shape.head_dim)
+            .collect()
+    }
+
+    /// Runs a batch of sequences' new tokens through the model, writing their keys and
+    /// values into `cache`, and returns full-vocabulary logits for the rows each sequence
+    /// asks for, sequence after sequence (every rank returns them).
+    ///
+    /// All tokens of the batch go through each matmul together; since every kernel computes
+    /// each output row with one fixed reduction order, a row's result does not depend on
+    /// which other rows share the batch.
+    pub fn forward_batch(
         &self,
         backend: &dyn Backend,
         comm: &mut dyn Communicator,
-        cache: &mut KvCache,
-        tokens: &[u32],
-        rows: LogitRows,
+        cache: &mut PagedKvCache,
+        seqs: &[SeqInput<'_>],
     ) -> Result<Vec<f32>, ModelError> {
         let shape = &self.config.shape;
-        let (t, h) = (tokens.len(), shape.hidden);
-        let start = cache.len;
-        if start + t > self.config.max_position_embeddings {
-            return Err(ModelError::ContextOverflow {
-                tokens: start + t,
-                context: self.config.max_position_embeddings,
-            });
+        let h = shape.hidden;
+        let mut positions = Vec::new();
+        let mut tokens = Vec::new();
+        for s in seqs {
+            let end = s.start + s.tokens.len();
+            if end > self.config.max_position_embeddings {
+                return Err(ModelError::ContextOverflow {
+                    tokens: end,
+                    context: self.config.max_position_embeddings,
+                });
+            }
+            cache.check_table(s.block_table, end)?;
+            positions.extend(s.start..end);
+            tokens.extend_from_slice(s.tokens);
         }
+        let t = tokens.len();
         if t == 0 {
             return Ok(Vec::new());
         }
         let eps = self.config.rms_norm_eps;
-        let positions: Vec<usize> = (start..start + t).collect();
 
         let mut x = vec![0.0f32; t * h];
-        for (row, &id) in x.chunks_exact_mut(h).zip(tokens) {
+        for (row, &id) in x.chunks_exact_mut(h).zip(&tokens) {
             if id as usize >= shape.vocab {
                 return Err(ModelError::TokenOutOfRange { id, vocab: shape.vocab });
             }
@@ -255,10 +267,6 @@ impl RankModel {
         if self.reduce_embedding {
             comm.all_reduce_sum(&mut x)?;
         }
-        if cache.k.len() != self.layers.len() {
-            cache.k = vec![Vec::new(); self.layers.len()];
-            cache.v = vec![Vec::new(); self.layers.len()];
-        }
 
         let mut normed = vec![0.0f32; t * h];
         let mut pending: Option<Vec<f32>> = None;
@@ -267,7 +275,7 @@ impl RankModel {
                 Some(delta) => backend.add_rms_norm(&mut x, &delta, &layer.input_norm, eps, &mut normed)?,
                 None => backend.rms_norm(&x, &layer.input_norm, eps, &mut normed)?,
             }
-            let mut attn_out = self.attention(backend, comm, layer, l, cache, &normed, &positions)?;
+            let mut attn_out = self.attention(backend, layer, l, cache, seqs, &normed, &positions)?;
             if layer.reduce_attention {
                 comm.all_reduce_sum(&mut attn_out)?;
             }
@@ -277,9 +285,11 @@ impl RankModel {
             let mut gate_up = vec![0.0f32; t * 2 * inter];
             backend.matmul(&normed, t, &layer.gate_up, None, &mut gate_up)?;
             let mut act = vec![0.0f32; t * inter];
-            for (a, gu) in act.chunks_exact_mut(inter.max(1)).zip(gate_up.chunks_exact(2 * inter.max(1))) {
-                a.copy_from_slice(&gu[..inter]);
-                backend.silu_mul(a, &gu[inter..])?;
+            if inter > 0 {
+                for (a, gu) in act.chunks_exact_mut(inter).zip(gate_up.chunks_exact(2 * inter)) {
+                    a.copy_from_slice(&gu[..inter]);
+                    backend.silu_mul(a, &gu[inter..])?;
+                }
             }
             let mut mlp_out = vec![0.0f32; t * h];
             backend.matmul(&act, t, &layer.down, None, &mut mlp_out)?;
@@ -288,19 +298,35 @@ impl RankModel {
             }
             pending = Some(mlp_out);
         }
-        cache.len = start + t;
-
-        let first_row = match rows {
-            LogitRows::Last => t - 1,
-            LogitRows::All => 0,
-        };
-        let n_rows = t - first_row;
-        let x_rows = &mut x[first_row * h..];
-        let mut final_normed = vec![0.0f32; n_rows * h];
-        match pending {
-            Some(delta) => backend.add_rms_norm(x_rows, &delta[first_row * h..], &self.final_norm, eps, &mut final_normed)?,
-            None => backend.rms_norm(x_rows, &self.final_norm, eps, &mut final_normed)?,
+        if let Some(delta) = pending {
+            for (xi, di) in x.iter_mut().zip(&delta) {
+                *xi += *di;
+            }
         }
+
+        // Rows that need logits, in sequence order.
+        let mut rows = Vec::new();
+        let mut offset = 0;
+        for s in seqs {
+            let n = s.tokens.len();
+            match s.logits {
+                LogitRows::None => {}
+                LogitRows::Last if n > 0 => rows.push(offset + n - 1),
+                LogitRows::Last => {}
+                LogitRows::All => rows.extend(offset..offset + n),
+            }
+            offset += n;
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut picked = Vec::with_capacity(rows.len() * h);
+        for &r in &rows {
+            picked.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let mut final_normed = vec![0.0f32; picked.len()];
+        backend.rms_norm(&picked, &self.final_norm, eps, &mut final_normed)?;
+        let n_rows = rows.len();
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let local_vocab = self.lm_span.len();
         let mut local = vec![0.0f32; n_rows * local_vocab];
@@ -308,64 +334,83 @@ impl RankModel {
         if !self.gather_logits {
             return Ok(local);
         }
+        // One gather for all rows: the buffer holds [rank][row][rank's vocabulary slice];
+        // rearrange it into [row][vocab] using the plan's spans.
         let vocab = shape.vocab;
+        let mut gathered = vec![0.0f32; n_rows * vocab];
+        comm.all_gather(&local, &mut gathered)?;
+        if n_rows == 1 {
+            return Ok(gathered);
+        }
         let mut out = vec![0.0f32; n_rows * vocab];
-        let mut gathered = vec![0.0f32; vocab];
-        for r in 0..n_rows {
-            comm.all_gather(&local[r * local_vocab..(r + 1) * local_vocab], &mut gathered)?;
-            out[r * vocab..(r + 1) * vocab].copy_from_slice(&gathered);
+        for span in &self.lm_spans {
+            let len = span.len();
+            for r in 0..n_rows {
+                let src = &gathered[n_rows * span.start + r * len..][..len];
+                out[r * vocab + span.start..][..len].copy_from_slice(src);
+            }
         }
         Ok(out)
     }
 
-    /// The attention half of block `l`: returns this rank's (partial) `o_proj` output.
+    /// The attention half of block `l` for the whole batch: returns this rank's (partial)
+    /// `o_proj` output for every token.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         backend: &dyn Backend,
-        _comm: &mut dyn Communicator,
         layer: &Layer,
         l: usize,
-        cache: &mut KvCache,
+        cache: &mut PagedKvCache,
+        seqs: &[SeqInput<'_>],
         normed: &[f32],
         positions: &[usize],
     ) -> Result<Vec<f32>, ModelError> {
         let d = self.config.shape.head_dim;
         let h = self.config.shape.hidden;
         let t = positions.len();
-        let start = positions[0];
         let (qw, kvw) = (layer.q_heads * d, layer.kv_heads * d);
         let width = qw + 2 * kvw;
         let mut qkv = vec![0.0f32; t * width];
         backend.matmul(normed, t, &layer.qkv, layer.qkv_bias.as_deref(), &mut qkv)?;
         let mut q = vec![0.0f32; t * qw];
         let mut k = vec![0.0f32; t * kvw];
-        for (i, row) in qkv.chunks_exact(width.max(1)).enumerate() {
-            q[i * qw..(i + 1) * qw].copy_from_slice(&row[..qw]);
-            k[i * kvw..(i + 1) * kvw].copy_from_slice(&row[qw..qw + kvw]);
+        if width > 0 {
+            for (i, row) in qkv.chunks_exact(width).enumerate() {
+                q[i * qw..(i + 1) * qw].copy_from_slice(&row[..qw]);
+                k[i * kvw..(i + 1) * kvw].copy_from_slice(&row[qw..qw + kvw]);
+            }
         }
         backend.rope(&mut q, layer.q_heads, positions, &self.rope)?;
         backend.rope(&mut k, layer.kv_heads, positions, &self.rope)?;
-        let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-        let needed = (start + t) * kvw;
-        if kc.len() < needed {
-            kc.resize(needed, 0.0);
-            vc.resize(needed, 0.0);
-        }
-        kc[start * kvw..needed].copy_from_slice(&k);
-        for (i, row) in qkv.chunks_exact(width.max(1)).enumerate() {
-            vc[(start + i) * kvw..(start + i + 1) * kvw].copy_from_slice(&row[qw + kvw..]);
-        }
         let mut attn = vec![0.0f32; t * qw];
-        let shape = AttentionShape {
-            tokens: t,
-            start,
-            head_dim: d,
-            kv_heads: layer.kv_heads,
-            kv_index: &layer.kv_index,
-            window: self.config.sliding_window,
-        };
-        backend.attention(&q, &kc[..needed], &vc[..needed], &shape, &mut attn)?;
+        if kvw > 0 {
+            let mut row = 0;
+            let mut paged = Vec::with_capacity(seqs.len());
+            for s in seqs {
+                for i in 0..s.tokens.len() {
+                    let r = row + i;
+                    let slot = cache.slot(s.block_table, s.start + i);
+                    cache.write(l, slot, &k[r * kvw..(r + 1) * kvw], &qkv[r * width + qw + kvw..(r + 1) * width]);
+                }
+                paged.push(PagedSeq {
+                    row,
+                    tokens: s.tokens.len(),
+                    start: s.start,
+                    block_table: s.block_table,
+                });
+                row += s.tokens.len();
+            }
+            let shape = PagedShape {
+                head_dim: d,
+                kv_heads: layer.kv_heads,
+                kv_index: &layer.kv_index,
+                window: self.config.sliding_window,
+                block_size: cache.block_size(),
+            };
+            let (kc, vc) = cache.layer(l);
+            backend.paged_attention(&q, kc, vc, &paged, &shape, &mut attn)?;
+        }
         let mut out = vec![0.0f32; t * h];
         backend.matmul(&attn, t, &layer.o, None, &mut out)?;
         Ok(out)

@@ -1,0 +1,313 @@
+//! Causal attention of a batch of sequences over a paged key/value cache.
+//!
+//! ```text
+//!  q, out  [T, hq, d]                 rows of all sequences, one after another
+//!  k, v    [block][slot][hkv][d]      the rank's block pool for one layer
+//!  seq s:  rows s.row .. s.row + s.tokens at positions s.start ..,
+//!          position p of s lives at slot table[p / bs] * bs + p % bs
+//! ```
+//!
+//! For every (row, head) the keys are visited in position order, each score is the same
+//! fixed-order dot product as the matmul's, and the softmax and value sums run in key order.
+//! Keys are read block by block, but no sum spans a block boundary differently: a row's
+//! output is bit-identical to the contiguous [`crate::attention`] on the same keys, and
+//! independent of the other sequences in the batch, its position in it, how its prompt was
+//! chunked and the thread count.
+
+use std::ops::Range;
+
+use crate::axpy::axpy;
+use crate::error::{check_len, mul, KernelError};
+use crate::isa::Isa;
+use crate::matmul::{gemm_cols, Operands};
+use crate::pool::CpuPool;
+
+/// Below this many score multiply-adds, attention runs on the caller's thread alone.
+const PARALLEL_MIN_FMAS: usize = 1 << 15;
+
+/// One sequence's rows in a [`paged_attention`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedSeq<'a> {
+    /// First row of this sequence in `q` and `out` (rows of sequences are consecutive).
+    pub row: usize,
+    /// New query tokens (rows).
+    pub tokens: usize,
+    /// Position of the first new token; positions `0..start + tokens` are in the cache.
+    pub start: usize,
+    /// Cache blocks of the sequence in position order.
+    pub block_table: &'a [u32],
+}
+
+/// Shape shared by every sequence of a [`paged_attention`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedShape<'a> {
+    /// Width d of every head.
+    pub head_dim: usize,
+    /// Key/value heads per cache slot (this rank's hkv).
+    pub kv_heads: usize,
+    /// For each local query head, the local kv head it reads (length = query heads).
+    pub kv_index: &'a [usize],
+    /// Attend only to keys with position > query position - window; `None` = all.
+    pub window: Option<usize>,
+    /// Tokens per cache block.
+    pub block_size: usize,
+}
+
+/// Causal paged attention (softmax in f32, fixed key order): see the module picture.
+pub fn paged_attention(
+    pool: &CpuPool,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqs: &[PagedSeq<'_>],
+    shape: &PagedShape<'_>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let rows = check(q, k, v, seqs, shape, out)?;
+    let hq = shape.kv_index.len();
+    // Row -> sequence index, so that items can be split evenly over threads.
+    let mut row_seq = Vec::with_capacity(rows);
+    let mut work = 0usize;
+    for (i, s) in seqs.iter().enumerate() {
+        row_seq.extend(std::iter::repeat_n(i, s.tokens));
+        work = work.saturating_add(s.tokens * (s.start + s.tokens));
+    }
+    let items = rows * hq;
+    let work = work.saturating_mul(hq * shape.head_dim);
+    let isa = pool.isa();
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let job = |range: Range<usize>| {
+        // SAFETY: `check` verified every length, block id and table; each item writes only
+        // its own head row of `out`, and threads get disjoint item ranges.
+        unsafe { attend_items(isa, q, k, v, seqs, &row_seq, shape, &out_ptr, range) }
+    };
+    let threads = pool.threads();
+    if threads == 1 || work < PARALLEL_MIN_FMAS {
+        job(0..items);
+    } else {
+        pool.run(|t| job(items * t / threads..items * (t + 1) / threads));
+    }
+    Ok(())
+}
+
+/// `out`'s base pointer, shared by the threads that write its disjoint head rows.
+struct OutPtr(*mut f32);
+
+// SAFETY: threads use the pointer only to write the head rows of their own items, which
+// are disjoint, and `paged_attention` holds the `&mut` borrow of `out` until they are done.
+unsafe impl Sync for OutPtr {}
+
+/// Checks every length, row offset and block table; returns the number of rows.
+fn check(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqs: &[PagedSeq<'_>],
+    shape: &PagedShape<'_>,
+    out: &[f32],
+) -> Result<usize, KernelError> {
+    let d = shape.head_dim;
+    let hq = shape.kv_index.len();
+    let invalid = |what: &'static str, reason: String| KernelError::Invalid { what, reason };
+    if d == 0 || shape.kv_heads == 0 || shape.block_size == 0 {
+        return Err(invalid(
+            "paged attention shape",
+            format!(
+                "head_dim ({d}), kv_heads ({}) and block_size ({}) must be non-zero",
+                shape.kv_heads, shape.block_size
+            ),
+        ));
+    }
+    if shape.window == Some(0) {
+        return Err(invalid("window", "a window must hold at least the query's own position".into()));
+    }
+    if let Some(&g) = shape.kv_index.iter().find(|&&g| g >= shape.kv_heads) {
+        return Err(invalid("kv_index", format!("kv head {g} is not below kv_heads {}", shape.kv_heads)));
+    }
+    let slot = mul("k", shape.kv_heads, d)?;
+    let block = mul("k", slot, shape.block_size)?;
+    check_len("v", k.len(), v.len())?;
+    if !k.len().is_multiple_of(block) {
+        return Err(invalid("k", format!("{} floats are not whole blocks of {block}", k.len())));
+    }
+    let num_blocks = k.len() / block;
+    let mut rows = 0usize;
+    for (i, s) in seqs.iter().enumerate() {
+        if s.row != rows {
+            return Err(invalid("seqs", format!("sequence {i} starts at row {} but the rows before it end at {rows}", s.row)));
+        }
+        let end = s.start + s.tokens;
+        if s.block_table.len() * shape.block_size < end {
+            return Err(invalid("block_table", format!("sequence {i}: {} blocks cannot hold {end} positions", s.block_table.len())));
+        }
+        if let Some(&b) = s.block_table.iter().find(|&&b| b as usize >= num_blocks) {
+            return Err(invalid("block_table", format!("sequence {i}: block {b} is outside the pool of {num_blocks}")));
+        }
+        rows += s.tokens;
+    }
+    let q_len = mul("q", mul("q", rows, hq)?, d)?;
+    check_len("q", q_len, q.len())?;
+    check_len("out", q_len, out.len())?;
+    Ok(rows)
+}
+
+/// Attention for items `range` (item = row * hq + head), on the calling thread.
+///
+/// # Safety
+/// Arguments must have passed `check`, `out` must point to the checked output buffer, no
+/// other thread may write these items' rows of it, and `isa` must be available.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_items(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqs: &[PagedSeq<'_>],
+    row_seq: &[usize],
+    shape: &PagedShape<'_>,
+    out: &OutPtr,
+    range: Range<usize>,
+) {
+    let d = shape.head_dim;
+    let hq = shape.kv_index.len();
+    let bs = shape.block_size;
+    let slot_width = shape.kv_heads * d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut scores: Vec<f32> = Vec::new();
+    let mut acc = vec![0.0f32; d];
+    for item in range {
+        let (row, head) = (item / hq, item % hq);
+        let s = &seqs[row_seq[row]];
+        let pos = s.start + (row - s.row);
+        let lo = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let keys = pos + 1 - lo;
+        let g = shape.kv_index[head];
+        let q_row = &q[item * d..(item + 1) * d];
+        scores.clear();
+        scores.resize(keys, 0.0);
+        // Scores block by block: keys in one block are evenly strided.
+        let mut j = lo;
+        while j <= pos {
+            let run = (bs - j % bs).min(pos + 1 - j);
+            let base = (s.block_table[j / bs] as usize * bs + j % bs) * slot_width + g * d;
+            let op = Operands {
+                x: q_row.as_ptr(),
+                ldx: d,
+                m: 1,
+                w: k[base..].as_ptr(),
+                ldw: slot_width,
+                k: d,
+                bias: std::ptr::null(),
+                y: scores[j - lo..].as_mut_ptr(),
+                ldy: run,
+            };
+            // SAFETY: key i < run reads k[base + i*slot_width ..][..d], inside block
+            // table[j / bs] of the checked pool; `scores[j - lo..]` has at least `run` entries.
+            unsafe { gemm_cols(isa, &op, 0..run) };
+            j += run;
+        }
+        let mut max = f32::NEG_INFINITY;
+        for sc in scores.iter_mut() {
+            *sc *= scale;
+            max = max.max(*sc);
+        }
+        let mut z = 0.0f32;
+        acc.fill(0.0);
+        for (i, sc) in scores.iter().enumerate() {
+            let p = lo + i;
+            let e = (sc - max).exp();
+            z += e;
+            let at = (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d;
+            axpy(isa, e, &v[at..at + d], &mut acc);
+        }
+        // SAFETY: this item's head row of `out` is in bounds (checked) and only we write it.
+        let out_row = unsafe { std::slice::from_raw_parts_mut(out.0.add(item * d), d) };
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = a / z;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{attention, AttentionShape};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Scatters a contiguous cache `[pos][hkv][d]` into blocks given by a shuffled table.
+    fn scatter(contig: &[f32], slot: usize, bs: usize, table: &[u32], pool: &mut [f32]) {
+        for (p, row) in contig.chunks_exact(slot).enumerate() {
+            let at = (table[p / bs] as usize * bs + p % bs) * slot;
+            pool[at..at + slot].copy_from_slice(row);
+        }
+    }
+
+    #[test]
+    fn paged_equals_contiguous_bitwise_for_a_mixed_batch() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (d, hkv, bs, nblocks) = (8, 2, 4, 64);
+        let kv_index = [0usize, 0, 1, 1, 1];
+        let hq = kv_index.len();
+        let slot = hkv * d;
+        let pool = CpuPool::new(2).unwrap();
+        let mut kp = vec![0.0f32; nblocks * bs * slot];
+        let mut vp = vec![0.0f32; nblocks * bs * slot];
+        let mut free: Vec<u32> = (0..nblocks as u32).collect();
+        // (start, tokens) per sequence: decode, prefill chunk after a past, fresh prefill.
+        let specs = [(9usize, 1usize), (5, 6), (0, 7), (13, 1)];
+        let mut tables = Vec::new();
+        let mut conts = Vec::new();
+        let mut qs = Vec::new();
+        for &(start, t) in &specs {
+            let n = start + t;
+            let blocks = n.div_ceil(bs);
+            let table: Vec<u32> = (0..blocks).map(|_| free.remove(rng.random_range(0..free.len()))).collect();
+            let kc: Vec<f32> = (0..n * slot).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let vc: Vec<f32> = (0..n * slot).map(|_| rng.random_range(-1.0..1.0)).collect();
+            scatter(&kc, slot, bs, &table, &mut kp);
+            scatter(&vc, slot, bs, &table, &mut vp);
+            qs.push((0..t * hq * d).map(|_| rng.random_range(-1.0..1.0)).collect::<Vec<f32>>());
+            tables.push(table);
+            conts.push((kc, vc));
+        }
+        for window in [None, Some(3)] {
+            let mut row = 0;
+            let seqs: Vec<PagedSeq<'_>> = specs
+                .iter()
+                .zip(&tables)
+                .map(|(&(start, t), table)| {
+                    let s = PagedSeq { row, tokens: t, start, block_table: table };
+                    row += t;
+                    s
+                })
+                .collect();
+            let q: Vec<f32> = qs.concat();
+            let mut out = vec![f32::NAN; q.len()];
+            let shape = PagedShape { head_dim: d, kv_heads: hkv, kv_index: &kv_index, window, block_size: bs };
+            paged_attention(&pool, &q, &kp, &vp, &seqs, &shape, &mut out).unwrap();
+            let mut offset = 0;
+            for (i, &(start, t)) in specs.iter().enumerate() {
+                let mut expect = vec![0.0f32; t * hq * d];
+                let cshape = AttentionShape { tokens: t, start, head_dim: d, kv_heads: hkv, kv_index: &kv_index, window };
+                attention(&pool, &qs[i], &conts[i].0, &conts[i].1, &cshape, &mut expect).unwrap();
+                assert_eq!(&out[offset..offset + t * hq * d], &expect[..], "sequence {i} window {window:?}");
+                offset += t * hq * d;
+            }
+        }
+    }
+
+    #[test]
+    fn bad_block_ids_and_short_tables_are_rejected() {
+        let pool = CpuPool::new(1).unwrap();
+        let kv_index = [0usize];
+        let shape = PagedShape { head_dim: 4, kv_heads: 1, kv_index: &kv_index, window: None, block_size: 2 };
+        let k = vec![0.0f32; 3 * 2 * 4];
+        let q = vec![0.0f32; 4];
+        let mut out = vec![0.0f32; 4];
+        let bad = [PagedSeq { row: 0, tokens: 1, start: 0, block_table: &[3] }];
+        assert!(paged_attention(&pool, &q, &k, &k, &bad, &shape, &mut out).is_err());
+        let short = [PagedSeq { row: 0, tokens: 1, start: 4, block_table: &[0, 1] }];
+        assert!(paged_attention(&pool, &q, &k, &k, &short, &shape, &mut out).is_err());
+    }
+}
