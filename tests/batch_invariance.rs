@@ -34,7 +34,7 @@ fn logits_do_not_depend_on_batch_companions_block_placement_or_chunking() {
         let table: Vec<u32> = (0..target.len().div_ceil(bs)).map(|_| free.pop().unwrap()).collect();
         let others: Vec<(Vec<u32>, Vec<u32>)> = (0..4)
             .map(|_| {
-                let len = rng.random_range(1..20);
+                let len: usize = rng.random_range(1..20);
                 let toks: Vec<u32> = (0..len).map(|_| rng.random_range(0..shape.vocab as u32)).collect();
                 let t: Vec<u32> = (0..len.div_ceil(bs)).map(|_| free.pop().unwrap()).collect();
                 (toks, t)
