@@ -7,17 +7,36 @@ use tessera_model::{LogitRows, ModelConfig};
 use tessera_plan::Strategy;
 
 fn check(name: &str) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let ids: Vec<u32> = reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ids: Vec<u32> = reference["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     let expected: Vec<f32> = reference["logits"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<_>>())
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect::<Vec<_>>()
+        })
         .collect();
-    let greedy: Vec<u32> = reference["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let greedy: Vec<u32> = reference["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     let config = ModelConfig::from_dir(&dir).unwrap();
     for tp in 1..=3 {
         let plan = Strategy::Megatron.plan(&config.shape, tp).unwrap();
@@ -29,7 +48,10 @@ fn check(name: &str) {
             .zip(&expected)
             .map(|(g, e)| (g - e).abs() / e.abs().max(1.0))
             .fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "{name} tp {tp}: logits differ from transformers by {worst}");
+        assert!(
+            worst < 1e-4,
+            "{name} tp {tp}: logits differ from transformers by {worst}"
+        );
         let out = engine
             .generate(&GenerateRequest {
                 prompt: ids.clone(),
@@ -39,7 +61,10 @@ fn check(name: &str) {
                 stop_ids: vec![],
             })
             .unwrap();
-        assert_eq!(out.completion, greedy, "{name} tp {tp}: greedy tokens differ");
+        assert_eq!(
+            out.completion, greedy,
+            "{name} tp {tp}: greedy tokens differ"
+        );
     }
 }
 

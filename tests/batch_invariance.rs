@@ -24,18 +24,24 @@ fn logits_do_not_depend_on_batch_companions_block_placement_or_chunking() {
         let bs = engine.block_size();
         let mut free: Vec<u32> = (0..engine.num_blocks() as u32).collect();
         free.shuffle(&mut rng);
-        let target: Vec<u32> = (0..13).map(|_| rng.random_range(0..shape.vocab as u32)).collect();
+        let target: Vec<u32> = (0..13)
+            .map(|_| rng.random_range(0..shape.vocab as u32))
+            .collect();
 
         // Alone, in blocks 0.., in one prefill.
         let alone = engine.forward(&target, LogitRows::All).unwrap();
 
         // In a batch of 5 sequences with scattered blocks, prompt split in chunks 5 + 8,
         // the target placed third.
-        let table: Vec<u32> = (0..target.len().div_ceil(bs)).map(|_| free.pop().unwrap()).collect();
+        let table: Vec<u32> = (0..target.len().div_ceil(bs))
+            .map(|_| free.pop().unwrap())
+            .collect();
         let others: Vec<(Vec<u32>, Vec<u32>)> = (0..4)
             .map(|_| {
                 let len: usize = rng.random_range(1..20);
-                let toks: Vec<u32> = (0..len).map(|_| rng.random_range(0..shape.vocab as u32)).collect();
+                let toks: Vec<u32> = (0..len)
+                    .map(|_| rng.random_range(0..shape.vocab as u32))
+                    .collect();
                 let t: Vec<u32> = (0..len.div_ceil(bs)).map(|_| free.pop().unwrap()).collect();
                 (toks, t)
             })
@@ -45,7 +51,12 @@ fn logits_do_not_depend_on_batch_companions_block_placement_or_chunking() {
             let mut seqs: Vec<StepSeq> = others
                 .iter()
                 .take(2)
-                .map(|(toks, t)| StepSeq { tokens: toks.clone(), start: 0, block_table: t.clone(), logits: LogitRows::Last })
+                .map(|(toks, t)| StepSeq {
+                    tokens: toks.clone(),
+                    start: 0,
+                    block_table: t.clone(),
+                    logits: LogitRows::Last,
+                })
                 .collect();
             seqs.push(StepSeq {
                 tokens: target[chunk_start..chunk_end].to_vec(),
@@ -64,6 +75,9 @@ fn logits_do_not_depend_on_batch_companions_block_placement_or_chunking() {
             // Two "Last" rows come first, then the target's rows.
             batched.extend_from_slice(&out[2 * vocab..]);
         }
-        assert_eq!(alone, batched, "tp {tp}: batched logits differ from the sequence alone");
+        assert_eq!(
+            alone, batched,
+            "tp {tp}: batched logits differ from the sequence alone"
+        );
     }
 }

@@ -6,7 +6,11 @@ use std::path::Path;
 
 /// A model directory with the real tokenizer and an edited config; `weights` says what
 /// `model.safetensors` is.
-fn model_dir(tmp: &Path, edit_config: impl Fn(&mut serde_json::Value), weights: Weights) -> std::path::PathBuf {
+fn model_dir(
+    tmp: &Path,
+    edit_config: impl Fn(&mut serde_json::Value),
+    weights: Weights,
+) -> std::path::PathBuf {
     let real = common::default_model();
     let dir = tmp.join("model");
     std::fs::create_dir_all(&dir).unwrap();
@@ -38,47 +42,108 @@ enum Weights {
 fn fails_with(args: &[&str], needles: &[&str]) {
     let out = common::run(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure for {args:?}, got success");
-    assert!(!stderr.contains("panicked"), "panicked for {args:?}: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure for {args:?}, got success"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "panicked for {args:?}: {stderr}"
+    );
     for n in needles {
-        assert!(stderr.contains(n), "stderr for {args:?} lacks '{n}':\n{stderr}");
+        assert!(
+            stderr.contains(n),
+            "stderr for {args:?} lacks '{n}':\n{stderr}"
+        );
     }
-    assert!(out.stdout.is_empty(), "stdout must stay empty on error: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "stdout must stay empty on error: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
 fn missing_safetensors_file_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = model_dir(tmp.path(), |_| {}, Weights::Missing);
-    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi", "--json"], &["model.safetensors"]);
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--json",
+        ],
+        &["model.safetensors"],
+    );
 }
 
 #[test]
 fn truncated_safetensors_file_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = model_dir(tmp.path(), |_| {}, Weights::Truncated);
-    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"], &["truncated"]);
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &["truncated"],
+    );
 }
 
 #[test]
 fn unknown_architecture_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = model_dir(tmp.path(), |c| c["architectures"] = serde_json::json!(["MambaForCausalLM"]), Weights::Linked);
-    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi"], &["MambaForCausalLM", "not supported"]);
+    let dir = model_dir(
+        tmp.path(),
+        |c| c["architectures"] = serde_json::json!(["MambaForCausalLM"]),
+        Weights::Linked,
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &["MambaForCausalLM", "not supported"],
+    );
 }
 
 #[test]
 fn prompt_longer_than_the_context_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = model_dir(tmp.path(), |c| c["max_position_embeddings"] = serde_json::json!(8), Weights::Linked);
+    let dir = model_dir(
+        tmp.path(),
+        |c| c["max_position_embeddings"] = serde_json::json!(8),
+        Weights::Linked,
+    );
     let prompt = "one two three four five six seven eight nine ten eleven";
-    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt], &["context"]);
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            prompt,
+        ],
+        &["context"],
+    );
 }
 
 #[test]
 fn zero_ranks_is_reported() {
     let model = common::default_model().to_str().unwrap().to_string();
-    fails_with(&["generate", "--model", &model, "--tp", "0", "--prompt", "hi"], &["--tp"]);
+    fails_with(
+        &["generate", "--model", &model, "--tp", "0", "--prompt", "hi"],
+        &["--tp"],
+    );
     fails_with(&["plan", "--model", &model, "--tp", "0"], &["at least 1"]);
 }
 
@@ -87,12 +152,21 @@ fn overlapping_plan_ranges_name_the_weight_and_the_rank() {
     let model = common::default_model().to_str().unwrap().to_string();
     let out = common::run(&["plan", "--model", &model, "--tp", "2", "--json"]);
     let mut plan = common::json_stdout(&out);
-    plan["layers"][7]["mlp"]["spans"] = serde_json::json!([{"start": 0, "end": 800}, {"start": 700, "end": 1536}]);
+    plan["layers"][7]["mlp"]["spans"] =
+        serde_json::json!([{"start": 0, "end": 800}, {"start": 700, "end": 1536}]);
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("plan.json");
     std::fs::write(&path, plan.to_string()).unwrap();
     fails_with(
-        &["generate", "--model", &model, "--plan", path.to_str().unwrap(), "--prompt", "hi"],
+        &[
+            "generate",
+            "--model",
+            &model,
+            "--plan",
+            path.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
         &["model.layers.7.mlp", "rank 1", "overlap"],
     );
 }
@@ -100,36 +174,75 @@ fn overlapping_plan_ranges_name_the_weight_and_the_rank() {
 #[test]
 fn plan_with_a_gap_is_reported() {
     let model = common::default_model().to_str().unwrap().to_string();
-    let mut plan = common::json_stdout(&common::run(&["plan", "--model", &model, "--tp", "3", "--json"]));
+    let mut plan = common::json_stdout(&common::run(&[
+        "plan", "--model", &model, "--tp", "3", "--json",
+    ]));
     plan["lm_head"]["spans"][1]["start"] = serde_json::json!(16390);
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("plan.json");
     std::fs::write(&path, plan.to_string()).unwrap();
-    fails_with(&["generate", "--model", &model, "--plan", path.to_str().unwrap(), "--prompt", "hi"], &["lm_head", "rank 1"]);
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            &model,
+            "--plan",
+            path.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &["lm_head", "rank 1"],
+    );
 }
 
 #[test]
 fn cuda_device_in_a_cpu_build_is_reported() {
     let model = common::default_model().to_str().unwrap().to_string();
-    fails_with(&["generate", "--model", &model, "--device", "cuda", "--prompt", "hi"], &["without CUDA"]);
+    fails_with(
+        &[
+            "generate", "--model", &model, "--device", "cuda", "--prompt", "hi",
+        ],
+        &["without CUDA"],
+    );
 }
 
 #[test]
 fn unknown_dtype_and_strategy_are_reported() {
     let model = common::default_model().to_str().unwrap().to_string();
-    fails_with(&["generate", "--model", &model, "--dtype", "int3", "--prompt", "hi"], &["int3"]);
-    fails_with(&["plan", "--model", &model, "--tp", "2", "--strategy", "zigzag"], &["zigzag", "megatron"]);
+    fails_with(
+        &[
+            "generate", "--model", &model, "--dtype", "int3", "--prompt", "hi",
+        ],
+        &["int3"],
+    );
+    fails_with(
+        &[
+            "plan",
+            "--model",
+            &model,
+            "--tp",
+            "2",
+            "--strategy",
+            "zigzag",
+        ],
+        &["zigzag", "megatron"],
+    );
 }
 
 #[test]
 fn plan_json_prints_only_json_and_the_table_names_every_rank() {
     let model = common::default_model().to_str().unwrap().to_string();
-    let plan = common::json_stdout(&common::run(&["plan", "--model", &model, "--tp", "3", "--json"]));
+    let plan = common::json_stdout(&common::run(&[
+        "plan", "--model", &model, "--tp", "3", "--json",
+    ]));
     assert_eq!(plan["world_size"], 3);
     let out = common::run(&["plan", "--model", &model, "--tp", "2"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(table.contains("0..5 (5)") && table.contains("5..9 (4)"), "head split 5+4 expected:\n{table}");
+    assert!(
+        table.contains("0..5 (5)") && table.contains("5..9 (4)"),
+        "head split 5+4 expected:\n{table}"
+    );
     assert!(table.contains("all-reduce"), "{table}");
 }
 
@@ -141,8 +254,16 @@ fn saved_plan_runs_and_fixes_the_rank_count() {
     let path = tmp.path().join("plan.json");
     std::fs::write(&path, &out.stdout).unwrap();
     let got = common::json_stdout(&common::run(&[
-        "generate", "--model", &model, "--plan", path.to_str().unwrap(), "--prompt", "The capital of France is",
-        "--max-tokens", "3", "--json",
+        "generate",
+        "--model",
+        &model,
+        "--plan",
+        path.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "3",
+        "--json",
     ]));
     assert_eq!(got["tp"], 3);
     assert_eq!(got["completion_ids"], serde_json::json!([7042, 30, 198]));

@@ -10,7 +10,14 @@ use tessera_engine::{Coordinator, EngineOptions};
 use tessera_model::{synthetic, LogitRows};
 use tessera_plan::Strategy;
 
-fn logits(dir: &std::path::Path, shape: &tessera_plan::ModelShape, strategy: Strategy, tp: usize, prompt: &[u32], decode: &[u32]) -> Vec<f32> {
+fn logits(
+    dir: &std::path::Path,
+    shape: &tessera_plan::ModelShape,
+    strategy: Strategy,
+    tp: usize,
+    prompt: &[u32],
+    decode: &[u32],
+) -> Vec<f32> {
     let plan = strategy.plan(shape, tp).unwrap();
     let mut engine = Coordinator::start(dir, plan, &EngineOptions::default()).unwrap();
     let mut out = engine.forward(prompt, LogitRows::All).unwrap();
@@ -22,7 +29,10 @@ fn logits(dir: &std::path::Path, shape: &tessera_plan::ModelShape, strategy: Str
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -33,16 +43,26 @@ fn random_models_on_1_to_6_ranks_match_one_rank() {
         let tmp = tempfile::tempdir().unwrap();
         synthetic::write_random_model(tmp.path(), &shape, case, 64).unwrap();
         let len = rng.random_range(1..12);
-        let prompt: Vec<u32> = (0..len).map(|_| rng.random_range(0..shape.vocab as u32)).collect();
-        let decode: Vec<u32> = (0..3).map(|_| rng.random_range(0..shape.vocab as u32)).collect();
+        let prompt: Vec<u32> = (0..len)
+            .map(|_| rng.random_range(0..shape.vocab as u32))
+            .collect();
+        let decode: Vec<u32> = (0..3)
+            .map(|_| rng.random_range(0..shape.vocab as u32))
+            .collect();
         let one = logits(tmp.path(), &shape, Strategy::Megatron, 1, &prompt, &decode);
         assert!(one.iter().all(|v| v.is_finite()));
         let spread = one.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        assert!(spread > 0.1, "case {case}: logits are too flat to test anything");
+        assert!(
+            spread > 0.1,
+            "case {case}: logits are too flat to test anything"
+        );
         for tp in 2..=6 {
             let many = logits(tmp.path(), &shape, Strategy::Megatron, tp, &prompt, &decode);
             let diff = max_abs_diff(&one, &many);
-            assert!(diff < 1e-4, "case {case} {shape:?}: tp {tp} differs from tp 1 by {diff}");
+            assert!(
+                diff < 1e-4,
+                "case {case} {shape:?}: tp {tp} differs from tp 1 by {diff}"
+            );
         }
     }
 }

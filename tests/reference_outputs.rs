@@ -15,8 +15,21 @@ fn check_form(tp: usize, id: &str, form: &str, text: &str, reference: &Value) ->
     let model = common::default_model().to_str().unwrap().to_string();
     let tp_s = tp.to_string();
     let mut args = vec![
-        "generate", "--model", &model, "--tp", &tp_s, "--prompt", text, "--max-tokens", "32",
-        "--temperature", "0", "--ignore-eos", "--json", "--top-logits", "10",
+        "generate",
+        "--model",
+        &model,
+        "--tp",
+        &tp_s,
+        "--prompt",
+        text,
+        "--max-tokens",
+        "32",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+        "--top-logits",
+        "10",
     ];
     if form == "chat" {
         args.push("--chat");
@@ -25,13 +38,35 @@ fn check_form(tp: usize, id: &str, form: &str, text: &str, reference: &Value) ->
     let mut failures = Vec::new();
     let what = format!("tp {tp} {id} {form}");
     if got["prompt_ids"] != reference["prompt_ids"] {
-        failures.push(format!("{what}: prompt ids {} != reference {}", got["prompt_ids"], reference["prompt_ids"]));
+        failures.push(format!(
+            "{what}: prompt ids {} != reference {}",
+            got["prompt_ids"], reference["prompt_ids"]
+        ));
         return failures;
     }
-    let ours: Vec<u64> = got["completion_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    let theirs: Vec<u64> = reference["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    let margins: Vec<f64> = reference["greedy_margin"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    assert_eq!(ours.len(), 32, "{what}: expected 32 tokens with --ignore-eos");
+    let ours: Vec<u64> = got["completion_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let theirs: Vec<u64> = reference["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let margins: Vec<f64> = reference["greedy_margin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        ours.len(),
+        32,
+        "{what}: expected 32 tokens with --ignore-eos"
+    );
     for step in 0..theirs.len() {
         if ours[step] != theirs[step] {
             let excused = margins[..=step].iter().any(|&m| m < MARGIN_FLOOR);
@@ -52,10 +87,14 @@ fn check_form(tp: usize, id: &str, form: &str, text: &str, reference: &Value) ->
             Some(t) => {
                 let l = t["logit"].as_f64().unwrap();
                 if (l - rlogit).abs() > LOGIT_RTOL * rlogit.abs().max(1.0) {
-                    failures.push(format!("{what}: logit of token {rid} is {l} but the reference has {rlogit}"));
+                    failures.push(format!(
+                        "{what}: logit of token {rid} is {l} but the reference has {rlogit}"
+                    ));
                 }
             }
-            None => failures.push(format!("{what}: reference top-5 token {rid} is not in our top 10")),
+            None => failures.push(format!(
+                "{what}: reference top-5 token {rid} is not in our top 10"
+            )),
         }
     }
     failures
@@ -70,10 +109,27 @@ fn check_tp(tp: usize) {
     let mut failures = Vec::new();
     for r in results {
         let id = r["id"].as_str().unwrap();
-        failures.extend(check_form(tp, id, "plain", r["text"].as_str().unwrap(), &r["plain"]));
-        failures.extend(check_form(tp, id, "chat", r["text"].as_str().unwrap(), &r["chat"]));
+        failures.extend(check_form(
+            tp,
+            id,
+            "plain",
+            r["text"].as_str().unwrap(),
+            &r["plain"],
+        ));
+        failures.extend(check_form(
+            tp,
+            id,
+            "chat",
+            r["text"].as_str().unwrap(),
+            &r["chat"],
+        ));
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -164,7 +164,10 @@ fn bandwidth(a: &BandwidthArgs) -> Result<()> {
                     *a += *x;
                 }
             }
-            sink.fetch_add(acc.iter().sum::<f32>() as u32, std::sync::atomic::Ordering::Relaxed);
+            sink.fetch_add(
+                acc.iter().sum::<f32>() as u32,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         });
         rates.push((len * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
     }

@@ -62,13 +62,20 @@ impl ModelArgs {
     pub(crate) fn resolve(&self) -> Result<PathBuf> {
         if let Some(dir) = &self.model {
             if !dir.join("config.json").exists() {
-                bail!("{} is not a model directory (no config.json)", dir.display());
+                bail!(
+                    "{} is not a model directory (no config.json)",
+                    dir.display()
+                );
             }
             return Ok(dir.clone());
         }
         let manifest = tessera_convert::default_manifest();
-        tessera_convert::pull(&manifest, &self.models_dir, false)
-            .with_context(|| format!("pulling the default model into {}", self.models_dir.display()))
+        tessera_convert::pull(&manifest, &self.models_dir, false).with_context(|| {
+            format!(
+                "pulling the default model into {}",
+                self.models_dir.display()
+            )
+        })
     }
 }
 
@@ -143,4 +150,3 @@ pub(crate) fn check_device(device: &str) -> Result<()> {
         other => bail!("unknown --device '{other}' (cpu or cuda)"),
     }
 }
-

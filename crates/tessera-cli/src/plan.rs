@@ -28,7 +28,10 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
     if args.json {
         println!("{}", plan.to_json());
     } else {
-        print!("{}", tessera_plan::render_table(&plan, args.bytes_per_param));
+        print!(
+            "{}",
+            tessera_plan::render_table(&plan, args.bytes_per_param)
+        );
     }
     Ok(())
 }

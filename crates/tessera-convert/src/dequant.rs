@@ -73,7 +73,7 @@ pub(crate) fn storage_size(
     n_elements: usize,
 ) -> Result<usize, ConvertError> {
     let (block_values, block_bytes) = ty.block_layout().ok_or_else(|| unsupported(tensor, ty))?;
-    if n_elements % block_values != 0 {
+    if !n_elements.is_multiple_of(block_values) {
         return Err(ConvertError::layout(
             tensor,
             format!("{n_elements} values is not a whole number of {ty} blocks of {block_values}"),

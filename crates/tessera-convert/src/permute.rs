@@ -25,7 +25,7 @@ pub fn unpermute_qk_rows(
     cols: usize,
     n_head: usize,
 ) -> Result<Vec<f32>, ConvertError> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return Err(ConvertError::layout(
             tensor,
             format!("{rows} rows cannot be split into {n_head} heads of even size"),

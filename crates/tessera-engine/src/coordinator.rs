@@ -92,7 +92,11 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Loads `model_dir` split as `plan` says and starts one thread per rank.
-    pub fn start(model_dir: &Path, plan: ShardPlan, options: &EngineOptions) -> Result<Self, EngineError> {
+    pub fn start(
+        model_dir: &Path,
+        plan: ShardPlan,
+        options: &EngineOptions,
+    ) -> Result<Self, EngineError> {
         let config = ModelConfig::from_dir(model_dir)?;
         if plan.model != config.shape {
             return Err(tessera_plan::PlanError::ModelMismatch {
@@ -117,7 +121,9 @@ impl Coordinator {
                 .collect()
         };
         if options.block_size == 0 {
-            return Err(EngineError::BadRequest("the KV block size must be at least 1".into()));
+            return Err(EngineError::BadRequest(
+                "the KV block size must be at least 1".into(),
+            ));
         }
         // Every rank holds the same block ids; the rank with the widest key/value slice
         // (replicated kv heads) decides how many blocks fit the budget.
@@ -268,7 +274,11 @@ impl Coordinator {
         let shape = &self.config.shape;
         for s in &seqs {
             if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= shape.vocab) {
-                return Err(ModelError::TokenOutOfRange { id, vocab: shape.vocab }.into());
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: shape.vocab,
+                }
+                .into());
             }
             let end = s.start + s.tokens.len();
             if end > self.config.max_position_embeddings {
@@ -354,7 +364,9 @@ fn rank_main(
     ready: Sender<Result<usize, ModelError>>,
 ) {
     let loaded = WeightFiles::open(&setup.dir)
-        .and_then(|files| RankModel::load(&setup.config, &files, &setup.plan, setup.rank, setup.dtype))
+        .and_then(|files| {
+            RankModel::load(&setup.config, &files, &setup.plan, setup.rank, setup.dtype)
+        })
         .and_then(|m| CpuBackend::new(setup.threads).map(|b| (m, b)));
     let (model, backend) = match loaded {
         Ok(v) => v,

@@ -100,7 +100,13 @@ fn sample(logits: &[f32], temperature: f32, rng: &mut ChaCha8Rng) -> u32 {
     let max = logits[argmax as usize];
     let weights: Vec<f64> = logits
         .iter()
-        .map(|&l| if l.is_nan() { 0.0 } else { (((l - max) / temperature) as f64).exp() })
+        .map(|&l| {
+            if l.is_nan() {
+                0.0
+            } else {
+                (((l - max) / temperature) as f64).exp()
+            }
+        })
         .collect();
     let total: f64 = weights.iter().sum();
     let mut draw = rng.random::<f64>() * total;

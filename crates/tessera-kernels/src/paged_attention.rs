@@ -119,29 +119,53 @@ fn check(
         ));
     }
     if shape.window == Some(0) {
-        return Err(invalid("window", "a window must hold at least the query's own position".into()));
+        return Err(invalid(
+            "window",
+            "a window must hold at least the query's own position".into(),
+        ));
     }
     if let Some(&g) = shape.kv_index.iter().find(|&&g| g >= shape.kv_heads) {
-        return Err(invalid("kv_index", format!("kv head {g} is not below kv_heads {}", shape.kv_heads)));
+        return Err(invalid(
+            "kv_index",
+            format!("kv head {g} is not below kv_heads {}", shape.kv_heads),
+        ));
     }
     let slot = mul("k", shape.kv_heads, d)?;
     let block = mul("k", slot, shape.block_size)?;
     check_len("v", k.len(), v.len())?;
     if !k.len().is_multiple_of(block) {
-        return Err(invalid("k", format!("{} floats are not whole blocks of {block}", k.len())));
+        return Err(invalid(
+            "k",
+            format!("{} floats are not whole blocks of {block}", k.len()),
+        ));
     }
     let num_blocks = k.len() / block;
     let mut rows = 0usize;
     for (i, s) in seqs.iter().enumerate() {
         if s.row != rows {
-            return Err(invalid("seqs", format!("sequence {i} starts at row {} but the rows before it end at {rows}", s.row)));
+            return Err(invalid(
+                "seqs",
+                format!(
+                    "sequence {i} starts at row {} but the rows before it end at {rows}",
+                    s.row
+                ),
+            ));
         }
         let end = s.start + s.tokens;
         if s.block_table.len() * shape.block_size < end {
-            return Err(invalid("block_table", format!("sequence {i}: {} blocks cannot hold {end} positions", s.block_table.len())));
+            return Err(invalid(
+                "block_table",
+                format!(
+                    "sequence {i}: {} blocks cannot hold {end} positions",
+                    s.block_table.len()
+                ),
+            ));
         }
         if let Some(&b) = s.block_table.iter().find(|&&b| b as usize >= num_blocks) {
-            return Err(invalid("block_table", format!("sequence {i}: block {b} is outside the pool of {num_blocks}")));
+            return Err(invalid(
+                "block_table",
+                format!("sequence {i}: block {b} is outside the pool of {num_blocks}"),
+            ));
         }
         rows += s.tokens;
     }
@@ -262,12 +286,18 @@ mod tests {
         for &(start, t) in &specs {
             let n = start + t;
             let blocks = n.div_ceil(bs);
-            let table: Vec<u32> = (0..blocks).map(|_| free.remove(rng.random_range(0..free.len()))).collect();
+            let table: Vec<u32> = (0..blocks)
+                .map(|_| free.remove(rng.random_range(0..free.len())))
+                .collect();
             let kc: Vec<f32> = (0..n * slot).map(|_| rng.random_range(-1.0..1.0)).collect();
             let vc: Vec<f32> = (0..n * slot).map(|_| rng.random_range(-1.0..1.0)).collect();
             scatter(&kc, slot, bs, &table, &mut kp);
             scatter(&vc, slot, bs, &table, &mut vp);
-            qs.push((0..t * hq * d).map(|_| rng.random_range(-1.0..1.0)).collect::<Vec<f32>>());
+            qs.push(
+                (0..t * hq * d)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect::<Vec<f32>>(),
+            );
             tables.push(table);
             conts.push((kc, vc));
         }
@@ -277,21 +307,51 @@ mod tests {
                 .iter()
                 .zip(&tables)
                 .map(|(&(start, t), table)| {
-                    let s = PagedSeq { row, tokens: t, start, block_table: table };
+                    let s = PagedSeq {
+                        row,
+                        tokens: t,
+                        start,
+                        block_table: table,
+                    };
                     row += t;
                     s
                 })
                 .collect();
             let q: Vec<f32> = qs.concat();
             let mut out = vec![f32::NAN; q.len()];
-            let shape = PagedShape { head_dim: d, kv_heads: hkv, kv_index: &kv_index, window, block_size: bs };
+            let shape = PagedShape {
+                head_dim: d,
+                kv_heads: hkv,
+                kv_index: &kv_index,
+                window,
+                block_size: bs,
+            };
             paged_attention(&pool, &q, &kp, &vp, &seqs, &shape, &mut out).unwrap();
             let mut offset = 0;
             for (i, &(start, t)) in specs.iter().enumerate() {
                 let mut expect = vec![0.0f32; t * hq * d];
-                let cshape = AttentionShape { tokens: t, start, head_dim: d, kv_heads: hkv, kv_index: &kv_index, window };
-                attention(&pool, &qs[i], &conts[i].0, &conts[i].1, &cshape, &mut expect).unwrap();
-                assert_eq!(&out[offset..offset + t * hq * d], &expect[..], "sequence {i} window {window:?}");
+                let cshape = AttentionShape {
+                    tokens: t,
+                    start,
+                    head_dim: d,
+                    kv_heads: hkv,
+                    kv_index: &kv_index,
+                    window,
+                };
+                attention(
+                    &pool,
+                    &qs[i],
+                    &conts[i].0,
+                    &conts[i].1,
+                    &cshape,
+                    &mut expect,
+                )
+                .unwrap();
+                assert_eq!(
+                    &out[offset..offset + t * hq * d],
+                    &expect[..],
+                    "sequence {i} window {window:?}"
+                );
                 offset += t * hq * d;
             }
         }
@@ -301,13 +361,29 @@ mod tests {
     fn bad_block_ids_and_short_tables_are_rejected() {
         let pool = CpuPool::new(1).unwrap();
         let kv_index = [0usize];
-        let shape = PagedShape { head_dim: 4, kv_heads: 1, kv_index: &kv_index, window: None, block_size: 2 };
+        let shape = PagedShape {
+            head_dim: 4,
+            kv_heads: 1,
+            kv_index: &kv_index,
+            window: None,
+            block_size: 2,
+        };
         let k = vec![0.0f32; 3 * 2 * 4];
         let q = vec![0.0f32; 4];
         let mut out = vec![0.0f32; 4];
-        let bad = [PagedSeq { row: 0, tokens: 1, start: 0, block_table: &[3] }];
+        let bad = [PagedSeq {
+            row: 0,
+            tokens: 1,
+            start: 0,
+            block_table: &[3],
+        }];
         assert!(paged_attention(&pool, &q, &k, &k, &bad, &shape, &mut out).is_err());
-        let short = [PagedSeq { row: 0, tokens: 1, start: 4, block_table: &[0, 1] }];
+        let short = [PagedSeq {
+            row: 0,
+            tokens: 1,
+            start: 4,
+            block_table: &[0, 1],
+        }];
         assert!(paged_attention(&pool, &q, &k, &k, &short, &shape, &mut out).is_err());
     }
 }

@@ -56,7 +56,9 @@ impl Matrix {
     pub fn new(data: Vec<f32>, rows: usize, cols: usize, dtype: WeightDtype) -> Self {
         let data = match dtype {
             WeightDtype::F32 => MatrixData::F32(data),
-            WeightDtype::Bf16 => MatrixData::Bf16(data.iter().map(|&v| half::bf16::from_f32(v)).collect()),
+            WeightDtype::Bf16 => {
+                MatrixData::Bf16(data.iter().map(|&v| half::bf16::from_f32(v)).collect())
+            }
         };
         Self { data, rows, cols }
     }
@@ -102,15 +104,49 @@ impl Matrix {
 pub trait Backend: Send + Sync {
     /// `y[m, n] = x[m, k] · w^T (+ bias)`, with the fixed reduction order over k.
     #[allow(clippy::too_many_arguments)]
-    fn matmul(&self, x: &[f32], m: usize, w: &Matrix, bias: Option<&[f32]>, y: &mut [f32]) -> Result<(), ModelError>;
+    fn matmul(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: &Matrix,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<(), ModelError>;
     /// `out = rmsnorm(x) * weight` per row.
-    fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), ModelError>;
+    fn rms_norm(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) -> Result<(), ModelError>;
     /// `residual += delta`, then `out = rmsnorm(residual) * weight` per row.
-    fn add_rms_norm(&self, residual: &mut [f32], delta: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), ModelError>;
+    fn add_rms_norm(
+        &self,
+        residual: &mut [f32],
+        delta: &[f32],
+        weight: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) -> Result<(), ModelError>;
     /// Rotary embedding in place for rows of `heads * head_dim` at `positions`.
-    fn rope(&self, x: &mut [f32], heads: usize, positions: &[usize], table: &RopeTable) -> Result<(), ModelError>;
+    fn rope(
+        &self,
+        x: &mut [f32],
+        heads: usize,
+        positions: &[usize],
+        table: &RopeTable,
+    ) -> Result<(), ModelError>;
     /// Causal attention of each sequence's new queries over its paged cache (see [`PagedShape`]).
-    fn paged_attention(&self, q: &[f32], k: &[f32], v: &[f32], seqs: &[PagedSeq<'_>], shape: &PagedShape<'_>, out: &mut [f32]) -> Result<(), ModelError>;
+    fn paged_attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        seqs: &[PagedSeq<'_>],
+        shape: &PagedShape<'_>,
+        out: &mut [f32],
+    ) -> Result<(), ModelError>;
     /// `gate = silu(gate) * up`.
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<(), ModelError>;
 }
@@ -135,7 +171,14 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
-    fn matmul(&self, x: &[f32], m: usize, w: &Matrix, bias: Option<&[f32]>, y: &mut [f32]) -> Result<(), ModelError> {
+    fn matmul(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: &Matrix,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Result<(), ModelError> {
         if w.cols == 0 {
             // A rank holding no columns (more ranks than heads) contributes zeros.
             for (i, v) in y.iter_mut().enumerate() {
@@ -150,17 +193,36 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), ModelError> {
+    fn rms_norm(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
         tessera_kernels::rms_norm(x, weight, eps, out)?;
         Ok(())
     }
 
-    fn add_rms_norm(&self, residual: &mut [f32], delta: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), ModelError> {
+    fn add_rms_norm(
+        &self,
+        residual: &mut [f32],
+        delta: &[f32],
+        weight: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
         tessera_kernels::add_rms_norm(residual, delta, weight, eps, out)?;
         Ok(())
     }
 
-    fn rope(&self, x: &mut [f32], heads: usize, positions: &[usize], table: &RopeTable) -> Result<(), ModelError> {
+    fn rope(
+        &self,
+        x: &mut [f32],
+        heads: usize,
+        positions: &[usize],
+        table: &RopeTable,
+    ) -> Result<(), ModelError> {
         if heads == 0 {
             return Ok(());
         }
@@ -168,7 +230,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn paged_attention(&self, q: &[f32], k: &[f32], v: &[f32], seqs: &[PagedSeq<'_>], shape: &PagedShape<'_>, out: &mut [f32]) -> Result<(), ModelError> {
+    fn paged_attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        seqs: &[PagedSeq<'_>],
+        shape: &PagedShape<'_>,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
         if shape.kv_index.is_empty() {
             return Ok(());
         }

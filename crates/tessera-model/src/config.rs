@@ -91,10 +91,11 @@ impl ModelConfig {
         // generation_config.json may name further end-of-sequence ids (Llama 3 lists several).
         let gen_path = dir.join("generation_config.json");
         if let Ok(gen_text) = std::fs::read_to_string(&gen_path) {
-            let gen: serde_json::Value = serde_json::from_str(&gen_text).map_err(|e| ModelError::Config {
-                path: gen_path.clone(),
-                reason: e.to_string(),
-            })?;
+            let gen: serde_json::Value =
+                serde_json::from_str(&gen_text).map_err(|e| ModelError::Config {
+                    path: gen_path.clone(),
+                    reason: e.to_string(),
+                })?;
             for id in eos_ids(gen.get("eos_token_id")) {
                 if !config.eos_token_ids.contains(&id) {
                     config.eos_token_ids.push(id);
@@ -130,14 +131,20 @@ impl ModelConfig {
         };
         if let Some(act) = &raw.hidden_act {
             if act != "silu" {
-                return Err(bad(format!("hidden_act '{act}' is not supported (silu only)")));
+                return Err(bad(format!(
+                    "hidden_act '{act}' is not supported (silu only)"
+                )));
             }
         }
         if raw.mlp_bias == Some(true) {
-            return Err(bad("mlp_bias=true (biases on MLP projections) is not supported".into()));
+            return Err(bad(
+                "mlp_bias=true (biases on MLP projections) is not supported".into(),
+            ));
         }
         if architecture == Architecture::Llama && raw.attention_bias == Some(true) {
-            return Err(bad("attention_bias=true (biases on all attention projections) is not supported".into()));
+            return Err(bad(
+                "attention_bias=true (biases on all attention projections) is not supported".into(),
+            ));
         }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
@@ -148,16 +155,24 @@ impl ModelConfig {
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
-            return Err(bad(format!("head_dim {head_dim} must be even and non-zero")));
+            return Err(bad(format!(
+                "head_dim {head_dim} must be even and non-zero"
+            )));
         }
         if raw.hidden_size == 0 || raw.num_hidden_layers == 0 || raw.vocab_size == 0 {
-            return Err(bad("hidden_size, num_hidden_layers and vocab_size must be non-zero".into()));
+            return Err(bad(
+                "hidden_size, num_hidden_layers and vocab_size must be non-zero".into(),
+            ));
         }
         // transformers 5 may move rope settings into `rope_parameters`.
         let rope_params = raw.rope_parameters.as_ref();
         let rope_theta = raw
             .rope_theta
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()))
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
             .unwrap_or(10_000.0) as f32;
         let scaling = raw.rope_scaling.as_ref().or(rope_params);
         let rope_scaling = parse_rope_scaling(scaling).map_err(bad)?;
@@ -211,7 +226,7 @@ impl ModelConfig {
                     .map(|&f| {
                         let wavelen = 2.0 * std::f32::consts::PI / f;
                         let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                        let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                        let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
                         if medium {
                             let smooth = (old / wavelen - low_freq_factor)
                                 / (high_freq_factor - low_freq_factor);
@@ -229,8 +244,14 @@ impl ModelConfig {
 /// End-of-sequence ids from a JSON number or list of numbers.
 fn eos_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -257,7 +278,9 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling, Stri
             high_freq_factor: num("high_freq_factor")? as f32,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         }),
-        other => Err(format!("rope_scaling type '{other}' is not supported (default, llama3)")),
+        other => Err(format!(
+            "rope_scaling type '{other}' is not supported (default, llama3)"
+        )),
     }
 }
 
@@ -283,7 +306,10 @@ mod tests {
         let text = SMOL.replace("LlamaForCausalLM", "GPTNeoXForCausalLM");
         let err = ModelConfig::parse(&text, Path::new("x/config.json")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("GPTNeoXForCausalLM") && msg.contains("not supported"), "{msg}");
+        assert!(
+            msg.contains("GPTNeoXForCausalLM") && msg.contains("not supported"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -305,6 +331,9 @@ mod tests {
         let (s, p) = (c.rope_inv_freq(), plain.rope_inv_freq());
         assert_eq!(s[0], p[0], "the highest frequency is unchanged");
         let last = s.len() - 1;
-        assert!((s[last] - p[last] / 8.0).abs() <= p[last] * 1e-6, "the lowest is divided by the factor");
+        assert!(
+            (s[last] - p[last] / 8.0).abs() <= p[last] * 1e-6,
+            "the lowest is divided by the factor"
+        );
     }
 }

@@ -28,8 +28,14 @@ pub struct PagedKvCache {
 impl PagedKvCache {
     /// Allocates `num_blocks` blocks of `block_size` tokens for layers of the given widths.
     pub fn new(widths: Vec<usize>, num_blocks: usize, block_size: usize) -> Self {
-        let k = widths.iter().map(|w| vec![0.0f32; num_blocks * block_size * w]).collect();
-        let v = widths.iter().map(|w| vec![0.0f32; num_blocks * block_size * w]).collect();
+        let k = widths
+            .iter()
+            .map(|w| vec![0.0f32; num_blocks * block_size * w])
+            .collect();
+        let v = widths
+            .iter()
+            .map(|w| vec![0.0f32; num_blocks * block_size * w])
+            .collect();
         Self {
             block_size,
             num_blocks,

@@ -118,7 +118,12 @@ impl RankModel {
         let lm_head = if shape.tied_embeddings && lm_span == embed_span {
             None
         } else {
-            Some(Matrix::new(load(0, WeightKind::LmHead)?, lm_span.len(), h, dtype))
+            Some(Matrix::new(
+                load(0, WeightKind::LmHead)?,
+                lm_span.len(),
+                h,
+                dtype,
+            ))
         };
         let mut layers = Vec::with_capacity(shape.layers);
         for l in 0..shape.layers {
@@ -129,7 +134,11 @@ impl RankModel {
                 .map(|q| q / group - heads.kv_heads.start)
                 .collect();
             let qkv = Matrix::stack(
-                vec![load(l, WeightKind::QProj)?, load(l, WeightKind::KProj)?, load(l, WeightKind::VProj)?],
+                vec![
+                    load(l, WeightKind::QProj)?,
+                    load(l, WeightKind::KProj)?,
+                    load(l, WeightKind::VProj)?,
+                ],
                 h,
                 dtype,
             );
@@ -177,7 +186,9 @@ impl RankModel {
             lm_span,
             reduce_embedding: plan.world_size > 1 && plan.embedding.is_split(),
             gather_logits: plan.world_size > 1 && plan.lm_head.is_split(),
-            lm_spans: (0..plan.world_size).map(|r| plan.lm_head.span(r, shape.vocab)).collect(),
+            lm_spans: (0..plan.world_size)
+                .map(|r| plan.lm_head.span(r, shape.vocab))
+                .collect(),
             final_norm: load(0, WeightKind::FinalNorm)?,
             layers,
             rope,
@@ -185,7 +196,12 @@ impl RankModel {
     }
 
     /// Loads from a model directory (config and weights) in one call.
-    pub fn load_dir(dir: &Path, plan: &ShardPlan, rank: usize, dtype: WeightDtype) -> Result<Self, ModelError> {
+    pub fn load_dir(
+        dir: &Path,
+        plan: &ShardPlan,
+        rank: usize,
+        dtype: WeightDtype,
+    ) -> Result<Self, ModelError> {
         let config = ModelConfig::from_dir(dir)?;
         let files = WeightFiles::open(dir)?;
         Self::load(&config, &files, plan, rank, dtype)
@@ -258,10 +274,14 @@ impl RankModel {
         let mut x = vec![0.0f32; t * h];
         for (row, &id) in x.chunks_exact_mut(h).zip(&tokens) {
             if id as usize >= shape.vocab {
-                return Err(ModelError::TokenOutOfRange { id, vocab: shape.vocab });
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: shape.vocab,
+                });
             }
             if self.embed_span.contains(id as usize) {
-                self.embed.row_into(id as usize - self.embed_span.start, row);
+                self.embed
+                    .row_into(id as usize - self.embed_span.start, row);
             }
         }
         if self.reduce_embedding {
@@ -272,10 +292,13 @@ impl RankModel {
         let mut pending: Option<Vec<f32>> = None;
         for (l, layer) in self.layers.iter().enumerate() {
             match pending.take() {
-                Some(delta) => backend.add_rms_norm(&mut x, &delta, &layer.input_norm, eps, &mut normed)?,
+                Some(delta) => {
+                    backend.add_rms_norm(&mut x, &delta, &layer.input_norm, eps, &mut normed)?
+                }
                 None => backend.rms_norm(&x, &layer.input_norm, eps, &mut normed)?,
             }
-            let mut attn_out = self.attention(backend, layer, l, cache, seqs, &normed, &positions)?;
+            let mut attn_out =
+                self.attention(backend, layer, l, cache, seqs, &normed, &positions)?;
             if layer.reduce_attention {
                 comm.all_reduce_sum(&mut attn_out)?;
             }
@@ -286,7 +309,10 @@ impl RankModel {
             backend.matmul(&normed, t, &layer.gate_up, None, &mut gate_up)?;
             let mut act = vec![0.0f32; t * inter];
             if inter > 0 {
-                for (a, gu) in act.chunks_exact_mut(inter).zip(gate_up.chunks_exact(2 * inter)) {
+                for (a, gu) in act
+                    .chunks_exact_mut(inter)
+                    .zip(gate_up.chunks_exact(2 * inter))
+                {
                     a.copy_from_slice(&gu[..inter]);
                     backend.silu_mul(a, &gu[inter..])?;
                 }
@@ -391,7 +417,12 @@ impl RankModel {
                 for i in 0..s.tokens.len() {
                     let r = row + i;
                     let slot = cache.slot(s.block_table, s.start + i);
-                    cache.write(l, slot, &k[r * kvw..(r + 1) * kvw], &qkv[r * width + qw + kvw..(r + 1) * width]);
+                    cache.write(
+                        l,
+                        slot,
+                        &k[r * kvw..(r + 1) * kvw],
+                        &qkv[r * width + qw + kvw..(r + 1) * width],
+                    );
                 }
                 paged.push(PagedSeq {
                     row,

@@ -17,7 +17,12 @@ use crate::error::ModelError;
 ///
 /// Weights are uniform in ±`1/sqrt(fan_in)`·2 so activations stay O(1) through the layers;
 /// norms are near 1. The same `seed` always writes the same bytes.
-pub fn write_random_model(dir: &Path, shape: &ModelShape, seed: u64, max_positions: usize) -> Result<(), ModelError> {
+pub fn write_random_model(
+    dir: &Path,
+    shape: &ModelShape,
+    seed: u64,
+    max_positions: usize,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
@@ -33,10 +38,19 @@ pub fn write_random_model(dir: &Path, shape: &ModelShape, seed: u64, max_positio
                 }
             })
             .collect();
-        let dims = if full[1] == 1 { vec![full[0]] } else { full.to_vec() };
+        let dims = if full[1] == 1 {
+            vec![full[0]]
+        } else {
+            full.to_vec()
+        };
         tensors.push((name, dims, data));
     };
-    push(WeightKind::Embedding.hf_name(0), WeightKind::Embedding.full_shape(shape), false, &mut rng);
+    push(
+        WeightKind::Embedding.hf_name(0),
+        WeightKind::Embedding.full_shape(shape),
+        false,
+        &mut rng,
+    );
     for l in 0..shape.layers {
         for kind in WeightKind::LAYER {
             if kind.is_bias() && !shape.qkv_bias {
@@ -50,9 +64,19 @@ pub fn write_random_model(dir: &Path, shape: &ModelShape, seed: u64, max_positio
             push(kind.hf_name(l), full, is_norm, &mut rng);
         }
     }
-    push(WeightKind::FinalNorm.hf_name(0), WeightKind::FinalNorm.full_shape(shape), true, &mut rng);
+    push(
+        WeightKind::FinalNorm.hf_name(0),
+        WeightKind::FinalNorm.full_shape(shape),
+        true,
+        &mut rng,
+    );
     if !shape.tied_embeddings {
-        push(WeightKind::LmHead.hf_name(0), WeightKind::LmHead.full_shape(shape), false, &mut rng);
+        push(
+            WeightKind::LmHead.hf_name(0),
+            WeightKind::LmHead.full_shape(shape),
+            false,
+            &mut rng,
+        );
     }
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
@@ -93,8 +117,11 @@ pub fn write_random_model(dir: &Path, shape: &ModelShape, seed: u64, max_positio
         "eos_token_id": 0,
     });
     let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&config).unwrap_or_default())
-        .map_err(|e| ModelError::io(&cfg_path, e))?;
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(&config).unwrap_or_default(),
+    )
+    .map_err(|e| ModelError::io(&cfg_path, e))?;
     Ok(())
 }
 

@@ -43,7 +43,10 @@ impl TextTokenizer {
         let token_str = |key: &str| -> Option<String> {
             match cfg.get(key) {
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
+                Some(v) => v
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string),
                 None => None,
             }
         };
@@ -66,7 +69,10 @@ impl TextTokenizer {
                 .get("chat_template")
                 .and_then(|t| t.as_str())
                 .map(str::to_string),
-            add_bos: cfg.get("add_bos_token").and_then(|b| b.as_bool()).unwrap_or(false),
+            add_bos: cfg
+                .get("add_bos_token")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(false),
             bos_token,
             eos_token,
             eos_ids,
@@ -82,7 +88,11 @@ impl TextTokenizer {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if self.add_bos {
-            if let Some(bos) = self.bos_token.as_deref().and_then(|t| self.inner.token_to_id(t)) {
+            if let Some(bos) = self
+                .bos_token
+                .as_deref()
+                .and_then(|t| self.inner.token_to_id(t))
+            {
                 ids.push(bos);
             }
         }
@@ -109,13 +119,21 @@ impl TextTokenizer {
         add_generation_prompt: bool,
     ) -> Result<String, ModelError> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
-            ModelError::ChatTemplate("the model has no chat_template in tokenizer_config.json".into())
+            ModelError::ChatTemplate(
+                "the model has no chat_template in tokenizer_config.json".into(),
+            )
         })?;
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", template)
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         let tmpl = env

@@ -36,19 +36,20 @@ impl WeightFiles {
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
         let index_path = dir.join("model.safetensors.index.json");
         let names: Vec<String> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)
-                .map_err(|e| ModelError::io(&index_path, e))?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| ModelError::Safetensors {
                     path: index_path.clone(),
                     reason: e.to_string(),
                 })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                ModelError::Safetensors {
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Safetensors {
                     path: index_path.clone(),
                     reason: "no weight_map object".into(),
-                }
-            })?;
+                })?;
             let mut files: Vec<String> = map
                 .values()
                 .filter_map(|f| f.as_str().map(str::to_string))
@@ -101,7 +102,11 @@ impl WeightFiles {
             _ => false,
         };
         if !matches {
-            let expected = if full[1] == 1 { vec![full[0]] } else { full.to_vec() };
+            let expected = if full[1] == 1 {
+                vec![full[0]]
+            } else {
+                full.to_vec()
+            };
             return Err(ModelError::WeightShape {
                 name: name.to_string(),
                 expected,
@@ -173,13 +178,12 @@ fn map_file(path: &Path) -> Result<MappedFile, ModelError> {
         path: path.to_path_buf(),
         reason,
     };
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(&map[..]).map_err(|e| {
-            bad(format!(
-                "{e}: the file is truncated or corrupt ({} bytes); pull or download it again",
-                map.len()
-            ))
-        })?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&map[..]).map_err(|e| {
+        bad(format!(
+            "{e}: the file is truncated or corrupt ({} bytes); pull or download it again",
+            map.len()
+        ))
+    })?;
     let data_start = 8 + header_len;
     let tensors: HashMap<String, TensorInfo> = metadata
         .tensors()
@@ -207,7 +211,10 @@ impl std::fmt::Debug for WeightFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeightFiles")
             .field("dir", &self.dir)
-            .field("files", &self.files.iter().map(|m| &m.path).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|m| &m.path).collect::<Vec<_>>(),
+            )
             .field("tensors", &self.index.len())
             .finish()
     }
@@ -242,18 +249,36 @@ mod tests {
         let full_shape = WeightKind::DownProj.full_shape(&s);
         let full = files.load(&name, full_shape, Role::Replicated).unwrap();
         let cols = files
-            .load(&name, full_shape, Role::PartialSum { span: Span::new(3, 7) })
+            .load(
+                &name,
+                full_shape,
+                Role::PartialSum {
+                    span: Span::new(3, 7),
+                },
+            )
             .unwrap();
         assert_eq!(cols.len(), 12 * 4);
         for r in 0..12 {
             assert_eq!(&cols[r * 4..r * 4 + 4], &full[r * 10 + 3..r * 10 + 7]);
         }
         let rows = files
-            .load(&name, full_shape, Role::SplitRows { span: Span::new(5, 9) })
+            .load(
+                &name,
+                full_shape,
+                Role::SplitRows {
+                    span: Span::new(5, 9),
+                },
+            )
             .unwrap();
         assert_eq!(rows, full[5 * 10..9 * 10].to_vec());
         let bias = files
-            .load(&WeightKind::QBias.hf_name(0), WeightKind::QBias.full_shape(&s), Role::SplitRows { span: Span::new(4, 8) })
+            .load(
+                &WeightKind::QBias.hf_name(0),
+                WeightKind::QBias.full_shape(&s),
+                Role::SplitRows {
+                    span: Span::new(4, 8),
+                },
+            )
             .unwrap();
         assert_eq!(bias.len(), 4);
     }
@@ -267,9 +292,16 @@ mod tests {
             .load(&WeightKind::DownProj.hf_name(0), [12, 11], Role::Replicated)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("down_proj") && err.contains("[12, 10]"), "{err}");
+        assert!(
+            err.contains("down_proj") && err.contains("[12, 10]"),
+            "{err}"
+        );
         let err = files
-            .load("model.layers.9.mlp.up_proj.weight", [1, 1], Role::Replicated)
+            .load(
+                "model.layers.9.mlp.up_proj.weight",
+                [1, 1],
+                Role::Replicated,
+            )
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing") && err.contains("layers.9"), "{err}");
