@@ -1,11 +1,10 @@
 //! Generation of one sequence: prefill the prompt, then decode token by token.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
 use tessera_model::LogitRows;
 
 use crate::coordinator::{Coordinator, EngineError};
+use crate::engine::FinishReason;
+use crate::sampling::{Sampler, SamplingParams};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -20,16 +19,6 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Token ids that end generation (not emitted).
     pub stop_ids: Vec<u32>,
-}
-
-/// Why generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// A stop token was generated.
-    Stop,
-    /// `max_tokens` were generated.
-    Length,
 }
 
 /// The result of [`Coordinator::generate`].
@@ -63,13 +52,19 @@ impl Coordinator {
             )));
         }
         self.reset()?;
-        let mut rng = ChaCha8Rng::seed_from_u64(req.seed);
+        let params = SamplingParams {
+            temperature: req.temperature,
+            seed: Some(req.seed),
+            max_tokens: req.max_tokens.max(1),
+            ..SamplingParams::default()
+        };
+        let mut sampler = Sampler::new(&params, &req.prompt);
         let prompt_logits = self.forward(&req.prompt, LogitRows::Last)?;
         let mut logits = prompt_logits.clone();
         let mut completion = Vec::new();
         let budget = req.max_tokens.min(context - req.prompt.len());
         while completion.len() < budget {
-            let next = sample(&logits, req.temperature, &mut rng);
+            let next = sampler.sample(&logits).token;
             if req.stop_ids.contains(&next) {
                 return Ok(GenerateOutput {
                     completion,
@@ -89,32 +84,4 @@ impl Coordinator {
             finish: FinishReason::Length,
         })
     }
-}
-
-/// Greedy argmax at temperature 0 (lowest id among ties), else a softmax draw.
-fn sample(logits: &[f32], temperature: f32, rng: &mut ChaCha8Rng) -> u32 {
-    let argmax = tessera_kernels::argmax(logits).unwrap_or(0) as u32;
-    if temperature == 0.0 {
-        return argmax;
-    }
-    let max = logits[argmax as usize];
-    let weights: Vec<f64> = logits
-        .iter()
-        .map(|&l| {
-            if l.is_nan() {
-                0.0
-            } else {
-                (((l - max) / temperature) as f64).exp()
-            }
-        })
-        .collect();
-    let total: f64 = weights.iter().sum();
-    let mut draw = rng.random::<f64>() * total;
-    for (i, w) in weights.iter().enumerate() {
-        draw -= w;
-        if draw <= 0.0 {
-            return i as u32;
-        }
-    }
-    argmax
 }

@@ -7,9 +7,14 @@
 
 pub mod block_pool;
 mod coordinator;
+mod engine;
 mod generate;
 pub mod sampling;
 pub mod scheduler;
 
 pub use coordinator::{Coordinator, EngineError, EngineOptions, StepSeq};
-pub use generate::{FinishReason, GenerateOutput, GenerateRequest};
+pub use engine::{
+    EngineConfig, EngineHandle, EngineStats, Event, FinishReason, Request, Submission,
+    TokenLogprobs, Usage,
+};
+pub use generate::{GenerateOutput, GenerateRequest};
