@@ -48,7 +48,7 @@ impl Default for EngineOptions {
         Self {
             dtype: WeightDtype::F32,
             threads: None,
-            kv_cache_bytes: 512 << 20,
+            kv_cache_bytes: 256 << 20,
             block_size: 16,
         }
     }
@@ -137,7 +137,9 @@ impl Coordinator {
             .max()
             .unwrap_or(0)
             .max(1);
-        let num_blocks = options.kv_cache_bytes / widest;
+        // No more blocks than 256 sequences of full context could use (tiny models).
+        let useful = 256 * config.max_position_embeddings.div_ceil(options.block_size);
+        let num_blocks = (options.kv_cache_bytes / widest).min(useful);
         if num_blocks == 0 {
             return Err(EngineError::BadRequest(format!(
                 "a KV cache of {} bytes per rank holds no block of {widest} bytes",

@@ -1,11 +1,14 @@
 //! `CpuPool`: the worker threads one rank owns, and the dispatch that hands them a job.
 //!
-//! A dispatch publishes a type-erased pointer to the caller's closure, bumps a generation
-//! counter and runs thread 0's share on the caller's own thread. Idle workers spin on the
-//! counter for a short while (a decode step issues ~200 kernels back to back), then yield,
-//! then park on a condition variable, so an idle pool costs no CPU.
+//! A job is split into `threads` shares. A dispatch publishes a type-erased pointer to
+//! the caller's closure together with a new generation in one claim word
+//! (`generation << 32 | next unclaimed share`), runs share 0 on the caller's own thread,
+//! then claims and runs any share no worker has claimed yet, and waits only for shares
+//! already being run. So a worker the OS has not scheduled (a busy 2-core machine) never
+//! delays the caller. Idle workers spin on the claim word for a short while (a decode step
+//! issues ~200 kernels back to back), then yield, then park on a condition variable, so an
+//! idle pool costs no CPU.
 
-use std::any::Any;
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +23,8 @@ use crate::isa::Isa;
 const SPIN: Duration = Duration::from_micros(20);
 /// How long an idle thread keeps yielding its core before it parks.
 const YIELD: Duration = Duration::from_micros(200);
+/// The low half of the claim word counts claimed shares.
+const SHARE_MASK: u64 = 0xffff_ffff;
 
 /// Worker threads owned by one rank (never a global pool); parks when idle, never spins unboundedly.
 pub struct CpuPool {
@@ -30,7 +35,7 @@ pub struct CpuPool {
     isa: Isa,
 }
 
-/// One dispatched closure with its lifetime erased: `call(data, thread)` runs it.
+/// One dispatched closure with its lifetime erased: `call(data, share)` runs it.
 #[derive(Clone, Copy)]
 struct Job {
     data: *const (),
@@ -39,13 +44,15 @@ struct Job {
 
 /// State shared between the dispatching thread and the workers.
 struct Shared {
-    /// Bumped once per dispatch (and once at shutdown); workers wait for it to change.
-    generation: AtomicU64,
+    /// Number of shares per job (the pool's thread count).
+    shares: usize,
+    /// `generation << 32 | next unclaimed share`; a new generation announces a new job.
+    claims: AtomicU64,
     /// The current job; see the `Sync` impl for who may touch it when.
     job: UnsafeCell<Option<Job>>,
-    /// Workers that have not yet finished the current job.
-    pending: AtomicUsize,
-    /// Set by a worker whose share of the job panicked.
+    /// Shares other than 0 that have finished in the current generation.
+    done: AtomicUsize,
+    /// Set when a share of the current job panicked.
     panicked: AtomicBool,
     shutdown: AtomicBool,
     /// Workers parked (or about to park) on `work_ready`.
@@ -58,14 +65,15 @@ struct Shared {
 }
 
 // SAFETY: every field but `job` is Sync on its own. `job` is written only by the
-// dispatcher, holding the `dispatch` lock, before it bumps `generation` (SeqCst) and after
-// it has seen `pending == 0` (SeqCst load), i.e. after every worker's last read of the
-// previous job (each worker reads `job` after seeing the new generation and before its
-// `pending` decrement). So writes and reads of `job` are ordered by happens-before and
-// never race. The erased closure behind `Job::data` is `Sync` (enforced by `run`).
+// dispatcher, holding the `dispatch` lock: before it publishes a generation in `claims`
+// (SeqCst store), and after it has seen every claimed share finish (`done`, SeqCst). A
+// thread reads `job` only after a successful claim CAS on the current generation, which
+// orders the read after the write, and the share it claimed keeps the dispatcher from
+// writing again until that share's `done` increment, which follows the read. So accesses
+// to `job` never race. The closure behind `Job::data` is `Sync` (required by `run`).
 unsafe impl Sync for Shared {}
-// SAFETY: `Job` holds a pointer to a `Sync` closure that outlives every use (see `run`);
-// sending the pointer to another thread is then sound, and all other fields are Send.
+// SAFETY: `Job` only points at a `Sync` closure that outlives every use (see `run`), so the
+// pointer may move to another thread; all other fields are Send.
 unsafe impl Send for Shared {}
 
 impl CpuPool {
@@ -79,10 +87,12 @@ impl CpuPool {
         if !isa.is_available() {
             return Err(KernelError::IsaUnavailable(isa));
         }
+        let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            generation: AtomicU64::new(0),
+            shares: threads,
+            claims: AtomicU64::new(threads as u64),
             job: UnsafeCell::new(None),
-            pending: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
@@ -97,11 +107,11 @@ impl CpuPool {
             dispatch: Mutex::new(()),
             isa,
         };
-        for index in 1..threads.max(1) {
+        for index in 1..threads {
             let shared = Arc::clone(&pool.shared);
             let handle = std::thread::Builder::new()
                 .name(format!("tessera-cpu-{index}"))
-                .spawn(move || worker_loop(&shared, index))
+                .spawn(move || worker_loop(&shared))
                 .map_err(|e| KernelError::ThreadSpawn(e.to_string()))?;
             pool.workers.push(handle);
         }
@@ -110,7 +120,7 @@ impl CpuPool {
 
     /// Number of threads, the caller's included.
     pub fn threads(&self) -> usize {
-        self.workers.len() + 1
+        self.shared.shares
     }
 
     /// The instruction set this pool's kernels use.
@@ -120,12 +130,15 @@ impl CpuPool {
 
     /// Runs f(thread_index) on every thread (the caller's thread counts as thread 0) and returns when all are done.
     ///
-    /// A call made from inside `f`, or while another thread's call on this pool is in
-    /// flight, runs every index serially on the calling thread instead of deadlocking.
-    /// A panic in any share is re-raised here after all shares have finished.
+    /// Precisely: `f(i)` runs once for each share `i` in `0..threads()`; share 0 runs on
+    /// the caller, the others on workers, or on the caller when no worker has picked
+    /// them up by the time the caller is free. A call made from inside `f`, or while
+    /// another thread's call on this pool is in flight, runs every share serially on the
+    /// calling thread instead of deadlocking. A panic in any share is re-raised here after
+    /// all shares have finished.
     pub fn run<F: Fn(usize) + Sync>(&self, f: F) {
-        let threads = self.threads();
-        if threads == 1 {
+        let shares = self.threads();
+        if shares == 1 {
             f(0);
             return;
         }
@@ -133,32 +146,37 @@ impl CpuPool {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => {
-                (0..threads).for_each(&f);
+                (0..shares).for_each(&f);
                 return;
             }
         };
         let shared = &*self.shared;
-        shared.pending.store(threads - 1, Ordering::SeqCst);
+        shared.done.store(0, Ordering::SeqCst);
         shared.panicked.store(false, Ordering::SeqCst);
-        // SAFETY: we hold the dispatch lock and the previous dispatch (if any) waited for
-        // `pending == 0`, so no worker reads `job` now (see the `Sync` impl on `Shared`).
-        // The pointer to `f` stays valid until we have waited for all workers below, and
-        // the wait happens even if our own share panics (it is caught).
+        // SAFETY: we hold the dispatch lock and every share of the previous job finished
+        // before its `run` returned, so no thread reads `job` now (see `Shared`'s Sync
+        // impl). The pointer to `f` stays valid until all shares are done below, which
+        // happens even if our own share panics (it is caught).
         unsafe {
             *shared.job.get() = Some(Job {
                 data: (&f as *const F).cast(),
                 call: call_erased::<F>,
             });
         }
-        shared.generation.fetch_add(1, Ordering::SeqCst);
+        let generation = (shared.claims.load(Ordering::SeqCst) >> 32) + 1;
+        // Share 0 is the caller's: claiming starts at 1.
+        shared.claims.store(generation << 32 | 1, Ordering::SeqCst);
         if shared.sleepers.load(Ordering::SeqCst) > 0 {
             let _lock = lock(&shared.lock);
             shared.work_ready.notify_all();
         }
         let own = catch_unwind(AssertUnwindSafe(|| f(0)));
+        while let Some(share) = claim(shared, generation) {
+            run_share(shared, &f, share);
+        }
         wait_all_done(shared);
-        // SAFETY: all workers are done with the job (pending == 0), so nothing reads it;
-        // clearing it drops the last copy of the pointer to `f` before `f` goes away.
+        // SAFETY: every share is done, so nothing reads `job`; clearing it drops the last
+        // copy of the pointer to `f` before `f` goes away.
         unsafe {
             *shared.job.get() = None;
         }
@@ -166,7 +184,7 @@ impl CpuPool {
             resume_unwind(payload);
         }
         if shared.panicked.load(Ordering::SeqCst) {
-            panic!("a CpuPool worker thread panicked while running a job");
+            panic!("a CpuPool share panicked while running a job");
         }
     }
 }
@@ -174,13 +192,16 @@ impl CpuPool {
 impl Drop for CpuPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        // A new generation with every share already claimed: workers wake, run nothing.
+        let generation = (self.shared.claims.load(Ordering::SeqCst) >> 32) + 1;
+        let all_claimed = generation << 32 | self.shared.shares as u64;
+        self.shared.claims.store(all_claimed, Ordering::SeqCst);
         {
             let _lock = lock(&self.shared.lock);
             self.shared.work_ready.notify_all();
         }
         for handle in self.workers.drain(..) {
-            // A worker catches its job's panics, so join only fails if the runtime does.
+            // Shares' panics are caught, so join only fails if the runtime does.
             let _ = handle.join();
         }
     }
@@ -195,15 +216,47 @@ impl std::fmt::Debug for CpuPool {
     }
 }
 
-/// Calls the closure behind `data` with `thread`.
+/// Calls the closure behind `data` with `share`.
 ///
 /// # Safety
 /// `data` must point to a live `F`.
-unsafe fn call_erased<F: Fn(usize) + Sync>(data: *const (), thread: usize) {
+unsafe fn call_erased<F: Fn(usize) + Sync>(data: *const (), share: usize) {
     // SAFETY: the caller guarantees `data` points to a live `F`; `F: Sync` makes a shared
     // reference from this thread sound.
     let f = unsafe { &*data.cast::<F>() };
-    f(thread);
+    f(share);
+}
+
+/// Claims the next unclaimed share of `generation`, if that job still has one.
+fn claim(shared: &Shared, generation: u64) -> Option<usize> {
+    let mut word = shared.claims.load(Ordering::SeqCst);
+    loop {
+        let share = (word & SHARE_MASK) as usize;
+        if word >> 32 != generation || share >= shared.shares {
+            return None;
+        }
+        match shared.claims.compare_exchange_weak(
+            word,
+            word + 1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => return Some(share),
+            Err(current) => word = current,
+        }
+    }
+}
+
+/// Runs claimed share `share` of the current job through `call`, then reports it done.
+fn run_share(shared: &Shared, call: impl Fn(usize), share: usize) {
+    if catch_unwind(AssertUnwindSafe(|| call(share))).is_err() {
+        shared.panicked.store(true, Ordering::SeqCst);
+    }
+    let finished = shared.done.fetch_add(1, Ordering::SeqCst) + 1;
+    if finished == shared.shares - 1 && shared.caller_sleeping.load(Ordering::SeqCst) {
+        let _lock = lock(&shared.lock);
+        shared.all_done.notify_one();
+    }
 }
 
 /// Locks `m`, ignoring poisoning (the mutex guards no data).
@@ -233,9 +286,9 @@ fn wait_until(done: impl Fn() -> bool, park: impl FnOnce()) {
     }
 }
 
-/// The dispatcher's wait for every worker to finish the current job.
+/// The dispatcher's wait for shares that workers claimed but have not finished.
 fn wait_all_done(shared: &Shared) {
-    let done = || shared.pending.load(Ordering::SeqCst) == 0;
+    let done = || shared.done.load(Ordering::SeqCst) == shared.shares - 1;
     wait_until(done, || {
         shared.caller_sleeping.store(true, Ordering::SeqCst);
         let mut guard = lock(&shared.lock);
@@ -250,11 +303,11 @@ fn wait_all_done(shared: &Shared) {
     });
 }
 
-/// A worker's whole life: wait for a new generation, run its share, report, repeat.
-fn worker_loop(shared: &Shared, index: usize) {
-    let mut seen = 0u64;
+/// A worker's whole life: wait for a new generation, run the shares it can claim, repeat.
+fn worker_loop(shared: &Shared) {
+    let mut seen = shared.claims.load(Ordering::SeqCst) >> 32;
     loop {
-        let changed = || shared.generation.load(Ordering::SeqCst) != seen;
+        let changed = || shared.claims.load(Ordering::SeqCst) >> 32 != seen;
         wait_until(changed, || {
             shared.sleepers.fetch_add(1, Ordering::SeqCst);
             let mut guard = lock(&shared.lock);
@@ -267,28 +320,22 @@ fn worker_loop(shared: &Shared, index: usize) {
             drop(guard);
             shared.sleepers.fetch_sub(1, Ordering::SeqCst);
         });
-        seen = shared.generation.load(Ordering::SeqCst);
         if shared.shutdown.load(Ordering::SeqCst) {
             return;
         }
-        // SAFETY: the dispatcher wrote `job` before bumping the generation we just saw and
-        // will not touch it again until we decrement `pending` (see `Shared`'s Sync impl).
-        let job = unsafe { *shared.job.get() };
-        if let Some(job) = job {
-            let result: Result<(), Box<dyn Any + Send>> = catch_unwind(AssertUnwindSafe(|| {
-                // SAFETY: `run` keeps the closure alive until `pending` reaches zero,
-                // which happens only after this call returns.
-                unsafe { (job.call)(job.data, index) }
-            }));
-            if result.is_err() {
-                shared.panicked.store(true, Ordering::SeqCst);
+        seen = shared.claims.load(Ordering::SeqCst) >> 32;
+        while let Some(share) = claim(shared, seen) {
+            // SAFETY: our claim on the current generation keeps the dispatcher from
+            // touching `job` until this share reports done (see `Shared`'s Sync impl).
+            let job = unsafe { *shared.job.get() };
+            if let Some(job) = job {
+                let call = |share| {
+                    // SAFETY: `run` keeps the closure alive until every share is done,
+                    // and this one is not done until `call` returns.
+                    unsafe { (job.call)(job.data, share) }
+                };
+                run_share(shared, call, share);
             }
-        }
-        if shared.pending.fetch_sub(1, Ordering::SeqCst) == 1
-            && shared.caller_sleeping.load(Ordering::SeqCst)
-        {
-            let _lock = lock(&shared.lock);
-            shared.all_done.notify_one();
         }
     }
 }

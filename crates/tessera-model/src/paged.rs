@@ -27,15 +27,22 @@ pub struct PagedKvCache {
 
 impl PagedKvCache {
     /// Allocates `num_blocks` blocks of `block_size` tokens for layers of the given widths.
+    ///
+    /// Every page is touched here, so resident memory is what the block count says from
+    /// the start and never grows while serving.
     pub fn new(widths: Vec<usize>, num_blocks: usize, block_size: usize) -> Self {
-        let k = widths
-            .iter()
-            .map(|w| vec![0.0f32; num_blocks * block_size * w])
-            .collect();
-        let v = widths
-            .iter()
-            .map(|w| vec![0.0f32; num_blocks * block_size * w])
-            .collect();
+        let alloc = |w: &usize| {
+            let mut buf = vec![0.0f32; num_blocks * block_size * w];
+            // A zeroed allocation is mapped lazily, and the optimizer may drop plain stores
+            // of zero into it; a volatile store makes each page resident.
+            for x in buf.iter_mut().step_by(1024) {
+                // SAFETY: `x` is a valid, aligned, exclusive reference into `buf`.
+                unsafe { std::ptr::write_volatile(x, 0.0) };
+            }
+            buf
+        };
+        let k = widths.iter().map(alloc).collect();
+        let v = widths.iter().map(alloc).collect();
         Self {
             block_size,
             num_blocks,
@@ -98,5 +105,24 @@ impl PagedKvCache {
     /// Keys and values of layer `layer` (`[block][slot][kv head][d]`).
     pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
         (&self.k[layer], &self.v[layer])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resident() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 4096
+    }
+
+    #[test]
+    fn the_pool_is_resident_once_allocated() {
+        let before = resident();
+        let cache = PagedKvCache::new(vec![256; 4], 1024, 16);
+        let grown = resident() - before;
+        assert_eq!(cache.bytes(), 128 << 20);
+        assert!(grown >= cache.bytes() * 9 / 10, "only {grown} of {} bytes resident", cache.bytes());
     }
 }

@@ -96,7 +96,7 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NR: usize>(op: &Operands<E>
     while k0 + 16 <= k {
         if t.prefetch {
             for c in 0..NR {
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(c * op.ldw + k0).cast());
+                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(c * op.ldw + k0).cast());
             }
         }
         for half in 0..2 {
