@@ -18,6 +18,8 @@ pub(crate) enum BenchCommand {
     Latency(LatencyArgs),
     /// Read bandwidth of this machine (GB/s), for the memory-bound decode ceiling.
     Bandwidth(BandwidthArgs),
+    /// Offline serving throughput: N requests through the engine, TTFT and ITL percentiles.
+    Throughput(crate::throughput::ThroughputArgs),
 }
 
 /// Arguments of `tessera bench latency`.
@@ -76,10 +78,12 @@ pub(crate) fn run(cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Latency(a) => latency(a),
         BenchCommand::Bandwidth(a) => bandwidth(a),
+        BenchCommand::Throughput(a) => crate::throughput::run(a),
     }
 }
 
-fn median(v: &[f64]) -> f64 {
+/// Median of `v` (0 when empty).
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     if s.is_empty() {

@@ -7,6 +7,7 @@
 mod bench;
 mod generate;
 mod plan;
+mod throughput;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,0 +1,212 @@
+//! `tessera bench throughput`: many requests through the serving engine at once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use tessera_engine::sampling::SamplingParams;
+use tessera_engine::{Coordinator, EngineConfig, EngineHandle, EngineOptions, Event, Request};
+use tessera_model::{ModelConfig, WeightDtype};
+
+use crate::{ModelArgs, ShardArgs};
+
+/// Arguments of `tessera bench throughput`.
+#[derive(Args)]
+pub(crate) struct ThroughputArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// Weight precision: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Requests in all.
+    #[arg(long, default_value_t = 64)]
+    requests: usize,
+    /// Prompt tokens per request (distinct random prompts: the prefix cache cannot help).
+    #[arg(long, default_value_t = 128)]
+    input_len: usize,
+    /// Generated tokens per request (end-of-sequence ignored).
+    #[arg(long, default_value_t = 128)]
+    output_len: usize,
+    /// Requests in flight at once (default: all).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Most tokens per engine step.
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Most sequences per engine step.
+    #[arg(long, default_value_t = 64)]
+    max_seqs: usize,
+    /// Total CPU threads for all ranks (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed of the random prompts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON only (no table).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Percentiles {
+    median: f64,
+    p90: f64,
+    p99: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    tp: usize,
+    strategy: String,
+    requests: usize,
+    input_len: usize,
+    output_len: usize,
+    concurrency: usize,
+    wall_s: f64,
+    output_tok_s: f64,
+    total_tok_s: f64,
+    ttft_ms: Percentiles,
+    itl_ms: Percentiles,
+    prefix_hits: u64,
+    preemptions: u64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v[((v.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    Percentiles {
+        median: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+    }
+}
+
+pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
+    let Some(dtype) = WeightDtype::parse(&a.dtype) else {
+        bail!("unknown --dtype '{}' (f32 or bf16)", a.dtype);
+    };
+    if a.requests == 0 || a.input_len == 0 || a.output_len == 0 {
+        bail!("--requests, --input-len and --output-len must be at least 1");
+    }
+    let dir = a.model.resolve()?;
+    let config = ModelConfig::from_dir(&dir)?;
+    let plan = a.shard.plan(&config.shape)?;
+    let (tp, strategy) = (plan.world_size, plan.strategy.clone());
+    let options = EngineOptions {
+        dtype,
+        threads: a.threads,
+        ..EngineOptions::default()
+    };
+    let coord = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
+    let engine = EngineHandle::start(
+        coord,
+        None,
+        &EngineConfig {
+            max_batch_tokens: a.max_batch_tokens,
+            max_seqs: a.max_seqs,
+        },
+    )?;
+    let vocab = config.shape.vocab as u64;
+    let prompts: Arc<Vec<Vec<u32>>> = Arc::new(
+        (0..a.requests as u64)
+            .map(|r| {
+                (0..a.input_len as u64)
+                    .map(|i| {
+                        let x = (r + a.seed * 7919) * 1_000_003 + i * 2654435761 + 12345;
+                        (x % (vocab - 100) + 100) as u32
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
+    let concurrency = a.concurrency.unwrap_or(a.requests).clamp(1, a.requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let clients: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (engine, prompts, next) = (engine.clone(), Arc::clone(&prompts), Arc::clone(&next));
+            let output_len = a.output_len;
+            std::thread::spawn(move || -> Result<(Vec<f64>, Vec<f64>, usize)> {
+                let (mut ttft, mut itl, mut tokens) = (Vec::new(), Vec::new(), 0usize);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= prompts.len() {
+                        return Ok((ttft, itl, tokens));
+                    }
+                    let params = SamplingParams {
+                        temperature: 0.0,
+                        max_tokens: output_len,
+                        ignore_eos: true,
+                        ..SamplingParams::default()
+                    };
+                    let sent = Instant::now();
+                    let mut sub = engine.submit_blocking(Request {
+                        prompt: prompts[i].clone(),
+                        params,
+                    })?;
+                    let mut last: Option<Instant> = None;
+                    while let Some(e) = sub.events.blocking_recv() {
+                        match e {
+                            Event::Token { .. } => {
+                                let now = Instant::now();
+                                match last {
+                                    None => ttft.push(now.duration_since(sent).as_secs_f64() * 1e3),
+                                    Some(t) => itl.push(now.duration_since(t).as_secs_f64() * 1e3),
+                                }
+                                last = Some(now);
+                                tokens += 1;
+                            }
+                            Event::Finished { .. } => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut ttft, mut itl, mut tokens) = (Vec::new(), Vec::new(), 0usize);
+    for c in clients {
+        let (t, i, n) = c.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        ttft.extend(t);
+        itl.extend(i);
+        tokens += n;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let stats = engine.stats();
+    engine.shutdown();
+    let report = Report {
+        tp,
+        strategy,
+        requests: a.requests,
+        input_len: a.input_len,
+        output_len: a.output_len,
+        concurrency,
+        wall_s: wall,
+        output_tok_s: tokens as f64 / wall,
+        total_tok_s: (tokens + a.requests * a.input_len) as f64 / wall,
+        ttft_ms: percentiles(ttft),
+        itl_ms: percentiles(itl),
+        prefix_hits: stats.prefix_hits,
+        preemptions: stats.preemptions,
+    };
+    if !a.json {
+        eprintln!(
+            "tp {tp}: {} requests x ({} in, {} out), concurrency {concurrency}: {:.1} s, {:.1} output tok/s, {:.1} total tok/s\n  TTFT ms median {:.0} p90 {:.0} p99 {:.0}; ITL ms median {:.1} p90 {:.1} p99 {:.1}",
+            a.requests, a.input_len, a.output_len, wall, report.output_tok_s, report.total_tok_s,
+            report.ttft_ms.median, report.ttft_ms.p90, report.ttft_ms.p99,
+            report.itl_ms.median, report.itl_ms.p90, report.itl_ms.p99
+        );
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
