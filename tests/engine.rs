@@ -6,7 +6,9 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tessera_engine::sampling::SamplingParams;
-use tessera_engine::{Coordinator, EngineConfig, EngineHandle, EngineOptions, Event, FinishReason, Request};
+use tessera_engine::{
+    Coordinator, EngineConfig, EngineHandle, EngineOptions, Event, FinishReason, Request,
+};
 use tessera_model::synthetic;
 use tessera_plan::{ModelShape, Strategy};
 
@@ -24,7 +26,12 @@ fn shape() -> ModelShape {
     }
 }
 
-fn engine(dir: &std::path::Path, tp: usize, kv_bytes: usize, config: &EngineConfig) -> EngineHandle {
+fn engine(
+    dir: &std::path::Path,
+    tp: usize,
+    kv_bytes: usize,
+    config: &EngineConfig,
+) -> EngineHandle {
     let plan = Strategy::Megatron.plan(&shape(), tp).unwrap();
     let options = EngineOptions {
         kv_cache_bytes: kv_bytes,
@@ -36,7 +43,9 @@ fn engine(dir: &std::path::Path, tp: usize, kv_bytes: usize, config: &EngineConf
 }
 
 /// Collects a request's token ids and finish reason.
-fn collect(mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (Vec<u32>, FinishReason, usize) {
+fn collect(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> (Vec<u32>, FinishReason, usize) {
     let mut ids = Vec::new();
     while let Some(e) = events.blocking_recv() {
         match e {
@@ -77,7 +86,10 @@ fn wait_idle(e: &EngineHandle) -> tessera_engine::EngineStats {
         if s.blocks_used == 0 && s.running == 0 && s.waiting == 0 {
             return s;
         }
-        assert!(std::time::Instant::now() < deadline, "engine did not free its blocks: {s:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "engine did not free its blocks: {s:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
@@ -116,24 +128,40 @@ fn batched_requests_get_the_tokens_they_get_alone_at_tp_1_and_2() {
             .zip(&params)
             .map(|(p, s)| {
                 let sub = alone_engine
-                    .submit_blocking(Request { prompt: p.clone(), params: s.clone() })
+                    .submit_blocking(Request {
+                        prompt: p.clone(),
+                        params: s.clone(),
+                    })
                     .unwrap();
                 collect(sub.events).0
             })
             .collect();
         alone_engine.shutdown();
         // All at once, with a small step budget so prefills are chunked and mixed with decodes.
-        let config = EngineConfig { max_batch_tokens: 24, max_seqs: 16 };
+        let config = EngineConfig {
+            max_batch_tokens: 24,
+            max_seqs: 16,
+        };
         let batched_engine = engine(tmp.path(), tp, 8 << 20, &config);
         let subs: Vec<_> = prompts
             .iter()
             .zip(&params)
-            .map(|(p, s)| batched_engine.submit_blocking(Request { prompt: p.clone(), params: s.clone() }).unwrap())
+            .map(|(p, s)| {
+                batched_engine
+                    .submit_blocking(Request {
+                        prompt: p.clone(),
+                        params: s.clone(),
+                    })
+                    .unwrap()
+            })
             .collect();
         for (i, sub) in subs.into_iter().enumerate() {
             let (ids, reason, _) = collect(sub.events);
             assert_eq!(reason, FinishReason::Length);
-            assert_eq!(ids, alone[i], "tp {tp} request {i}: batched tokens differ from alone");
+            assert_eq!(
+                ids, alone[i],
+                "tp {tp} request {i}: batched tokens differ from alone"
+            );
         }
         wait_idle(&batched_engine);
         batched_engine.shutdown();
@@ -148,7 +176,18 @@ fn preemption_under_a_tiny_cache_changes_no_token_and_loses_no_request() {
     let roomy = engine(tmp.path(), 2, 8 << 20, &EngineConfig::default());
     let expected: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| collect(roomy.submit_blocking(Request { prompt: p.clone(), params: greedy(20) }).unwrap().events).0)
+        .map(|p| {
+            collect(
+                roomy
+                    .submit_blocking(Request {
+                        prompt: p.clone(),
+                        params: greedy(20),
+                    })
+                    .unwrap()
+                    .events,
+            )
+            .0
+        })
         .collect();
     roomy.shutdown();
     // Room for about 3 sequences at once: requests are preempted and recomputed.
@@ -156,14 +195,24 @@ fn preemption_under_a_tiny_cache_changes_no_token_and_loses_no_request() {
     let tight = engine(tmp.path(), 2, block_bytes * 40, &EngineConfig::default());
     let subs: Vec<_> = prompts
         .iter()
-        .map(|p| tight.submit_blocking(Request { prompt: p.clone(), params: greedy(20) }).unwrap())
+        .map(|p| {
+            tight
+                .submit_blocking(Request {
+                    prompt: p.clone(),
+                    params: greedy(20),
+                })
+                .unwrap()
+        })
         .collect();
     for (i, sub) in subs.into_iter().enumerate() {
         let (ids, _, _) = collect(sub.events);
         assert_eq!(ids, expected[i], "request {i} changed under preemption");
     }
     let stats = wait_idle(&tight);
-    assert!(stats.preemptions > 0, "the cache was meant to be too small: {stats:?}");
+    assert!(
+        stats.preemptions > 0,
+        "the cache was meant to be too small: {stats:?}"
+    );
     tight.shutdown();
 }
 
@@ -172,14 +221,20 @@ fn a_request_that_can_never_fit_is_refused_at_submission() {
     let tmp = model_dir();
     let e = engine(tmp.path(), 1, 64 * 1024, &EngineConfig::default());
     let err = e
-        .submit_blocking(Request { prompt: vec![1; 10], params: greedy(100_000) })
+        .submit_blocking(Request {
+            prompt: vec![1; 10],
+            params: greedy(100_000),
+        })
         .err()
         .expect("must be refused");
     assert!(err.to_string().contains("100"), "{err}");
     let err = e
         .submit_blocking(Request {
             prompt: vec![1; 3],
-            params: SamplingParams { temperature: f32::NAN, ..greedy(3) },
+            params: SamplingParams {
+                temperature: f32::NAN,
+                ..greedy(3)
+            },
         })
         .err()
         .expect("NaN temperature must be refused");
@@ -192,8 +247,18 @@ fn cancelling_or_dropping_a_stream_frees_its_blocks() {
     let tmp = model_dir();
     let e = engine(tmp.path(), 2, 8 << 20, &EngineConfig::default());
     let long = greedy(200);
-    let a = e.submit_blocking(Request { prompt: vec![5; 30], params: long.clone() }).unwrap();
-    let b = e.submit_blocking(Request { prompt: vec![6; 30], params: long }).unwrap();
+    let a = e
+        .submit_blocking(Request {
+            prompt: vec![5; 30],
+            params: long.clone(),
+        })
+        .unwrap();
+    let b = e
+        .submit_blocking(Request {
+            prompt: vec![6; 30],
+            params: long,
+        })
+        .unwrap();
     let mut a_events = a.events;
     // Wait for a first token of a, then cancel a and drop b's stream.
     loop {
@@ -223,18 +288,43 @@ fn a_repeated_prefix_is_served_from_the_cache_with_identical_tokens() {
     for q in 0..4u32 {
         let mut prompt = system.clone();
         prompt.extend([q + 1, q + 2, q + 3]);
-        outs.push(collect(e.submit_blocking(Request { prompt, params: greedy(8) }).unwrap().events).0);
+        outs.push(
+            collect(
+                e.submit_blocking(Request {
+                    prompt,
+                    params: greedy(8),
+                })
+                .unwrap()
+                .events,
+            )
+            .0,
+        );
     }
     let stats = e.stats();
-    assert!(stats.prefix_hits >= 3 * 6, "24 shared tokens = 6 blocks, reused 3 times: {stats:?}");
+    assert!(
+        stats.prefix_hits >= 3 * 6,
+        "24 shared tokens = 6 blocks, reused 3 times: {stats:?}"
+    );
     e.shutdown();
     // Without any cache reuse (fresh engine per request) the tokens are the same.
     for (q, out) in outs.iter().enumerate() {
         let fresh = engine(tmp.path(), 1, 8 << 20, &EngineConfig::default());
         let mut prompt = system.clone();
         prompt.extend([q as u32 + 1, q as u32 + 2, q as u32 + 3]);
-        let alone = collect(fresh.submit_blocking(Request { prompt, params: greedy(8) }).unwrap().events).0;
-        assert_eq!(&alone, out, "request {q} differs when served from the prefix cache");
+        let alone = collect(
+            fresh
+                .submit_blocking(Request {
+                    prompt,
+                    params: greedy(8),
+                })
+                .unwrap()
+                .events,
+        )
+        .0;
+        assert_eq!(
+            &alone, out,
+            "request {q} differs when served from the prefix cache"
+        );
         fresh.shutdown();
     }
 }
@@ -243,11 +333,29 @@ fn a_repeated_prefix_is_served_from_the_cache_with_identical_tokens() {
 fn stop_tokens_end_a_request_and_usage_counts_tokens() {
     let tmp = model_dir();
     let e = engine(tmp.path(), 1, 8 << 20, &EngineConfig::default());
-    let free = collect(e.submit_blocking(Request { prompt: vec![3, 4, 5], params: greedy(10) }).unwrap().events).0;
+    let free = collect(
+        e.submit_blocking(Request {
+            prompt: vec![3, 4, 5],
+            params: greedy(10),
+        })
+        .unwrap()
+        .events,
+    )
+    .0;
     let stop = free[4];
     let first = free.iter().position(|&t| t == stop).unwrap();
-    let params = SamplingParams { stop_token_ids: vec![stop], ..greedy(10) };
-    let (ids, reason, prompt_tokens) = collect(e.submit_blocking(Request { prompt: vec![3, 4, 5], params }).unwrap().events);
+    let params = SamplingParams {
+        stop_token_ids: vec![stop],
+        ..greedy(10)
+    };
+    let (ids, reason, prompt_tokens) = collect(
+        e.submit_blocking(Request {
+            prompt: vec![3, 4, 5],
+            params,
+        })
+        .unwrap()
+        .events,
+    );
     assert_eq!(reason, FinishReason::Stop);
     assert_eq!(ids, free[..first].to_vec());
     assert_eq!(prompt_tokens, 3);
@@ -261,7 +369,16 @@ fn handles_are_shareable_across_threads() {
     let handles: Vec<_> = (0..4)
         .map(|i| {
             let e = Arc::clone(&e);
-            std::thread::spawn(move || collect(e.submit_blocking(Request { prompt: vec![i + 1; 5], params: greedy(6) }).unwrap().events))
+            std::thread::spawn(move || {
+                collect(
+                    e.submit_blocking(Request {
+                        prompt: vec![i + 1; 5],
+                        params: greedy(6),
+                    })
+                    .unwrap()
+                    .events,
+                )
+            })
         })
         .collect();
     for h in handles {

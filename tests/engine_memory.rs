@@ -16,7 +16,9 @@ fn serve(engine: &EngineHandle, n: usize, seed: u64) {
     let mut pending = Vec::new();
     for i in 0..n {
         let len = 5 + (i * 7 + seed as usize) % 40;
-        let prompt: Vec<u32> = (0..len).map(|j| ((i * 31 + j * 17 + seed as usize) % 2000) as u32).collect();
+        let prompt: Vec<u32> = (0..len)
+            .map(|j| ((i * 31 + j * 17 + seed as usize) % 2000) as u32)
+            .collect();
         let params = SamplingParams {
             temperature: 0.7,
             seed: Some(i as u64),

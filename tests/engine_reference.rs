@@ -22,9 +22,16 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let text = std::fs::read_to_string(common::reference_dir().join("reference_public.json")).unwrap();
+    let text =
+        std::fs::read_to_string(common::reference_dir().join("reference_public.json")).unwrap();
     let reference: Value = serde_json::from_str(&text).unwrap();
-    let ids = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let ids = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>()
+    };
     let mut out = Vec::new();
     for r in reference["results"].as_array().unwrap() {
         for form in ["plain", "chat"] {
@@ -33,7 +40,12 @@ fn cases() -> Vec<Case> {
                 name: format!("{} {form}", r["id"].as_str().unwrap()),
                 prompt: ids(&f["prompt_ids"]),
                 greedy: ids(&f["greedy_ids"]),
-                margins: f["greedy_margin"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect(),
+                margins: f["greedy_margin"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.as_f64().unwrap())
+                    .collect(),
             });
         }
     }
@@ -52,7 +64,14 @@ fn run_all(engine: &EngineHandle, prompts: &[Vec<u32>]) -> Vec<Trace> {
     };
     let subs: Vec<_> = prompts
         .iter()
-        .map(|p| engine.submit_blocking(Request { prompt: p.clone(), params: params.clone() }).unwrap())
+        .map(|p| {
+            engine
+                .submit_blocking(Request {
+                    prompt: p.clone(),
+                    params: params.clone(),
+                })
+                .unwrap()
+        })
         .collect();
     subs.into_iter()
         .map(|mut s| {
@@ -82,7 +101,10 @@ fn check(tp: usize) {
     let engine = EngineHandle::start(coord, Some(tokenizer), &EngineConfig::default()).unwrap();
     let cases = cases();
     // Alone: one request at a time.
-    let alone: Vec<Trace> = cases.iter().map(|c| run_all(&engine, std::slice::from_ref(&c.prompt)).remove(0)).collect();
+    let alone: Vec<Trace> = cases
+        .iter()
+        .map(|c| run_all(&engine, std::slice::from_ref(&c.prompt)).remove(0))
+        .collect();
     // Batched: the reference prompts spread among 20 random others, 32 requests at once.
     let mut rng = ChaCha8Rng::seed_from_u64(tp as u64);
     let mut prompts: Vec<Vec<u32>> = (0..20)
@@ -109,11 +131,17 @@ fn check(tp: usize) {
         let (ids, _) = &alone[i];
         if let Some(step) = (0..32).find(|&s| ids[s] != c.greedy[s]) {
             if !c.margins[..=step].iter().any(|&m| m < 1e-3) {
-                failures.push(format!("tp {tp} {}: token {step} is {} not {}", c.name, ids[step], c.greedy[step]));
+                failures.push(format!(
+                    "tp {tp} {}: token {step} is {} not {}",
+                    c.name, ids[step], c.greedy[step]
+                ));
             }
         }
         if batched[slots[i]] != alone[i] {
-            failures.push(format!("tp {tp} {}: batched tokens or logprobs differ from alone", c.name));
+            failures.push(format!(
+                "tp {tp} {}: batched tokens or logprobs differ from alone",
+                c.name
+            ));
         }
     }
     engine.shutdown();

@@ -7,6 +7,7 @@
 mod bench;
 mod generate;
 mod plan;
+mod serve;
 mod throughput;
 
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ enum Command {
     /// Benchmarks (medians over repeats; see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -133,6 +136,7 @@ pub fn main() -> ExitCode {
         Command::Plan(a) => plan::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(c) => bench::run(c),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -176,7 +176,9 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
         .collect();
     let (mut ttft, mut itl, mut tokens) = (Vec::new(), Vec::new(), 0usize);
     for c in clients {
-        let (t, i, n) = c.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        let (t, i, n) = c
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
         ttft.extend(t);
         itl.extend(i);
         tokens += n;

@@ -179,7 +179,10 @@ impl EngineHandle {
             max_context: model.max_position_embeddings,
         })
         .map_err(|e| EngineError::BadRequest(e.to_string()))?;
-        let mut default_stop: Vec<u32> = tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default();
+        let mut default_stop: Vec<u32> = tokenizer
+            .as_ref()
+            .map(|t| t.eos_ids().to_vec())
+            .unwrap_or_default();
         for id in &model.eos_token_ids {
             if !default_stop.contains(id) {
                 default_stop.push(*id);
@@ -273,7 +276,13 @@ impl EngineHandle {
             .unwrap_or_else(PoisonError::into_inner)
             .send(msg)
             .map_err(|_| EngineError::RankLost(0))?;
-        Ok((reply_rx, Submission { id, events: events_rx }))
+        Ok((
+            reply_rx,
+            Submission {
+                id,
+                events: events_rx,
+            },
+        ))
     }
 
     /// Cancels a request; its blocks are freed within one step and it gets a `Cancelled` event.
@@ -302,7 +311,13 @@ impl EngineHandle {
             &mut *self.inner.tx.lock().unwrap_or_else(PoisonError::into_inner),
             tx,
         ));
-        if let Some(j) = self.inner.join.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(j) = self
+            .inner
+            .join
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             let _ = j.join();
         }
     }
@@ -318,9 +333,16 @@ struct Detokenizer {
 impl Detokenizer {
     fn push(&mut self, tok: &TextTokenizer, id: u32) -> String {
         self.ids.push(id);
-        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], false).unwrap_or_default();
-        let full = tok.decode(&self.ids[self.prefix_offset..], false).unwrap_or_default();
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+        let prefix = tok
+            .decode(&self.ids[self.prefix_offset..self.read_offset], false)
+            .unwrap_or_default();
+        let full = tok
+            .decode(&self.ids[self.prefix_offset..], false)
+            .unwrap_or_default();
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && full.is_char_boundary(prefix.len())
+        {
             let delta = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
@@ -463,7 +485,11 @@ impl Worker {
                 tokens: s.tokens.clone(),
                 start: s.start_pos,
                 block_table: s.block_table.iter().map(|b| b.index() as u32).collect(),
-                logits: if s.needs_logits { LogitRows::Last } else { LogitRows::None },
+                logits: if s.needs_logits {
+                    LogitRows::Last
+                } else {
+                    LogitRows::None
+                },
             })
             .collect();
         for s in &plan.seqs {
@@ -474,13 +500,16 @@ impl Worker {
         let logits = self.coordinator.step(seqs)?;
         self.counters.steps += 1;
         let vocab = self.coordinator.config().shape.vocab;
-        let mut row = 0;
-        for s in plan.seqs.iter().filter(|s| s.needs_logits) {
-            let l = &logits[row * vocab..(row + 1) * vocab];
-            row += 1;
+        let sampled = plan.seqs.iter().filter(|s| s.needs_logits);
+        for (s, l) in sampled.zip(logits.chunks_exact(vocab)) {
             self.advance(s.id, l);
         }
-        tracing::trace!(tokens = plan.num_tokens(), seqs = plan.seqs.len(), ms = started.elapsed().as_secs_f64() * 1e3, "step");
+        tracing::trace!(
+            tokens = plan.num_tokens(),
+            seqs = plan.seqs.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "step"
+        );
         Ok(())
     }
 

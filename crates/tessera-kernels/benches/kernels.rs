@@ -41,12 +41,10 @@ fn pools() -> Vec<CpuPool> {
 fn gemv(c: &mut Criterion) {
     let mut g = short(c);
     for (n, k) in [(49152, 576), (1536, 576), (576, 1536)] {
-        let copies = COLD_BYTES.div_ceil(n * k * 4).max(1);
+        let copies = COLD_BYTES.div_ceil(n * k * 4);
         let ws: Vec<Vec<f32>> = (0..copies).map(|s| filled(n * k, s as u32)).collect();
-        let wb: Vec<Vec<bf16>> = ws
-            .iter()
-            .take(copies.div_ceil(2).max(1))
-            .map(|w| w.iter().map(|&v| bf16::from_f32(v)).collect())
+        let wb: Vec<Vec<bf16>> = (0..COLD_BYTES.div_ceil(n * k * 2))
+            .map(|s| ws[s % copies].iter().map(|&v| bf16::from_f32(v)).collect())
             .collect();
         let x = filled(k, 99);
         let mut y = vec![0.0; n];

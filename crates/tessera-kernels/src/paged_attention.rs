@@ -63,31 +63,59 @@ pub fn paged_attention(
     shape: &PagedShape<'_>,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let rows = check(q, k, v, seqs, shape, out)?;
+    check(q, k, v, seqs, shape, out)?;
     let hq = shape.kv_index.len();
-    // Row -> sequence index, so that items can be split evenly over threads.
-    let mut row_seq = Vec::with_capacity(rows);
-    let mut work = 0usize;
-    for (i, s) in seqs.iter().enumerate() {
-        row_seq.extend(std::iter::repeat_n(i, s.tokens));
-        work = work.saturating_add(s.tokens * (s.start + s.tokens));
+    // Work units: (sequence, head, chunk of up to ROW_CHUNK rows). A unit's scores are one
+    // matmul of its query rows against its keys; each score is still the same fixed-order
+    // dot product, so results equal a row-by-row computation bit for bit.
+    let mut units = Vec::new();
+    let mut cost = Vec::new();
+    let mut total = 0usize;
+    for (si, s) in seqs.iter().enumerate() {
+        for head in 0..hq {
+            let mut r0 = 0;
+            while r0 < s.tokens {
+                let r1 = (r0 + ROW_CHUNK).min(s.tokens);
+                units.push(Unit {
+                    seq: si,
+                    head,
+                    r0,
+                    r1,
+                });
+                total = total.saturating_add((r1 - r0) * (s.start + r1));
+                cost.push(total);
+                r0 = r1;
+            }
+        }
     }
-    let items = rows * hq;
-    let work = work.saturating_mul(hq * shape.head_dim);
     let isa = pool.isa();
     let out_ptr = OutPtr(out.as_mut_ptr());
     let job = |range: Range<usize>| {
-        // SAFETY: `check` verified every length, block id and table; each item writes only
-        // its own head row of `out`, and threads get disjoint item ranges.
-        unsafe { attend_items(isa, q, k, v, seqs, &row_seq, shape, &out_ptr, range) }
+        // SAFETY: `check` verified every length, block id and table; each unit writes only
+        // its own rows of its own head in `out`, and threads get disjoint unit ranges.
+        unsafe { attend_units(isa, q, k, v, seqs, shape, &out_ptr, &units[range]) }
     };
     let threads = pool.threads();
-    if threads == 1 || work < PARALLEL_MIN_FMAS {
-        job(0..items);
+    if threads == 1 || total.saturating_mul(shape.head_dim) < PARALLEL_MIN_FMAS {
+        job(0..units.len());
     } else {
-        pool.run(|t| job(items * t / threads..items * (t + 1) / threads));
+        // Contiguous unit ranges of about equal cost.
+        let bound = |t: usize| cost.partition_point(|&c| c * threads <= total * t);
+        pool.run(|t| job(bound(t)..bound(t + 1)));
     }
     Ok(())
+}
+
+/// Query rows per work unit: bounds the scores buffer and the causal waste of a chunk.
+const ROW_CHUNK: usize = 64;
+
+/// Rows `r0..r1` of one head of one sequence.
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    seq: usize,
+    head: usize,
+    r0: usize,
+    r1: usize,
 }
 
 /// `out`'s base pointer, shared by the threads that write its disjoint head rows.
@@ -175,22 +203,21 @@ fn check(
     Ok(rows)
 }
 
-/// Attention for items `range` (item = row * hq + head), on the calling thread.
+/// Attention for `units`, on the calling thread.
 ///
 /// # Safety
 /// Arguments must have passed `check`, `out` must point to the checked output buffer, no
-/// other thread may write these items' rows of it, and `isa` must be available.
+/// other thread may write these units' rows of it, and `isa` must be available.
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_items(
+unsafe fn attend_units(
     isa: Isa,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     seqs: &[PagedSeq<'_>],
-    row_seq: &[usize],
     shape: &PagedShape<'_>,
     out: &OutPtr,
-    range: Range<usize>,
+    units: &[Unit],
 ) {
     let d = shape.head_dim;
     let hq = shape.kv_index.len();
@@ -199,55 +226,66 @@ unsafe fn attend_items(
     let scale = 1.0 / (d as f32).sqrt();
     let mut scores: Vec<f32> = Vec::new();
     let mut acc = vec![0.0f32; d];
-    for item in range {
-        let (row, head) = (item / hq, item % hq);
-        let s = &seqs[row_seq[row]];
-        let pos = s.start + (row - s.row);
-        let lo = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let keys = pos + 1 - lo;
-        let g = shape.kv_index[head];
-        let q_row = &q[item * d..(item + 1) * d];
+    for u in units {
+        let s = &seqs[u.seq];
+        let g = shape.kv_index[u.head];
+        let rows = u.r1 - u.r0;
+        let first_pos = s.start + u.r0;
+        let lo_min = shape
+            .window
+            .map_or(0, |w| (first_pos + 1).saturating_sub(w));
+        let hi = s.start + u.r1; // keys lo_min..hi
+        let nkeys = hi - lo_min;
         scores.clear();
-        scores.resize(keys, 0.0);
+        scores.resize(rows * nkeys, 0.0);
+        let q_base = ((s.row + u.r0) * hq + u.head) * d;
         // Scores block by block: keys in one block are evenly strided.
-        let mut j = lo;
-        while j <= pos {
-            let run = (bs - j % bs).min(pos + 1 - j);
+        let mut j = lo_min;
+        while j < hi {
+            let run = (bs - j % bs).min(hi - j);
             let base = (s.block_table[j / bs] as usize * bs + j % bs) * slot_width + g * d;
             let op = Operands {
-                x: q_row.as_ptr(),
-                ldx: d,
-                m: 1,
+                x: q[q_base..].as_ptr(),
+                ldx: hq * d,
+                m: rows,
                 w: k[base..].as_ptr(),
                 ldw: slot_width,
                 k: d,
                 bias: std::ptr::null(),
-                y: scores[j - lo..].as_mut_ptr(),
-                ldy: run,
+                y: scores[j - lo_min..].as_mut_ptr(),
+                ldy: nkeys,
             };
-            // SAFETY: key i < run reads k[base + i*slot_width ..][..d], inside block
-            // table[j / bs] of the checked pool; `scores[j - lo..]` has at least `run` entries.
+            // SAFETY: query row i reads q[q_base + i*hq*d ..][..d], inside q (checked rows);
+            // key c < run reads k[base + c*slot_width ..][..d], inside block table[j / bs];
+            // output (i, c) lands in scores[i*nkeys + (j - lo_min) + c] < rows * nkeys.
             unsafe { gemm_cols(isa, &op, 0..run) };
             j += run;
         }
-        let mut max = f32::NEG_INFINITY;
-        for sc in scores.iter_mut() {
-            *sc *= scale;
-            max = max.max(*sc);
-        }
-        let mut z = 0.0f32;
-        acc.fill(0.0);
-        for (i, sc) in scores.iter().enumerate() {
-            let p = lo + i;
-            let e = (sc - max).exp();
-            z += e;
-            let at = (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d;
-            axpy(isa, e, &v[at..at + d], &mut acc);
-        }
-        // SAFETY: this item's head row of `out` is in bounds (checked) and only we write it.
-        let out_row = unsafe { std::slice::from_raw_parts_mut(out.0.add(item * d), d) };
-        for (o, &a) in out_row.iter_mut().zip(&acc) {
-            *o = a / z;
+        for i in 0..rows {
+            let pos = first_pos + i;
+            let lo = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let row_scores = &mut scores[i * nkeys + (lo - lo_min)..i * nkeys + (pos + 1 - lo_min)];
+            let mut max = f32::NEG_INFINITY;
+            for sc in row_scores.iter_mut() {
+                *sc *= scale;
+                max = max.max(*sc);
+            }
+            let mut z = 0.0f32;
+            acc.fill(0.0);
+            for (c, sc) in row_scores.iter().enumerate() {
+                let p = lo + c;
+                let e = (sc - max).exp();
+                z += e;
+                let at = (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d;
+                axpy(isa, e, &v[at..at + d], &mut acc);
+            }
+            let item = (s.row + u.r0 + i) * hq + u.head;
+            // SAFETY: this (row, head) of `out` is in bounds (checked) and only this unit
+            // writes it.
+            let out_row = unsafe { std::slice::from_raw_parts_mut(out.0.add(item * d), d) };
+            for (o, &a) in out_row.iter_mut().zip(&acc) {
+                *o = a / z;
+            }
         }
     }
 }
@@ -269,9 +307,14 @@ mod tests {
 
     #[test]
     fn paged_equals_contiguous_bitwise_for_a_mixed_batch() {
+        compare_with_contiguous(8, &[0, 0, 1, 1, 1], 2, 4);
+        compare_with_contiguous(16, &[0, 0, 0, 0, 0], 1, 16);
+        compare_with_contiguous(64, &[0, 0, 0, 1, 1, 1], 2, 16);
+    }
+
+    fn compare_with_contiguous(d: usize, kv_index: &[usize], hkv: usize, bs: usize) {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let (d, hkv, bs, nblocks) = (8, 2, 4, 64);
-        let kv_index = [0usize, 0, 1, 1, 1];
+        let nblocks = 64;
         let hq = kv_index.len();
         let slot = hkv * d;
         let pool = CpuPool::new(2).unwrap();
@@ -279,7 +322,7 @@ mod tests {
         let mut vp = vec![0.0f32; nblocks * bs * slot];
         let mut free: Vec<u32> = (0..nblocks as u32).collect();
         // (start, tokens) per sequence: decode, prefill chunk after a past, fresh prefill.
-        let specs = [(9usize, 1usize), (5, 6), (0, 7), (13, 1)];
+        let specs = [(9usize, 1usize), (5, 6), (0, 7), (13, 1), (0, 24), (3, 70)];
         let mut tables = Vec::new();
         let mut conts = Vec::new();
         let mut qs = Vec::new();
@@ -322,7 +365,7 @@ mod tests {
             let shape = PagedShape {
                 head_dim: d,
                 kv_heads: hkv,
-                kv_index: &kv_index,
+                kv_index,
                 window,
                 block_size: bs,
             };
@@ -335,7 +378,7 @@ mod tests {
                     start,
                     head_dim: d,
                     kv_heads: hkv,
-                    kv_index: &kv_index,
+                    kv_index,
                     window,
                 };
                 attention(

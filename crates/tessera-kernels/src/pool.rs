@@ -305,7 +305,9 @@ fn wait_all_done(shared: &Shared) {
 
 /// A worker's whole life: wait for a new generation, run the shares it can claim, repeat.
 fn worker_loop(shared: &Shared) {
-    let mut seen = shared.claims.load(Ordering::SeqCst) >> 32;
+    // Generation 0 is the pool's creation; a worker that starts late still sees every
+    // later generation (in particular `Drop`'s) as a change.
+    let mut seen = 0;
     loop {
         let changed = || shared.claims.load(Ordering::SeqCst) >> 32 != seen;
         wait_until(changed, || {
@@ -320,10 +322,13 @@ fn worker_loop(shared: &Shared) {
             drop(guard);
             shared.sleepers.fetch_sub(1, Ordering::SeqCst);
         });
+        // Read the generation before the shutdown flag: `Drop` sets the flag before it
+        // publishes its generation, so a worker that adopts that generation as `seen`
+        // is sure to see the flag and cannot park waiting for a later one.
+        seen = shared.claims.load(Ordering::SeqCst) >> 32;
         if shared.shutdown.load(Ordering::SeqCst) {
             return;
         }
-        seen = shared.claims.load(Ordering::SeqCst) >> 32;
         while let Some(share) = claim(shared, seen) {
             // SAFETY: our claim on the current generation keeps the dispatcher from
             // touching `job` until this share reports done (see `Shared`'s Sync impl).

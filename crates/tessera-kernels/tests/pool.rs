@@ -71,3 +71,24 @@ fn zero_threads_means_the_caller_alone() {
     let pool = CpuPool::new(0).unwrap();
     assert_eq!(pool.threads(), 1);
 }
+
+#[test]
+fn dropping_a_pool_right_after_a_dispatch_never_hangs() {
+    // A worker may wake for a job whose shares the caller already ran, just as the pool
+    // is dropped; it must still notice the shutdown. A hang fails through the watchdog.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for round in 0..3_000 {
+            let pool = CpuPool::new(2 + round % 2).unwrap();
+            pool.run(|t| {
+                std::hint::black_box(t);
+            });
+            drop(pool);
+        }
+        tx.send(()).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+        "a pool's drop did not return"
+    );
+}

@@ -114,7 +114,13 @@ mod tests {
 
     fn resident() -> usize {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 4096
+        statm
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            * 4096
     }
 
     #[test]
@@ -123,6 +129,10 @@ mod tests {
         let cache = PagedKvCache::new(vec![256; 4], 1024, 16);
         let grown = resident() - before;
         assert_eq!(cache.bytes(), 128 << 20);
-        assert!(grown >= cache.bytes() * 9 / 10, "only {grown} of {} bytes resident", cache.bytes());
+        assert!(
+            grown >= cache.bytes() * 9 / 10,
+            "only {grown} of {} bytes resident",
+            cache.bytes()
+        );
     }
 }

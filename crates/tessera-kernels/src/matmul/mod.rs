@@ -345,3 +345,24 @@ fn for_each_tile(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_columns_tile_the_range_in_order_without_gaps() {
+        for n in [0, 1, 7, 8, 9, 100, 576, 49152] {
+            for threads in 1..=5 {
+                let mut next = 0;
+                for t in 0..threads {
+                    let cols = thread_columns(n, threads, t);
+                    assert_eq!(cols.start, next, "n={n} threads={threads} t={t}");
+                    assert!(cols.start.is_multiple_of(COLUMN_UNIT) || cols.is_empty());
+                    next = cols.end;
+                }
+                assert_eq!(next, n, "n={n} threads={threads}");
+            }
+        }
+    }
+}

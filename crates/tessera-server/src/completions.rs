@@ -1,0 +1,309 @@
+//! `POST /v1/completions`: one or more prompts (text or token ids), `n` choices each,
+//! optional echo, logprobs in the legacy shape, streamed or whole.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use tessera_engine::sampling::MAX_TOP_LOGPROBS;
+use tessera_engine::{FinishReason, TokenLogprobs};
+use tracing::Instrument;
+
+use crate::error::ServerError;
+use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN};
+use crate::request::{read_json, CommonParams, CompletionRequest, PromptInput};
+use crate::response::{ChoiceOutput, CompletionLogprobs, TextChoice, TextCompletion, UsageOut};
+use crate::sse::{self, frame, ChunkFormat};
+use crate::state::{unix_now, AppState};
+use crate::{json_response, RequestId};
+
+/// One prompt, tokenized, with its text (for `echo`).
+struct Prompt {
+    ids: Vec<u32>,
+    text: String,
+}
+
+/// Handles one text completion request.
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ServerError> {
+    let arrived = Instant::now();
+    let span = tracing::info_span!("completion", request_id = %request_id.0);
+    let (request, common): (CompletionRequest, _) =
+        read_json(&headers, body, state.config.body_limit).await?;
+    state.check_model(&common.model)?;
+    let echo = request.echo.unwrap_or(false);
+    let logprobs = check_options(&request, &common, echo)?;
+    let limits = state.limits();
+    let sampling = crate::params::sampling(&common, common.max_tokens, logprobs, &limits)?;
+    let prompts = tokenize(&state, request.prompt, echo)
+        .instrument(span.clone())
+        .await?;
+    state.check_capacity(prompts.len() * sampling.n)?;
+    let mut requests = Vec::new();
+    for p in &prompts {
+        requests.extend(sampling.requests(&p.ids, "prompt", &limits)?);
+    }
+    let prompt_tokens: usize = prompts.iter().map(|p| p.ids.len()).sum();
+    let generation = Generation::start(Arc::clone(&state), requests, arrived)
+        .instrument(span.clone())
+        .await?;
+    let stream = common.stream.unwrap_or(false);
+    span.in_scope(|| {
+        tracing::info!(
+            prompts = prompts.len(),
+            prompt_tokens,
+            n = sampling.n,
+            stream,
+            "accepted"
+        )
+    });
+    // Choice i answers prompt i / n; echo prefixes its prompt's text.
+    let prefixes: Vec<String> = (0..generation.len())
+        .map(|i| {
+            if echo {
+                prompts[i / sampling.n].text.clone()
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    let meta = TextChunks {
+        id: format!("cmpl-{}", crate::routes::fresh_id()),
+        created: unix_now(),
+        model: state.config.model_name.clone(),
+        system_fingerprint: state.config.system_fingerprint.clone(),
+        offsets: prefixes.iter().map(|p| p.chars().count()).collect(),
+        prefixes,
+        state: Arc::clone(&state),
+        with_logprobs: logprobs.is_some(),
+    };
+    if stream {
+        let include_usage = common
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        return Ok(sse::response(
+            generation,
+            meta,
+            prompt_tokens,
+            include_usage,
+            span,
+        ));
+    }
+    let outputs = crate::collect(generation).instrument(span.clone()).await;
+    let body = meta.whole(outputs, prompt_tokens)?;
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// Checks the fields only text completions have; returns the engine's logprobs setting.
+fn check_options(
+    request: &CompletionRequest,
+    common: &CommonParams,
+    echo: bool,
+) -> Result<Option<usize>, ServerError> {
+    let n = common.n.unwrap_or(1);
+    if request.best_of.is_some_and(|b| b != n) {
+        return Err(ServerError::invalid(
+            Some("best_of".to_string()),
+            "best_of is not supported unless it equals n.",
+        ));
+    }
+    if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ServerError::invalid(
+            Some("suffix".to_string()),
+            "suffix is not supported.",
+        ));
+    }
+    match request.logprobs {
+        Some(k) if k > MAX_TOP_LOGPROBS as u64 => Err(ServerError::invalid(
+            Some("logprobs".to_string()),
+            format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}."),
+        )),
+        Some(_) if echo => Err(ServerError::invalid(
+            Some("echo".to_string()),
+            "echo with logprobs is not supported: prompt logprobs are not computed.",
+        )),
+        k => Ok(k.map(|k| k as usize)),
+    }
+}
+
+/// Tokenizes (or checks and decodes) the prompts off the async workers.
+async fn tokenize(
+    state: &Arc<AppState>,
+    input: PromptInput,
+    echo: bool,
+) -> Result<Vec<Prompt>, ServerError> {
+    let tokenizer = Arc::clone(&state.tokenizer);
+    let vocab = state.engine.vocab();
+    let max_prompts = state.config.max_prompts;
+    let job = tokio::task::spawn_blocking(move || {
+        let bad = |m: String| ServerError::invalid(Some("prompt".to_string()), m);
+        let (texts, lists) = match input {
+            PromptInput::Text(t) => (vec![t], Vec::new()),
+            PromptInput::Texts(t) => (t, Vec::new()),
+            PromptInput::Tokens(ids) => (Vec::new(), vec![ids]),
+            PromptInput::TokenLists(l) => (Vec::new(), l),
+        };
+        let count = texts.len() + lists.len();
+        if count == 0 {
+            return Err(bad("prompt must not be an empty list.".into()));
+        }
+        if count > max_prompts {
+            return Err(bad(format!(
+                "At most {max_prompts} prompts per request, got {count}."
+            )));
+        }
+        let mut prompts = Vec::with_capacity(count);
+        for text in texts {
+            let ids = tokenizer
+                .encode(&text)
+                .map_err(|e| bad(format!("Tokenization failed: {e}")))?;
+            prompts.push(Prompt { ids, text });
+        }
+        for ids in lists {
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(bad(format!(
+                    "Token id {id} is not in the vocabulary (ids must be below {vocab})."
+                )));
+            }
+            let text = if echo {
+                tokenizer
+                    .decode(&ids, false)
+                    .map_err(|e| bad(format!("Decoding failed: {e}")))?
+            } else {
+                String::new()
+            };
+            prompts.push(Prompt { ids, text });
+        }
+        Ok(prompts)
+    });
+    job.await
+        .map_err(|e| ServerError::Engine(format!("the tokenizer task failed: {e}")))?
+}
+
+/// Text completion shapes, whole and streamed.
+struct TextChunks {
+    id: String,
+    created: u64,
+    model: String,
+    system_fingerprint: String,
+    /// Echoed prompt text per choice.
+    prefixes: Vec<String>,
+    /// Characters sent so far per choice (for `text_offset`).
+    offsets: Vec<usize>,
+    state: Arc<AppState>,
+    with_logprobs: bool,
+}
+
+impl TextChunks {
+    fn body(&self, choices: Vec<TextChoice>, usage: Option<UsageOut>) -> TextCompletion {
+        TextCompletion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: self.system_fingerprint.clone(),
+            choices,
+            usage,
+        }
+    }
+
+    fn whole(
+        &self,
+        outputs: Vec<ChoiceOutput>,
+        prompt_tokens: usize,
+    ) -> Result<TextCompletion, ServerError> {
+        let mut choices = Vec::with_capacity(outputs.len());
+        let mut completion_tokens = 0;
+        for (index, out) in outputs.into_iter().enumerate() {
+            let reason = out.finish.unwrap_or(FinishReason::Error);
+            if let Some(e) = finish_error(reason, out.error.as_deref()) {
+                return Err(e);
+            }
+            completion_tokens += out.usage.completion_tokens;
+            let start = self.offsets[index];
+            let logprobs = self.with_logprobs.then(|| {
+                let mut lp = CompletionLogprobs::default();
+                for ((id, l), off) in out.tokens.iter().zip(&out.offsets) {
+                    lp.push(&self.state.tokenizer, *id, l, start + off);
+                }
+                lp
+            });
+            choices.push(TextChoice {
+                index,
+                text: format!("{}{}", self.prefixes[index], out.text),
+                logprobs,
+                finish_reason: Some(finish_reason_str(reason)),
+            });
+        }
+        Ok(self.body(
+            choices,
+            Some(UsageOut::new(prompt_tokens, completion_tokens)),
+        ))
+    }
+}
+
+impl ChunkFormat for TextChunks {
+    fn opening(&mut self) -> Vec<String> {
+        let mut frames = Vec::new();
+        for (index, prefix) in self.prefixes.iter().enumerate() {
+            if !prefix.is_empty() {
+                let choice = TextChoice {
+                    index,
+                    text: prefix.clone(),
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                frames.push(frame(&self.body(vec![choice], None)));
+            }
+        }
+        frames
+    }
+
+    fn token(
+        &mut self,
+        index: usize,
+        id: u32,
+        text: String,
+        logprobs: Option<&TokenLogprobs>,
+    ) -> Option<String> {
+        let logprobs = logprobs.filter(|_| id != FLUSH_TOKEN).map(|l| {
+            let mut lp = CompletionLogprobs::default();
+            lp.push(&self.state.tokenizer, id, l, self.offsets[index]);
+            lp
+        });
+        if text.is_empty() && logprobs.is_none() {
+            return None;
+        }
+        self.offsets[index] += text.chars().count();
+        let choice = TextChoice {
+            index,
+            text,
+            logprobs,
+            finish_reason: None,
+        };
+        Some(frame(&self.body(vec![choice], None)))
+    }
+
+    fn finished(&mut self, index: usize, reason: &'static str) -> String {
+        let choice = TextChoice {
+            index,
+            text: String::new(),
+            logprobs: None,
+            finish_reason: Some(reason),
+        };
+        frame(&self.body(vec![choice], None))
+    }
+
+    fn usage(&mut self, usage: UsageOut) -> String {
+        frame(&self.body(Vec::new(), Some(usage)))
+    }
+}

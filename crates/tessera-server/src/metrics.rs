@@ -1,0 +1,250 @@
+//! Prometheus metrics: the engine's counters (read at scrape time) and the latency
+//! histograms the server measures itself (time to first token, inter-token latency).
+//!
+//! Per-rank all-reduce time is not exported: the engine does not measure it yet.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tessera_engine::{EngineStats, FinishReason};
+
+/// Bucket bounds (seconds) of the time-to-first-token histogram.
+const TTFT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+/// Bucket bounds (seconds) of the inter-token latency histogram.
+const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0,
+];
+
+/// A cumulative histogram with fixed buckets.
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, seconds: f64) {
+        let i = self.bounds.partition_point(|&b| b < seconds);
+        self.counts[i] += 1;
+        self.sum += seconds;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let total: u64 = self.counts.iter().sum();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {total}", self.sum);
+    }
+}
+
+/// What the server measures, shared by every request task.
+#[derive(Debug)]
+pub struct Metrics {
+    ttft: Mutex<Histogram>,
+    itl: Mutex<Histogram>,
+    finished: [AtomicU64; 4],
+    rejected_full: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            ttft: Mutex::new(Histogram::new(TTFT_BUCKETS)),
+            itl: Mutex::new(Histogram::new(ITL_BUCKETS)),
+            finished: Default::default(),
+            rejected_full: AtomicU64::new(0),
+        }
+    }
+}
+
+const REASONS: [(FinishReason, &str); 4] = [
+    (FinishReason::Stop, "stop"),
+    (FinishReason::Length, "length"),
+    (FinishReason::Cancelled, "cancelled"),
+    (FinishReason::Error, "error"),
+];
+
+impl Metrics {
+    /// Records the time from a request's arrival to its first token.
+    pub fn observe_ttft(&self, d: Duration) {
+        lock(&self.ttft).observe(d.as_secs_f64());
+    }
+
+    /// Records the time between two tokens of one choice.
+    pub fn observe_itl(&self, d: Duration) {
+        lock(&self.itl).observe(d.as_secs_f64());
+    }
+
+    /// Counts a finished engine request.
+    pub fn count_finished(&self, reason: FinishReason) {
+        if let Some(i) = REASONS.iter().position(|(r, _)| *r == reason) {
+            self.finished[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request refused because the queue was full.
+    pub fn count_rejected_full(&self) {
+        self.rejected_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of everything, with `stats` from the engine.
+    pub fn render(&self, stats: &EngineStats) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "tessera_requests_running",
+            "Requests being computed.",
+            stats.running as f64,
+        );
+        gauge(
+            &mut out,
+            "tessera_requests_waiting",
+            "Requests waiting for KV blocks or a batch slot.",
+            stats.waiting as f64,
+        );
+        gauge(
+            &mut out,
+            "tessera_kv_blocks_used",
+            "KV-cache blocks held by requests.",
+            stats.blocks_used as f64,
+        );
+        gauge(
+            &mut out,
+            "tessera_kv_blocks_total",
+            "KV-cache blocks in the pool.",
+            stats.blocks_total as f64,
+        );
+        let rate = if stats.prefix_queries == 0 {
+            0.0
+        } else {
+            stats.prefix_hits as f64 / stats.prefix_queries as f64
+        };
+        gauge(
+            &mut out,
+            "tessera_prefix_cache_hit_rate",
+            "Prefix-cache block hits over lookups since start.",
+            rate,
+        );
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "tessera_generated_tokens_total",
+            "Tokens generated since start.",
+            stats.generated_tokens,
+        );
+        counter(
+            &mut out,
+            "tessera_prompt_tokens_computed_total",
+            "Prompt tokens computed since start (prefix-cache hits excluded).",
+            stats.computed_prompt_tokens,
+        );
+        counter(
+            &mut out,
+            "tessera_preemptions_total",
+            "Requests preempted (recomputed later) since start.",
+            stats.preemptions,
+        );
+        counter(
+            &mut out,
+            "tessera_requests_rejected_queue_full_total",
+            "Requests refused with 429 because the queue was full.",
+            self.rejected_full.load(Ordering::Relaxed),
+        );
+        let name = "tessera_requests_finished_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Engine requests (choices) finished, by reason.\n# TYPE {name} counter"
+        );
+        for (i, (_, label)) in REASONS.iter().enumerate() {
+            let v = self.finished[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{reason=\"{label}\"}} {v}");
+        }
+        lock(&self.ttft).render(
+            &mut out,
+            "tessera_time_to_first_token_seconds",
+            "Time from request arrival to its first generated token.",
+        );
+        lock(&self.itl).render(
+            &mut out,
+            "tessera_inter_token_latency_seconds",
+            "Time between consecutive tokens of one choice.",
+        );
+        out
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_everything() {
+        let m = Metrics::default();
+        m.observe_ttft(Duration::from_millis(3));
+        m.observe_ttft(Duration::from_millis(30));
+        m.observe_ttft(Duration::from_secs(100));
+        let text = m.render(&EngineStats::default());
+        assert!(text.contains("tessera_time_to_first_token_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("tessera_time_to_first_token_seconds_bucket{le=\"0.04\"} 2\n"));
+        assert!(text.contains("tessera_time_to_first_token_seconds_bucket{le=\"80\"} 2\n"));
+        assert!(text.contains("tessera_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("tessera_time_to_first_token_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn engine_gauges_and_hit_rate_are_exported() {
+        let stats = EngineStats {
+            running: 2,
+            blocks_used: 7,
+            blocks_total: 100,
+            prefix_queries: 4,
+            prefix_hits: 1,
+            generated_tokens: 42,
+            ..EngineStats::default()
+        };
+        let text = Metrics::default().render(&stats);
+        for line in [
+            "tessera_requests_running 2\n",
+            "tessera_requests_waiting 0\n",
+            "tessera_kv_blocks_used 7\n",
+            "tessera_kv_blocks_total 100\n",
+            "tessera_prefix_cache_hit_rate 0.25\n",
+            "tessera_generated_tokens_total 42\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}
