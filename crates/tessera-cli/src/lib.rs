@@ -4,6 +4,7 @@
 //! `RUST_LOG` is the only environment variable read (log level). Logs go to stderr, so with
 //! `--json` stdout holds only the JSON.
 
+mod batch;
 mod bench;
 mod generate;
 mod plan;
@@ -38,6 +39,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Serve the model over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Run a JSONL file of requests or documents offline (resumable).
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Args)]
@@ -137,6 +140,7 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Bench(c) => bench::run(c),
         Command::Serve(a) => serve::run(a),
+        Command::Batch(a) => batch::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
