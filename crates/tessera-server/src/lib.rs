@@ -126,8 +126,8 @@ pub fn run(
     served
 }
 
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or (on Unix) SIGTERM (also used by the batch runner).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
