@@ -163,7 +163,18 @@ fn batched_requests_get_the_tokens_they_get_alone_at_tp_1_and_2() {
                 "tp {tp} request {i}: batched tokens differ from alone"
             );
         }
-        wait_idle(&batched_engine);
+        let stats = wait_idle(&batched_engine);
+        // Collective time and traffic are measured per rank (bytes differ where the
+        // vocabulary splits unevenly: each rank writes its own slice of the logits).
+        assert_eq!(stats.collective_seconds.len(), tp);
+        assert_eq!(stats.collective_bytes.len(), tp);
+        if tp > 1 {
+            assert!(
+                stats.collective_seconds.iter().all(|&s| s > 0.0),
+                "{stats:?}"
+            );
+            assert!(stats.collective_bytes.iter().all(|&b| b > 0), "{stats:?}");
+        }
         batched_engine.shutdown();
     }
 }

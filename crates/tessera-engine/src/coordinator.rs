@@ -6,7 +6,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tessera_comm::{Communicator, SingleRank, ThreadGroup};
+use tessera_comm::{CommStats, Communicator, SingleRank, ThreadGroup};
 use tessera_model::{
     CpuBackend, LogitRows, ModelConfig, ModelError, PagedKvCache, RankModel, SeqInput, WeightDtype,
     WeightFiles,
@@ -73,7 +73,7 @@ enum Command {
 
 struct RankHandle {
     tx: Sender<Command>,
-    rx: Receiver<Result<Vec<f32>, ModelError>>,
+    rx: Receiver<Result<(Vec<f32>, CommStats), ModelError>>,
     join: Option<JoinHandle<()>>,
 }
 
@@ -85,6 +85,8 @@ pub struct Coordinator {
     model_dir: PathBuf,
     num_blocks: usize,
     block_size: usize,
+    /// Each rank's collective traffic and time since start, as of the last step.
+    comm_stats: Vec<CommStats>,
     /// Tokens of the single-sequence mode ([`Coordinator::forward`]) in blocks 0, 1, ...
     cached: usize,
     failed: bool,
@@ -196,6 +198,7 @@ impl Coordinator {
             model_dir: model_dir.to_path_buf(),
             num_blocks,
             block_size: options.block_size,
+            comm_stats: vec![CommStats::default(); world],
             cached: 0,
             failed: false,
         })
@@ -209,6 +212,11 @@ impl Coordinator {
     /// Tokens per KV-cache block.
     pub fn block_size(&self) -> usize {
         self.block_size
+    }
+
+    /// Each rank's collective calls, bytes moved and time inside collectives since start.
+    pub fn comm_stats(&self) -> &[CommStats] {
+        &self.comm_stats
     }
 
     /// The model's config.
@@ -310,7 +318,8 @@ impl Coordinator {
         let mut error = None;
         for (rank, r) in self.ranks.iter().enumerate() {
             match r.rx.recv() {
-                Ok(Ok(logits)) => {
+                Ok(Ok((logits, stats))) => {
+                    self.comm_stats[rank] = stats;
                     if rank == 0 {
                         first = Some(logits);
                     }
@@ -362,7 +371,7 @@ fn rank_main(
     setup: RankSetup,
     mut comm: Box<dyn Communicator>,
     commands: Receiver<Command>,
-    results: Sender<Result<Vec<f32>, ModelError>>,
+    results: Sender<Result<(Vec<f32>, CommStats), ModelError>>,
     ready: Sender<Result<usize, ModelError>>,
 ) {
     let loaded = WeightFiles::open(&setup.dir)
@@ -389,7 +398,9 @@ fn rank_main(
                 logits: s.logits,
             })
             .collect();
-        let out = model.forward_batch(&backend, comm.as_mut(), &mut cache, &inputs);
+        let out = model
+            .forward_batch(&backend, comm.as_mut(), &mut cache, &inputs)
+            .map(|logits| (logits, comm.stats()));
         let failed = out.is_err();
         if results.send(out).is_err() || failed {
             return;

@@ -109,6 +109,10 @@ pub struct EngineStats {
     pub steps: u64,
     /// Requests preempted (recomputed later) since start.
     pub preemptions: u64,
+    /// Per rank: seconds spent inside collectives (all-reduce, all-gather) since start.
+    pub collective_seconds: Vec<f64>,
+    /// Per rank: bytes written into the communicator since start.
+    pub collective_bytes: Vec<u64>,
 }
 
 /// Engine tuning knobs.
@@ -612,6 +616,18 @@ impl Worker {
             blocks_total: self.sched.blocks_total(),
             prefix_queries: prefix.queries,
             prefix_hits: prefix.hits,
+            collective_seconds: self
+                .coordinator
+                .comm_stats()
+                .iter()
+                .map(|c| c.time.as_secs_f64())
+                .collect(),
+            collective_bytes: self
+                .coordinator
+                .comm_stats()
+                .iter()
+                .map(|c| c.bytes_moved)
+                .collect(),
             ..self.counters.clone()
         };
     }

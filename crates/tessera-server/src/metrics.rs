@@ -175,6 +175,32 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "tessera_steps_total",
+            "Engine forward steps since start.",
+            stats.steps,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tessera_collective_seconds_total Seconds each rank spent inside collectives (all-reduce, all-gather) since start.\n# TYPE tessera_collective_seconds_total counter"
+        );
+        for (rank, secs) in stats.collective_seconds.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tessera_collective_seconds_total{{rank=\"{rank}\"}} {secs}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tessera_collective_bytes_total Bytes each rank wrote into the communicator since start.\n# TYPE tessera_collective_bytes_total counter"
+        );
+        for (rank, bytes) in stats.collective_bytes.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tessera_collective_bytes_total{{rank=\"{rank}\"}} {bytes}"
+            );
+        }
+        counter(
+            &mut out,
             "tessera_requests_rejected_queue_full_total",
             "Requests refused with 429 because the queue was full.",
             self.rejected_full.load(Ordering::Relaxed),
@@ -233,10 +259,15 @@ mod tests {
             prefix_queries: 4,
             prefix_hits: 1,
             generated_tokens: 42,
+            collective_seconds: vec![0.5, 0.25],
+            collective_bytes: vec![1024, 1024],
             ..EngineStats::default()
         };
         let text = Metrics::default().render(&stats);
         for line in [
+            "tessera_collective_seconds_total{rank=\"0\"} 0.5\n",
+            "tessera_collective_seconds_total{rank=\"1\"} 0.25\n",
+            "tessera_collective_bytes_total{rank=\"1\"} 1024\n",
             "tessera_requests_running 2\n",
             "tessera_requests_waiting 0\n",
             "tessera_kv_blocks_used 7\n",
