@@ -103,6 +103,27 @@ fn gemm(c: &mut Criterion) {
     g.finish();
 }
 
+/// GEMM on weights larger than the caches, as in a model's batched decode step.
+fn gemm_cold(c: &mut Criterion) {
+    let mut g = short(c);
+    let (k, n, m) = (576, 3072, 48);
+    let copies = COLD_BYTES.div_ceil(n * k * 4);
+    let ws: Vec<Vec<f32>> = (0..copies).map(|s| filled(n * k, s as u32)).collect();
+    let x = filled(m * k, 2);
+    let mut y = vec![0.0; m * n];
+    let pool = CpuPool::new(2).unwrap();
+    g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+    let mut i = 0;
+    g.bench_function(format!("gemm_cold_m{m}_k{k}_n{n}/2t"), |b| {
+        b.iter(|| {
+            i = (i + 1) % ws.len();
+            matmul(&pool, &x, m, k, WeightRef::F32(&ws[i]), n, None, &mut y).unwrap();
+            black_box(&y);
+        })
+    });
+    g.finish();
+}
+
 fn dispatch(c: &mut Criterion) {
     let mut g = short(c);
     let pool = CpuPool::new(2).unwrap();
@@ -146,5 +167,5 @@ fn attend(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemv, gemm, dispatch, attend);
+criterion_group!(benches, gemv, gemm, gemm_cold, dispatch, attend);
 criterion_main!(benches);
