@@ -3,16 +3,15 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tessera_batch::{BatchConfig, OverflowPolicy, DEFAULT_TEMPLATE};
-use tessera_engine::{Coordinator, EngineConfig, EngineHandle, EngineOptions};
-use tessera_model::{ModelConfig, TextTokenizer, WeightDtype};
+use tessera_engine::{EngineConfig, EngineOptions};
+use tessera_model::WeightDtype;
 
-use crate::{ModelArgs, ShardArgs};
+use crate::{start_serving, ModelArgs, ServingModel, ShardArgs};
 
 /// Arguments of `tessera batch`.
 #[derive(Args)]
@@ -106,32 +105,26 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
     // Refuse a bad input (duplicate ids) before loading anything.
     tessera_batch::check_input(&a.input, summarize)?;
 
-    let dir = a.model.resolve()?;
-    let dir = dir.canonicalize().unwrap_or(dir);
-    let model_name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .context("the model directory has no name")?;
-    let config = ModelConfig::from_dir(&dir)?;
-    let tokenizer = Arc::new(TextTokenizer::from_dir(&dir)?);
-    let plan = a.shard.plan(&config.shape)?;
     let options = EngineOptions {
         dtype,
         threads: a.threads,
         kv_cache_bytes: a.kv_cache_mib << 20,
         ..EngineOptions::default()
     };
-    let coord = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
-    let cache_tokens = coord.num_blocks() * coord.block_size();
-    let mut max_context = config.max_position_embeddings.min(cache_tokens);
-    if let Some(n) = a.max_context {
-        max_context = max_context.min(n);
-    }
     let engine_config = EngineConfig {
         max_batch_tokens: a.max_batch_tokens,
         max_seqs: a.max_seqs,
     };
-    let engine = EngineHandle::start(coord, Some(Arc::clone(&tokenizer)), &engine_config)?;
+    let ServingModel {
+        name: model_name,
+        tokenizer,
+        engine,
+        max_model_len,
+        ..
+    } = start_serving(&a.model, &a.shard, &options, &engine_config)?;
+    let max_context = a
+        .max_context
+        .map_or(max_model_len, |n| max_model_len.min(n));
     let errors = a
         .errors
         .clone()

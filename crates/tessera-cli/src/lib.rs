@@ -151,6 +151,59 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A model loaded behind the serving engine, as `serve` and `batch` use it.
+pub(crate) struct ServingModel {
+    /// The model directory's name (the served model name).
+    pub(crate) name: String,
+    /// The model's tokenizer and chat template.
+    pub(crate) tokenizer: std::sync::Arc<tessera_model::TextTokenizer>,
+    /// The running engine.
+    pub(crate) engine: tessera_engine::EngineHandle,
+    /// Longest sequence one request may reach: the context, or less if the KV cache is smaller.
+    pub(crate) max_model_len: usize,
+    /// Rank count of the plan.
+    pub(crate) tp: usize,
+    /// Strategy name of the plan.
+    pub(crate) strategy: String,
+}
+
+/// Resolves the model, builds its plan and starts the coordinator and the serving engine.
+pub(crate) fn start_serving(
+    model: &ModelArgs,
+    shard: &ShardArgs,
+    options: &tessera_engine::EngineOptions,
+    engine_config: &tessera_engine::EngineConfig,
+) -> Result<ServingModel> {
+    let dir = model.resolve()?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("the model directory has no name")?;
+    let config = tessera_model::ModelConfig::from_dir(&dir)?;
+    let tokenizer = std::sync::Arc::new(tessera_model::TextTokenizer::from_dir(&dir)?);
+    let plan = shard.plan(&config.shape)?;
+    let (tp, strategy) = (plan.world_size, plan.strategy.clone());
+    let coord =
+        tessera_engine::Coordinator::start(&dir, plan, options).context("starting the engine")?;
+    // A request alone must fit the KV cache as well as the context.
+    let cache_tokens = coord.num_blocks() * coord.block_size();
+    let max_model_len = config.max_position_embeddings.min(cache_tokens);
+    let engine = tessera_engine::EngineHandle::start(
+        coord,
+        Some(std::sync::Arc::clone(&tokenizer)),
+        engine_config,
+    )?;
+    Ok(ServingModel {
+        name,
+        tokenizer,
+        engine,
+        max_model_len,
+        tp,
+        strategy,
+    })
+}
+
 /// Rejects `--device cuda` in a build without CUDA, with the reason.
 pub(crate) fn check_device(device: &str) -> Result<()> {
     match device {

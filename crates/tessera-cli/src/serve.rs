@@ -1,15 +1,14 @@
 //! `tessera serve`: the OpenAI-compatible HTTP server over the serving engine.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use tessera_engine::{Coordinator, EngineConfig, EngineHandle, EngineOptions};
-use tessera_model::{ModelConfig, TextTokenizer, WeightDtype};
+use tessera_engine::{EngineConfig, EngineOptions};
+use tessera_model::WeightDtype;
 use tessera_server::ServerConfig;
 
-use crate::{check_device, ModelArgs, ShardArgs};
+use crate::{check_device, start_serving, ModelArgs, ServingModel, ShardArgs};
 
 /// Arguments of `tessera serve`.
 #[derive(Args)]
@@ -64,31 +63,24 @@ pub(crate) fn run(a: &ServeArgs) -> Result<()> {
     if a.max_queue == 0 || a.kv_cache_mib == 0 {
         bail!("--max-queue and --kv-cache-mib must be at least 1");
     }
-    let dir = a.model.resolve()?;
-    let dir = dir.canonicalize().unwrap_or(dir);
-    let model_name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .context("the model directory has no name")?;
-    let config = ModelConfig::from_dir(&dir)?;
-    let tokenizer = Arc::new(TextTokenizer::from_dir(&dir)?);
-    let plan = a.shard.plan(&config.shape)?;
-    let (tp, strategy) = (plan.world_size, plan.strategy.clone());
     let options = EngineOptions {
         dtype,
         threads: a.threads,
         kv_cache_bytes: a.kv_cache_mib << 20,
         ..EngineOptions::default()
     };
-    let coord = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
-    // A request alone must fit the KV cache as well as the context.
-    let cache_tokens = coord.num_blocks() * coord.block_size();
-    let max_model_len = config.max_position_embeddings.min(cache_tokens);
     let engine_config = EngineConfig {
         max_batch_tokens: a.max_batch_tokens,
         max_seqs: a.max_seqs,
     };
-    let engine = EngineHandle::start(coord, Some(Arc::clone(&tokenizer)), &engine_config)?;
+    let ServingModel {
+        name: model_name,
+        tokenizer,
+        engine,
+        max_model_len,
+        tp,
+        strategy,
+    } = start_serving(&a.model, &a.shard, &options, &engine_config)?;
     let server = ServerConfig {
         host: a.host.clone(),
         port: a.port,
