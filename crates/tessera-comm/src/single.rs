@@ -26,6 +26,12 @@ impl Communicator for SingleRank {
         self.stats.calls += 1;
         Ok(())
     }
+    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        self.stats.calls += 1;
+        crate::check_partials(out.len(), partials.len())?;
+        crate::fold_into(out, partials.chunks_exact(out.len().max(1)));
+        Ok(())
+    }
     fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         self.stats.calls += 1;
         if out.len() != local.len() {

@@ -142,6 +142,22 @@ impl Communicator for ThreadRank {
         })
     }
 
+    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        let world = self.world_size();
+        let len = out.len();
+        // A malformed contribution is caught by every rank when it reads the slots, so all
+        // ranks fail the same collective together (no rank is left waiting).
+        self.exchange(partials, |me| {
+            let slots: Vec<_> = (0..world).map(|r| me.slot(r)).collect();
+            for slot in &slots {
+                crate::check_partials(len, slot.len())?;
+            }
+            let chunks = slots.iter().flat_map(|s| s.chunks_exact(len.max(1)));
+            crate::fold_into(out, chunks);
+            Ok(())
+        })
+    }
+
     fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         let world = self.world_size();
         self.exchange(local, |me| {
@@ -234,6 +250,46 @@ mod tests {
         for b in out {
             assert_eq!(b, vec![expected; 3]);
         }
+    }
+
+    #[test]
+    fn ordered_reduce_folds_every_vector_left_to_right_and_counts_what_each_rank_published() {
+        // Rank r publishes r vectors (rank 0 none); the fold order decides the f32 result.
+        let vals = [1.0e8f32, 1.0, -1.0e8, 1.0, 1.0, 3.0];
+        let out = run_group(4, 10, move |mut c| {
+            let r = c.rank();
+            let first: usize = (0..r).sum();
+            let partials: Vec<f32> = (first..first + r)
+                .flat_map(|i| vec![vals[i], vals[i] * 2.0])
+                .collect();
+            let mut out = vec![f32::NAN; 2];
+            c.all_reduce_ordered(&partials, &mut out).unwrap();
+            (out, c.stats())
+        });
+        let fold = |scale: f32| {
+            vals.iter()
+                .skip(1)
+                .fold(vals[0] * scale, |a, v| a + v * scale)
+        };
+        for (r, (got, stats)) in out.iter().enumerate() {
+            assert_eq!(got, &vec![fold(1.0), fold(2.0)], "rank {r}");
+            assert_eq!(stats.bytes_moved, (r * 2 * 4) as u64);
+            assert_eq!(stats.calls, 1);
+        }
+    }
+
+    #[test]
+    fn a_malformed_ordered_contribution_fails_every_rank_instead_of_hanging() {
+        let out = run_group(3, 0, |mut c| {
+            let partials = if c.rank() == 1 {
+                vec![1.0; 3]
+            } else {
+                vec![1.0; 2]
+            };
+            let mut out = vec![0.0; 2];
+            c.all_reduce_ordered(&partials, &mut out).is_err()
+        });
+        assert_eq!(out, vec![true; 3]);
     }
 
     #[test]

@@ -22,8 +22,8 @@
 use std::path::Path;
 
 use tessera_comm::Communicator;
-use tessera_kernels::{PagedSeq, PagedShape, RopeTable};
-use tessera_plan::{AttentionSharding, ShardPlan, Span, WeightKind};
+use tessera_kernels::{chunk_count, ChunkOutput, PagedSeq, PagedShape, RopeTable};
+use tessera_plan::{AttentionSharding, ReduceMode, ShardPlan, Span, WeightKind};
 
 use crate::backend::{Backend, Matrix, WeightDtype};
 use crate::config::ModelConfig;
@@ -46,6 +46,21 @@ struct Layer {
     inter: usize,
     reduce_attention: bool,
     reduce_mlp: bool,
+    /// Global query heads whose `o_proj` columns this rank holds.
+    head_span: Span,
+    /// Global intermediate columns whose `down_proj` columns this rank holds.
+    inter_span: Span,
+}
+
+/// One row-parallel projection's place in the deterministic reduction.
+#[derive(Clone, Copy)]
+struct ReduceSite {
+    /// Whether ranks hold parts of it (an all-reduce follows).
+    split: bool,
+    /// Where this rank's columns start in the global reduction dimension.
+    start: usize,
+    /// Width of the fixed reduction chunks.
+    chunk: usize,
 }
 
 /// Which positions' logits a forward pass returns for one sequence.
@@ -92,18 +107,24 @@ pub struct RankModel {
     final_norm: Vec<f32>,
     layers: Vec<Layer>,
     rope: RopeTable,
+    reduce: ReduceMode,
 }
 
 impl RankModel {
-    /// Loads `rank`'s shard of the model in `files` as `plan` assigns it.
+    /// Loads `rank`'s shard of the model in `files` as `plan` assigns it; row-parallel
+    /// layers will combine their partial sums as `reduce` says.
     pub fn load(
         config: &ModelConfig,
         files: &WeightFiles,
         plan: &ShardPlan,
         rank: usize,
         dtype: WeightDtype,
+        reduce: ReduceMode,
     ) -> Result<Self, ModelError> {
         let shape = &config.shape;
+        if reduce == ReduceMode::Deterministic {
+            plan.check_deterministic()?;
+        }
         let load = |layer: usize, kind: WeightKind| -> Result<Vec<f32>, ModelError> {
             let name = match (kind, shape.tied_embeddings) {
                 (WeightKind::LmHead, true) => WeightKind::Embedding.hf_name(0),
@@ -170,6 +191,8 @@ impl RankModel {
                 reduce_attention: plan.world_size > 1
                     && matches!(plan.layers[l].attention, AttentionSharding::Heads { .. }),
                 reduce_mlp: plan.world_size > 1 && plan.layers[l].mlp.is_split(),
+                head_span: heads.q_heads,
+                inter_span,
             });
         }
         let rope = RopeTable::new(
@@ -192,6 +215,7 @@ impl RankModel {
             final_norm: load(0, WeightKind::FinalNorm)?,
             layers,
             rope,
+            reduce,
         })
     }
 
@@ -201,10 +225,11 @@ impl RankModel {
         plan: &ShardPlan,
         rank: usize,
         dtype: WeightDtype,
+        reduce: ReduceMode,
     ) -> Result<Self, ModelError> {
         let config = ModelConfig::from_dir(dir)?;
         let files = WeightFiles::open(dir)?;
-        Self::load(&config, &files, plan, rank, dtype)
+        Self::load(&config, &files, plan, rank, dtype, reduce)
     }
 
     /// The model's config.
@@ -297,11 +322,13 @@ impl RankModel {
                 }
                 None => backend.rms_norm(&x, &layer.input_norm, eps, &mut normed)?,
             }
-            let mut attn_out =
-                self.attention(backend, layer, l, cache, seqs, &normed, &positions)?;
-            if layer.reduce_attention {
-                comm.all_reduce_sum(&mut attn_out)?;
-            }
+            let attn = self.attention(backend, layer, l, cache, seqs, &normed, &positions)?;
+            let site = ReduceSite {
+                split: layer.reduce_attention,
+                start: layer.head_span.start * shape.head_dim,
+                chunk: shape.attention_reduce_chunk(),
+            };
+            let attn_out = self.row_parallel(backend, comm, &attn, t, &layer.o, site)?;
             backend.add_rms_norm(&mut x, &attn_out, &layer.post_norm, eps, &mut normed)?;
 
             let inter = layer.inter;
@@ -317,12 +344,12 @@ impl RankModel {
                     backend.silu_mul(a, &gu[inter..])?;
                 }
             }
-            let mut mlp_out = vec![0.0f32; t * h];
-            backend.matmul(&act, t, &layer.down, None, &mut mlp_out)?;
-            if layer.reduce_mlp {
-                comm.all_reduce_sum(&mut mlp_out)?;
-            }
-            pending = Some(mlp_out);
+            let site = ReduceSite {
+                split: layer.reduce_mlp,
+                start: layer.inter_span.start,
+                chunk: shape.mlp_reduce_chunk(),
+            };
+            pending = Some(self.row_parallel(backend, comm, &act, t, &layer.down, site)?);
         }
         if let Some(delta) = pending {
             for (xi, di) in x.iter_mut().zip(&delta) {
@@ -379,8 +406,61 @@ impl RankModel {
         Ok(out)
     }
 
-    /// The attention half of block `l` for the whole batch: returns this rank's (partial)
-    /// `o_proj` output for every token.
+    /// A row-parallel projection `x · wᵀ` of `t` rows, combined across ranks.
+    ///
+    /// Fast mode: one matmul, then an all-reduce of the partial sums. Deterministic mode
+    /// (see [`tessera_plan::ReduceMode`]): the rank whose columns start the reduction
+    /// dimension folds its chunks and publishes one vector, later ranks publish one vector
+    /// per chunk, and the ordered all-reduce continues the fold; an unsplit projection is
+    /// folded locally. Either way every rank returns the full `[t, hidden]` result.
+    fn row_parallel(
+        &self,
+        backend: &dyn Backend,
+        comm: &mut dyn Communicator,
+        x: &[f32],
+        t: usize,
+        w: &Matrix,
+        site: ReduceSite,
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut out = vec![0.0f32; t * self.config.shape.hidden];
+        match self.reduce {
+            ReduceMode::Fast => {
+                backend.matmul(x, t, w, None, &mut out)?;
+                if site.split {
+                    comm.all_reduce_sum(&mut out)?;
+                }
+            }
+            ReduceMode::Deterministic if !site.split => {
+                backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Fold, &mut out)?;
+            }
+            ReduceMode::Deterministic => {
+                let local = if w.cols == 0 {
+                    Vec::new()
+                } else if site.start == 0 {
+                    let mut folded = vec![0.0f32; out.len()];
+                    backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Fold, &mut folded)?;
+                    folded
+                } else {
+                    let chunks = chunk_count(w.cols, site.chunk);
+                    let mut parts = vec![0.0f32; chunks * out.len()];
+                    backend.matmul_chunked(
+                        x,
+                        t,
+                        w,
+                        site.chunk,
+                        ChunkOutput::Partials,
+                        &mut parts,
+                    )?;
+                    parts
+                };
+                comm.all_reduce_ordered(&local, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The attention half of block `l` for the whole batch: returns this rank's attention
+    /// output (its heads' columns), ready for the `o_proj` projection.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -393,7 +473,6 @@ impl RankModel {
         positions: &[usize],
     ) -> Result<Vec<f32>, ModelError> {
         let d = self.config.shape.head_dim;
-        let h = self.config.shape.hidden;
         let t = positions.len();
         let (qw, kvw) = (layer.q_heads * d, layer.kv_heads * d);
         let width = qw + 2 * kvw;
@@ -442,8 +521,6 @@ impl RankModel {
             let (kc, vc) = cache.layer(l);
             backend.paged_attention(&q, kc, vc, &paged, &shape, &mut attn)?;
         }
-        let mut out = vec![0.0f32; t * h];
-        backend.matmul(&attn, t, &layer.o, None, &mut out)?;
-        Ok(out)
+        Ok(attn)
     }
 }
