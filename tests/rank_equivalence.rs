@@ -119,6 +119,19 @@ fn random_models_on_1_to_6_ranks_give_the_bits_of_one_rank() {
                 "case {case} {shape:?}: fast reduce at tp {tp} differs from tp 1 by {diff}"
             );
             assert!(max_abs_diff(&one, &many_fast) < 1e-4);
+            let sp = logits(
+                tmp.path(),
+                &shape,
+                Strategy::MegatronSp,
+                tp,
+                &prompt,
+                &decode,
+            );
+            assert!(
+                bits(&one) == bits(&sp),
+                "case {case} {shape:?}: megatron-sp at tp {tp} differs from tp 1 by {}",
+                max_abs_diff(&one, &sp)
+            );
         }
     }
 }

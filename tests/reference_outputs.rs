@@ -191,6 +191,17 @@ fn logits_have_the_same_bits_at_1_to_4_ranks_and_differ_with_fast_reduce() {
         );
         assert_eq!(many["completion_ids"], one["completion_ids"], "tp {tp}");
     }
+    for tp in [2, 3] {
+        let sp = generate_json(tp, text, &["--strategy", "megatron-sp"]);
+        assert_eq!(
+            sp["prompt_top_logits"], one["prompt_top_logits"],
+            "megatron-sp at tp {tp} logits differ from tp 1"
+        );
+        assert_eq!(
+            sp["completion_ids"], one["completion_ids"],
+            "megatron-sp tp {tp}"
+        );
+    }
     // The plain all-reduce rounds differently as the cuts move, which is what the fixed
     // chunks prevent: it agrees to rounding, not to the bit.
     let fast: Vec<Value> = (1..=3)

@@ -51,6 +51,21 @@ pub enum CommError {
         /// Elements of partials passed (or published by some rank).
         got: usize,
     },
+    /// A reduce-scatter asked to keep a range outside the vectors, or gave an output of
+    /// another length.
+    #[error(
+        "reduce_scatter_ordered: keep {start}..{end} of vectors {len} long into an output of {out}"
+    )]
+    KeepRange {
+        /// Length of the reduced vectors.
+        len: usize,
+        /// Start of the kept range.
+        start: usize,
+        /// End of the kept range.
+        end: usize,
+        /// Length of the output.
+        out: usize,
+    },
     /// A broadcast named a root outside the group.
     #[error("broadcast root {root} is outside a group of {world} ranks")]
     BadRoot {
@@ -78,6 +93,23 @@ pub(crate) fn fold_into<'a>(out: &mut [f32], vectors: impl IntoIterator<Item = &
     if first {
         out.fill(0.0);
     }
+}
+
+/// Checks that `keep` lies inside a vector of `len` and that `out` holds exactly `keep`.
+pub(crate) fn check_keep(
+    len: usize,
+    keep: &std::ops::Range<usize>,
+    out: usize,
+) -> Result<(), CommError> {
+    if keep.start > keep.end || keep.end > len || out != keep.len() {
+        return Err(CommError::KeepRange {
+            len,
+            start: keep.start,
+            end: keep.end,
+            out,
+        });
+    }
+    Ok(())
 }
 
 /// Checks that `got` elements are whole vectors of `len` (an empty output takes none).
@@ -115,6 +147,17 @@ pub trait Communicator: Send {
     /// matmul in chunk order, the result has the same bits at every rank count. With no
     /// vector anywhere the result is zeros.
     fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError>;
+    /// [`Communicator::all_reduce_ordered`] of vectors `len` long, of which this rank keeps
+    /// only the elements `keep` (in `out`, `keep.len()` long): the reduce-scatter of
+    /// sequence parallelism, where each rank keeps its own rows. Ranks may keep different,
+    /// even overlapping or empty, ranges.
+    fn reduce_scatter_ordered(
+        &mut self,
+        partials: &[f32],
+        len: usize,
+        keep: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), CommError>;
     /// Concatenates every rank's `local` (lengths may differ) in rank order into `out`.
     fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError>;
     /// Copies `buf` of rank `root` into `buf` on every rank.

@@ -158,6 +158,30 @@ impl Communicator for ThreadRank {
         })
     }
 
+    fn reduce_scatter_ordered(
+        &mut self,
+        partials: &[f32],
+        len: usize,
+        keep: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), CommError> {
+        let world = self.world_size();
+        let keep_ok = crate::check_keep(len, &keep, out.len());
+        self.exchange(partials, |me| {
+            keep_ok?;
+            let slots: Vec<_> = (0..world).map(|r| me.slot(r)).collect();
+            for slot in &slots {
+                crate::check_partials(len, slot.len())?;
+            }
+            let kept = slots
+                .iter()
+                .flat_map(|s| s.chunks_exact(len.max(1)))
+                .map(|v| &v[keep.clone()]);
+            crate::fold_into(out, kept);
+            Ok(())
+        })
+    }
+
     fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         let world = self.world_size();
         self.exchange(local, |me| {
@@ -276,6 +300,31 @@ mod tests {
             assert_eq!(stats.bytes_moved, (r * 2 * 4) as u64);
             assert_eq!(stats.calls, 1);
         }
+    }
+
+    #[test]
+    fn ordered_reduce_scatter_keeps_each_ranks_range_of_the_ordered_fold() {
+        let vals = [1.0e8f32, 1.0, -1.0e8, 1.0];
+        let out = run_group(3, 10, move |mut c| {
+            let r = c.rank();
+            // Vectors of 4: rank 0 publishes one, rank 1 two, rank 2 one.
+            let partials: Vec<f32> = match r {
+                0 => vals.to_vec(),
+                1 => vals.iter().chain(&vals).map(|v| v * 0.5).collect(),
+                _ => vals.iter().rev().copied().collect(),
+            };
+            let keep = [0..2, 2..4, 1..4][r].clone();
+            let mut out = vec![f32::NAN; keep.len()];
+            c.reduce_scatter_ordered(&partials, 4, keep, &mut out)
+                .unwrap();
+            out
+        });
+        let full: Vec<f32> = (0..4)
+            .map(|i| ((vals[i] + vals[i] * 0.5) + vals[i] * 0.5) + vals[3 - i])
+            .collect();
+        assert_eq!(out[0], full[0..2].to_vec());
+        assert_eq!(out[1], full[2..4].to_vec());
+        assert_eq!(out[2], full[1..4].to_vec());
     }
 
     #[test]

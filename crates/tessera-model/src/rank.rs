@@ -23,7 +23,7 @@ use std::path::Path;
 
 use tessera_comm::Communicator;
 use tessera_kernels::{chunk_count, ChunkOutput, PagedSeq, PagedShape, RopeTable};
-use tessera_plan::{AttentionSharding, ReduceMode, ShardPlan, Span, WeightKind};
+use tessera_plan::{even_spans, AttentionSharding, ReduceMode, ShardPlan, Span, WeightKind};
 
 use crate::backend::{Backend, Matrix, WeightDtype};
 use crate::config::ModelConfig;
@@ -108,6 +108,10 @@ pub struct RankModel {
     layers: Vec<Layer>,
     rope: RopeTable,
     reduce: ReduceMode,
+    /// Whether token rows are sharded between the split layers (`megatron-sp`).
+    sequence_parallel: bool,
+    /// Number of ranks.
+    world: usize,
 }
 
 impl RankModel {
@@ -216,6 +220,8 @@ impl RankModel {
             layers,
             rope,
             reduce,
+            sequence_parallel: plan.sequence_parallel && plan.world_size > 1,
+            world: plan.world_size,
         })
     }
 
@@ -296,24 +302,52 @@ impl RankModel {
         }
         let eps = self.config.rms_norm_eps;
 
-        let mut x = vec![0.0f32; t * h];
-        for (row, &id) in x.chunks_exact_mut(h).zip(&tokens) {
-            if id as usize >= shape.vocab {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    vocab: shape.vocab,
-                });
-            }
-            if self.embed_span.contains(id as usize) {
-                self.embed
-                    .row_into(id as usize - self.embed_span.start, row);
-            }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= shape.vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab: shape.vocab,
+            });
         }
-        if self.reduce_embedding {
-            comm.all_reduce_sum(&mut x)?;
-        }
+        // Under sequence parallelism this rank keeps only `mine` of the token rows between
+        // the split layers; otherwise it keeps them all.
+        let mine = if self.sequence_parallel {
+            let span = even_spans(t, self.world)[self.rank];
+            span.start..span.end
+        } else {
+            0..t
+        };
+        let local_t = mine.len();
 
-        let mut normed = vec![0.0f32; t * h];
+        let lookup = |rows: std::ops::Range<usize>| {
+            let mut x = vec![0.0f32; rows.len() * h];
+            for (row, &id) in x.chunks_exact_mut(h).zip(&tokens[rows]) {
+                if self.embed_span.contains(id as usize) {
+                    self.embed
+                        .row_into(id as usize - self.embed_span.start, row);
+                }
+            }
+            x
+        };
+        let mut x = if !self.reduce_embedding {
+            lookup(mine.clone())
+        } else if self.sequence_parallel {
+            // Exactly one rank holds each token's row, so the sum is exact in any order.
+            let full = lookup(0..t);
+            let mut x = vec![0.0f32; local_t * h];
+            comm.reduce_scatter_ordered(&full, t * h, mine.start * h..mine.end * h, &mut x)?;
+            x
+        } else {
+            let mut x = lookup(0..t);
+            comm.all_reduce_sum(&mut x)?;
+            x
+        };
+
+        let mut normed = vec![0.0f32; local_t * h];
+        let mut gathered = if self.sequence_parallel {
+            vec![0.0f32; t * h]
+        } else {
+            Vec::new()
+        };
         let mut pending: Option<Vec<f32>> = None;
         for (l, layer) in self.layers.iter().enumerate() {
             match pending.take() {
@@ -322,18 +356,20 @@ impl RankModel {
                 }
                 None => backend.rms_norm(&x, &layer.input_norm, eps, &mut normed)?,
             }
-            let attn = self.attention(backend, layer, l, cache, seqs, &normed, &positions)?;
+            let input = self.gather_rows(comm, &normed, &mut gathered)?;
+            let attn = self.attention(backend, layer, l, cache, seqs, input, &positions)?;
             let site = ReduceSite {
                 split: layer.reduce_attention,
                 start: layer.head_span.start * shape.head_dim,
                 chunk: shape.attention_reduce_chunk(),
             };
-            let attn_out = self.row_parallel(backend, comm, &attn, t, &layer.o, site)?;
+            let attn_out = self.row_parallel(backend, comm, &attn, t, &layer.o, site, &mine)?;
             backend.add_rms_norm(&mut x, &attn_out, &layer.post_norm, eps, &mut normed)?;
+            let input = self.gather_rows(comm, &normed, &mut gathered)?;
 
             let inter = layer.inter;
             let mut gate_up = vec![0.0f32; t * 2 * inter];
-            backend.matmul(&normed, t, &layer.gate_up, None, &mut gate_up)?;
+            backend.matmul(input, t, &layer.gate_up, None, &mut gate_up)?;
             let mut act = vec![0.0f32; t * inter];
             if inter > 0 {
                 for (a, gu) in act
@@ -349,7 +385,7 @@ impl RankModel {
                 start: layer.inter_span.start,
                 chunk: shape.mlp_reduce_chunk(),
             };
-            pending = Some(self.row_parallel(backend, comm, &act, t, &layer.down, site)?);
+            pending = Some(self.row_parallel(backend, comm, &act, t, &layer.down, site, &mine)?);
         }
         if let Some(delta) = pending {
             for (xi, di) in x.iter_mut().zip(&delta) {
@@ -374,8 +410,16 @@ impl RankModel {
             return Ok(Vec::new());
         }
         let mut picked = Vec::with_capacity(rows.len() * h);
-        for &r in &rows {
+        for &r in rows.iter().filter(|r| mine.contains(r)) {
+            let r = r - mine.start;
             picked.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        if self.sequence_parallel {
+            // Every rank needs every picked row for the vocabulary-parallel head; rows are
+            // in order and shares are contiguous in rank order, so a gather keeps the order.
+            let mut all = vec![0.0f32; rows.len() * h];
+            comm.all_gather(&picked, &mut all)?;
+            picked = all;
         }
         let mut final_normed = vec![0.0f32; picked.len()];
         backend.rms_norm(&picked, &self.final_norm, eps, &mut final_normed)?;
@@ -413,6 +457,7 @@ impl RankModel {
     /// dimension folds its chunks and publishes one vector, later ranks publish one vector
     /// per chunk, and the ordered all-reduce continues the fold; an unsplit projection is
     /// folded locally. Either way every rank returns the full `[t, hidden]` result.
+    #[allow(clippy::too_many_arguments)]
     fn row_parallel(
         &self,
         backend: &dyn Backend,
@@ -421,42 +466,67 @@ impl RankModel {
         t: usize,
         w: &Matrix,
         site: ReduceSite,
+        mine: &std::ops::Range<usize>,
     ) -> Result<Vec<f32>, ModelError> {
-        let mut out = vec![0.0f32; t * self.config.shape.hidden];
-        match self.reduce {
-            ReduceMode::Fast => {
-                backend.matmul(x, t, w, None, &mut out)?;
-                if site.split {
-                    comm.all_reduce_sum(&mut out)?;
+        let h = self.config.shape.hidden;
+        let full = t * h;
+        if !site.split {
+            let mut out = vec![0.0f32; full];
+            match self.reduce {
+                ReduceMode::Fast => backend.matmul(x, t, w, None, &mut out)?,
+                ReduceMode::Deterministic => {
+                    backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Fold, &mut out)?
                 }
             }
-            ReduceMode::Deterministic if !site.split => {
-                backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Fold, &mut out)?;
+            return Ok(out);
+        }
+        let local = match self.reduce {
+            ReduceMode::Fast => {
+                let mut y = vec![0.0f32; full];
+                backend.matmul(x, t, w, None, &mut y)?;
+                y
+            }
+            ReduceMode::Deterministic if w.cols == 0 => Vec::new(),
+            ReduceMode::Deterministic if site.start == 0 => {
+                let mut y = vec![0.0f32; full];
+                backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Fold, &mut y)?;
+                y
             }
             ReduceMode::Deterministic => {
-                let local = if w.cols == 0 {
-                    Vec::new()
-                } else if site.start == 0 {
-                    let mut folded = vec![0.0f32; out.len()];
-                    backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Fold, &mut folded)?;
-                    folded
-                } else {
-                    let chunks = chunk_count(w.cols, site.chunk);
-                    let mut parts = vec![0.0f32; chunks * out.len()];
-                    backend.matmul_chunked(
-                        x,
-                        t,
-                        w,
-                        site.chunk,
-                        ChunkOutput::Partials,
-                        &mut parts,
-                    )?;
-                    parts
-                };
-                comm.all_reduce_ordered(&local, &mut out)?;
+                let chunks = chunk_count(w.cols, site.chunk);
+                let mut parts = vec![0.0f32; chunks * full];
+                backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Partials, &mut parts)?;
+                parts
             }
+        };
+        if self.sequence_parallel {
+            let mut out = vec![0.0f32; mine.len() * h];
+            comm.reduce_scatter_ordered(&local, full, mine.start * h..mine.end * h, &mut out)?;
+            Ok(out)
+        } else if self.reduce == ReduceMode::Fast {
+            let mut out = local;
+            comm.all_reduce_sum(&mut out)?;
+            Ok(out)
+        } else {
+            let mut out = vec![0.0f32; full];
+            comm.all_reduce_ordered(&local, &mut out)?;
+            Ok(out)
         }
-        Ok(out)
+    }
+
+    /// The input rows of a split layer: this rank's `normed` rows as they are, or under
+    /// sequence parallelism every rank's, gathered into `gathered` in row order.
+    fn gather_rows<'a>(
+        &self,
+        comm: &mut dyn Communicator,
+        normed: &'a [f32],
+        gathered: &'a mut [f32],
+    ) -> Result<&'a [f32], ModelError> {
+        if !self.sequence_parallel {
+            return Ok(normed);
+        }
+        comm.all_gather(normed, gathered)?;
+        Ok(gathered)
     }
 
     /// The attention half of block `l` for the whole batch: returns this rank's attention

@@ -77,6 +77,12 @@ pub enum PlanError {
         /// End of the previous range.
         previous_end: usize,
     },
+    /// A sequence-parallel plan leaves half of a layer unsplit.
+    #[error("model.layers.{layer}: sequence parallelism needs both the attention and the MLP split across the ranks")]
+    SequenceParallel {
+        /// The layer.
+        layer: usize,
+    },
     /// A rank memory given to `memory-balanced` is not a positive number.
     #[error("rank memory {0} is not a positive size")]
     BadMemory(f64),

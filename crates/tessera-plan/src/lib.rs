@@ -15,8 +15,8 @@ mod strategy;
 
 pub use error::PlanError;
 pub use plan::{
-    AttentionSharding, Collective, CollectiveOp, CollectiveSite, DimSharding, HeadShard, LayerPlan,
-    Role, ShardPlan, WeightKind, PLAN_FORMAT,
+    AttentionSharding, Collective, CollectiveOp, CollectiveSite, DimSharding, HeadShard, LayerHalf,
+    LayerPlan, Role, ShardPlan, WeightKind, PLAN_FORMAT,
 };
 pub use reduce::{even_unit_spans, published_vectors, ReduceMode};
 pub use report::render_table;

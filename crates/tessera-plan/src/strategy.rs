@@ -12,6 +12,10 @@ pub enum Strategy {
     /// Column-parallel q/k/v and gate/up, row-parallel o and down, vocabulary-parallel
     /// embedding and output head: one all-reduce after attention and one after the MLP.
     Megatron,
+    /// `megatron` with sequence parallelism: reduce-scatter after the row-parallel layers,
+    /// residual and norms on each rank's share of the token rows, all-gather before the
+    /// column-parallel layers. Same bytes per token reduced, 1/N of the norm work.
+    MegatronSp,
     /// Attention split as in `megatron`, MLP computed whole on every rank.
     AttnTpMlpReplicated,
     /// MLP split as in `megatron`, attention computed whole on every rank.
@@ -25,8 +29,9 @@ pub enum Strategy {
 
 impl Strategy {
     /// Names accepted by [`Strategy::parse`].
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "megatron",
+        "megatron-sp",
         "attn-tp-mlp-replicated",
         "mlp-tp-attn-replicated",
         "replicated",
@@ -34,8 +39,9 @@ impl Strategy {
     ];
 
     /// Every strategy, in the order of [`Strategy::NAMES`].
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Self::Megatron,
+        Self::MegatronSp,
         Self::AttnTpMlpReplicated,
         Self::MlpTpAttnReplicated,
         Self::Replicated,
@@ -46,6 +52,7 @@ impl Strategy {
     pub fn parse(name: &str) -> Result<Self, PlanError> {
         match name {
             "megatron" => Ok(Self::Megatron),
+            "megatron-sp" => Ok(Self::MegatronSp),
             "attn-tp-mlp-replicated" => Ok(Self::AttnTpMlpReplicated),
             "mlp-tp-attn-replicated" => Ok(Self::MlpTpAttnReplicated),
             "replicated" => Ok(Self::Replicated),
@@ -58,6 +65,7 @@ impl Strategy {
     pub fn name(self) -> &'static str {
         match self {
             Self::Megatron => "megatron",
+            Self::MegatronSp => "megatron-sp",
             Self::AttnTpMlpReplicated => "attn-tp-mlp-replicated",
             Self::MlpTpAttnReplicated => "mlp-tp-attn-replicated",
             Self::Replicated => "replicated",
@@ -94,7 +102,10 @@ impl Strategy {
         if let Some(bad) = rank_memory.iter().find(|m| !(m.is_finite() && **m > 0.0)) {
             return Err(PlanError::BadMemory(*bad));
         }
-        let megatron_like = matches!(self, Self::Megatron | Self::MemoryBalanced);
+        let megatron_like = matches!(
+            self,
+            Self::Megatron | Self::MegatronSp | Self::MemoryBalanced
+        );
         let split_attn = (megatron_like || self == Self::AttnTpMlpReplicated) && world > 1;
         let split_mlp = (megatron_like || self == Self::MlpTpAttnReplicated) && world > 1;
         let split_vocab = megatron_like && world > 1;
@@ -141,6 +152,7 @@ impl Strategy {
             embedding: vocab.clone(),
             lm_head: vocab,
             layers: vec![LayerPlan { attention, mlp }; shape.layers],
+            sequence_parallel: self == Self::MegatronSp && world > 1,
         };
         plan.validate()?;
         Ok(plan)
