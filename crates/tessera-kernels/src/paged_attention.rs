@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use crate::axpy::axpy;
+use crate::axpy::weighted_sum;
 use crate::error::{check_len, mul, KernelError};
 use crate::isa::Isa;
 use crate::matmul::{gemm_cols, Operands};
@@ -226,6 +226,7 @@ unsafe fn attend_units(
     let scale = 1.0 / (d as f32).sqrt();
     let mut scores: Vec<f32> = Vec::new();
     let mut acc = vec![0.0f32; d];
+    let mut offs: Vec<usize> = Vec::new();
     for u in units {
         let s = &seqs[u.seq];
         let g = shape.kv_index[u.head];
@@ -239,6 +240,11 @@ unsafe fn attend_units(
         scores.clear();
         scores.resize(rows * nkeys, 0.0);
         let q_base = ((s.row + u.r0) * hq + u.head) * d;
+        offs.clear();
+        offs.extend(
+            (lo_min..hi)
+                .map(|p| (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d),
+        );
         // Scores block by block: keys in one block are evenly strided.
         let mut j = lo_min;
         while j < hi {
@@ -273,14 +279,14 @@ unsafe fn attend_units(
                 max = max.max(*sc);
             }
             let mut z = 0.0f32;
-            acc.fill(0.0);
-            for (c, sc) in row_scores.iter().enumerate() {
-                let p = lo + c;
-                let e = (sc - max).exp();
-                z += e;
-                let at = (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d;
-                axpy(isa, e, &v[at..at + d], &mut acc);
+            for sc in row_scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                z += *sc;
             }
+            acc.fill(0.0);
+            // SAFETY: every offset was computed from the sequence's checked block table, so
+            // v[off .. off + d] lies inside the pool; `isa` is the pool's.
+            unsafe { weighted_sum(isa, row_scores, v, &offs[lo - lo_min..], &mut acc) };
             let item = (s.row + u.r0 + i) * hq + u.head;
             // SAFETY: this (row, head) of `out` is in bounds (checked) and only this unit
             // writes it.
