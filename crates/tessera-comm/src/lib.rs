@@ -95,6 +95,27 @@ pub(crate) fn fold_into<'a>(out: &mut [f32], vectors: impl IntoIterator<Item = &
     }
 }
 
+/// The ordered fold behind [`Communicator::all_reduce_ordered`] and
+/// [`Communicator::reduce_scatter_ordered`]: every contribution (in rank order) is cut into
+/// vectors of `len`, and elements `keep` of those vectors are folded into `out`.
+pub(crate) fn fold_contributions(
+    out: &mut [f32],
+    len: usize,
+    keep: std::ops::Range<usize>,
+    contributions: &[&[f32]],
+) -> Result<(), CommError> {
+    check_keep(len, &keep, out.len())?;
+    for c in contributions {
+        check_partials(len, c.len())?;
+    }
+    let vectors = contributions
+        .iter()
+        .flat_map(|c| c.chunks_exact(len.max(1)))
+        .map(|v| &v[keep.clone()]);
+    fold_into(out, vectors);
+    Ok(())
+}
+
 /// Checks that `keep` lies inside a vector of `len` and that `out` holds exactly `keep`.
 pub(crate) fn check_keep(
     len: usize,

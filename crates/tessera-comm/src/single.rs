@@ -28,9 +28,8 @@ impl Communicator for SingleRank {
     }
     fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         self.stats.calls += 1;
-        crate::check_partials(out.len(), partials.len())?;
-        crate::fold_into(out, partials.chunks_exact(out.len().max(1)));
-        Ok(())
+        let len = out.len();
+        crate::fold_contributions(out, len, 0..len, &[partials])
     }
     fn reduce_scatter_ordered(
         &mut self,
@@ -40,11 +39,7 @@ impl Communicator for SingleRank {
         out: &mut [f32],
     ) -> Result<(), CommError> {
         self.stats.calls += 1;
-        crate::check_partials(len, partials.len())?;
-        crate::check_keep(len, &keep, out.len())?;
-        let kept = partials.chunks_exact(len.max(1)).map(|v| &v[keep.clone()]);
-        crate::fold_into(out, kept);
-        Ok(())
+        crate::fold_contributions(out, len, keep, &[partials])
     }
     fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         self.stats.calls += 1;

@@ -143,19 +143,8 @@ impl Communicator for ThreadRank {
     }
 
     fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
-        let world = self.world_size();
         let len = out.len();
-        // A malformed contribution is caught by every rank when it reads the slots, so all
-        // ranks fail the same collective together (no rank is left waiting).
-        self.exchange(partials, |me| {
-            let slots: Vec<_> = (0..world).map(|r| me.slot(r)).collect();
-            for slot in &slots {
-                crate::check_partials(len, slot.len())?;
-            }
-            let chunks = slots.iter().flat_map(|s| s.chunks_exact(len.max(1)));
-            crate::fold_into(out, chunks);
-            Ok(())
-        })
+        self.reduce_scatter_ordered(partials, len, 0..len, out)
     }
 
     fn reduce_scatter_ordered(
@@ -166,19 +155,12 @@ impl Communicator for ThreadRank {
         out: &mut [f32],
     ) -> Result<(), CommError> {
         let world = self.world_size();
-        let keep_ok = crate::check_keep(len, &keep, out.len());
+        // A malformed contribution or range is caught by every rank when it reads the
+        // slots, so all ranks fail the same collective together (none is left waiting).
         self.exchange(partials, |me| {
-            keep_ok?;
             let slots: Vec<_> = (0..world).map(|r| me.slot(r)).collect();
-            for slot in &slots {
-                crate::check_partials(len, slot.len())?;
-            }
-            let kept = slots
-                .iter()
-                .flat_map(|s| s.chunks_exact(len.max(1)))
-                .map(|v| &v[keep.clone()]);
-            crate::fold_into(out, kept);
-            Ok(())
+            let views: Vec<&[f32]> = slots.iter().map(|s| s.as_slice()).collect();
+            crate::fold_contributions(out, len, keep, &views)
         })
     }
 

@@ -428,7 +428,8 @@ fn bad_chunks_and_biased_partials_are_refused() {
     let pool = CpuPool::new(1).unwrap();
     let (x, w) = (vec![1.0; 32], vec![1.0; 64]);
     let mut y = vec![0.0; 2];
-    for chunk in [0] {
+    {
+        let chunk = 0;
         let err = matmul_chunked(
             &pool,
             &x,

@@ -319,6 +319,60 @@ fn check_chunk(chunk: usize) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Takes chunk `ci`'s sum `s` of output (row `i`, column `j`): written to the chunk's slab
+/// in partials mode, else folded into `total` (the first chunk sets it).
+///
+/// # Safety
+/// (i, j) must be an output the caller covers under the [`Operands`] contract.
+#[inline(always)]
+pub(crate) unsafe fn take_chunk_sum<E>(
+    op: &Operands<E>,
+    ci: usize,
+    i: usize,
+    j: usize,
+    s: f32,
+    total: &mut f32,
+) {
+    if op.partial_stride != 0 {
+        // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
+        unsafe { *op.y.add(ci * op.partial_stride + i * op.ldy + j) = s };
+    } else if ci == 0 {
+        *total = s;
+    } else {
+        *total += s;
+    }
+}
+
+/// Writes a tile's folded sums (plus bias) to y: `total[r][c]` is output (i + r, j + c),
+/// for r < mr and c < nr. Nothing to do in partials mode (the chunks are already written).
+///
+/// # Safety
+/// The tile must be covered by the caller under the [`Operands`] contract.
+#[inline(always)]
+pub(crate) unsafe fn store_folded<E, const NR: usize>(
+    op: &Operands<E>,
+    i: usize,
+    j: usize,
+    total: &[[f32; NR]],
+    mr: usize,
+    nr: usize,
+) {
+    if op.partial_stride != 0 {
+        return;
+    }
+    for (r, total_row) in total.iter().enumerate().take(mr) {
+        for (c, &tot) in total_row.iter().enumerate().take(nr) {
+            let mut sum = tot;
+            if !op.bias.is_null() {
+                // SAFETY: bias has an entry for every covered column.
+                sum += unsafe { *op.bias.add(j + c) };
+            }
+            // SAFETY: this (row, column) is ours to write by the Operands contract.
+            unsafe { *op.y.add((i + r) * op.ldy + j + c) = sum };
+        }
+    }
+}
+
 /// End of the reduction chunk that starts at `c0` (`c0` itself when k = 0).
 #[inline(always)]
 pub(crate) fn chunk_end(op_chunk: usize, k: usize, c0: usize) -> usize {

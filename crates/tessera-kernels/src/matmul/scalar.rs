@@ -55,14 +55,8 @@ pub(crate) unsafe fn tile<E: Elem>(op: &Operands<E>, t: Tile) {
                 .take(nr)
             {
                 let s = tree_sum(a);
-                if op.partial_stride != 0 {
-                    // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
-                    unsafe { *op.y.add(ci * op.partial_stride + (i + r) * op.ldy + j + c) = s };
-                } else if ci == 0 {
-                    *tot = s;
-                } else {
-                    *tot += s;
-                }
+                // SAFETY: (i + r, j + c) is inside this tile, which our caller covers.
+                unsafe { super::take_chunk_sum(op, ci, i + r, j + c, s, tot) };
             }
         }
         ci += 1;
@@ -71,18 +65,6 @@ pub(crate) unsafe fn tile<E: Elem>(op: &Operands<E>, t: Tile) {
             break;
         }
     }
-    if op.partial_stride != 0 {
-        return;
-    }
-    for (r, total_row) in total.iter().enumerate().take(mr) {
-        for (c, &tot) in total_row.iter().enumerate().take(nr) {
-            let mut sum = tot;
-            if !op.bias.is_null() {
-                // SAFETY: bias has an entry for every covered column.
-                sum += unsafe { *op.bias.add(j + c) };
-            }
-            // SAFETY: this (row, column) is ours to write by the Operands contract.
-            unsafe { *op.y.add((i + r) * op.ldy + j + c) = sum };
-        }
-    }
+    // SAFETY: the tile is inside what our caller covers.
+    unsafe { super::store_folded(op, i, j, &total, mr, nr) };
 }

@@ -217,14 +217,8 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NR: usize>(op: &Operands<E>
             for (r, (acc_row, total_row)) in acc.iter().zip(total.iter_mut()).enumerate() {
                 for (c, (a, tot)) in acc_row.iter().zip(total_row.iter_mut()).enumerate() {
                     let s = tree_sum(*a);
-                    if op.partial_stride != 0 {
-                        // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
-                        unsafe { *op.y.add(ci * op.partial_stride + (i + r) * op.ldy + j + c) = s };
-                    } else if ci == 0 {
-                        *tot = s;
-                    } else {
-                        *tot += s;
-                    }
+                    // SAFETY: (i + r, j + c) is inside this tile, which our caller covers.
+                    unsafe { super::take_chunk_sum(op, ci, i + r, j + c, s, tot) };
                 }
             }
         }
@@ -234,10 +228,7 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NR: usize>(op: &Operands<E>
             break;
         }
     }
-    if op.partial_stride != 0 {
-        return;
-    }
-    if MR == 4 && NR == 4 {
+    if MR == 4 && NR == 4 && op.partial_stride == 0 {
         let mut out = [0.0f32; 16];
         // SAFETY: 16 floats fit in `out`.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), total16) };
@@ -247,15 +238,6 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NR: usize>(op: &Operands<E>
             }
         }
     }
-    for (r, total_row) in total.iter().enumerate() {
-        for (c, &tot) in total_row.iter().enumerate() {
-            let mut sum = tot;
-            if !op.bias.is_null() {
-                // SAFETY: bias has an entry for every covered column.
-                sum += unsafe { *op.bias.add(j + c) };
-            }
-            // SAFETY: this (row, column) is ours to write by the Operands contract.
-            unsafe { *op.y.add((i + r) * op.ldy + j + c) = sum };
-        }
-    }
+    // SAFETY: the tile is inside what our caller covers.
+    unsafe { super::store_folded(op, i, j, &total, MR, NR) };
 }
