@@ -5,7 +5,12 @@
 //! panics otherwise): a machine without a driver gets [`CudaError::NoDriver`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod device;
 mod error;
 pub mod nvrtc;
+pub mod opcheck;
+pub mod ops;
+pub mod reference;
 
+pub use device::{driver_present, Gpu, GpuOptions};
 pub use error::CudaError;
