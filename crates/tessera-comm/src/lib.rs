@@ -43,6 +43,9 @@ pub enum CommError {
         /// Output length.
         got: usize,
     },
+    /// The transport under the collective (e.g. NCCL) failed.
+    #[error("collective transport failed: {0}")]
+    Backend(String),
     /// A broadcast named a root outside the group.
     #[error("broadcast root {root} is outside a group of {world} ranks")]
     BadRoot {

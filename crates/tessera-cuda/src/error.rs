@@ -60,6 +60,9 @@ pub enum CudaError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A collective failed.
+    #[error("collective: {0}")]
+    Collective(String),
     /// The rank rendezvous failed.
     #[error("rendezvous: {0}")]
     Rendezvous(String),
@@ -81,7 +84,6 @@ impl From<cudarc::nccl::result::NcclError> for CudaError {
 }
 
 /// Fails with a [`CudaError::Shape`] unless `ok`.
-#[allow(dead_code)]
 pub(crate) fn ensure(
     ok: bool,
     op: &'static str,

@@ -830,3 +830,24 @@ pub fn sample(
     v.truncate(rows);
     Ok(v)
 }
+
+/// `len` seeded uniform f32 values in `offset ± scale`, generated on the device.
+pub fn random_f32(
+    gpu: &Gpu,
+    len: usize,
+    seed: u64,
+    scale: f32,
+    offset: f32,
+) -> Result<CudaSlice<f32>, CudaError> {
+    let buf = gpu.zeros::<f32>(len)?;
+    fill_uniform(
+        gpu,
+        "fill_uniform_f32",
+        gpu.ptr(&buf),
+        len,
+        seed,
+        scale,
+        offset,
+    )?;
+    Ok(buf)
+}
