@@ -142,7 +142,16 @@ pub(crate) fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
     };
     let options = gpu_options();
     let started = Instant::now();
-    let gpu = Gpu::new(0, &options)?;
+    let gpu = match Gpu::new(0, &options) {
+        Ok(g) => g,
+        Err(e) => {
+            res.stage(
+                "device",
+                json!({"error": e.to_string(), "lib_dirs": options.lib_dirs}),
+            )?;
+            return Err(e.into());
+        }
+    };
     res.stage("device", json!({"name": gpu.name(), "arch": gpu.arch().target(), "setup_s": started.elapsed().as_secs_f64(), "lib_dirs": options.lib_dirs}))?;
     let mut table: Vec<String> = vec![format!(
         "device       {} ({})",

@@ -90,6 +90,12 @@ impl Gpu {
             return Err(CudaError::NoDevice(ordinal));
         }
         let ctx = CudaContext::new(ordinal)?;
+        // cudarc records an event per buffer access to order streams; at a few microseconds
+        // each, thousands per decode step would cost milliseconds.
+        // SAFETY: every buffer of this crate is allocated, used and freed on the stream of
+        // the `Gpu` that made it (NCCL runs on that stream too), so no buffer crosses
+        // streams and stream order alone keeps accesses in sequence.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream()?;
         let (major, minor) = ctx.compute_capability()?;
         let arch = Arch { major, minor };

@@ -131,12 +131,28 @@ pub fn nvrtc_version() -> Result<(i32, i32), CudaError> {
     Ok((major, minor))
 }
 
-/// Compiles kernel file `file` (source `src`, without the common header) for `arch`.
-/// NVRTC must be loadable ([`ensure_nvrtc`]).
+/// Compiles kernel file `file` (source `src`, without the common header) to PTX for
+/// `arch`. NVRTC must be loadable ([`ensure_nvrtc`]).
 pub fn compile(file: &str, src: &str, arch: Arch) -> Result<Compiled, CudaError> {
+    compile_to(file, src, arch, false)
+}
+
+/// Compiles to machine code (`sm_XY`, through NVRTC's built-in assembler, which also
+/// checks inline PTX) and returns the cubin's size in `Compiled::ptx` as text; the log
+/// holds warnings of both stages.
+pub fn compile_cubin(file: &str, src: &str, arch: Arch) -> Result<Compiled, CudaError> {
+    compile_to(file, src, arch, true)
+}
+
+fn compile_to(file: &str, src: &str, arch: Arch, cubin: bool) -> Result<Compiled, CudaError> {
+    let target = if cubin {
+        format!("sm_{}{}", arch.major, arch.minor)
+    } else {
+        arch.target()
+    };
     let err = |log: String| CudaError::Compile {
         file: file.to_string(),
-        arch: arch.target(),
+        arch: target.clone(),
         log,
     };
     let full = format!("{COMMON}\n#line 1 \"{file}\"\n{src}");
@@ -145,7 +161,7 @@ pub fn compile(file: &str, src: &str, arch: Arch) -> Result<Compiled, CudaError>
     let prog = cudarc::nvrtc::result::create_program(&c_src, Some(&c_name))
         .map_err(|e| err(format!("create: {e:?}")))?;
     let options = [
-        format!("--gpu-architecture={}", arch.target()),
+        format!("--gpu-architecture={target}"),
         "--std=c++17".to_string(),
         "--device-as-default-execution-space".to_string(),
     ];
@@ -156,6 +172,14 @@ pub fn compile(file: &str, src: &str, arch: Arch) -> Result<Compiled, CudaError>
         .map(|raw| c_chars_to_string(&raw))
         .unwrap_or_default();
     let ptx = match status {
+        Ok(()) if cubin => {
+            let mut size = 0usize;
+            // SAFETY: as above; compilation succeeded; `size` is a valid out-pointer.
+            unsafe { cudarc::nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size) }
+                .result()
+                .map(|()| format!("cubin of {size} bytes"))
+                .map_err(|e| err(format!("get CUBIN size: {e:?}")))
+        }
         // SAFETY: as above; compilation succeeded.
         Ok(()) => unsafe { cudarc::nvrtc::result::get_ptx(prog) }
             .map(|raw| c_chars_to_string(&raw))

@@ -2,7 +2,9 @@
 //! warning. Needs no GPU: NVRTC comes from the loader's path or from the pip wheel
 //! `nvidia-cuda-nvrtc==13.0.88` (site-packages/nvidia/cu13/lib, found through python3).
 
-use tessera_cuda::nvrtc::{compile, ensure_nvrtc, python_cuda_lib_dirs, Arch, KERNEL_FILES};
+use tessera_cuda::nvrtc::{
+    compile, compile_cubin, ensure_nvrtc, python_cuda_lib_dirs, Arch, KERNEL_FILES,
+};
 
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
@@ -32,6 +34,15 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
                 Ok(c) => failures.push(format!("{file} {}: warnings:\n{}", arch.target(), c.log)),
                 Err(e) => failures.push(e.to_string()),
             }
+            // Machine code too: the assembler checks inline PTX and reports spills.
+            match compile_cubin(file, src, arch) {
+                Ok(c) if c.log.is_empty() => {}
+                Ok(c) => failures.push(format!(
+                    "{file} sm_{}{}: warnings:\n{}",
+                    arch.major, arch.minor, c.log
+                )),
+                Err(e) => failures.push(e.to_string()),
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -57,4 +68,11 @@ fn a_kernel_with_an_error_or_a_warning_is_reported() {
     )
     .expect("compiles");
     assert!(!warn.log.is_empty(), "an unused variable must warn");
+    // Bad inline PTX passes the front end; only the assembler (cubin) rejects it.
+    let asm = "extern \"C\" __global__ void k(int* x) { int v; asm(\"not.an.instruction %0;\" : \"=r\"(v)); x[0] = v; }";
+    assert!(compile("asm.cu", asm, arch).is_ok(), "PTX is not assembled");
+    assert!(
+        compile_cubin("asm.cu", asm, arch).is_err(),
+        "the assembler must reject it"
+    );
 }
