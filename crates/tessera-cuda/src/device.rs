@@ -180,6 +180,14 @@ impl Gpu {
         Ok(self.stream.alloc_zeros(len.max(1))?)
     }
 
+    /// A device buffer of `len` elements left unset (no memset launch), for outputs that a
+    /// kernel writes whole before anything reads them.
+    pub(crate) fn scratch(&self, len: usize) -> Result<CudaSlice<f32>, CudaError> {
+        // SAFETY: f32 has no invalid bit patterns, and callers write every element they
+        // later read (each use names the kernel that does).
+        Ok(unsafe { self.stream.alloc::<f32>(len.max(1)) }?)
+    }
+
     /// The device address of `buf`, for a kernel argument.
     pub(crate) fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
         let (p, _sync) = buf.device_ptr(&self.stream);

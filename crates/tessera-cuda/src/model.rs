@@ -362,7 +362,8 @@ impl CudaRankModel {
         }
         let rows = AttentionRows::new(gpu, &spec, cache.block_size, cache.num_blocks)?;
         let dids = gpu.upload(&ids)?;
-        let mut x = gpu.zeros::<f32>(t * h)?;
+        // Written whole by the embedding kernel.
+        let mut x = gpu.scratch(t * h)?;
         ops::embedding(gpu, &dids, t, &self.embed, self.embed_span.start, &mut x)?;
         if self.reduce_embedding {
             comm.all_reduce_sum(gpu, &mut x, t * h)?;
@@ -375,12 +376,14 @@ impl CudaRankModel {
             .unwrap_or(0);
         let max_q = self.layers.iter().map(|l| l.q_heads * d).max().unwrap_or(0);
         let max_inter = self.layers.iter().map(|l| l.inter).max().unwrap_or(0);
-        let mut normed = gpu.zeros::<f32>(t * h)?;
-        let mut qkv = gpu.zeros::<f32>(t * max_width)?;
+        // Each buffer's rows are written (norm, GEMM, silu_mul) before they are read; `attn`
+        // stays zeroed for a layer whose rank holds no key/value heads.
+        let mut normed = gpu.scratch(t * h)?;
+        let mut qkv = gpu.scratch(t * max_width)?;
         let mut attn = gpu.zeros::<f32>(t * max_q)?;
-        let mut delta = gpu.zeros::<f32>(t * h)?;
-        let mut gate_up = gpu.zeros::<f32>(t * 2 * max_inter)?;
-        let mut act = gpu.zeros::<f32>(t * max_inter)?;
+        let mut delta = gpu.scratch(t * h)?;
+        let mut gate_up = gpu.scratch(t * 2 * max_inter)?;
+        let mut act = gpu.scratch(t * max_inter)?;
         let mut pending = false;
         for (l, layer) in self.layers.iter().enumerate() {
             if pending {

@@ -710,9 +710,10 @@ pub fn paged_attention(
     }
     let splits = (rows.max_position + 1).div_ceil(SPLIT_KEYS);
     let parts = rows.rows * hq * splits;
-    let part_m = gpu.zeros::<f32>(parts)?;
-    let part_l = gpu.zeros::<f32>(parts)?;
-    let part_acc = gpu.zeros::<f32>(parts * d)?;
+    // The split kernel writes every (row, head, split)'s max, sum and accumulator.
+    let part_m = gpu.scratch(parts)?;
+    let part_l = gpu.scratch(parts)?;
+    let part_acc = gpu.scratch(parts * d)?;
     let scale = 1.0 / (d as f32).sqrt();
     gpu.launch(
         "paged_attention_split_f32",
