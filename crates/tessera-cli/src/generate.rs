@@ -159,6 +159,7 @@ fn generate_cpu(
 ) -> Result<(Vec<u32>, Vec<f32>, tessera_engine::FinishReason)> {
     let options = EngineOptions {
         dtype,
+        reduce: args.shard.reduce(),
         threads: args.threads,
         ..EngineOptions::default()
     };

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tessera_model::{CpuBackend, LogitRows, PagedKvCache, RankModel, SeqInput, WeightDtype};
-use tessera_plan::{ModelShape, Strategy};
+use tessera_plan::{ModelShape, ReduceMode, Strategy};
 
 /// Rotary table length of random models (prompt and completion stay below it).
 pub(crate) const MAX_POSITIONS: usize = 512;
@@ -101,7 +101,7 @@ pub(crate) fn run(args: &RandomReferenceArgs) -> Result<()> {
     }
     ensure_model(&args.dir, &args.shape, args.seed)?;
     let plan = Strategy::Megatron.plan(&shape, 1)?;
-    let model = RankModel::load_dir(&args.dir, &plan, 0, WeightDtype::F32)?;
+    let model = RankModel::load_dir(&args.dir, &plan, 0, WeightDtype::F32, ReduceMode::default())?;
     let backend = CpuBackend::new(std::thread::available_parallelism().map_or(1, |n| n.get()))?;
     let mut comm = tessera_comm::SingleRank::new();
     let block_size = 16;

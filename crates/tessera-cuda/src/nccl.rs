@@ -202,6 +202,62 @@ impl Communicator for NcclCommunicator {
         Ok(())
     }
 
+    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        let len = out.len();
+        self.reduce_scatter_ordered(partials, len, 0..len, out)
+    }
+
+    fn reduce_scatter_ordered(
+        &mut self,
+        partials: &[f32],
+        len: usize,
+        keep: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), CommError> {
+        // Deterministic by construction: every rank's partials are gathered, then folded
+        // on the host in rank order (NCCL's own sum order is not fixed).
+        let started = Instant::now();
+        if (len == 0 && !partials.is_empty()) || (len != 0 && !partials.len().is_multiple_of(len)) {
+            return Err(CommError::PartialsLength {
+                len,
+                got: partials.len(),
+            });
+        }
+        if keep.start > keep.end || keep.end > len || out.len() != keep.len() {
+            return Err(CommError::KeepRange {
+                len,
+                start: keep.start,
+                end: keep.end,
+                out: out.len(),
+            });
+        }
+        let d = self.upload(partials)?;
+        let all = self
+            .gather_uneven(&d, partials.len())
+            .map_err(|e| CommError::Backend(e.to_string()))?;
+        if len != 0 && !all.len().is_multiple_of(len) {
+            return Err(CommError::PartialsLength {
+                len,
+                got: all.len(),
+            });
+        }
+        out.fill(0.0);
+        let mut first = true;
+        for v in all.chunks_exact(len.max(1)).filter(|_| len > 0) {
+            let v = &v[keep.clone()];
+            if first {
+                out.copy_from_slice(v);
+                first = false;
+            } else {
+                for (o, p) in out.iter_mut().zip(v) {
+                    *o += *p;
+                }
+            }
+        }
+        self.count(partials.len() * 4, started);
+        Ok(())
+    }
+
     fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         let started = Instant::now();
         let d = self.upload(local)?;

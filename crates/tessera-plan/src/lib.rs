@@ -7,6 +7,7 @@
 
 mod error;
 mod plan;
+mod reduce;
 mod report;
 mod shape;
 mod span;
@@ -14,9 +15,10 @@ mod strategy;
 
 pub use error::PlanError;
 pub use plan::{
-    AttentionSharding, Collective, CollectiveOp, CollectiveSite, DimSharding, HeadShard, LayerPlan,
-    Role, ShardPlan, WeightKind, PLAN_FORMAT,
+    AttentionSharding, Collective, CollectiveOp, CollectiveSite, DimSharding, HeadShard, LayerHalf,
+    LayerPlan, Role, ShardPlan, WeightKind, PLAN_FORMAT,
 };
+pub use reduce::{even_unit_spans, published_vectors, ReduceMode};
 pub use report::render_table;
 pub use shape::ModelShape;
 pub use span::{even_spans, kv_span_for, weighted_spans, Span};
