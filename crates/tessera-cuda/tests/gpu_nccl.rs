@@ -41,5 +41,16 @@ fn one_rank_nccl_collectives_are_identities() {
     let mut dev = gpu.upload(&data).expect("upload");
     DeviceComm::all_reduce_sum(&mut comm, &gpu, &mut dev, data.len()).expect("device all_reduce");
     assert_eq!(gpu.download(&dev).expect("download"), data);
-    assert!(comm.stats().calls >= 3);
+    // Ordered reduction of two partial vectors on the one rank: their sum, in order.
+    let partials: Vec<f32> = data.iter().chain(&data).copied().collect();
+    let mut sum = vec![f32::NAN; data.len()];
+    comm.all_reduce_ordered(&partials, &mut sum)
+        .expect("all_reduce_ordered");
+    let want: Vec<f32> = data.iter().map(|v| v + v).collect();
+    assert_eq!(sum, want);
+    let mut kept = vec![f32::NAN; 10];
+    comm.reduce_scatter_ordered(&partials, data.len(), 5..15, &mut kept)
+        .expect("reduce_scatter_ordered");
+    assert_eq!(kept, want[5..15]);
+    assert!(comm.stats().calls >= 5);
 }
