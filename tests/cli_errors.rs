@@ -196,6 +196,7 @@ fn plan_with_a_gap_is_reported() {
 }
 
 #[test]
+#[cfg(not(feature = "cuda"))]
 fn cuda_device_in_a_cpu_build_is_reported() {
     let model = common::default_model().to_str().unwrap().to_string();
     fails_with(
@@ -203,6 +204,33 @@ fn cuda_device_in_a_cpu_build_is_reported() {
             "generate", "--model", &model, "--device", "cuda", "--prompt", "hi",
         ],
         &["without CUDA"],
+    );
+}
+
+#[test]
+#[cfg(feature = "cuda")]
+fn cuda_device_without_a_driver_is_reported() {
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!(
+            "SKIPPED cuda_device_without_a_driver_is_reported: this machine has an NVIDIA driver"
+        );
+        return;
+    }
+    let model = common::default_model().to_str().unwrap().to_string();
+    fails_with(
+        &[
+            "generate", "--model", &model, "--device", "cuda", "--prompt", "hi",
+        ],
+        &["built with CUDA but no CUDA driver found"],
+    );
+}
+
+#[test]
+fn serve_on_cuda_is_refused_with_the_reason() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    fails_with(
+        &["serve", "--model", &model, "--device", "cuda"],
+        &["--device cuda"],
     );
 }
 

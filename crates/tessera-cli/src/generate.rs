@@ -6,7 +6,7 @@ use serde::Serialize;
 use tessera_engine::{Coordinator, EngineOptions, GenerateRequest};
 use tessera_model::{ChatMessage, ModelConfig, TextTokenizer, WeightDtype};
 
-use crate::{check_device, ModelArgs, ShardArgs};
+use crate::{check_device, Device, ModelArgs, ShardArgs};
 
 /// Arguments of `tessera generate`.
 #[derive(Args)]
@@ -68,9 +68,12 @@ struct Output {
 }
 
 pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
-    check_device(&args.device)?;
-    let Some(dtype) = WeightDtype::parse(&args.dtype) else {
-        bail!("unknown --dtype '{}' (f32 or bf16)", args.dtype);
+    let device = check_device(&args.device, true)?;
+    let dtype = match (WeightDtype::parse(&args.dtype), device) {
+        (Some(d), _) => d,
+        // f16 weights exist on the GPU only.
+        (None, Device::Cuda) if args.dtype == "f16" => WeightDtype::F32,
+        (None, _) => bail!("unknown --dtype '{}' (f32 or bf16)", args.dtype),
     };
     if args.shard.tp == Some(0) {
         bail!("--tp must be at least 1");
@@ -97,42 +100,45 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
     }
     let plan = args.shard.plan(&config.shape)?;
     let tp = plan.world_size;
-    let options = EngineOptions {
-        dtype,
-        reduce: args.shard.reduce(),
-        threads: args.threads,
-        ..EngineOptions::default()
-    };
-    let mut engine = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
     let mut stop_ids = tokenizer.eos_ids().to_vec();
     stop_ids.extend(&config.eos_token_ids);
     if args.ignore_eos {
         stop_ids.clear();
     }
     let started = std::time::Instant::now();
-    let out = engine.generate(&GenerateRequest {
-        prompt: prompt_ids.clone(),
-        max_tokens: args.max_tokens,
-        temperature: args.temperature,
-        seed: args.seed,
-        stop_ids,
-    })?;
+    let (completion, prompt_logits, finish) = match device {
+        Device::Cpu => generate_cpu(args, &dir, plan, dtype, &prompt_ids, stop_ids)?,
+        #[cfg(feature = "cuda")]
+        Device::Cuda => crate::cuda::generate(&crate::cuda::CudaGenerate {
+            dir: &dir,
+            config: &config,
+            plan: &plan,
+            dtype: &args.dtype,
+            prompt: &prompt_ids,
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+            seed: args.seed,
+            stop_ids: &stop_ids,
+        })?,
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => bail!("--device cuda: this tessera was built without CUDA support"),
+    };
     let elapsed = started.elapsed();
     tracing::info!(
         prompt_tokens = prompt_ids.len(),
-        completion_tokens = out.completion.len(),
+        completion_tokens = completion.len(),
         seconds = elapsed.as_secs_f64(),
         "generated"
     );
-    let text = tokenizer.decode(&out.completion, true)?;
+    let text = tokenizer.decode(&completion, true)?;
     if args.json {
-        let top = (args.top_logits > 0).then(|| top_k(&out.prompt_logits, args.top_logits));
+        let top = (args.top_logits > 0).then(|| top_k(&prompt_logits, args.top_logits));
         let o = Output {
             prompt_ids,
-            completion_ids: out.completion,
+            completion_ids: completion,
             text,
             tp,
-            finish_reason: out.finish,
+            finish_reason: finish,
             prompt_top_logits: top,
         };
         println!("{}", serde_json::to_string(&o)?);
@@ -140,6 +146,32 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
         println!("{text}");
     }
     Ok(())
+}
+
+/// The CPU engine's generation: (completion, last prompt position's logits, finish).
+fn generate_cpu(
+    args: &GenerateArgs,
+    dir: &std::path::Path,
+    plan: tessera_plan::ShardPlan,
+    dtype: WeightDtype,
+    prompt_ids: &[u32],
+    stop_ids: Vec<u32>,
+) -> Result<(Vec<u32>, Vec<f32>, tessera_engine::FinishReason)> {
+    let options = EngineOptions {
+        dtype,
+        reduce: args.shard.reduce(),
+        threads: args.threads,
+        ..EngineOptions::default()
+    };
+    let mut engine = Coordinator::start(dir, plan, &options).context("starting the engine")?;
+    let out = engine.generate(&GenerateRequest {
+        prompt: prompt_ids.to_vec(),
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        seed: args.seed,
+        stop_ids,
+    })?;
+    Ok((out.completion, out.prompt_logits, out.finish))
 }
 
 fn top_k(logits: &[f32], k: usize) -> Vec<TopLogit> {

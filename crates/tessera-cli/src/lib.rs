@@ -6,8 +6,11 @@
 
 mod batch;
 mod bench;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod generate;
 mod plan;
+mod random_reference;
 mod serve;
 mod throughput;
 
@@ -46,6 +49,13 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a JSONL file of requests or documents offline (resumable).
     Batch(batch::BatchArgs),
+    /// GPU checks and benchmarks on random weights (tools/gpu/check.sh).
+    #[cfg(feature = "cuda")]
+    #[command(hide = true)]
+    GpuCheck(cuda::GpuCheckArgs),
+    /// CPU reference outputs of a random-weight model, for `gpu-check` (JSON on stdout).
+    #[command(hide = true)]
+    RandomReference(random_reference::RandomReferenceArgs),
 }
 
 #[derive(Args)]
@@ -204,6 +214,9 @@ pub fn main() -> ExitCode {
         Command::Bench(c) => bench::run(c),
         Command::Serve(a) => serve::run(a),
         Command::Batch(a) => batch::run(a),
+        #[cfg(feature = "cuda")]
+        Command::GpuCheck(a) => cuda::gpu_check(a),
+        Command::RandomReference(a) => random_reference::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -267,11 +280,23 @@ pub(crate) fn start_serving(
     })
 }
 
-/// Rejects `--device cuda` in a build without CUDA, with the reason.
-pub(crate) fn check_device(device: &str) -> Result<()> {
+/// Where a command runs its model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Device {
+    /// Tessera's CPU kernels.
+    Cpu,
+    /// The CUDA backend (builds with `--features cuda`).
+    Cuda,
+}
+
+/// Parses `--device`; `cuda` fails in a build without CUDA, and for commands whose CUDA
+/// path does not exist yet (`cuda_ready` false), with the reason.
+pub(crate) fn check_device(device: &str, cuda_ready: bool) -> Result<Device> {
     match device {
-        "cpu" => Ok(()),
-        "cuda" => bail!("--device cuda: this tessera was built without CUDA support (rebuild with `--features cuda`)"),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if !cfg!(feature = "cuda") => bail!("--device cuda: this tessera was built without CUDA support (rebuild with `--features cuda`)"),
+        "cuda" if !cuda_ready => bail!("--device cuda: this command has no CUDA path yet (`tessera generate --device cuda` has)"),
+        "cuda" => Ok(Device::Cuda),
         other => bail!("unknown --device '{other}' (cpu or cuda)"),
     }
 }

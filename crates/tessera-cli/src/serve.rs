@@ -54,7 +54,7 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) fn run(a: &ServeArgs) -> Result<()> {
-    check_device(&a.device)?;
+    check_device(&a.device, false)?;
     let Some(dtype) = WeightDtype::parse(&a.dtype) else {
         bail!("unknown --dtype '{}' (f32 or bf16)", a.dtype);
     };

@@ -43,6 +43,9 @@ pub enum CommError {
         /// Output length.
         got: usize,
     },
+    /// The transport under the collective (e.g. NCCL) failed.
+    #[error("collective transport failed: {0}")]
+    Backend(String),
     /// An ordered reduction got partials that are not whole vectors of the output's length.
     #[error("all_reduce_ordered: {got} partial elements are not whole vectors of {len}")]
     PartialsLength {

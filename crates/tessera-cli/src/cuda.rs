@@ -1,0 +1,492 @@
+//! The CLI's CUDA paths (built with `--features cuda`): `generate --device cuda` and the
+//! hidden `gpu-check` that `tools/gpu/check.sh` runs on a lent GPU machine.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Map, Value};
+use tessera_cuda::collective::{DeviceComm, SingleGpu};
+use tessera_cuda::generate::{generate as cuda_generate, Sampling};
+use tessera_cuda::nccl::NcclCommunicator;
+use tessera_cuda::nvrtc::python_cuda_lib_dirs;
+use tessera_cuda::{CudaKvCache, CudaRankModel, DeviceDtype, Gpu, GpuOptions, WeightSource};
+use tessera_engine::FinishReason;
+use tessera_model::{LogitRows, ModelConfig, SeqInput, WeightFiles};
+use tessera_plan::{ShardPlan, Strategy};
+
+use crate::random_reference::{ensure_model, shape_named, RandomReference, MAX_POSITIONS};
+
+/// Tokens per KV block on the GPU.
+const BLOCK_SIZE: usize = 16;
+
+/// Library folders from Python's site-packages, and a PTX cache under `~/.cache`.
+fn gpu_options() -> GpuOptions {
+    GpuOptions {
+        lib_dirs: python_cuda_lib_dirs(),
+        ptx_cache: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tessera/ptx")),
+    }
+}
+
+fn device_dtype(s: &str) -> Result<DeviceDtype> {
+    DeviceDtype::parse(s).with_context(|| format!("unknown --dtype '{s}' (f32, bf16 or f16)"))
+}
+
+/// One `generate --device cuda` request.
+pub(crate) struct CudaGenerate<'a> {
+    pub dir: &'a Path,
+    pub config: &'a ModelConfig,
+    pub plan: &'a ShardPlan,
+    pub dtype: &'a str,
+    pub prompt: &'a [u32],
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub seed: u64,
+    pub stop_ids: &'a [u32],
+}
+
+/// Generates on GPU 0: (completion, last prompt position's logits, finish).
+pub(crate) fn generate(g: &CudaGenerate<'_>) -> Result<(Vec<u32>, Vec<f32>, FinishReason)> {
+    if g.plan.world_size != 1 {
+        bail!("--device cuda runs --tp 1 so far (the NCCL communicator exists in tessera-cuda but is not wired to the CLI)");
+    }
+    let dtype = device_dtype(g.dtype)?;
+    let gpu = Gpu::new(0, &gpu_options())?;
+    let files = WeightFiles::open(g.dir)?;
+    let mut model =
+        CudaRankModel::load(gpu, g.config, WeightSource::Files(&files), g.plan, 0, dtype)?;
+    let blocks = (g.prompt.len() + g.max_tokens).div_ceil(BLOCK_SIZE).max(1);
+    let mut cache = CudaKvCache::new(model.gpu(), &model.kv_widths(), blocks, BLOCK_SIZE)?;
+    let sampling = Sampling {
+        temperature: g.temperature,
+        top_k: 0,
+        top_p: 1.0,
+        seed: g.seed,
+    };
+    let out = cuda_generate(
+        &mut model,
+        &mut SingleGpu,
+        &mut cache,
+        g.prompt,
+        g.max_tokens,
+        &sampling,
+        g.stop_ids,
+    )?;
+    let finish = if out.stopped {
+        FinishReason::Stop
+    } else {
+        FinishReason::Length
+    };
+    Ok((out.completion, out.prompt_logits, finish))
+}
+
+/// Arguments of `tessera gpu-check`.
+#[derive(Args)]
+pub(crate) struct GpuCheckArgs {
+    /// CPU outputs of the random model (`tessera random-reference`).
+    #[arg(long)]
+    reference: PathBuf,
+    /// JSON results, rewritten after each stage.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the random model of the reference is written.
+    #[arg(long, default_value = "/tmp/tessera-random-model")]
+    model_dir: PathBuf,
+    /// Seed of the op checks' inputs (default: the clock, so inputs are fresh each run).
+    #[arg(long)]
+    op_seed: Option<u64>,
+    /// Shape of the benchmarked model.
+    #[arg(long, default_value = "llama3-8b")]
+    bench_shape: String,
+    /// Weight dtype of the benchmarked model.
+    #[arg(long, default_value = "bf16")]
+    bench_dtype: String,
+    /// Decode batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64,256")]
+    batches: Vec<usize>,
+    /// Prompt tokens per sequence in the prefill benchmark.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Timed decode steps per batch size.
+    #[arg(long, default_value_t = 16)]
+    decode_steps: usize,
+    /// Skip the benchmark stage.
+    #[arg(long)]
+    no_bench: bool,
+}
+
+/// Results so far, written whole after every stage (a timeout still leaves them).
+struct Results {
+    path: PathBuf,
+    map: Map<String, Value>,
+}
+
+impl Results {
+    fn stage(&mut self, name: &str, value: Value) -> Result<()> {
+        self.map.insert(name.to_string(), value);
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&self.map)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+/// Runs every stage; a failing stage is recorded and the next one still runs.
+pub(crate) fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
+    let mut res = Results {
+        path: a.out.clone(),
+        map: Map::new(),
+    };
+    let options = gpu_options();
+    let started = Instant::now();
+    let gpu = match Gpu::new(0, &options) {
+        Ok(g) => g,
+        Err(e) => {
+            res.stage(
+                "device",
+                json!({"error": e.to_string(), "lib_dirs": options.lib_dirs}),
+            )?;
+            return Err(e.into());
+        }
+    };
+    res.stage("device", json!({"name": gpu.name(), "arch": gpu.arch().target(), "setup_s": started.elapsed().as_secs_f64(), "lib_dirs": options.lib_dirs}))?;
+    let mut table: Vec<String> = vec![format!(
+        "device       {} ({})",
+        gpu.name(),
+        gpu.arch().target()
+    )];
+
+    let seed = a.op_seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let ops = tessera_cuda::opcheck::check_all(&gpu, seed);
+    match &ops {
+        Ok(reports) => {
+            let failed: Vec<&str> = reports
+                .iter()
+                .filter(|r| !r.passed)
+                .map(|r| r.op.as_str())
+                .collect();
+            table.push(format!(
+                "ops          {}/{} passed{}",
+                reports.len() - failed.len(),
+                reports.len(),
+                if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" FAILED: {}", failed.join("; "))
+                }
+            ));
+            res.stage("ops", json!({"seed": seed, "reports": reports}))?;
+        }
+        Err(e) => {
+            table.push(format!("ops          ERROR {e}"));
+            res.stage("ops", json!({"seed": seed, "error": e.to_string()}))?;
+        }
+    }
+
+    match check_random_model(a, &options) {
+        Ok((v, line)) => {
+            table.push(line);
+            res.stage("random_model", v)?;
+        }
+        Err(e) => {
+            table.push(format!("model        ERROR {e:#}"));
+            res.stage("random_model", json!({"error": format!("{e:#}")}))?;
+        }
+    }
+
+    match check_nccl(&gpu, &options) {
+        Ok(v) => {
+            table.push(format!(
+                "nccl 1 rank  {}",
+                if v["passed"] == json!(true) {
+                    "passed"
+                } else {
+                    "FAILED"
+                }
+            ));
+            res.stage("nccl", v)?;
+        }
+        Err(e) => {
+            table.push(format!("nccl 1 rank  ERROR {e:#}"));
+            res.stage("nccl", json!({"error": format!("{e:#}")}))?;
+        }
+    }
+
+    let bandwidth = measure_bandwidth(&gpu);
+    match &bandwidth {
+        Ok(bw) => {
+            table.push(format!("copy bw      {:.0} GB/s (read + write)", bw / 1e9));
+            res.stage("bandwidth", json!({"bytes_per_s": bw}))?;
+        }
+        Err(e) => {
+            table.push(format!("copy bw      ERROR {e:#}"));
+            res.stage("bandwidth", json!({"error": format!("{e:#}")}))?;
+        }
+    }
+    drop(gpu);
+
+    if !a.no_bench {
+        let bw = bandwidth.as_ref().ok().copied();
+        match bench(a, &options, bw, &mut res, &mut table) {
+            Ok(()) => {}
+            Err(e) => {
+                table.push(format!("bench        ERROR {e:#}"));
+                res.stage("bench_error", json!(format!("{e:#}")))?;
+            }
+        }
+    }
+    res.stage("total_s", json!(started.elapsed().as_secs_f64()))?;
+    println!(
+        "\n== tessera gpu-check ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    for line in &table {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The random model of the reference at f32 against the carried CPU logits and tokens.
+fn check_random_model(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String)> {
+    let text = std::fs::read_to_string(&a.reference)
+        .with_context(|| format!("reading {}", a.reference.display()))?;
+    let reference: RandomReference =
+        serde_json::from_str(&text).context("parsing the reference")?;
+    let started = Instant::now();
+    ensure_model(&a.model_dir, &reference.shape, reference.seed)?;
+    let written_s = started.elapsed().as_secs_f64();
+    let config = ModelConfig::from_dir(&a.model_dir)?;
+    let plan = Strategy::Megatron.plan(&config.shape, 1)?;
+    let files = WeightFiles::open(&a.model_dir)?;
+    let mut model = CudaRankModel::load(
+        Gpu::new(0, options)?,
+        &config,
+        WeightSource::Files(&files),
+        &plan,
+        0,
+        DeviceDtype::F32,
+    )?;
+    let n = reference.greedy.len();
+    let blocks = (reference.prompt.len() + n).div_ceil(BLOCK_SIZE);
+    let mut cache = CudaKvCache::new(model.gpu(), &model.kv_widths(), blocks, BLOCK_SIZE)?;
+    let sampling = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    let out = cuda_generate(
+        &mut model,
+        &mut SingleGpu,
+        &mut cache,
+        &reference.prompt,
+        n,
+        &sampling,
+        &[],
+    )?;
+    let scale = reference
+        .top_logits
+        .iter()
+        .map(|(_, v)| v.abs())
+        .fold(0.0f32, f32::max)
+        .max(1e-6);
+    let mut max_diff = 0.0f32;
+    let mut any_nan = false;
+    for &(id, v) in &reference.top_logits {
+        let g = out
+            .prompt_logits
+            .get(id as usize)
+            .copied()
+            .unwrap_or(f32::NAN);
+        any_nan |= !g.is_finite();
+        max_diff = max_diff.max((g - v).abs());
+    }
+    let logits_rel = if any_nan {
+        f32::INFINITY
+    } else {
+        max_diff / scale
+    };
+    // Tokens must match until a step whose CPU margin is a near-tie (then the paths may
+    // part legitimately, and what follows is not compared).
+    let mut tokens_ok = true;
+    let mut compared = 0;
+    for (i, (&g, &c)) in out.completion.iter().zip(&reference.greedy).enumerate() {
+        compared = i + 1;
+        if g != c {
+            tokens_ok = reference.margins.get(i).is_some_and(|&m| m < 1e-3);
+            break;
+        }
+    }
+    tokens_ok &= out.completion.len() == n;
+    let passed = logits_rel <= 1e-3 && tokens_ok;
+    let line = format!(
+        "model f32    {} ({}: top-{} logits rel {:.1e}, tokens {}/{} compared {})",
+        if passed { "passed" } else { "FAILED" },
+        reference.shape,
+        reference.top_logits.len(),
+        logits_rel,
+        compared,
+        n,
+        if tokens_ok { "match" } else { "DIFFER" }
+    );
+    let v = json!({
+        "shape": reference.shape, "seed": reference.seed, "passed": passed, "logits_rel_err": logits_rel,
+        "gpu_tokens": out.completion, "cpu_tokens": reference.greedy, "tokens_ok": tokens_ok,
+        "model_write_s": written_s, "total_s": started.elapsed().as_secs_f64(),
+    });
+    Ok((v, line))
+}
+
+/// NCCL with one rank: all-reduce and all-gather leave the data as it was.
+fn check_nccl(gpu: &Gpu, options: &GpuOptions) -> Result<Value> {
+    let mut comms = NcclCommunicator::init_all(&[gpu], &options.lib_dirs)?;
+    let comm = comms.pop().context("one communicator")?;
+    let mut comm = comm;
+    let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let mut host = data.clone();
+    tessera_comm::Communicator::all_reduce_sum(&mut comm, &mut host)?;
+    let mut gathered = vec![f32::NAN; data.len()];
+    tessera_comm::Communicator::all_gather(&mut comm, &data, &mut gathered)?;
+    let mut dev = gpu.upload(&data)?;
+    DeviceComm::all_reduce_sum(&mut comm, gpu, &mut dev, data.len())?;
+    let dev_back = gpu.download(&dev)?;
+    let passed = host == data && gathered == data && dev_back == data;
+    Ok(
+        json!({"passed": passed, "all_reduce": host == data, "all_gather": gathered == data, "device_all_reduce": dev_back == data}),
+    )
+}
+
+/// Device-to-device copy bandwidth, bytes read plus written per second (median of 10).
+fn measure_bandwidth(gpu: &Gpu) -> Result<f64> {
+    let n = 1usize << 29; // 2 GiB of f32
+    let src = tessera_cuda::ops::random_f32(gpu, n, 3, 1.0, 0.0)?;
+    let mut dst = gpu.zeros::<f32>(n)?;
+    gpu.synchronize()?;
+    let mut times = Vec::new();
+    for _ in 0..12 {
+        let t = Instant::now();
+        gpu.stream().memcpy_dtod(&src, &mut dst)?;
+        gpu.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.drain(..2);
+    times.sort_by(f64::total_cmp);
+    Ok((2 * n * 4) as f64 / times[times.len() / 2])
+}
+
+/// A config for a random model of a named shape (same fields as the written ones).
+fn config_for(shape_name: &str) -> Result<ModelConfig> {
+    let s = shape_named(shape_name)?;
+    let text = json!({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": s.hidden, "intermediate_size": s.intermediate,
+        "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "num_hidden_layers": s.layers,
+        "head_dim": s.head_dim, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": MAX_POSITIONS,
+        "vocab_size": s.vocab, "tie_word_embeddings": s.tied_embeddings, "hidden_act": "silu", "eos_token_id": 0,
+    })
+    .to_string();
+    Ok(ModelConfig::parse(&text, Path::new(shape_name))?)
+}
+
+/// Prefill and decode tokens/s of a device-random model at each batch size, next to the
+/// HBM bound (every weight read once per decode step at the measured copy bandwidth).
+fn bench(
+    a: &GpuCheckArgs,
+    options: &GpuOptions,
+    bandwidth: Option<f64>,
+    res: &mut Results,
+    table: &mut Vec<String>,
+) -> Result<()> {
+    let config = config_for(&a.bench_shape)?;
+    let plan = Strategy::Megatron.plan(&config.shape, 1)?;
+    let dtype = device_dtype(&a.bench_dtype)?;
+    let started = Instant::now();
+    let mut model = CudaRankModel::load(
+        Gpu::new(0, options)?,
+        &config,
+        WeightSource::DeviceRandom(11),
+        &plan,
+        0,
+        dtype,
+    )?;
+    let weight_bytes = model.weight_bytes();
+    let load_s = started.elapsed().as_secs_f64();
+    let per_seq = (a.prompt_len + a.decode_steps + 2).div_ceil(BLOCK_SIZE);
+    let max_batch = a.batches.iter().copied().max().unwrap_or(1);
+    let mut cache = CudaKvCache::new(
+        model.gpu(),
+        &model.kv_widths(),
+        per_seq * max_batch,
+        BLOCK_SIZE,
+    )?;
+    let vocab = config.shape.vocab;
+    let mut rows = Vec::new();
+    table.push(format!(
+        "bench        {} {} weights {:.2} GB (load {:.1} s)",
+        a.bench_shape,
+        a.bench_dtype,
+        weight_bytes as f64 / 1e9,
+        load_s
+    ));
+    table.push("  batch  prefill tok/s  decode tok/s  HBM bound tok/s  fraction".to_string());
+    for &b in &a.batches {
+        let tables: Vec<Vec<u32>> = (0..b)
+            .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
+            .collect();
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|s| crate::random_reference::prompt_for(s as u64, a.prompt_len, vocab))
+            .collect();
+        let seqs: Vec<SeqInput<'_>> = (0..b)
+            .map(|s| SeqInput {
+                tokens: &prompts[s],
+                start: 0,
+                block_table: &tables[s],
+                logits: LogitRows::Last,
+            })
+            .collect();
+        model.gpu().synchronize()?;
+        let t = Instant::now();
+        let logits = model.forward(&mut SingleGpu, &mut cache, &seqs)?;
+        let mut next =
+            tessera_cuda::ops::argmax(model.gpu(), &logits.data, logits.rows, logits.vocab)?;
+        let prefill_s = t.elapsed().as_secs_f64();
+        let mut decode_s = 0.0;
+        for step in 0..=a.decode_steps {
+            let toks: Vec<[u32; 1]> = next.iter().map(|&i| [i.max(0) as u32]).collect();
+            let seqs: Vec<SeqInput<'_>> = (0..b)
+                .map(|s| SeqInput {
+                    tokens: &toks[s],
+                    start: a.prompt_len + step,
+                    block_table: &tables[s],
+                    logits: LogitRows::Last,
+                })
+                .collect();
+            model.gpu().synchronize()?;
+            let t = Instant::now();
+            let logits = model.forward(&mut SingleGpu, &mut cache, &seqs)?;
+            next = tessera_cuda::ops::argmax(model.gpu(), &logits.data, logits.rows, logits.vocab)?;
+            // Step 0 is the warm-up for this batch size.
+            if step > 0 {
+                decode_s += t.elapsed().as_secs_f64();
+            }
+        }
+        let prefill_tps = (b * a.prompt_len) as f64 / prefill_s;
+        let decode_tps = (b * a.decode_steps) as f64 / decode_s;
+        let bound = bandwidth.map(|bw| b as f64 * bw / weight_bytes as f64);
+        let fraction = bound.map(|x| decode_tps / x);
+        table.push(format!(
+            "  {b:>5}  {prefill_tps:>13.0}  {decode_tps:>12.1}  {:>15}  {:>8}",
+            bound.map_or("-".into(), |x| format!("{x:.1}")),
+            fraction.map_or("-".into(), |f| format!("{f:.2}"))
+        ));
+        rows.push(json!({"batch": b, "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps, "hbm_bound_tokens_per_s": bound, "fraction_of_bound": fraction, "prefill_s": prefill_s, "decode_s": decode_s}));
+        res.stage("bench", json!({"shape": a.bench_shape, "dtype": a.bench_dtype, "weight_bytes": weight_bytes, "load_s": load_s, "prompt_len": a.prompt_len, "decode_steps": a.decode_steps, "rows": rows}))?;
+    }
+    Ok(())
+}

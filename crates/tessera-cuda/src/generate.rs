@@ -1,0 +1,140 @@
+//! Generation of one sequence on one GPU: prefill the prompt in one forward pass, then
+//! decode token by token, sampling on the device so only token ids reach the host.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tessera_model::{LogitRows, SeqInput};
+
+use crate::collective::DeviceComm;
+use crate::error::{ensure, CudaError};
+use crate::model::{CudaKvCache, CudaRankModel, DeviceLogits};
+use crate::ops::{self, SampleParams};
+
+/// How tokens are chosen.
+#[derive(Clone, Copy, Debug)]
+pub struct Sampling {
+    /// 0 = greedy (argmax).
+    pub temperature: f32,
+    /// Keep the k largest logits (0 = all).
+    pub top_k: usize,
+    /// Nucleus mass (1 = all).
+    pub top_p: f32,
+    /// Seed of the uniforms drawn for sampling.
+    pub seed: u64,
+}
+
+/// What [`generate`] produced.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// New token ids.
+    pub completion: Vec<u32>,
+    /// Logits at the last prompt position (full vocabulary).
+    pub prompt_logits: Vec<f32>,
+    /// True when a stop id ended it (else `max_tokens` did).
+    pub stopped: bool,
+}
+
+/// Picks one token per row of `logits`.
+pub fn pick(
+    model: &CudaRankModel,
+    logits: &DeviceLogits,
+    sampling: &Sampling,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<u32>, CudaError> {
+    let gpu = model.gpu();
+    let ids = if sampling.temperature <= 0.0 {
+        ops::argmax(gpu, &logits.data, logits.rows, logits.vocab)?
+    } else {
+        let uniforms: Vec<f32> = (0..logits.rows)
+            .map(|_| rng.random_range(0.0f32..1.0))
+            .collect();
+        let params = SampleParams {
+            temperature: sampling.temperature,
+            top_k: sampling.top_k,
+            top_p: sampling.top_p,
+        };
+        ops::sample(
+            gpu,
+            &logits.data,
+            logits.rows,
+            logits.vocab,
+            params,
+            &uniforms,
+        )?
+    };
+    ids.into_iter()
+        .map(|i| {
+            u32::try_from(i).map_err(|_| CudaError::Shape {
+                op: "sample",
+                reason: "a row of logits held no number".into(),
+            })
+        })
+        .collect()
+}
+
+/// Generates up to `max_tokens` tokens after `prompt` in blocks `0..` of `cache`.
+pub fn generate(
+    model: &mut CudaRankModel,
+    comm: &mut dyn DeviceComm,
+    cache: &mut CudaKvCache,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    stop_ids: &[u32],
+) -> Result<Generation, CudaError> {
+    ensure(!prompt.is_empty(), "generate", || {
+        "the prompt is empty".into()
+    })?;
+    let total = prompt.len() + max_tokens;
+    let blocks = total.div_ceil(cache.block_size());
+    ensure(blocks <= cache.num_blocks(), "generate", || {
+        format!(
+            "{total} tokens need {blocks} cache blocks; the pool has {}",
+            cache.num_blocks()
+        )
+    })?;
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
+    let logits = model.forward(
+        comm,
+        cache,
+        &[SeqInput {
+            tokens: prompt,
+            start: 0,
+            block_table: &table,
+            logits: LogitRows::Last,
+        }],
+    )?;
+    let mut prompt_logits = model.gpu().download(&logits.data)?;
+    prompt_logits.truncate(logits.vocab);
+    let mut completion = Vec::with_capacity(max_tokens);
+    let mut next = pick(model, &logits, sampling, &mut rng)?[0];
+    let mut stopped = false;
+    while completion.len() < max_tokens {
+        completion.push(next);
+        if stop_ids.contains(&next) {
+            stopped = true;
+            break;
+        }
+        if completion.len() == max_tokens {
+            break;
+        }
+        let start = prompt.len() + completion.len() - 1;
+        let logits = model.forward(
+            comm,
+            cache,
+            &[SeqInput {
+                tokens: &[next],
+                start,
+                block_table: &table,
+                logits: LogitRows::Last,
+            }],
+        )?;
+        next = pick(model, &logits, sampling, &mut rng)?[0];
+    }
+    Ok(Generation {
+        completion,
+        prompt_logits,
+        stopped,
+    })
+}

@@ -1,0 +1,313 @@
+//! `NcclCommunicator`: the `tessera_comm::Communicator` trait and [`DeviceComm`] over NCCL,
+//! with collectives on the GPU's compute stream.
+//!
+//! One process drives one thread per GPU: [`NcclCommunicator::init_all`]
+//! (`ncclCommInitAll`) makes the group, and each communicator moves to its rank's
+//! thread. Ranks in several processes (or nodes) meet through
+//! [`NcclCommunicator::init_rank`] (`ncclCommInitRank`) with a unique id that rank 0 hands
+//! out over TCP ([`crate::rendezvous`]).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use cudarc::driver::CudaSlice;
+use cudarc::nccl::{Comm, Id, ReduceOp};
+use tessera_comm::{CommError, CommStats, Communicator};
+
+use crate::collective::DeviceComm;
+use crate::device::{preload, Gpu};
+use crate::error::CudaError;
+
+/// Makes libnccl loadable, or says what to do. cudarc loads `libnccl.so` (or
+/// `libnccl.so.13`...); the `nvidia-nccl` wheels ship `libnccl.so.2` only.
+pub fn ensure_nccl(dirs: &[PathBuf]) -> Result<(), CudaError> {
+    preload(dirs, &["libnccl.so"]);
+    // SAFETY: only probes dlopen of libnccl's names.
+    if unsafe { cudarc::nccl::sys::is_culib_present() } {
+        return Ok(());
+    }
+    // SAFETY: as above, for the versioned name the wheels ship.
+    let versioned = unsafe { libloading::Library::new("libnccl.so.2") }.is_ok()
+        || dirs.iter().any(|d| d.join("libnccl.so.2").is_file());
+    Err(CudaError::MissingLibrary {
+        lib: "libnccl.so",
+        hint: if versioned {
+            "only libnccl.so.2 is there (the nvidia-nccl wheels ship no libnccl.so): link `ln -s libnccl.so.2 DIR/libnccl.so` and put DIR on LD_LIBRARY_PATH (tools/gpu/check.sh does this)"
+        } else {
+            "install NCCL (`pip install nvidia-nccl-cu13`) and put its lib folder on LD_LIBRARY_PATH"
+        },
+    })
+}
+
+/// One rank's NCCL communicator.
+pub struct NcclCommunicator {
+    comm: Comm,
+    stats: CommStats,
+}
+
+// SAFETY: an NCCL communicator may be used from any thread as long as calls on it are not
+// concurrent (NCCL's thread-safety rule). `NcclCommunicator` owns its `Comm` and every
+// call takes `&mut self`, so moving it to its rank's thread keeps calls sequential.
+unsafe impl Send for NcclCommunicator {}
+
+impl NcclCommunicator {
+    /// A group of every GPU in `gpus` (rank i on `gpus[i]`), on their streams.
+    pub fn init_all(gpus: &[&Gpu], lib_dirs: &[PathBuf]) -> Result<Vec<Self>, CudaError> {
+        ensure_nccl(lib_dirs)?;
+        let streams = gpus.iter().map(|g| g.stream().clone()).collect();
+        let comms = Comm::from_devices(streams)?;
+        Ok(comms
+            .into_iter()
+            .map(|comm| Self {
+                comm,
+                stats: CommStats::default(),
+            })
+            .collect())
+    }
+
+    /// A new unique id (rank 0 of a multi-process group makes it and hands it out).
+    pub fn unique_id(lib_dirs: &[PathBuf]) -> Result<[u8; 128], CudaError> {
+        ensure_nccl(lib_dirs)?;
+        let id = Id::new()?;
+        Ok(id.internal().map(|c| c as u8))
+    }
+
+    /// Rank `rank` of `world` ranks in separate processes, meeting by `id`.
+    pub fn init_rank(
+        gpu: &Gpu,
+        rank: usize,
+        world: usize,
+        id: [u8; 128],
+        lib_dirs: &[PathBuf],
+    ) -> Result<Self, CudaError> {
+        ensure_nccl(lib_dirs)?;
+        let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
+        let comm = Comm::from_rank(gpu.stream().clone(), rank, world, id)?;
+        Ok(Self {
+            comm,
+            stats: CommStats::default(),
+        })
+    }
+
+    fn count(&mut self, bytes: usize, started: Instant) {
+        self.stats.calls += 1;
+        self.stats.bytes_moved += bytes as u64;
+        self.stats.time += started.elapsed();
+    }
+
+    fn comm_err(e: impl std::fmt::Debug) -> CommError {
+        CommError::Backend(format!("NCCL: {e:?}"))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>, CommError> {
+        let data: &[f32] = if data.is_empty() { &[0.0] } else { data };
+        self.comm.stream().clone_htod(data).map_err(Self::comm_err)
+    }
+
+    fn download(&self, buf: &CudaSlice<f32>, out: &mut [f32]) -> Result<(), CommError> {
+        let host = self.comm.stream().clone_dtoh(buf).map_err(Self::comm_err)?;
+        let n = out.len();
+        out.copy_from_slice(&host[..n]);
+        Ok(())
+    }
+
+    /// Every rank's length, in rank order.
+    fn lengths(&mut self, n: usize) -> Result<Vec<usize>, CudaError> {
+        let stream = self.comm.stream();
+        let mine = stream.clone_htod(&[n as i64])?;
+        let mut all = stream.alloc_zeros::<i64>(self.comm.world_size())?;
+        self.comm.all_gather(&mine, &mut all)?;
+        Ok(stream
+            .clone_dtoh(&all)?
+            .into_iter()
+            .map(|v| v.max(0) as usize)
+            .collect())
+    }
+
+    /// All-gather of uneven lengths: pads every contribution to the longest, then compacts.
+    fn gather_uneven(&mut self, local: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>, CudaError> {
+        let lengths = self.lengths(n)?;
+        let longest = lengths.iter().copied().max().unwrap_or(0).max(1);
+        let stream = self.comm.stream();
+        let mut padded = stream.alloc_zeros::<f32>(longest)?;
+        if n > 0 {
+            stream.memcpy_dtod(&local.slice(..n), &mut padded.slice_mut(..n))?;
+        }
+        let mut all = stream.alloc_zeros::<f32>(longest * lengths.len())?;
+        self.comm.all_gather(&padded, &mut all)?;
+        let all = stream.clone_dtoh(&all)?;
+        let mut out = Vec::with_capacity(lengths.iter().sum());
+        for (r, &len) in lengths.iter().enumerate() {
+            out.extend_from_slice(&all[r * longest..r * longest + len]);
+        }
+        Ok(out)
+    }
+}
+
+impl DeviceComm for NcclCommunicator {
+    fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    fn all_reduce_sum(
+        &mut self,
+        _gpu: &Gpu,
+        buf: &mut CudaSlice<f32>,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        let started = Instant::now();
+        self.comm
+            .all_reduce_in_place(&mut buf.slice_mut(..n), &ReduceOp::Sum)?;
+        self.count(n * 4, started);
+        Ok(())
+    }
+
+    fn all_gather_to_host(
+        &mut self,
+        _gpu: &Gpu,
+        local: &CudaSlice<f32>,
+        n: usize,
+        total: usize,
+    ) -> Result<Vec<f32>, CudaError> {
+        let started = Instant::now();
+        let out = self.gather_uneven(local, n)?;
+        if out.len() != total {
+            return Err(CudaError::Collective(format!(
+                "all_gather: the ranks contributed {} values, {total} expected",
+                out.len()
+            )));
+        }
+        self.count(n * 4, started);
+        Ok(out)
+    }
+}
+
+impl Communicator for NcclCommunicator {
+    fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CommError> {
+        let started = Instant::now();
+        let mut d = self.upload(buf)?;
+        self.comm
+            .all_reduce_in_place(&mut d, &ReduceOp::Sum)
+            .map_err(Self::comm_err)?;
+        self.download(&d, buf)?;
+        self.count(buf.len() * 4, started);
+        Ok(())
+    }
+
+    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        let len = out.len();
+        self.reduce_scatter_ordered(partials, len, 0..len, out)
+    }
+
+    fn reduce_scatter_ordered(
+        &mut self,
+        partials: &[f32],
+        len: usize,
+        keep: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), CommError> {
+        // Deterministic by construction: every rank's partials are gathered, then folded
+        // on the host in rank order (NCCL's own sum order is not fixed).
+        let started = Instant::now();
+        if (len == 0 && !partials.is_empty()) || (len != 0 && !partials.len().is_multiple_of(len)) {
+            return Err(CommError::PartialsLength {
+                len,
+                got: partials.len(),
+            });
+        }
+        if keep.start > keep.end || keep.end > len || out.len() != keep.len() {
+            return Err(CommError::KeepRange {
+                len,
+                start: keep.start,
+                end: keep.end,
+                out: out.len(),
+            });
+        }
+        let d = self.upload(partials)?;
+        let all = self
+            .gather_uneven(&d, partials.len())
+            .map_err(|e| CommError::Backend(e.to_string()))?;
+        if len != 0 && !all.len().is_multiple_of(len) {
+            return Err(CommError::PartialsLength {
+                len,
+                got: all.len(),
+            });
+        }
+        out.fill(0.0);
+        let mut first = true;
+        for v in all.chunks_exact(len.max(1)).filter(|_| len > 0) {
+            let v = &v[keep.clone()];
+            if first {
+                out.copy_from_slice(v);
+                first = false;
+            } else {
+                for (o, p) in out.iter_mut().zip(v) {
+                    *o += *p;
+                }
+            }
+        }
+        self.count(partials.len() * 4, started);
+        Ok(())
+    }
+
+    fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        let started = Instant::now();
+        let d = self.upload(local)?;
+        let all = self
+            .gather_uneven(&d, local.len())
+            .map_err(|e| CommError::Backend(e.to_string()))?;
+        if all.len() != out.len() {
+            return Err(CommError::GatherLength {
+                expected: all.len(),
+                got: out.len(),
+            });
+        }
+        out.copy_from_slice(&all);
+        self.count(local.len() * 4, started);
+        Ok(())
+    }
+
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CommError> {
+        let world = self.comm.world_size();
+        if root >= world {
+            return Err(CommError::BadRoot { root, world });
+        }
+        let started = Instant::now();
+        let mut d = self.upload(buf)?;
+        self.comm
+            .broadcast_in_place(&mut d, root as i32)
+            .map_err(Self::comm_err)?;
+        self.download(&d, buf)?;
+        self.count(
+            if self.comm.rank() == root {
+                buf.len() * 4
+            } else {
+                0
+            },
+            started,
+        );
+        Ok(())
+    }
+
+    fn barrier(&mut self) -> Result<(), CommError> {
+        let mut one = [0.0f32];
+        Communicator::all_reduce_sum(self, &mut one)?;
+        self.comm.stream().synchronize().map_err(Self::comm_err)
+    }
+
+    fn stats(&self) -> CommStats {
+        self.stats
+    }
+
+    fn reset_stats(&mut self) {
+        self.stats = CommStats::default();
+    }
+}

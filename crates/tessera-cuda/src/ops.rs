@@ -1,0 +1,854 @@
+//! Safe wrappers of the kernels of `cuda/`: each checks its shapes, then launches.
+//!
+//! Activations are f32 on the device; weights are f32, bf16 or f16 ([`DeviceMatrix`]).
+//! Each wrapper's CPU reference is named in the kernel file's header.
+
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::CudaSlice;
+
+use crate::device::{Arg, Gpu};
+use crate::error::{ensure, CudaError};
+
+/// Storage precision of device weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceDtype {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+impl DeviceDtype {
+    /// Parses `f32`, `bf16` or `f16`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" | "float32" => Some(Self::F32),
+            "bf16" | "bfloat16" => Some(Self::Bf16),
+            "f16" | "float16" => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 | Self::F16 => 2,
+        }
+    }
+
+    /// Rounds `v` to this dtype and back (what the device holds for a host value).
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            Self::F32 => v,
+            Self::Bf16 => half::bf16::from_f32(v).to_f32(),
+            Self::F16 => half::f16::from_f32(v).to_f32(),
+        }
+    }
+}
+
+/// A weight matrix `[rows, cols]` (row-major, Hugging Face layout) on the device.
+pub struct DeviceMatrix {
+    data: MatrixData,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+}
+
+enum MatrixData {
+    F32(CudaSlice<f32>),
+    /// bf16 or f16 bits.
+    Half(CudaSlice<u16>, DeviceDtype),
+}
+
+impl DeviceMatrix {
+    /// Uploads `data` (`rows * cols` f32 values) stored as `dtype`.
+    pub fn upload(
+        gpu: &Gpu,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        dtype: DeviceDtype,
+    ) -> Result<Self, CudaError> {
+        ensure(data.len() == rows * cols, "DeviceMatrix::upload", || {
+            format!("{} values for [{rows}, {cols}]", data.len())
+        })?;
+        let data = match dtype {
+            DeviceDtype::F32 => MatrixData::F32(gpu.upload(data)?),
+            DeviceDtype::Bf16 => MatrixData::Half(
+                gpu.upload(
+                    &data
+                        .iter()
+                        .map(|&v| half::bf16::from_f32(v).to_bits())
+                        .collect::<Vec<_>>(),
+                )?,
+                dtype,
+            ),
+            DeviceDtype::F16 => MatrixData::Half(
+                gpu.upload(
+                    &data
+                        .iter()
+                        .map(|&v| half::f16::from_f32(v).to_bits())
+                        .collect::<Vec<_>>(),
+                )?,
+                dtype,
+            ),
+        };
+        Ok(Self { data, rows, cols })
+    }
+
+    /// A matrix of seeded uniform values in `offset ± scale`, generated on the device
+    /// (benchmarks of models too large to send).
+    pub fn random(
+        gpu: &Gpu,
+        rows: usize,
+        cols: usize,
+        dtype: DeviceDtype,
+        seed: u64,
+        scale: f32,
+        offset: f32,
+    ) -> Result<Self, CudaError> {
+        let n = rows * cols;
+        let data = match dtype {
+            DeviceDtype::F32 => {
+                let buf = gpu.zeros::<f32>(n)?;
+                fill_uniform(
+                    gpu,
+                    "fill_uniform_f32",
+                    gpu.ptr(&buf),
+                    n,
+                    seed,
+                    scale,
+                    offset,
+                )?;
+                MatrixData::F32(buf)
+            }
+            DeviceDtype::Bf16 | DeviceDtype::F16 => {
+                let buf = gpu.zeros::<u16>(n)?;
+                let k = if dtype == DeviceDtype::Bf16 {
+                    "fill_uniform_bf16"
+                } else {
+                    "fill_uniform_f16"
+                };
+                fill_uniform(gpu, k, gpu.ptr(&buf), n, seed, scale, offset)?;
+                MatrixData::Half(buf, dtype)
+            }
+        };
+        Ok(Self { data, rows, cols })
+    }
+
+    /// The storage dtype.
+    pub fn dtype(&self) -> DeviceDtype {
+        match &self.data {
+            MatrixData::F32(_) => DeviceDtype::F32,
+            MatrixData::Half(_, d) => *d,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.rows * self.cols * self.dtype().size()
+    }
+
+    fn ptr(&self, gpu: &Gpu) -> u64 {
+        match &self.data {
+            MatrixData::F32(b) => gpu.ptr(b),
+            MatrixData::Half(b, _) => gpu.ptr(b),
+        }
+    }
+}
+
+fn fill_uniform(
+    gpu: &Gpu,
+    kernel: &str,
+    ptr: u64,
+    n: usize,
+    seed: u64,
+    scale: f32,
+    offset: f32,
+) -> Result<(), CudaError> {
+    gpu.launch(
+        kernel,
+        (blocks(n, 256), 1, 1),
+        256,
+        &[
+            Arg::Ptr(ptr),
+            Arg::I64(n as i64),
+            Arg::U64(seed),
+            Arg::F32(scale),
+            Arg::F32(offset),
+        ],
+    )
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).max(1) as u32
+}
+
+fn i32_of(op: &'static str, v: usize) -> Result<i32, CudaError> {
+    i32::try_from(v).map_err(|_| CudaError::Shape {
+        op,
+        reason: format!("{v} does not fit a 32-bit int"),
+    })
+}
+
+/// Threads per block for a row of `dim` elements: a multiple of 32, at most 1024.
+fn row_threads(dim: usize) -> u32 {
+    (dim.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+/// `y[m, n] = x[m, k] · w^T`, f32 accumulation. Half-precision weights take `x` cast to
+/// their dtype (in `x_half`, grown as needed); f32 weights use plain f32 GEMM (no TF32).
+pub fn gemm(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    m: usize,
+    w: &DeviceMatrix,
+    y: &mut CudaSlice<f32>,
+    x_half: &mut CudaSlice<u16>,
+) -> Result<(), CudaError> {
+    let (n, k) = (w.rows, w.cols);
+    ensure(x.len() >= m * k, "gemm", || {
+        format!("x has {} values, needs {m}x{k}", x.len())
+    })?;
+    ensure(y.len() >= m * n, "gemm", || {
+        format!("y has {} values, needs {m}x{n}", y.len())
+    })?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        gpu.stream().memset_zeros(y)?;
+        return Ok(());
+    }
+    let (mi, ni, ki) = (i32_of("gemm", m)?, i32_of("gemm", n)?, i32_of("gemm", k)?);
+    let (b_ptr, ab_type) = match &w.data {
+        MatrixData::F32(_) => (gpu.ptr(x), cudaDataType::CUDA_R_32F),
+        MatrixData::Half(_, dtype) => {
+            if x_half.len() < m * k {
+                *x_half = gpu.zeros::<u16>(m * k)?;
+            }
+            let kernel = if *dtype == DeviceDtype::Bf16 {
+                "cast_f32_bf16"
+            } else {
+                "cast_f32_f16"
+            };
+            gpu.launch(
+                kernel,
+                (blocks(m * k, 256), 1, 1),
+                256,
+                &[
+                    Arg::Ptr(gpu.ptr(x)),
+                    Arg::Ptr(gpu.ptr(x_half)),
+                    Arg::I64((m * k) as i64),
+                ],
+            )?;
+            let t = if *dtype == DeviceDtype::Bf16 {
+                cudaDataType::CUDA_R_16BF
+            } else {
+                cudaDataType::CUDA_R_16F
+            };
+            (gpu.ptr(x_half), t)
+        }
+    };
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // Column-major view: y^T [n, m] = w [n, k] (row-major [n, k] is col-major [k, n],
+    // transposed) times x^T [k, m].
+    // SAFETY: pointers are live device buffers whose lengths were checked above; the
+    // handle is bound to the GPU's stream, on which the buffers were written.
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *gpu.blas().handle(),
+            cublasOperation_t::CUBLAS_OP_T,
+            cublasOperation_t::CUBLAS_OP_N,
+            ni,
+            mi,
+            ki,
+            (&alpha as *const f32).cast(),
+            w.ptr(gpu) as *const std::ffi::c_void,
+            ab_type,
+            ki,
+            b_ptr as *const std::ffi::c_void,
+            ab_type,
+            ki,
+            (&beta as *const f32).cast(),
+            gpu.ptr(y) as *mut std::ffi::c_void,
+            cudaDataType::CUDA_R_32F,
+            ni,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )?;
+    }
+    Ok(())
+}
+
+/// `out = rmsnorm(x) * weight` for `rows` rows of `weight.len()`.
+pub fn rms_norm(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    weight: &CudaSlice<f32>,
+    eps: f32,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let dim = weight.len();
+    ensure(
+        x.len() >= rows * dim && out.len() >= rows * dim,
+        "rms_norm",
+        || format!("{rows} rows of {dim}: x {} out {}", x.len(), out.len()),
+    )?;
+    gpu.launch(
+        "rms_norm_f32",
+        (rows as u32, 1, 1),
+        row_threads(dim),
+        &[
+            Arg::Ptr(gpu.ptr(x)),
+            Arg::Ptr(gpu.ptr(weight)),
+            Arg::Ptr(gpu.ptr(out)),
+            Arg::I32(i32_of("rms_norm", dim)?),
+            Arg::F32(eps),
+        ],
+    )
+}
+
+/// `residual += delta`, then `out = rmsnorm(residual) * weight`, per row.
+pub fn add_rms_norm(
+    gpu: &Gpu,
+    residual: &mut CudaSlice<f32>,
+    delta: &CudaSlice<f32>,
+    weight: &CudaSlice<f32>,
+    eps: f32,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let dim = weight.len();
+    let n = rows * dim;
+    ensure(
+        residual.len() >= n && delta.len() >= n && out.len() >= n,
+        "add_rms_norm",
+        || format!("{rows} rows of {dim}"),
+    )?;
+    gpu.launch(
+        "add_rms_norm_f32",
+        (rows as u32, 1, 1),
+        row_threads(dim),
+        &[
+            Arg::Ptr(gpu.ptr(residual)),
+            Arg::Ptr(gpu.ptr(delta)),
+            Arg::Ptr(gpu.ptr(weight)),
+            Arg::Ptr(gpu.ptr(out)),
+            Arg::I32(i32_of("add_rms_norm", dim)?),
+            Arg::F32(eps),
+        ],
+    )
+}
+
+/// `x[..n] += delta[..n]`.
+pub fn add(
+    gpu: &Gpu,
+    x: &mut CudaSlice<f32>,
+    delta: &CudaSlice<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
+    ensure(x.len() >= n && delta.len() >= n, "add", || {
+        format!("{n} values")
+    })?;
+    gpu.launch(
+        "add_f32",
+        (blocks(n, 256), 1, 1),
+        256,
+        &[
+            Arg::Ptr(gpu.ptr(x)),
+            Arg::Ptr(gpu.ptr(delta)),
+            Arg::I64(n as i64),
+        ],
+    )
+}
+
+/// Rotary tables on the device: cos/sin of `position * inv_freq[i]`, computed on the host
+/// exactly as `tessera_kernels::RopeTable` does (Llama 3 scaling lives in `inv_freq`).
+pub struct DeviceRope {
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+    head_dim: usize,
+    max_positions: usize,
+}
+
+impl DeviceRope {
+    /// Tables for `head_dim` (even) and positions `0..max_positions`.
+    pub fn new(
+        gpu: &Gpu,
+        head_dim: usize,
+        max_positions: usize,
+        inv_freq: &[f32],
+    ) -> Result<Self, CudaError> {
+        ensure(
+            head_dim > 0 && head_dim.is_multiple_of(2) && inv_freq.len() == head_dim / 2,
+            "rope",
+            || format!("head_dim {head_dim} with {} frequencies", inv_freq.len()),
+        )?;
+        let mut cos = Vec::with_capacity(max_positions * inv_freq.len());
+        let mut sin = Vec::with_capacity(cos.capacity());
+        for pos in 0..max_positions {
+            for &f in inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(Self {
+            cos: gpu.upload(&cos)?,
+            sin: gpu.upload(&sin)?,
+            head_dim,
+            max_positions,
+        })
+    }
+
+    /// Positions covered.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+}
+
+/// Rotary embedding in place on `heads` heads from column `col` of rows of width
+/// `stride`, row r at `positions[r]` (checked below the table's end by the caller's
+/// host copy, `host_positions`).
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    gpu: &Gpu,
+    x: &mut CudaSlice<f32>,
+    stride: usize,
+    col: usize,
+    heads: usize,
+    positions: &CudaSlice<i32>,
+    host_positions: &[i32],
+    table: &DeviceRope,
+) -> Result<(), CudaError> {
+    let rows = host_positions.len();
+    let d = table.head_dim;
+    ensure(
+        col + heads * d <= stride && x.len() >= rows * stride && positions.len() >= rows,
+        "rope",
+        || format!("{heads} heads of {d} at column {col} in rows of {stride}"),
+    )?;
+    ensure(
+        host_positions
+            .iter()
+            .all(|&p| p >= 0 && (p as usize) < table.max_positions),
+        "rope",
+        || format!("a position is outside 0..{}", table.max_positions),
+    )?;
+    if heads == 0 || rows == 0 {
+        return Ok(());
+    }
+    gpu.launch(
+        "rope_f32",
+        (rows as u32, heads as u32, 1),
+        (d / 2).clamp(32, 1024) as u32,
+        &[
+            Arg::Ptr(gpu.ptr(x)),
+            Arg::I32(i32_of("rope", stride)?),
+            Arg::I32(i32_of("rope", col)?),
+            Arg::I32(d as i32),
+            Arg::Ptr(gpu.ptr(positions)),
+            Arg::Ptr(gpu.ptr(&table.cos)),
+            Arg::Ptr(gpu.ptr(&table.sin)),
+        ],
+    )
+}
+
+/// `out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i]` for `rows` rows.
+pub fn silu_mul(
+    gpu: &Gpu,
+    gate_up: &CudaSlice<f32>,
+    inter: usize,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let n = rows * inter;
+    ensure(gate_up.len() >= 2 * n && out.len() >= n, "silu_mul", || {
+        format!("{rows} rows of {inter}")
+    })?;
+    if n == 0 {
+        return Ok(());
+    }
+    gpu.launch(
+        "silu_mul_f32",
+        (blocks(n, 256), 1, 1),
+        256,
+        &[
+            Arg::Ptr(gpu.ptr(gate_up)),
+            Arg::Ptr(gpu.ptr(out)),
+            Arg::I32(i32_of("silu_mul", inter)?),
+            Arg::I64(n as i64),
+        ],
+    )
+}
+
+/// `y[r, j] += bias[j]` for `rows` rows of `bias.len()`.
+pub fn add_bias(
+    gpu: &Gpu,
+    y: &mut CudaSlice<f32>,
+    bias: &CudaSlice<f32>,
+    rows: usize,
+) -> Result<(), CudaError> {
+    let n = bias.len();
+    ensure(y.len() >= rows * n, "add_bias", || {
+        format!("{rows} rows of {n}")
+    })?;
+    gpu.launch(
+        "add_bias_f32",
+        (blocks(rows * n, 256), 1, 1),
+        256,
+        &[
+            Arg::Ptr(gpu.ptr(y)),
+            Arg::Ptr(gpu.ptr(bias)),
+            Arg::I32(i32_of("add_bias", n)?),
+            Arg::I64((rows * n) as i64),
+        ],
+    )
+}
+
+/// Embedding rows for `ids` from a table holding vocabulary rows
+/// `vocab_start..vocab_start + table.rows`; other ids give zero rows.
+pub fn embedding(
+    gpu: &Gpu,
+    ids: &CudaSlice<i32>,
+    rows: usize,
+    table: &DeviceMatrix,
+    vocab_start: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let h = table.cols;
+    ensure(
+        ids.len() >= rows && out.len() >= rows * h,
+        "embedding",
+        || format!("{rows} rows of {h}"),
+    )?;
+    let kernel = match table.dtype() {
+        DeviceDtype::F32 => "embedding_f32",
+        DeviceDtype::Bf16 => "embedding_bf16",
+        DeviceDtype::F16 => "embedding_f16",
+    };
+    gpu.launch(
+        kernel,
+        (rows as u32, 1, 1),
+        row_threads(h).min(256),
+        &[
+            Arg::Ptr(gpu.ptr(ids)),
+            Arg::Ptr(table.ptr(gpu)),
+            Arg::Ptr(gpu.ptr(out)),
+            Arg::I32(i32_of("embedding", h)?),
+            Arg::I32(i32_of("embedding", vocab_start)?),
+            Arg::I32(i32_of("embedding", table.rows)?),
+        ],
+    )
+}
+
+/// Where each row of a paged-attention call reads and writes in the block pool, built on
+/// the host and uploaded once per step (shared by every layer).
+pub struct AttentionRows {
+    /// Rows (tokens) in the batch.
+    pub rows: usize,
+    /// Largest position of any row.
+    pub max_position: usize,
+    positions: CudaSlice<i32>,
+    /// Host copy of the positions (checked against tables).
+    pub host_positions: Vec<i32>,
+    table_off: CudaSlice<i32>,
+    tables: CudaSlice<i32>,
+    slots: CudaSlice<i32>,
+}
+
+impl AttentionRows {
+    /// For sequences given as (first position, new tokens, block table): one row per new
+    /// token, in order.
+    pub fn new(
+        gpu: &Gpu,
+        seqs: &[(usize, usize, &[u32])],
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<Self, CudaError> {
+        let (mut positions, mut table_off, mut tables, mut slots) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for &(start, tokens, table) in seqs {
+            ensure(
+                table.len() * block_size >= start + tokens,
+                "paged_attention",
+                || {
+                    format!(
+                        "a table of {} blocks cannot hold {} positions",
+                        table.len(),
+                        start + tokens
+                    )
+                },
+            )?;
+            ensure(
+                table.iter().all(|&b| (b as usize) < num_blocks),
+                "paged_attention",
+                || format!("a block id is not below {num_blocks}"),
+            )?;
+            let off = i32_of("paged_attention", tables.len())?;
+            tables.extend(table.iter().map(|&b| b as i32));
+            for p in start..start + tokens {
+                positions.push(i32_of("paged_attention", p)?);
+                table_off.push(off);
+                slots.push(i32_of(
+                    "paged_attention",
+                    table[p / block_size] as usize * block_size + p % block_size,
+                )?);
+            }
+        }
+        let max_position = positions.iter().copied().max().unwrap_or(0).max(0) as usize;
+        Ok(Self {
+            rows: positions.len(),
+            max_position,
+            positions: gpu.upload(&positions)?,
+            table_off: gpu.upload(&table_off)?,
+            tables: gpu.upload(&tables)?,
+            slots: gpu.upload(&slots)?,
+            host_positions: positions,
+        })
+    }
+
+    /// Device positions (for RoPE).
+    pub fn positions(&self) -> &CudaSlice<i32> {
+        &self.positions
+    }
+}
+
+/// Shape of one layer's attention on this rank.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape<'a> {
+    /// Width of every head.
+    pub head_dim: usize,
+    /// Key/value heads in the pool.
+    pub kv_heads: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Sliding window (`None`: all keys).
+    pub window: Option<usize>,
+    /// For each query head, its kv head (device copy of the same list).
+    pub kv_index: &'a CudaSlice<i32>,
+    /// Query heads.
+    pub q_heads: usize,
+}
+
+/// Writes each row's key and value (columns `k_col..`, `v_col..` of `qkv`, rows of
+/// `stride`) into its cache slot.
+#[allow(clippy::too_many_arguments)]
+pub fn kv_write(
+    gpu: &Gpu,
+    qkv: &CudaSlice<f32>,
+    stride: usize,
+    k_col: usize,
+    v_col: usize,
+    kvw: usize,
+    rows: &AttentionRows,
+    k_cache: &mut CudaSlice<f32>,
+    v_cache: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    ensure(
+        k_col + kvw <= stride && v_col + kvw <= stride && qkv.len() >= rows.rows * stride,
+        "kv_write",
+        || format!("kv width {kvw} at {k_col}/{v_col} in rows of {stride}"),
+    )?;
+    if kvw == 0 || rows.rows == 0 {
+        return Ok(());
+    }
+    gpu.launch(
+        "kv_write_f32",
+        (rows.rows as u32, 1, 1),
+        128,
+        &[
+            Arg::Ptr(gpu.ptr(qkv)),
+            Arg::I32(i32_of("kv_write", stride)?),
+            Arg::I32(k_col as i32),
+            Arg::I32(v_col as i32),
+            Arg::I32(kvw as i32),
+            Arg::Ptr(gpu.ptr(&rows.slots)),
+            Arg::Ptr(gpu.ptr(k_cache)),
+            Arg::Ptr(gpu.ptr(v_cache)),
+        ],
+    )
+}
+
+/// Keys per split of the flash-decoding attention.
+pub const SPLIT_KEYS: usize = 256;
+
+/// Causal paged attention of every row's query heads (columns `q_col..` of rows of
+/// `q_stride` in `q`) over the pool; writes `out[row][head * d..]`.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    gpu: &Gpu,
+    q: &CudaSlice<f32>,
+    q_stride: usize,
+    q_col: usize,
+    k_cache: &CudaSlice<f32>,
+    v_cache: &CudaSlice<f32>,
+    rows: &AttentionRows,
+    shape: &AttentionShape<'_>,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let (d, hq) = (shape.head_dim, shape.q_heads);
+    ensure(d > 0 && d <= 256, "paged_attention", || {
+        format!("head_dim {d} must be 1..=256")
+    })?;
+    ensure(
+        shape.kv_index.len() >= hq
+            && q_col + hq * d <= q_stride
+            && q.len() >= rows.rows * q_stride
+            && out.len() >= rows.rows * hq * d,
+        "paged_attention",
+        || format!("{hq} heads of {d}"),
+    )?;
+    if rows.rows == 0 || hq == 0 {
+        return Ok(());
+    }
+    let splits = (rows.max_position + 1).div_ceil(SPLIT_KEYS);
+    let parts = rows.rows * hq * splits;
+    // The split kernel writes every (row, head, split)'s max, sum and accumulator.
+    let part_m = gpu.scratch(parts)?;
+    let part_l = gpu.scratch(parts)?;
+    let part_acc = gpu.scratch(parts * d)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    gpu.launch(
+        "paged_attention_split_f32",
+        (rows.rows as u32, hq as u32, splits as u32),
+        128,
+        &[
+            Arg::Ptr(gpu.ptr(q)),
+            Arg::I32(i32_of("paged_attention", q_stride)?),
+            Arg::I32(q_col as i32),
+            Arg::Ptr(gpu.ptr(k_cache)),
+            Arg::Ptr(gpu.ptr(v_cache)),
+            Arg::Ptr(gpu.ptr(&rows.tables)),
+            Arg::Ptr(gpu.ptr(&rows.table_off)),
+            Arg::Ptr(gpu.ptr(&rows.positions)),
+            Arg::Ptr(gpu.ptr(shape.kv_index)),
+            Arg::I32(d as i32),
+            Arg::I32(shape.kv_heads as i32),
+            Arg::I32(i32_of("paged_attention", shape.block_size)?),
+            Arg::I32(i32_of("paged_attention", shape.window.unwrap_or(0))?),
+            Arg::I32(SPLIT_KEYS as i32),
+            Arg::F32(scale),
+            Arg::Ptr(gpu.ptr(&part_m)),
+            Arg::Ptr(gpu.ptr(&part_l)),
+            Arg::Ptr(gpu.ptr(&part_acc)),
+        ],
+    )?;
+    gpu.launch(
+        "paged_attention_reduce_f32",
+        (rows.rows as u32, hq as u32, 1),
+        (d.div_ceil(32) * 32) as u32,
+        &[
+            Arg::Ptr(gpu.ptr(&part_m)),
+            Arg::Ptr(gpu.ptr(&part_l)),
+            Arg::Ptr(gpu.ptr(&part_acc)),
+            Arg::I32(d as i32),
+            Arg::I32(splits as i32),
+            Arg::Ptr(gpu.ptr(out)),
+        ],
+    )
+}
+
+/// Greedy token of each of `rows` rows of `vocab` logits (`-1`: a row without a number).
+pub fn argmax(
+    gpu: &Gpu,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+) -> Result<Vec<i32>, CudaError> {
+    ensure(logits.len() >= rows * vocab && vocab > 0, "argmax", || {
+        format!("{rows} rows of {vocab}")
+    })?;
+    let out = gpu.zeros::<i32>(rows)?;
+    gpu.launch(
+        "argmax_f32",
+        (rows as u32, 1, 1),
+        1024,
+        &[
+            Arg::Ptr(gpu.ptr(logits)),
+            Arg::I32(i32_of("argmax", vocab)?),
+            Arg::Ptr(gpu.ptr(&out)),
+        ],
+    )?;
+    let mut v = gpu.download(&out)?;
+    v.truncate(rows);
+    Ok(v)
+}
+
+/// Sampling parameters of [`sample`].
+#[derive(Clone, Copy, Debug)]
+pub struct SampleParams {
+    /// Softmax temperature (> 0).
+    pub temperature: f32,
+    /// Keep the k largest logits (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest most-probable set of this mass (1 = all).
+    pub top_p: f32,
+}
+
+/// One token per row drawn with `uniforms[row]` in [0, 1) (see `cuda/sampling.cu`).
+pub fn sample(
+    gpu: &Gpu,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    params: SampleParams,
+    uniforms: &[f32],
+) -> Result<Vec<i32>, CudaError> {
+    ensure(
+        logits.len() >= rows * vocab && vocab > 0 && uniforms.len() == rows,
+        "sample",
+        || format!("{rows} rows of {vocab}, {} uniforms", uniforms.len()),
+    )?;
+    ensure(
+        params.temperature > 0.0 && params.top_p > 0.0 && params.top_p <= 1.0,
+        "sample",
+        || format!("{params:?}"),
+    )?;
+    let u = gpu.upload(uniforms)?;
+    let out = gpu.zeros::<i32>(rows)?;
+    gpu.launch(
+        "sample_f32",
+        (rows as u32, 1, 1),
+        1024,
+        &[
+            Arg::Ptr(gpu.ptr(logits)),
+            Arg::I32(i32_of("sample", vocab)?),
+            Arg::F32(params.temperature),
+            Arg::I32(i32_of("sample", params.top_k)?),
+            Arg::F32(params.top_p),
+            Arg::Ptr(gpu.ptr(&u)),
+            Arg::Ptr(gpu.ptr(&out)),
+        ],
+    )?;
+    let mut v = gpu.download(&out)?;
+    v.truncate(rows);
+    Ok(v)
+}
+
+/// `len` seeded uniform f32 values in `offset ± scale`, generated on the device.
+pub fn random_f32(
+    gpu: &Gpu,
+    len: usize,
+    seed: u64,
+    scale: f32,
+    offset: f32,
+) -> Result<CudaSlice<f32>, CudaError> {
+    let buf = gpu.zeros::<f32>(len)?;
+    fill_uniform(
+        gpu,
+        "fill_uniform_f32",
+        gpu.ptr(&buf),
+        len,
+        seed,
+        scale,
+        offset,
+    )?;
+    Ok(buf)
+}

@@ -1,0 +1,78 @@
+//! Every kernel of `cuda/` compiles with NVRTC for sm_80 and sm_90 without an error or a
+//! warning. Needs no GPU: NVRTC comes from the loader's path or from the pip wheel
+//! `nvidia-cuda-nvrtc==13.0.88` (site-packages/nvidia/cu13/lib, found through python3).
+
+use tessera_cuda::nvrtc::{
+    compile, compile_cubin, ensure_nvrtc, python_cuda_lib_dirs, Arch, KERNEL_FILES,
+};
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
+    let dirs = python_cuda_lib_dirs();
+    if let Err(e) = ensure_nvrtc(&dirs) {
+        eprintln!("SKIPPED every_kernel_compiles_for_sm80_and_sm90_without_warnings: {e}");
+        return;
+    }
+    // Every file of cuda/ is in KERNEL_FILES, so none is left out of the binary.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cuda");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("cuda/ exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cu"))
+        .collect();
+    on_disk.sort();
+    let mut embedded: Vec<String> = KERNEL_FILES.iter().map(|(n, _)| n.to_string()).collect();
+    embedded.sort();
+    assert_eq!(on_disk, embedded, "cuda/*.cu and KERNEL_FILES differ");
+
+    let mut failures = Vec::new();
+    for arch in [Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 }] {
+        for (file, src) in KERNEL_FILES {
+            match compile(file, src, arch) {
+                Ok(c) if c.log.is_empty() && c.ptx.contains(".entry") => {}
+                Ok(c) => failures.push(format!("{file} {}: warnings:\n{}", arch.target(), c.log)),
+                Err(e) => failures.push(e.to_string()),
+            }
+            // Machine code too: the assembler checks inline PTX and reports spills.
+            match compile_cubin(file, src, arch) {
+                Ok(c) if c.log.is_empty() => {}
+                Ok(c) => failures.push(format!(
+                    "{file} sm_{}{}: warnings:\n{}",
+                    arch.major, arch.minor, c.log
+                )),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_kernel_with_an_error_or_a_warning_is_reported() {
+    if ensure_nvrtc(&python_cuda_lib_dirs()).is_err() {
+        eprintln!("SKIPPED a_kernel_with_an_error_or_a_warning_is_reported: no NVRTC");
+        return;
+    }
+    let arch = Arch { major: 9, minor: 0 };
+    let bad = compile(
+        "bad.cu",
+        "extern \"C\" __global__ void k(float* x) { x[0] = y; }",
+        arch,
+    );
+    assert!(bad.is_err(), "an undefined name must fail");
+    let warn = compile(
+        "warn.cu",
+        "extern \"C\" __global__ void k(float* x) { int unused = 3; x[0] = 1.0f; }",
+        arch,
+    )
+    .expect("compiles");
+    assert!(!warn.log.is_empty(), "an unused variable must warn");
+    // Bad inline PTX passes the front end; only the assembler (cubin) rejects it.
+    let asm = "extern \"C\" __global__ void k(int* x) { int v; asm(\"not.an.instruction %0;\" : \"=r\"(v)); x[0] = v; }";
+    assert!(compile("asm.cu", asm, arch).is_ok(), "PTX is not assembled");
+    assert!(
+        compile_cubin("asm.cu", asm, arch).is_err(),
+        "the assembler must reject it"
+    );
+}

@@ -1,0 +1,21 @@
+// Embedding gather, vocabulary-parallel aware: this rank holds rows
+// vocab_start .. vocab_start + vocab_len of the table; other ids give zero rows (the
+// all-reduce that follows sums the ranks' rows). Grid: rows; block: any.
+
+template <typename T>
+__device__ void embed(const int* ids, const T* table, float* out, int hidden, int vocab_start,
+                      int vocab_len) {
+    long row = blockIdx.x;
+    int local = ids[row] - vocab_start;
+    float* o = out + row * hidden;
+    bool mine = local >= 0 && local < vocab_len;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+        o[i] = mine ? load_f(table, (long)local * hidden + i) : 0.0f;
+}
+
+extern "C" __global__ void embedding_f32(const int* ids, const float* t, float* out, int hidden,
+                                         int vs, int vl) { embed(ids, t, out, hidden, vs, vl); }
+extern "C" __global__ void embedding_bf16(const int* ids, const bf16_t* t, float* out, int hidden,
+                                          int vs, int vl) { embed(ids, t, out, hidden, vs, vl); }
+extern "C" __global__ void embedding_f16(const int* ids, const f16_t* t, float* out, int hidden,
+                                         int vs, int vl) { embed(ids, t, out, hidden, vs, vl); }
