@@ -20,6 +20,10 @@ pub(crate) enum BenchCommand {
     Bandwidth(BandwidthArgs),
     /// Offline serving throughput: N requests through the engine, TTFT and ITL percentiles.
     Throughput(crate::throughput::ThroughputArgs),
+    /// Scaling report: every strategy at every rank count, measured and predicted.
+    Scaling(crate::scaling::ScalingArgs),
+    /// Paper projection from the cost model alone (no weights): a Markdown table.
+    Project(crate::projection::ProjectionArgs),
 }
 
 /// Arguments of `tessera bench latency`.
@@ -79,6 +83,8 @@ pub(crate) fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Latency(a) => latency(a),
         BenchCommand::Bandwidth(a) => bandwidth(a),
         BenchCommand::Throughput(a) => crate::throughput::run(a),
+        BenchCommand::Scaling(a) => crate::scaling::run(a),
+        BenchCommand::Project(a) => crate::projection::run(a),
     }
 }
 

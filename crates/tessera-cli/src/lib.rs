@@ -7,7 +7,11 @@
 mod batch;
 mod bench;
 mod generate;
+mod manifest;
 mod plan;
+mod projection;
+mod scaling;
+mod scaling_report;
 mod serve;
 mod throughput;
 
