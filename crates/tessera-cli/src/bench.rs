@@ -9,6 +9,9 @@ use tessera_engine::{Coordinator, EngineOptions};
 use tessera_kernels::CpuPool;
 use tessera_model::{LogitRows, ModelConfig, WeightDtype};
 
+use tessera_plan::HardwareProfile;
+
+use crate::manifest::{write_single_run, Manifest};
 use crate::{ModelArgs, ShardArgs};
 
 /// Which benchmark to run.
@@ -48,6 +51,9 @@ pub(crate) struct LatencyArgs {
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Also write `latency.json` and `manifest.json` into this directory.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `tessera bench bandwidth`.
@@ -115,7 +121,8 @@ fn latency(a: &LatencyArgs) -> Result<()> {
         threads: a.threads,
         ..EngineOptions::default()
     };
-    let mut engine = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
+    let mut engine =
+        Coordinator::start(&dir, plan.clone(), &options).context("starting the engine")?;
     let vocab = config.shape.vocab as u64;
     // A fixed pseudo-random prompt (no tokenizer involved): prefill cost does not depend on text.
     let prompt: Vec<u32> = (0..a.prompt_tokens as u64)
@@ -154,6 +161,14 @@ fn latency(a: &LatencyArgs) -> Result<()> {
         decode_tok_s_all: decode,
     };
     println!("{}", serde_json::to_string(&report)?);
+    if let Some(out) = &a.out {
+        let mut manifest = Manifest::new("latency", Some(&dir), 0, HardwareProfile::cpu_here())?;
+        manifest.parameters = serde_json::json!({
+            "dtype": a.dtype, "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens,
+            "repeats": a.repeats, "threads": a.threads,
+        });
+        write_single_run(out, "latency.json", &report, manifest, &plan)?;
+    }
     Ok(())
 }
 

@@ -79,6 +79,9 @@ pub(crate) struct Manifest {
     pub(crate) parameters: serde_json::Value,
     /// Every combination run, with its full plan.
     pub(crate) runs: Vec<PlanRecord>,
+    /// `/proc/loadavg` when the run started and when the manifest was written (other work
+    /// on a shared machine moves the numbers).
+    pub(crate) load_average: Vec<String>,
 }
 
 impl Manifest {
@@ -113,16 +116,42 @@ impl Manifest {
             reduce: serde_json::Value::Null,
             parameters: serde_json::Value::Null,
             runs: Vec::new(),
+            load_average: load_average().into_iter().collect(),
         })
     }
 
     /// Writes `manifest.json` into `dir` and returns its path.
-    pub(crate) fn write(&self, dir: &Path) -> Result<PathBuf> {
+    pub(crate) fn write(&mut self, dir: &Path) -> Result<PathBuf> {
+        self.load_average.extend(load_average());
         let path = dir.join("manifest.json");
         std::fs::write(&path, serde_json::to_string_pretty(self)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
+}
+
+/// Writes a single-plan bench's `result` as `dir/<name>` with its `manifest.json`.
+pub(crate) fn write_single_run(
+    dir: &Path,
+    name: &str,
+    result: &impl Serialize,
+    mut manifest: Manifest,
+    plan: &ShardPlan,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(result)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    manifest.runs.push(PlanRecord::of(plan)?);
+    manifest.write(dir)?;
+    Ok(())
+}
+
+/// The system's load averages (1, 5, 15 minutes), where `/proc/loadavg` exists.
+fn load_average() -> Option<String> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 /// SHA-256 of every `*.safetensors` file in `dir` (about 1 s per 500 MB).

@@ -39,6 +39,9 @@ pub(crate) struct ProjectionArgs {
     /// Bytes per weight (2 = bf16).
     #[arg(long, default_value_t = 2)]
     bytes_per_param: usize,
+    /// Bytes per activation and key/value cache element (2 = bf16).
+    #[arg(long, default_value_t = 2)]
+    activation_bytes: usize,
     /// Assume a plain all-reduce instead of the deterministic fixed-chunk reduction.
     #[arg(long)]
     fast_reduce: bool,
@@ -106,8 +109,15 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
     } else {
         ReduceMode::Deterministic
     };
-    let decode_w = Workload::new(Phase::Decode, a.batch, a.context, a.bytes_per_param);
-    let prefill_w = Workload::new(Phase::Prefill, 1, a.context, a.bytes_per_param);
+    let decode_w = Workload {
+        activation_bytes: a.activation_bytes,
+        ..Workload::new(Phase::Decode, a.batch, a.context, a.bytes_per_param)
+    };
+    let prefill_w = Workload {
+        phase: Phase::Prefill,
+        batch: 1,
+        ..decode_w
+    };
     let mut manifest = Manifest::new("project", None, 0, hw.clone())?;
     let mut rows = Vec::new();
     for name in &a.strategy {
@@ -136,7 +146,7 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
     let _ = writeln!(
         s,
         "Hardware profile `{}`: {:.0} TFLOP/s, {:.1} TB/s memory, {:.0} GB/s link, {:.0} µs per collective per rank ({}). \
-         Weights {} bytes per parameter, activations and collectives f32; {} reduction. \
+         Weights {} bytes per parameter, activations and key/value cache {} bytes per element, collectives f32 (as this engine's communicator); {} reduction. \
          Time per layer type = max(compute, memory) + collectives; a step takes as long as its slowest rank. \
          Weights/rank is the largest rank's share. Made by `tessera bench project` (command line in `manifest.json`).\n",
         hw.name,
@@ -146,6 +156,7 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
         hw.collective_latency_s * 1e6,
         hw.source,
         a.bytes_per_param,
+        a.activation_bytes,
         reduce.name()
     );
     let _ = writeln!(
@@ -159,6 +170,7 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
     manifest.parameters = serde_json::json!({
         "shape": a.shape, "tp": a.tp, "strategies": a.strategy, "batch": a.batch,
         "context": a.context, "bytes_per_param": a.bytes_per_param,
+        "activation_bytes": a.activation_bytes,
     });
     manifest.reduce = serde_json::json!({ "assumed": reduce });
     match &a.out {

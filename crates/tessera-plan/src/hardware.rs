@@ -59,9 +59,11 @@ impl HardwareProfile {
             // Collectives go through shared memory: a rank writes its slot and reads the
             // others', at memory speed (small payloads stay in cache and go faster).
             link_bytes_per_s: 36e9,
-            // Two barrier crossings of spinning threads; see `tessera bench scaling`
-            // (collective time / calls at tp 2): a few microseconds when ranks arrive together.
-            collective_latency_s: 5e-6,
+            // Two barrier crossings of spinning threads. `tessera bench scaling --tp 1,2
+            // --batch 2 --prompt-tokens 16 --decode-steps 4` (2026-11-28): 9.8 and 14.1 us per
+            // collective on the two ranks at tp 2 in decode (the larger one includes waiting for
+            // the slower rank); 10 us.
+            collective_latency_s: 10e-6,
             shared_by_ranks: true,
             source: "measured on this machine: BENCHMARKS.md (sgemm, bench bandwidth); latency from bench scaling at tp 2".into(),
         }
