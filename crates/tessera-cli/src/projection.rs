@@ -61,7 +61,7 @@ struct Row {
 fn phase_table(s: &mut String, rows: &[Row], pick: fn(&Row) -> &Prediction) {
     let _ = writeln!(
         s,
-        "| strategy | tp | weights GB/rank | step ms | tok/s | speedup | efficiency | comm share | bound | comm bytes/step (max rank) |"
+        "| strategy | tp | weights GB/rank | step ms | tok/s | speedup | efficiency | comm share | roofline bound | comm bytes/step (max rank) |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for row in rows {
