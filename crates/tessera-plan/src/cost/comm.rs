@@ -7,10 +7,12 @@
 //!
 //! ```text
 //!   fast (plain all-reduce)        every rank publishes hidden f32 per token
-//!   deterministic (fixed chunks)   rank 0: hidden per token if it holds >= 1 chunk, else 0
-//!                                  rank r > 0: chunks_r x hidden per token
+//!   deterministic (fixed chunks)   the rank whose span starts at 0 folds its own chunks:
+//!                                    1 x hidden per token
+//!                                  every other rank: chunks_r x hidden per token
+//!                                  a rank with an empty span: nothing
 //!     chunks_r, attention: query heads of rank r (one chunk per head)
-//!     chunks_r, MLP: 128-column chunks of the global intermediate grid rank r's span touches
+//!     chunks_r, MLP: span_r.len().div_ceil(mlp_reduce_chunk) intermediate columns
 //! ```
 //!
 //! A split embedding is an all-reduce of hidden f32 per token (both modes); a split output
@@ -21,13 +23,21 @@
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{AttentionSharding, CollectiveSite, DimSharding, ShardPlan};
+use crate::shape::ModelShape;
 use crate::span::{even_spans, Span};
 
 /// Bytes of one communicated element: the communicator moves f32.
 pub const COMM_ELEM_BYTES: u64 = 4;
 
-/// Columns of the global intermediate dimension summed as one chunk in deterministic mode.
-pub const MLP_REDUCE_CHUNK: usize = 128;
+/// Intermediate columns summed as one chunk in deterministic mode: the largest of 128, 64,
+/// 32 that still gives at least 8 chunks, else 16 (a property of the model, never of the
+/// rank count; the same rule as the deterministic reduction's `mlp_reduce_chunk`).
+pub fn mlp_reduce_chunk(shape: &ModelShape) -> usize {
+    [128, 64, 32]
+        .into_iter()
+        .find(|c| shape.intermediate >= 8 * c)
+        .unwrap_or(16)
+}
 
 /// Strategy name of sequence-parallel plans (see [`is_sequence_parallel`]).
 pub const SEQUENCE_PARALLEL_STRATEGY: &str = "megatron-sp";
@@ -88,32 +98,43 @@ pub fn is_sequence_parallel(plan: &ShardPlan) -> bool {
     plan.strategy == SEQUENCE_PARALLEL_STRATEGY
 }
 
-/// Reduction chunks `rank` holds at a row-parallel `site` (0 for other sites).
-pub fn reduction_chunks(plan: &ShardPlan, site: CollectiveSite, rank: usize) -> usize {
+/// The span `rank` reduces at a row-parallel `site` and the chunk width on it (query heads
+/// and 1; intermediate columns and [`mlp_reduce_chunk`]); `None` at other sites and for
+/// replicated halves.
+fn reduction_span(plan: &ShardPlan, site: CollectiveSite, rank: usize) -> Option<(Span, usize)> {
+    let empty = Span::new(0, 0);
     match site {
         CollectiveSite::Attention { layer } => match plan.layers.get(layer).map(|l| &l.attention) {
             Some(AttentionSharding::Heads { ranks }) => {
-                ranks.get(rank).map_or(0, |h| h.q_heads.len())
+                Some((ranks.get(rank).map_or(empty, |h| h.q_heads), 1))
             }
-            _ => 0,
+            _ => None,
         },
         CollectiveSite::Mlp { layer } => match plan.layers.get(layer).map(|l| &l.mlp) {
-            Some(DimSharding::Split { spans }) => spans
-                .get(rank)
-                .map_or(0, |s| grid_chunks(*s, MLP_REDUCE_CHUNK)),
-            _ => 0,
+            Some(DimSharding::Split { spans }) => Some((
+                spans.get(rank).copied().unwrap_or(empty),
+                mlp_reduce_chunk(&plan.model),
+            )),
+            _ => None,
         },
-        CollectiveSite::Embedding | CollectiveSite::LmHead => 0,
+        CollectiveSite::Embedding | CollectiveSite::LmHead => None,
     }
 }
 
-/// Chunks of a global grid of `chunk` columns that `span` touches (`len.div_ceil(chunk)`
-/// when the span starts on the grid).
-fn grid_chunks(span: Span, chunk: usize) -> usize {
-    if span.is_empty() {
-        0
-    } else {
-        span.end.div_ceil(chunk) - span.start / chunk
+/// Reduction chunks `rank` holds at a row-parallel `site` (0 for other sites).
+pub fn reduction_chunks(plan: &ShardPlan, site: CollectiveSite, rank: usize) -> usize {
+    reduction_span(plan, site, rank).map_or(0, |(span, chunk)| span.len().div_ceil(chunk))
+}
+
+/// Vectors of `hidden` f32 per token `rank` publishes at a row-parallel `site` in
+/// deterministic mode: 1 for the rank whose span starts at 0 (it folds its own chunks),
+/// one per chunk for the others, 0 for an empty span.
+pub fn published_vectors(plan: &ShardPlan, site: CollectiveSite, rank: usize) -> usize {
+    match reduction_span(plan, site, rank) {
+        Some((span, _)) if span.is_empty() => 0,
+        Some((span, _)) if span.start == 0 => 1,
+        Some(_) => reduction_chunks(plan, site, rank),
+        None => 0,
     }
 }
 
@@ -128,14 +149,7 @@ fn reduce_bytes(
     let row = plan.model.hidden as u64 * COMM_ELEM_BYTES * tokens;
     match reduce {
         ReduceMode::Fast => row,
-        ReduceMode::Deterministic => {
-            let chunks = reduction_chunks(plan, site, rank) as u64;
-            if rank == 0 {
-                row * u64::from(chunks > 0)
-            } else {
-                row * chunks
-            }
-        }
+        ReduceMode::Deterministic => row * published_vectors(plan, site, rank) as u64,
     }
 }
 
@@ -273,8 +287,8 @@ mod tests {
 
     #[test]
     fn deterministic_megatron_two_ranks_smollm_counts_chunks() {
-        // Rank 0: one vector per site. Rank 1: 4 heads -> 4 vectors at attention; MLP span
-        // 768..1536 = 6 chunks of 128 -> 6 vectors.
+        // Rank 0 folds its own chunks: one vector per site. Rank 1: 4 heads -> 4 vectors at
+        // attention; MLP span 768..1536 = 6 chunks of 128 -> 6 vectors.
         let p = plan(Strategy::Megatron, &ModelShape::smollm2_135m(), 2);
         let t = 3u64;
         let b = collective_bytes_per_rank(&p, ReduceMode::Deterministic, 3, 2);
@@ -285,8 +299,9 @@ mod tests {
     }
 
     #[test]
-    fn deterministic_rank0_without_chunks_publishes_nothing() {
-        // A hand-made plan in which rank 0 holds no query head.
+    fn deterministic_first_holder_folds_even_when_it_is_not_rank_0() {
+        // A hand-made plan in which rank 0 holds no query head: rank 1 starts at head 0, so
+        // it folds all nine heads itself and publishes one vector.
         let shape = ModelShape::smollm2_135m();
         let mut p = plan(Strategy::AttnTpMlpReplicated, &shape, 2);
         for lp in &mut p.layers {
@@ -299,15 +314,32 @@ mod tests {
         }
         p.validate().expect("rank 0 may hold no head");
         let b = collective_bytes_per_rank(&p, ReduceMode::Deterministic, 1, 1);
-        assert_eq!(b, vec![0, 30 * 9 * 576 * 4]);
+        assert_eq!(b, vec![0, 30 * 576 * 4]);
     }
 
     #[test]
-    fn mlp_chunks_count_the_global_grid_for_unaligned_spans() {
-        assert_eq!(grid_chunks(Span::new(0, 768), 128), 6);
-        assert_eq!(grid_chunks(Span::new(500, 1000), 128), 5);
-        assert_eq!(grid_chunks(Span::new(0, 0), 128), 0);
-        assert_eq!(grid_chunks(Span::new(1024, 1025), 128), 1);
+    fn mlp_chunk_width_depends_on_the_model_only() {
+        assert_eq!(mlp_reduce_chunk(&ModelShape::smollm2_135m()), 128);
+        assert_eq!(mlp_reduce_chunk(&ModelShape::llama3_8b()), 128);
+        let mut tiny = ModelShape::smollm2_135m();
+        tiny.intermediate = 384;
+        assert_eq!(mlp_reduce_chunk(&tiny), 32);
+        tiny.intermediate = 40;
+        assert_eq!(mlp_reduce_chunk(&tiny), 16);
+    }
+
+    #[test]
+    fn later_ranks_publish_one_vector_per_chunk_they_hold() {
+        // Llama-3-8B MLP on 3 ranks: 4779 + 4779 + 4778 columns; ranks 1 and 2 hold
+        // ceil(4779 / 128) = 38 and 38 chunks.
+        let p = plan(Strategy::Megatron, &ModelShape::llama3_8b(), 3);
+        let site = CollectiveSite::Mlp { layer: 5 };
+        let v: Vec<_> = (0..3).map(|r| published_vectors(&p, site, r)).collect();
+        assert_eq!(v, vec![1, 38, 38]);
+        assert_eq!(reduction_chunks(&p, site, 0), 38);
+        let site = CollectiveSite::Attention { layer: 0 };
+        let v: Vec<_> = (0..3).map(|r| published_vectors(&p, site, r)).collect();
+        assert_eq!(v, vec![1, 11, 10]);
     }
 
     #[test]

@@ -24,8 +24,8 @@ mod work;
 use serde::{Deserialize, Serialize};
 
 pub use comm::{
-    collective_bytes_per_rank, collective_traffic, is_sequence_parallel, reduction_chunks,
-    ReduceMode, SiteTraffic, TrafficOp, COMM_ELEM_BYTES, MLP_REDUCE_CHUNK,
+    collective_bytes_per_rank, collective_traffic, is_sequence_parallel, mlp_reduce_chunk,
+    published_vectors, reduction_chunks, ReduceMode, SiteTraffic, TrafficOp, COMM_ELEM_BYTES,
     SEQUENCE_PARALLEL_STRATEGY,
 };
 pub use error::CostError;
