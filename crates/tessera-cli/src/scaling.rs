@@ -129,6 +129,9 @@ pub(crate) struct ScalingReport {
     pub(crate) decode_steps: usize,
     /// Repeats.
     pub(crate) repeats: usize,
+    /// `/proc/loadavg` (1, 5, 15 minutes) before and after the runs: other work on a
+    /// shared machine moves the numbers.
+    pub(crate) load_average: Vec<String>,
     /// Every combination, in run order.
     pub(crate) runs: Vec<RunResult>,
 }
@@ -395,6 +398,14 @@ pub(crate) fn run(a: &ScalingArgs) -> Result<()> {
             runs.push(run_one(&dir, plan, a, &hw, reduce, cores)?);
         }
     }
+    manifest.reduce = serde_json::json!({"requested": requested, "engine": reduce});
+    manifest.parameters = serde_json::json!({
+        "tp": a.tp, "strategies": a.strategy, "batch": a.batch, "prompt_tokens": a.prompt_tokens,
+        "decode_steps": a.decode_steps, "repeats": a.repeats, "threads": a.threads, "cores": cores,
+        "weight_dtype": "f32",
+    });
+    // Written first: it records the load average at the end of the runs for the report.
+    manifest.write(&out)?;
     let report = ScalingReport {
         model: manifest.model_dir.clone().unwrap_or_default(),
         cores,
@@ -405,14 +416,9 @@ pub(crate) fn run(a: &ScalingArgs) -> Result<()> {
         prompt_tokens: a.prompt_tokens,
         decode_steps: a.decode_steps,
         repeats: a.repeats,
+        load_average: manifest.load_average.clone(),
         runs,
     };
-    manifest.reduce = serde_json::json!({"requested": requested, "engine": reduce});
-    manifest.parameters = serde_json::json!({
-        "tp": a.tp, "strategies": a.strategy, "batch": a.batch, "prompt_tokens": a.prompt_tokens,
-        "decode_steps": a.decode_steps, "repeats": a.repeats, "threads": a.threads, "cores": cores,
-        "weight_dtype": "f32",
-    });
     std::fs::write(
         out.join("scaling.json"),
         serde_json::to_string_pretty(&report)? + "\n",
@@ -422,7 +428,6 @@ pub(crate) fn run(a: &ScalingArgs) -> Result<()> {
         crate::scaling_report::markdown(&report),
     )?;
     crate::scaling_report::plot(&report, &out.join("scaling.svg"))?;
-    manifest.write(&out)?;
     println!("{}", out.display());
     Ok(())
 }

@@ -95,7 +95,8 @@ pub(crate) fn markdown(report: &ScalingReport) -> String {
          Collective bytes and time are each rank's communicator counters around every step; comm share is the mean over ranks of time inside collectives over the step's wall time. \
          Predictions: `tessera_plan::cost` with hardware profile `{}`; error = (predicted - measured) / measured. \
          Reduction requested: {}; reduction the engine ran (and the predictions assume): {}. \
-         This machine has {} cores: rank counts above that are oversubscribed (rank threads time-share cores, and a collective waits for descheduled ranks).\n",
+         This machine has {} cores: rank counts above that are oversubscribed (rank threads time-share cores, and a collective waits for descheduled ranks). \
+         Load average (1, 5, 15 min) before and after: {}.\n",
         report.batch,
         report.prompt_tokens,
         report.decode_steps,
@@ -103,7 +104,8 @@ pub(crate) fn markdown(report: &ScalingReport) -> String {
         report.hardware,
         report.reduce_requested.name(),
         report.reduce_engine.name(),
-        report.cores
+        report.cores,
+        report.load_average.join(" -> ")
     );
     let _ = writeln!(s, "## Decode ({} tokens per step)\n", report.batch);
     table(&mut s, report, |r| &r.decode);
@@ -262,6 +264,7 @@ mod tests {
             prompt_tokens: 8,
             decode_steps: 2,
             repeats: 1,
+            load_average: vec!["0.50 0.40 0.30".into(), "1.50 0.60 0.35".into()],
             runs: vec![
                 run("megatron", 1, 50.0, true),
                 run("megatron", 2, 75.0, true),
@@ -284,6 +287,7 @@ mod tests {
         // No tp 1 for replicated: no speedup rather than a made-up one.
         assert!(md.contains("| replicated | 2 | 25.0 | - | - |"), "{md}");
         assert!(md.contains("-50%"));
+        assert!(md.contains("0.50 0.40 0.30 -> 1.50 0.60 0.35"));
     }
 
     #[test]
