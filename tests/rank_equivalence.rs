@@ -3,12 +3,15 @@
 //! Shapes are random, with head, intermediate and vocabulary sizes that rarely divide the
 //! rank count, so uneven splits and key/value-head replication are exercised; rank counts
 //! beyond the number of heads leave some ranks without heads.
+//!
+//! With the default deterministic reduction the logits have the same bits at every rank
+//! count and for every strategy; with `--fast-reduce` they agree to rounding.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tessera_engine::{Coordinator, EngineOptions};
 use tessera_model::{synthetic, LogitRows};
-use tessera_plan::Strategy;
+use tessera_plan::{ReduceMode, Strategy};
 
 fn logits(
     dir: &std::path::Path,
@@ -18,13 +21,41 @@ fn logits(
     prompt: &[u32],
     decode: &[u32],
 ) -> Vec<f32> {
+    logits_with(
+        dir,
+        shape,
+        strategy,
+        tp,
+        prompt,
+        decode,
+        ReduceMode::Deterministic,
+    )
+}
+
+fn logits_with(
+    dir: &std::path::Path,
+    shape: &tessera_plan::ModelShape,
+    strategy: Strategy,
+    tp: usize,
+    prompt: &[u32],
+    decode: &[u32],
+    reduce: ReduceMode,
+) -> Vec<f32> {
     let plan = strategy.plan(shape, tp).unwrap();
-    let mut engine = Coordinator::start(dir, plan, &EngineOptions::default()).unwrap();
+    let options = EngineOptions {
+        reduce,
+        ..EngineOptions::default()
+    };
+    let mut engine = Coordinator::start(dir, plan, &options).unwrap();
     let mut out = engine.forward(prompt, LogitRows::All).unwrap();
     for &t in decode {
         out.extend(engine.forward(&[t], LogitRows::Last).unwrap());
     }
     out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -36,7 +67,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn random_models_on_1_to_6_ranks_match_one_rank() {
+fn random_models_on_1_to_6_ranks_give_the_bits_of_one_rank() {
     let mut rng = ChaCha8Rng::seed_from_u64(0x7e55e7a);
     for case in 0..10 {
         let shape = synthetic::random_shape(&mut rng);
@@ -56,12 +87,50 @@ fn random_models_on_1_to_6_ranks_match_one_rank() {
             spread > 0.1,
             "case {case}: logits are too flat to test anything"
         );
+        let fast = ReduceMode::Fast;
+        let one_fast = logits_with(
+            tmp.path(),
+            &shape,
+            Strategy::Megatron,
+            1,
+            &prompt,
+            &decode,
+            fast,
+        );
         for tp in 2..=6 {
             let many = logits(tmp.path(), &shape, Strategy::Megatron, tp, &prompt, &decode);
-            let diff = max_abs_diff(&one, &many);
+            assert!(
+                bits(&one) == bits(&many),
+                "case {case} {shape:?}: tp {tp} differs from tp 1 by {}",
+                max_abs_diff(&one, &many)
+            );
+            let many_fast = logits_with(
+                tmp.path(),
+                &shape,
+                Strategy::Megatron,
+                tp,
+                &prompt,
+                &decode,
+                fast,
+            );
+            let diff = max_abs_diff(&one_fast, &many_fast);
             assert!(
                 diff < 1e-4,
-                "case {case} {shape:?}: tp {tp} differs from tp 1 by {diff}"
+                "case {case} {shape:?}: fast reduce at tp {tp} differs from tp 1 by {diff}"
+            );
+            assert!(max_abs_diff(&one, &many_fast) < 1e-4);
+            let sp = logits(
+                tmp.path(),
+                &shape,
+                Strategy::MegatronSp,
+                tp,
+                &prompt,
+                &decode,
+            );
+            assert!(
+                bits(&one) == bits(&sp),
+                "case {case} {shape:?}: megatron-sp at tp {tp} differs from tp 1 by {}",
+                max_abs_diff(&one, &sp)
             );
         }
     }
@@ -77,10 +146,13 @@ fn every_strategy_matches_one_rank_on_a_random_model() {
     let one = logits(tmp.path(), &shape, Strategy::Megatron, 1, &prompt, &[1, 2]);
     for name in Strategy::NAMES {
         let strategy = Strategy::parse(name).unwrap();
-        for tp in [2, 3] {
+        for tp in [2, 3, 5] {
             let many = logits(tmp.path(), &shape, strategy, tp, &prompt, &[1, 2]);
-            let diff = max_abs_diff(&one, &many);
-            assert!(diff < 1e-4, "{name} at tp {tp} differs from tp 1 by {diff}");
+            assert!(
+                bits(&one) == bits(&many),
+                "{name} at tp {tp} differs from tp 1 by {}",
+                max_abs_diff(&one, &many)
+            );
         }
     }
 }

@@ -151,3 +151,76 @@ fn reference_prompts_match_transformers_at_tp3() {
 fn reference_prompts_match_transformers_at_tp4() {
     check_tp(4);
 }
+
+/// `tessera generate --json` of `text` at `tp` ranks (greedy, 16 tokens, top-10 logits).
+fn generate_json(tp: usize, text: &str, extra: &[&str]) -> Value {
+    let model = common::default_model().to_str().unwrap().to_string();
+    let tp_s = tp.to_string();
+    let mut args = vec![
+        "generate",
+        "--model",
+        &model,
+        "--tp",
+        &tp_s,
+        "--prompt",
+        text,
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+        "--top-logits",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    common::json_stdout(&common::run(&args))
+}
+
+#[test]
+fn logits_have_the_same_bits_at_1_to_4_ranks_and_differ_with_fast_reduce() {
+    let text = "The three primary colors are";
+    let one = generate_json(1, text, &[]);
+    // JSON numbers print the shortest text that reads back to the same f32, so equal text
+    // is equal bits.
+    for tp in 2..=4 {
+        let many = generate_json(tp, text, &[]);
+        assert_eq!(
+            many["prompt_top_logits"], one["prompt_top_logits"],
+            "tp {tp} logits differ from tp 1"
+        );
+        assert_eq!(many["completion_ids"], one["completion_ids"], "tp {tp}");
+    }
+    for tp in [2, 3] {
+        let sp = generate_json(tp, text, &["--strategy", "megatron-sp"]);
+        assert_eq!(
+            sp["prompt_top_logits"], one["prompt_top_logits"],
+            "megatron-sp at tp {tp} logits differ from tp 1"
+        );
+        assert_eq!(
+            sp["completion_ids"], one["completion_ids"],
+            "megatron-sp tp {tp}"
+        );
+    }
+    // The plain all-reduce rounds differently as the cuts move, which is what the fixed
+    // chunks prevent: it agrees to rounding, not to the bit.
+    let fast: Vec<Value> = (1..=3)
+        .map(|tp| generate_json(tp, text, &["--fast-reduce"]))
+        .collect();
+    assert!(
+        fast.iter()
+            .any(|f| f["prompt_top_logits"] != one["prompt_top_logits"]),
+        "fast reduce gave the deterministic bits at every rank count"
+    );
+    for f in &fast {
+        for (a, b) in f["prompt_top_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(one["prompt_top_logits"].as_array().unwrap())
+        {
+            let (a, b) = (a["logit"].as_f64().unwrap(), b["logit"].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
+}

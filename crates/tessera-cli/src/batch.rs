@@ -107,6 +107,7 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
 
     let options = EngineOptions {
         dtype,
+        reduce: a.shard.reduce(),
         threads: a.threads,
         kv_cache_bytes: a.kv_cache_mib << 20,
         ..EngineOptions::default()

@@ -118,6 +118,7 @@ fn latency(a: &LatencyArgs) -> Result<()> {
     let strategy = plan.strategy.clone();
     let options = EngineOptions {
         dtype,
+        reduce: a.shard.reduce(),
         threads: a.threads,
         ..EngineOptions::default()
     };

@@ -99,6 +99,7 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
     let tp = plan.world_size;
     let options = EngineOptions {
         dtype,
+        reduce: args.shard.reduce(),
         threads: args.threads,
         ..EngineOptions::default()
     };

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use tessera_plan::{ShardPlan, Strategy};
+use tessera_plan::{ReduceMode, ShardPlan, Strategy};
 
 /// Tessera: tensor-parallel LLM inference.
 #[derive(Parser)]
@@ -99,9 +99,18 @@ pub(crate) struct ShardArgs {
     /// A saved (possibly hand-edited) plan; it fixes the rank count.
     #[arg(long)]
     plan: Option<PathBuf>,
-    /// Sharding strategy used with --tp.
+    /// Sharding strategy used with --tp (megatron, attn-tp-mlp-replicated,
+    /// mlp-tp-attn-replicated, replicated, memory-balanced).
     #[arg(long, default_value = "megatron")]
     strategy: String,
+    /// Relative memory of each rank for --strategy memory-balanced, e.g. 80G,80G,40G (sets
+    /// the rank count when --tp is not given).
+    #[arg(long, value_delimiter = ',')]
+    rank_memory: Vec<String>,
+    /// Sum row-parallel partial sums with one plain all-reduce instead of the deterministic
+    /// chunked fold: fewer bytes moved, but logits then vary with the rank count.
+    #[arg(long)]
+    fast_reduce: bool,
 }
 
 impl ShardArgs {
@@ -114,8 +123,57 @@ impl ShardArgs {
                 .with_context(|| format!("plan {} is not valid for this model", path.display()));
         }
         let strategy = Strategy::parse(&self.strategy)?;
-        Ok(strategy.plan(shape, self.tp.unwrap_or(1))?)
+        if self.rank_memory.is_empty() {
+            return Ok(strategy.plan(shape, self.tp.unwrap_or(1))?);
+        }
+        if strategy != Strategy::MemoryBalanced {
+            bail!("--rank-memory only applies to --strategy memory-balanced");
+        }
+        let memory = self
+            .rank_memory
+            .iter()
+            .map(|m| parse_size(m))
+            .collect::<Result<Vec<f64>>>()?;
+        if let Some(tp) = self.tp {
+            if tp != memory.len() {
+                bail!("--tp {tp} but --rank-memory lists {} ranks", memory.len());
+            }
+        }
+        Ok(strategy.plan_for_memory(shape, &memory)?)
     }
+
+    /// How row-parallel layers combine their partial sums.
+    pub(crate) fn reduce(&self) -> ReduceMode {
+        if self.fast_reduce {
+            ReduceMode::Fast
+        } else {
+            ReduceMode::Deterministic
+        }
+    }
+}
+
+/// Parses a memory size such as `80G`, `40GiB`, `512M` or a plain number (bytes).
+fn parse_size(text: &str) -> Result<f64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("--rank-memory: {text:?} is not a size like 80G"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0f64.powi(4),
+        other => bail!("--rank-memory: unknown unit {other:?} in {text:?} (use K, M, G or T)"),
+    };
+    if !value.is_finite() || value <= 0.0 {
+        bail!("--rank-memory: {text:?} is not a positive size");
+    }
+    Ok(value * scale)
 }
 
 fn init_logging() {

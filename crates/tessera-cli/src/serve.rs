@@ -65,6 +65,7 @@ pub(crate) fn run(a: &ServeArgs) -> Result<()> {
     }
     let options = EngineOptions {
         dtype,
+        reduce: a.shard.reduce(),
         threads: a.threads,
         kv_cache_bytes: a.kv_cache_mib << 20,
         ..EngineOptions::default()

@@ -111,6 +111,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
     let (tp, strategy) = (plan.world_size, plan.strategy.clone());
     let options = EngineOptions {
         dtype,
+        reduce: a.shard.reduce(),
         threads: a.threads,
         ..EngineOptions::default()
     };

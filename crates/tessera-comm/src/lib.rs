@@ -43,6 +43,29 @@ pub enum CommError {
         /// Output length.
         got: usize,
     },
+    /// An ordered reduction got partials that are not whole vectors of the output's length.
+    #[error("all_reduce_ordered: {got} partial elements are not whole vectors of {len}")]
+    PartialsLength {
+        /// Length of the output vector.
+        len: usize,
+        /// Elements of partials passed (or published by some rank).
+        got: usize,
+    },
+    /// A reduce-scatter asked to keep a range outside the vectors, or gave an output of
+    /// another length.
+    #[error(
+        "reduce_scatter_ordered: keep {start}..{end} of vectors {len} long into an output of {out}"
+    )]
+    KeepRange {
+        /// Length of the reduced vectors.
+        len: usize,
+        /// Start of the kept range.
+        start: usize,
+        /// End of the kept range.
+        end: usize,
+        /// Length of the output.
+        out: usize,
+    },
     /// A broadcast named a root outside the group.
     #[error("broadcast root {root} is outside a group of {world} ranks")]
     BadRoot {
@@ -51,6 +74,50 @@ pub enum CommError {
         /// The group size.
         world: usize,
     },
+}
+
+/// Folds `vectors` (each `out.len()` long, in order) into `out`: the first is copied, the
+/// rest are added one after the other. Zeros when there is none.
+pub(crate) fn fold_into<'a>(out: &mut [f32], vectors: impl IntoIterator<Item = &'a [f32]>) {
+    let mut first = true;
+    for v in vectors {
+        if first {
+            out.copy_from_slice(v);
+            first = false;
+        } else {
+            for (o, p) in out.iter_mut().zip(v) {
+                *o += *p;
+            }
+        }
+    }
+    if first {
+        out.fill(0.0);
+    }
+}
+
+/// Checks that `keep` lies inside a vector of `len` and that `out` holds exactly `keep`.
+pub(crate) fn check_keep(
+    len: usize,
+    keep: &std::ops::Range<usize>,
+    out: usize,
+) -> Result<(), CommError> {
+    if keep.start > keep.end || keep.end > len || out != keep.len() {
+        return Err(CommError::KeepRange {
+            len,
+            start: keep.start,
+            end: keep.end,
+            out,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `got` elements are whole vectors of `len` (an empty output takes none).
+pub(crate) fn check_partials(len: usize, got: usize) -> Result<(), CommError> {
+    if (len == 0 && got != 0) || (len != 0 && !got.is_multiple_of(len)) {
+        return Err(CommError::PartialsLength { len, got });
+    }
+    Ok(())
 }
 
 /// Counters of one rank's collective traffic.
@@ -72,6 +139,25 @@ pub trait Communicator: Send {
     fn world_size(&self) -> usize;
     /// Replaces `buf` on every rank by the element-wise sum over ranks, summed in rank order.
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CommError>;
+    /// Deterministic sum: `out` = the left-to-right fold of every rank's partial vectors,
+    /// rank by rank in rank order and in order within a rank.
+    ///
+    /// A rank passes zero or more vectors of `out.len()` elements back to back. Nothing is
+    /// reassociated, so when the vectors are the fixed reduction chunks of a row-parallel
+    /// matmul in chunk order, the result has the same bits at every rank count. With no
+    /// vector anywhere the result is zeros.
+    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError>;
+    /// [`Communicator::all_reduce_ordered`] of vectors `len` long, of which this rank keeps
+    /// only the elements `keep` (in `out`, `keep.len()` long): the reduce-scatter of
+    /// sequence parallelism, where each rank keeps its own rows. Ranks may keep different,
+    /// even overlapping or empty, ranges.
+    fn reduce_scatter_ordered(
+        &mut self,
+        partials: &[f32],
+        len: usize,
+        keep: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), CommError>;
     /// Concatenates every rank's `local` (lengths may differ) in rank order into `out`.
     fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError>;
     /// Copies `buf` of rank `root` into `buf` on every rank.

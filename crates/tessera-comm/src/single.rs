@@ -26,6 +26,26 @@ impl Communicator for SingleRank {
         self.stats.calls += 1;
         Ok(())
     }
+    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        self.stats.calls += 1;
+        crate::check_partials(out.len(), partials.len())?;
+        crate::fold_into(out, partials.chunks_exact(out.len().max(1)));
+        Ok(())
+    }
+    fn reduce_scatter_ordered(
+        &mut self,
+        partials: &[f32],
+        len: usize,
+        keep: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), CommError> {
+        self.stats.calls += 1;
+        crate::check_partials(len, partials.len())?;
+        crate::check_keep(len, &keep, out.len())?;
+        let kept = partials.chunks_exact(len.max(1)).map(|v| &v[keep.clone()]);
+        crate::fold_into(out, kept);
+        Ok(())
+    }
     fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         self.stats.calls += 1;
         if out.len() != local.len() {

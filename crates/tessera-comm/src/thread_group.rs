@@ -142,6 +142,46 @@ impl Communicator for ThreadRank {
         })
     }
 
+    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        let world = self.world_size();
+        let len = out.len();
+        // A malformed contribution is caught by every rank when it reads the slots, so all
+        // ranks fail the same collective together (no rank is left waiting).
+        self.exchange(partials, |me| {
+            let slots: Vec<_> = (0..world).map(|r| me.slot(r)).collect();
+            for slot in &slots {
+                crate::check_partials(len, slot.len())?;
+            }
+            let chunks = slots.iter().flat_map(|s| s.chunks_exact(len.max(1)));
+            crate::fold_into(out, chunks);
+            Ok(())
+        })
+    }
+
+    fn reduce_scatter_ordered(
+        &mut self,
+        partials: &[f32],
+        len: usize,
+        keep: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), CommError> {
+        let world = self.world_size();
+        let keep_ok = crate::check_keep(len, &keep, out.len());
+        self.exchange(partials, |me| {
+            keep_ok?;
+            let slots: Vec<_> = (0..world).map(|r| me.slot(r)).collect();
+            for slot in &slots {
+                crate::check_partials(len, slot.len())?;
+            }
+            let kept = slots
+                .iter()
+                .flat_map(|s| s.chunks_exact(len.max(1)))
+                .map(|v| &v[keep.clone()]);
+            crate::fold_into(out, kept);
+            Ok(())
+        })
+    }
+
     fn all_gather(&mut self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         let world = self.world_size();
         self.exchange(local, |me| {
@@ -234,6 +274,71 @@ mod tests {
         for b in out {
             assert_eq!(b, vec![expected; 3]);
         }
+    }
+
+    #[test]
+    fn ordered_reduce_folds_every_vector_left_to_right_and_counts_what_each_rank_published() {
+        // Rank r publishes r vectors (rank 0 none); the fold order decides the f32 result.
+        let vals = [1.0e8f32, 1.0, -1.0e8, 1.0, 1.0, 3.0];
+        let out = run_group(4, 10, move |mut c| {
+            let r = c.rank();
+            let first: usize = (0..r).sum();
+            let partials: Vec<f32> = (first..first + r)
+                .flat_map(|i| vec![vals[i], vals[i] * 2.0])
+                .collect();
+            let mut out = vec![f32::NAN; 2];
+            c.all_reduce_ordered(&partials, &mut out).unwrap();
+            (out, c.stats())
+        });
+        let fold = |scale: f32| {
+            vals.iter()
+                .skip(1)
+                .fold(vals[0] * scale, |a, v| a + v * scale)
+        };
+        for (r, (got, stats)) in out.iter().enumerate() {
+            assert_eq!(got, &vec![fold(1.0), fold(2.0)], "rank {r}");
+            assert_eq!(stats.bytes_moved, (r * 2 * 4) as u64);
+            assert_eq!(stats.calls, 1);
+        }
+    }
+
+    #[test]
+    fn ordered_reduce_scatter_keeps_each_ranks_range_of_the_ordered_fold() {
+        let vals = [1.0e8f32, 1.0, -1.0e8, 1.0];
+        let out = run_group(3, 10, move |mut c| {
+            let r = c.rank();
+            // Vectors of 4: rank 0 publishes one, rank 1 two, rank 2 one.
+            let partials: Vec<f32> = match r {
+                0 => vals.to_vec(),
+                1 => vals.iter().chain(&vals).map(|v| v * 0.5).collect(),
+                _ => vals.iter().rev().copied().collect(),
+            };
+            let keep = [0..2, 2..4, 1..4][r].clone();
+            let mut out = vec![f32::NAN; keep.len()];
+            c.reduce_scatter_ordered(&partials, 4, keep, &mut out)
+                .unwrap();
+            out
+        });
+        let full: Vec<f32> = (0..4)
+            .map(|i| ((vals[i] + vals[i] * 0.5) + vals[i] * 0.5) + vals[3 - i])
+            .collect();
+        assert_eq!(out[0], full[0..2].to_vec());
+        assert_eq!(out[1], full[2..4].to_vec());
+        assert_eq!(out[2], full[1..4].to_vec());
+    }
+
+    #[test]
+    fn a_malformed_ordered_contribution_fails_every_rank_instead_of_hanging() {
+        let out = run_group(3, 0, |mut c| {
+            let partials = if c.rank() == 1 {
+                vec![1.0; 3]
+            } else {
+                vec![1.0; 2]
+            };
+            let mut out = vec![0.0; 2];
+            c.all_reduce_ordered(&partials, &mut out).is_err()
+        });
+        assert_eq!(out, vec![true; 3]);
     }
 
     #[test]

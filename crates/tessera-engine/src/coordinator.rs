@@ -11,7 +11,7 @@ use tessera_model::{
     CpuBackend, LogitRows, ModelConfig, ModelError, PagedKvCache, RankModel, SeqInput, WeightDtype,
     WeightFiles,
 };
-use tessera_plan::ShardPlan;
+use tessera_plan::{ReduceMode, ShardPlan};
 
 /// Why the engine could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ pub struct EngineOptions {
     pub kv_cache_bytes: usize,
     /// Tokens per KV-cache block.
     pub block_size: usize,
+    /// How row-parallel partial sums are combined (deterministic unless `--fast-reduce`).
+    pub reduce: ReduceMode,
 }
 
 impl Default for EngineOptions {
@@ -50,6 +52,7 @@ impl Default for EngineOptions {
             threads: None,
             kv_cache_bytes: 256 << 20,
             block_size: 16,
+            reduce: ReduceMode::Deterministic,
         }
     }
 }
@@ -108,12 +111,21 @@ impl Coordinator {
             .into());
         }
         plan.validate()?;
+        if options.reduce == ReduceMode::Deterministic {
+            plan.check_deterministic()?;
+        }
         let world = plan.world_size;
         let cores = options
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let threads_per_rank = (cores / world).max(1);
-        tracing::info!(world, threads_per_rank, strategy = %plan.strategy, "starting ranks");
+        tracing::info!(
+            world,
+            threads_per_rank,
+            strategy = %plan.strategy,
+            reduce = options.reduce.name(),
+            "starting ranks"
+        );
         let comms: Vec<Box<dyn Communicator>> = if world == 1 {
             vec![Box::new(SingleRank::new())]
         } else {
@@ -160,6 +172,7 @@ impl Coordinator {
             let plan = Arc::clone(&plan_arc);
             let config = config.clone();
             let dtype = options.dtype;
+            let reduce = options.reduce;
             let block_size = options.block_size;
             let join = std::thread::Builder::new()
                 .name(format!("tessera-rank-{rank}"))
@@ -170,6 +183,7 @@ impl Coordinator {
                         config,
                         plan,
                         dtype,
+                        reduce,
                         threads: threads_per_rank,
                         num_blocks,
                         block_size,
@@ -362,6 +376,7 @@ struct RankSetup {
     config: ModelConfig,
     plan: Arc<ShardPlan>,
     dtype: WeightDtype,
+    reduce: ReduceMode,
     threads: usize,
     num_blocks: usize,
     block_size: usize,
@@ -376,7 +391,14 @@ fn rank_main(
 ) {
     let loaded = WeightFiles::open(&setup.dir)
         .and_then(|files| {
-            RankModel::load(&setup.config, &files, &setup.plan, setup.rank, setup.dtype)
+            RankModel::load(
+                &setup.config,
+                &files,
+                &setup.plan,
+                setup.rank,
+                setup.dtype,
+                setup.reduce,
+            )
         })
         .and_then(|m| CpuBackend::new(setup.threads).map(|b| (m, b)));
     let (model, backend) = match loaded {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use tessera_kernels::{attention, matmul, AttentionShape, CpuPool, Isa, WeightRef};
+use tessera_kernels::{
+    attention, matmul, matmul_chunked, AttentionShape, ChunkOutput, CpuPool, Isa, WeightRef,
+};
 
 /// Total bytes of weight copies to cycle through, so each call reads from DRAM.
 const COLD_BYTES: usize = 256 << 20;
@@ -103,6 +105,48 @@ fn gemm(c: &mut Criterion) {
     g.finish();
 }
 
+/// The row-parallel projections (o_proj: k = 576 in 64-wide head chunks; down_proj:
+/// k = 1536 in 128-wide chunks) as one plain reduction and as the deterministic chunk fold.
+fn gemm_chunked(c: &mut Criterion) {
+    let mut g = short(c);
+    let pool = CpuPool::new(2).unwrap();
+    for (k, chunk) in [(576, 64), (1536, 128)] {
+        let n = 576;
+        let w = filled(n * k, 3);
+        for m in [1, 64, 256] {
+            let x = filled(m * k, 4);
+            let mut y = vec![0.0; m * n];
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(format!("rowpar_plain_m{m}_k{k}/2t"), |b| {
+                b.iter(|| {
+                    matmul(&pool, &x, m, k, WeightRef::F32(&w), n, None, &mut y).unwrap();
+                    black_box(&y);
+                })
+            });
+            g.bench_function(format!("rowpar_chunk{chunk}_m{m}_k{k}/2t"), |b| {
+                b.iter(|| {
+                    let wr = WeightRef::F32(&w);
+                    matmul_chunked(
+                        &pool,
+                        &x,
+                        m,
+                        k,
+                        wr,
+                        n,
+                        None,
+                        chunk,
+                        ChunkOutput::Fold,
+                        &mut y,
+                    )
+                    .unwrap();
+                    black_box(&y);
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 /// GEMM on weights larger than the caches, as in a model's batched decode step.
 fn gemm_cold(c: &mut Criterion) {
     let mut g = short(c);
@@ -167,5 +211,13 @@ fn attend(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemv, gemm, gemm_cold, dispatch, attend);
+criterion_group!(
+    benches,
+    gemv,
+    gemm,
+    gemm_chunked,
+    gemm_cold,
+    dispatch,
+    attend
+);
 criterion_main!(benches);

@@ -172,6 +172,8 @@ unsafe fn attend_items(
             bias: std::ptr::null(),
             y: scores.as_mut_ptr(),
             ldy: keys,
+            chunk: usize::MAX,
+            partial_stride: 0,
         };
         // SAFETY: key j < keys reads k[(lo + j) * cache_row + g*d ..][..d], inside k since
         // lo + j <= pos < start + t and the cache holds that many rows; the scores buffer

@@ -54,7 +54,10 @@ pub use argmax::argmax;
 pub use attention::{attention, AttentionShape};
 pub use error::KernelError;
 pub use isa::Isa;
-pub use matmul::{matmul, matmul_reference, WeightRef};
+pub use matmul::{
+    chunk_count, matmul, matmul_chunked, matmul_chunked_reference, matmul_reference, ChunkOutput,
+    WeightRef,
+};
 pub use norm::{add_rms_norm, rms_norm};
 pub use paged_attention::{paged_attention, PagedSeq, PagedShape};
 pub use pool::CpuPool;

@@ -254,6 +254,8 @@ unsafe fn attend_units(
                 bias: std::ptr::null(),
                 y: scores[j - lo_min..].as_mut_ptr(),
                 ldy: nkeys,
+                chunk: usize::MAX,
+                partial_stride: 0,
             };
             // SAFETY: query row i reads q[q_base + i*hq*d ..][..d], inside q (checked rows);
             // key c < run reads k[base + c*slot_width ..][..d], inside block table[j / bs];

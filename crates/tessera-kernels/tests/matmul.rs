@@ -7,7 +7,10 @@ use candle_core::{Device, Tensor};
 use common::{bits, pools, rng, uniform, uniform_bf16};
 use half::bf16;
 use rand::Rng;
-use tessera_kernels::{matmul, matmul_reference, CpuPool, Isa, KernelError, WeightRef};
+use tessera_kernels::{
+    matmul, matmul_chunked, matmul_chunked_reference, matmul_reference, ChunkOutput, CpuPool, Isa,
+    KernelError, WeightRef,
+};
 
 /// Shapes around the tile and chunk edges, plus a few random ones, all with enough work
 /// to be split across threads when n is large.
@@ -234,5 +237,251 @@ fn mismatched_lengths_are_reported_not_panicked_on() {
     assert_eq!(
         CpuPool::with_isa(1, Isa::Scalar).unwrap().isa(),
         Isa::Scalar
+    );
+}
+
+/// Chunked-matmul shapes: reductions of one to many chunks, a short last chunk, GEMV and GEMM.
+fn chunked_shapes() -> Vec<(usize, usize, usize, usize)> {
+    vec![
+        // (m, k, n, chunk)
+        (1, 64, 8, 16),
+        (1, 576, 37, 64),
+        (3, 200, 9, 64),
+        (4, 384, 16, 128),
+        (7, 130, 21, 32),
+        (17, 256, 33, 128),
+        (1, 40, 5, 64),
+        (3, 72, 11, 8),
+        (2, 100, 6, 24),
+        (2, 0, 3, 16),
+    ]
+}
+
+#[test]
+fn chunked_matmul_equals_its_reference_bitwise_on_every_isa_and_thread_count() {
+    let pools = pools(&[1, 2, 3]);
+    for (case, (m, k, n, chunk)) in chunked_shapes().into_iter().enumerate() {
+        let mut r = rng(700 + case as u64);
+        let x = uniform(&mut r, m * k);
+        let w = uniform(&mut r, n * k);
+        let wb = uniform_bf16(&mut r, n * k);
+        let bias = uniform(&mut r, n);
+        let chunks = tessera_kernels::chunk_count(k, chunk);
+        for wr in [WeightRef::F32(&w), WeightRef::Bf16(&wb)] {
+            for (output, b, len) in [
+                (ChunkOutput::Fold, None, m * n),
+                (ChunkOutput::Fold, Some(&bias[..]), m * n),
+                (ChunkOutput::Partials, None, chunks * m * n),
+            ] {
+                let mut want = vec![f32::NAN; len];
+                matmul_chunked_reference(&x, m, k, wr, n, b, chunk, output, &mut want).unwrap();
+                for pool in &pools {
+                    let mut got = vec![f32::NAN; len];
+                    matmul_chunked(pool, &x, m, k, wr, n, b, chunk, output, &mut got).unwrap();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{pool:?} m={m} k={k} n={n} chunk={chunk} {output:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn one_chunk_is_the_plain_matmul_and_many_chunks_round_differently() {
+    let pool = CpuPool::new(2).unwrap();
+    let mut r = rng(801);
+    let (m, k, n) = (3, 576, 40);
+    let x = uniform(&mut r, m * k);
+    let w = uniform(&mut r, n * k);
+    let plain = run(&pool, &x, m, k, WeightRef::F32(&w), n, None);
+    let mut one = vec![0.0; m * n];
+    matmul_chunked(
+        &pool,
+        &x,
+        m,
+        k,
+        WeightRef::F32(&w),
+        n,
+        None,
+        1024,
+        ChunkOutput::Fold,
+        &mut one,
+    )
+    .unwrap();
+    assert_eq!(bits(&one), bits(&plain));
+    let mut nine = vec![0.0; m * n];
+    matmul_chunked(
+        &pool,
+        &x,
+        m,
+        k,
+        WeightRef::F32(&w),
+        n,
+        None,
+        64,
+        ChunkOutput::Fold,
+        &mut nine,
+    )
+    .unwrap();
+    // Same math, other association: close, but not the same bits everywhere.
+    assert_ne!(bits(&nine), bits(&plain));
+    for (a, b) in nine.iter().zip(&plain) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn ranks_holding_chunk_ranges_fold_to_the_bits_of_one_rank_holding_all() {
+    // A row-parallel weight [n, k] cut along k on chunk boundaries, as ranks hold it: the
+    // first rank folds its own chunks, later ranks hand over per-chunk partial sums, and
+    // the fold continues in chunk order.
+    let pool = CpuPool::new(2).unwrap();
+    let mut r = rng(802);
+    let (m, k, n, chunk) = (5, 9 * 64, 24, 64);
+    let x = uniform(&mut r, m * k);
+    let w = uniform(&mut r, n * k);
+    let mut whole = vec![0.0; m * n];
+    matmul_chunked(
+        &pool,
+        &x,
+        m,
+        k,
+        WeightRef::F32(&w),
+        n,
+        None,
+        chunk,
+        ChunkOutput::Fold,
+        &mut whole,
+    )
+    .unwrap();
+    for cuts in [
+        vec![0, 5, 9],
+        vec![0, 3, 6, 9],
+        vec![0, 1, 2, 7, 9],
+        vec![0, 0, 4, 9],
+    ] {
+        let mut acc: Option<Vec<f32>> = None;
+        for pair in cuts.windows(2) {
+            let (lo, hi) = (pair[0] * chunk, pair[1] * chunk);
+            let kk = hi - lo;
+            if kk == 0 {
+                continue;
+            }
+            let xs: Vec<f32> = (0..m)
+                .flat_map(|i| x[i * k + lo..i * k + hi].to_vec())
+                .collect();
+            let ws: Vec<f32> = (0..n)
+                .flat_map(|j| w[j * k + lo..j * k + hi].to_vec())
+                .collect();
+            match acc.as_mut() {
+                None => {
+                    let mut y = vec![0.0; m * n];
+                    let wr = WeightRef::F32(&ws);
+                    matmul_chunked(
+                        &pool,
+                        &xs,
+                        m,
+                        kk,
+                        wr,
+                        n,
+                        None,
+                        chunk,
+                        ChunkOutput::Fold,
+                        &mut y,
+                    )
+                    .unwrap();
+                    acc = Some(y);
+                }
+                Some(total) => {
+                    let mut parts = vec![0.0; (kk / chunk) * m * n];
+                    let wr = WeightRef::F32(&ws);
+                    matmul_chunked(
+                        &pool,
+                        &xs,
+                        m,
+                        kk,
+                        wr,
+                        n,
+                        None,
+                        chunk,
+                        ChunkOutput::Partials,
+                        &mut parts,
+                    )
+                    .unwrap();
+                    for part in parts.chunks_exact(m * n) {
+                        for (t, p) in total.iter_mut().zip(part) {
+                            *t += *p;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(bits(&acc.unwrap()), bits(&whole), "cuts {cuts:?}");
+    }
+}
+
+#[test]
+fn bad_chunks_and_biased_partials_are_refused() {
+    let pool = CpuPool::new(1).unwrap();
+    let (x, w) = (vec![1.0; 32], vec![1.0; 64]);
+    let mut y = vec![0.0; 2];
+    for chunk in [0] {
+        let err = matmul_chunked(
+            &pool,
+            &x,
+            1,
+            32,
+            WeightRef::F32(&w),
+            2,
+            None,
+            chunk,
+            ChunkOutput::Fold,
+            &mut y,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, KernelError::Invalid { what: "chunk", .. }),
+            "{err}"
+        );
+    }
+    let bias = vec![0.0; 2];
+    let mut parts = vec![0.0; 4];
+    let err = matmul_chunked(
+        &pool,
+        &x,
+        1,
+        32,
+        WeightRef::F32(&w),
+        2,
+        Some(&bias),
+        16,
+        ChunkOutput::Partials,
+        &mut parts,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, KernelError::Invalid { what: "bias", .. }),
+        "{err}"
+    );
+    let mut short = vec![0.0; 3];
+    let err = matmul_chunked(
+        &pool,
+        &x,
+        1,
+        32,
+        WeightRef::F32(&w),
+        2,
+        None,
+        16,
+        ChunkOutput::Partials,
+        &mut short,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, KernelError::Length { what: "y", .. }),
+        "{err}"
     );
 }

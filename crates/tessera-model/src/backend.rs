@@ -3,7 +3,7 @@
 //! The forward pass ([`crate::RankModel`]) is written against [`Backend`] only. Buffers are
 //! host slices today; the CUDA backend generalizes them to device buffers.
 
-use tessera_kernels::{CpuPool, PagedSeq, PagedShape, RopeTable, WeightRef};
+use tessera_kernels::{ChunkOutput, CpuPool, PagedSeq, PagedShape, RopeTable, WeightRef};
 
 use crate::error::ModelError;
 
@@ -112,6 +112,18 @@ pub trait Backend: Send + Sync {
         bias: Option<&[f32]>,
         y: &mut [f32],
     ) -> Result<(), ModelError>;
+    /// `y = x · w^T` with the reduction over the columns of `w` cut into fixed chunks of
+    /// `chunk` columns: the chunk sums folded in order, or each chunk's sums for another
+    /// rank to continue the fold (see [`tessera_kernels::matmul_chunked`]).
+    fn matmul_chunked(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: &Matrix,
+        chunk: usize,
+        output: ChunkOutput,
+        y: &mut [f32],
+    ) -> Result<(), ModelError>;
     /// `out = rmsnorm(x) * weight` per row.
     fn rms_norm(
         &self,
@@ -190,6 +202,33 @@ impl Backend for CpuBackend {
             return Ok(());
         }
         tessera_kernels::matmul(&self.pool, x, m, w.cols, w.as_ref(), w.rows, bias, y)?;
+        Ok(())
+    }
+
+    fn matmul_chunked(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: &Matrix,
+        chunk: usize,
+        output: ChunkOutput,
+        y: &mut [f32],
+    ) -> Result<(), ModelError> {
+        if w.rows == 0 || m == 0 {
+            return Ok(());
+        }
+        tessera_kernels::matmul_chunked(
+            &self.pool,
+            x,
+            m,
+            w.cols,
+            w.as_ref(),
+            w.rows,
+            None,
+            chunk,
+            output,
+            y,
+        )?;
         Ok(())
     }
 

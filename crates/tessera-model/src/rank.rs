@@ -22,8 +22,8 @@
 use std::path::Path;
 
 use tessera_comm::Communicator;
-use tessera_kernels::{PagedSeq, PagedShape, RopeTable};
-use tessera_plan::{AttentionSharding, ShardPlan, Span, WeightKind};
+use tessera_kernels::{chunk_count, ChunkOutput, PagedSeq, PagedShape, RopeTable};
+use tessera_plan::{even_spans, AttentionSharding, ReduceMode, ShardPlan, Span, WeightKind};
 
 use crate::backend::{Backend, Matrix, WeightDtype};
 use crate::config::ModelConfig;
@@ -46,6 +46,21 @@ struct Layer {
     inter: usize,
     reduce_attention: bool,
     reduce_mlp: bool,
+    /// Global query heads whose `o_proj` columns this rank holds.
+    head_span: Span,
+    /// Global intermediate columns whose `down_proj` columns this rank holds.
+    inter_span: Span,
+}
+
+/// One row-parallel projection's place in the deterministic reduction.
+#[derive(Clone, Copy)]
+struct ReduceSite {
+    /// Whether ranks hold parts of it (an all-reduce follows).
+    split: bool,
+    /// Where this rank's columns start in the global reduction dimension.
+    start: usize,
+    /// Width of the fixed reduction chunks.
+    chunk: usize,
 }
 
 /// Which positions' logits a forward pass returns for one sequence.
@@ -92,18 +107,28 @@ pub struct RankModel {
     final_norm: Vec<f32>,
     layers: Vec<Layer>,
     rope: RopeTable,
+    reduce: ReduceMode,
+    /// Whether token rows are sharded between the split layers (`megatron-sp`).
+    sequence_parallel: bool,
+    /// Number of ranks.
+    world: usize,
 }
 
 impl RankModel {
-    /// Loads `rank`'s shard of the model in `files` as `plan` assigns it.
+    /// Loads `rank`'s shard of the model in `files` as `plan` assigns it; row-parallel
+    /// layers will combine their partial sums as `reduce` says.
     pub fn load(
         config: &ModelConfig,
         files: &WeightFiles,
         plan: &ShardPlan,
         rank: usize,
         dtype: WeightDtype,
+        reduce: ReduceMode,
     ) -> Result<Self, ModelError> {
         let shape = &config.shape;
+        if reduce == ReduceMode::Deterministic {
+            plan.check_deterministic()?;
+        }
         let load = |layer: usize, kind: WeightKind| -> Result<Vec<f32>, ModelError> {
             let name = match (kind, shape.tied_embeddings) {
                 (WeightKind::LmHead, true) => WeightKind::Embedding.hf_name(0),
@@ -170,6 +195,8 @@ impl RankModel {
                 reduce_attention: plan.world_size > 1
                     && matches!(plan.layers[l].attention, AttentionSharding::Heads { .. }),
                 reduce_mlp: plan.world_size > 1 && plan.layers[l].mlp.is_split(),
+                head_span: heads.q_heads,
+                inter_span,
             });
         }
         let rope = RopeTable::new(
@@ -192,6 +219,9 @@ impl RankModel {
             final_norm: load(0, WeightKind::FinalNorm)?,
             layers,
             rope,
+            reduce,
+            sequence_parallel: plan.sequence_parallel && plan.world_size > 1,
+            world: plan.world_size,
         })
     }
 
@@ -201,10 +231,11 @@ impl RankModel {
         plan: &ShardPlan,
         rank: usize,
         dtype: WeightDtype,
+        reduce: ReduceMode,
     ) -> Result<Self, ModelError> {
         let config = ModelConfig::from_dir(dir)?;
         let files = WeightFiles::open(dir)?;
-        Self::load(&config, &files, plan, rank, dtype)
+        Self::load(&config, &files, plan, rank, dtype, reduce)
     }
 
     /// The model's config.
@@ -271,24 +302,52 @@ impl RankModel {
         }
         let eps = self.config.rms_norm_eps;
 
-        let mut x = vec![0.0f32; t * h];
-        for (row, &id) in x.chunks_exact_mut(h).zip(&tokens) {
-            if id as usize >= shape.vocab {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    vocab: shape.vocab,
-                });
-            }
-            if self.embed_span.contains(id as usize) {
-                self.embed
-                    .row_into(id as usize - self.embed_span.start, row);
-            }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= shape.vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab: shape.vocab,
+            });
         }
-        if self.reduce_embedding {
-            comm.all_reduce_sum(&mut x)?;
-        }
+        // Under sequence parallelism this rank keeps only `mine` of the token rows between
+        // the split layers; otherwise it keeps them all.
+        let mine = if self.sequence_parallel {
+            let span = even_spans(t, self.world)[self.rank];
+            span.start..span.end
+        } else {
+            0..t
+        };
+        let local_t = mine.len();
 
-        let mut normed = vec![0.0f32; t * h];
+        let lookup = |rows: std::ops::Range<usize>| {
+            let mut x = vec![0.0f32; rows.len() * h];
+            for (row, &id) in x.chunks_exact_mut(h).zip(&tokens[rows]) {
+                if self.embed_span.contains(id as usize) {
+                    self.embed
+                        .row_into(id as usize - self.embed_span.start, row);
+                }
+            }
+            x
+        };
+        let mut x = if !self.reduce_embedding {
+            lookup(mine.clone())
+        } else if self.sequence_parallel {
+            // Exactly one rank holds each token's row, so the sum is exact in any order.
+            let full = lookup(0..t);
+            let mut x = vec![0.0f32; local_t * h];
+            comm.reduce_scatter_ordered(&full, t * h, mine.start * h..mine.end * h, &mut x)?;
+            x
+        } else {
+            let mut x = lookup(0..t);
+            comm.all_reduce_sum(&mut x)?;
+            x
+        };
+
+        let mut normed = vec![0.0f32; local_t * h];
+        let mut gathered = if self.sequence_parallel {
+            vec![0.0f32; t * h]
+        } else {
+            Vec::new()
+        };
         let mut pending: Option<Vec<f32>> = None;
         for (l, layer) in self.layers.iter().enumerate() {
             match pending.take() {
@@ -297,16 +356,20 @@ impl RankModel {
                 }
                 None => backend.rms_norm(&x, &layer.input_norm, eps, &mut normed)?,
             }
-            let mut attn_out =
-                self.attention(backend, layer, l, cache, seqs, &normed, &positions)?;
-            if layer.reduce_attention {
-                comm.all_reduce_sum(&mut attn_out)?;
-            }
+            let input = self.gather_rows(comm, &normed, &mut gathered)?;
+            let attn = self.attention(backend, layer, l, cache, seqs, input, &positions)?;
+            let site = ReduceSite {
+                split: layer.reduce_attention,
+                start: layer.head_span.start * shape.head_dim,
+                chunk: shape.attention_reduce_chunk(),
+            };
+            let attn_out = self.row_parallel(backend, comm, &attn, t, &layer.o, site, &mine)?;
             backend.add_rms_norm(&mut x, &attn_out, &layer.post_norm, eps, &mut normed)?;
+            let input = self.gather_rows(comm, &normed, &mut gathered)?;
 
             let inter = layer.inter;
             let mut gate_up = vec![0.0f32; t * 2 * inter];
-            backend.matmul(&normed, t, &layer.gate_up, None, &mut gate_up)?;
+            backend.matmul(input, t, &layer.gate_up, None, &mut gate_up)?;
             let mut act = vec![0.0f32; t * inter];
             if inter > 0 {
                 for (a, gu) in act
@@ -317,12 +380,12 @@ impl RankModel {
                     backend.silu_mul(a, &gu[inter..])?;
                 }
             }
-            let mut mlp_out = vec![0.0f32; t * h];
-            backend.matmul(&act, t, &layer.down, None, &mut mlp_out)?;
-            if layer.reduce_mlp {
-                comm.all_reduce_sum(&mut mlp_out)?;
-            }
-            pending = Some(mlp_out);
+            let site = ReduceSite {
+                split: layer.reduce_mlp,
+                start: layer.inter_span.start,
+                chunk: shape.mlp_reduce_chunk(),
+            };
+            pending = Some(self.row_parallel(backend, comm, &act, t, &layer.down, site, &mine)?);
         }
         if let Some(delta) = pending {
             for (xi, di) in x.iter_mut().zip(&delta) {
@@ -347,8 +410,16 @@ impl RankModel {
             return Ok(Vec::new());
         }
         let mut picked = Vec::with_capacity(rows.len() * h);
-        for &r in &rows {
+        for &r in rows.iter().filter(|r| mine.contains(r)) {
+            let r = r - mine.start;
             picked.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        if self.sequence_parallel {
+            // Every rank needs every picked row for the vocabulary-parallel head; rows are
+            // in order and shares are contiguous in rank order, so a gather keeps the order.
+            let mut all = vec![0.0f32; rows.len() * h];
+            comm.all_gather(&picked, &mut all)?;
+            picked = all;
         }
         let mut final_normed = vec![0.0f32; picked.len()];
         backend.rms_norm(&picked, &self.final_norm, eps, &mut final_normed)?;
@@ -379,8 +450,87 @@ impl RankModel {
         Ok(out)
     }
 
-    /// The attention half of block `l` for the whole batch: returns this rank's (partial)
-    /// `o_proj` output for every token.
+    /// A row-parallel projection `x · wᵀ` of `t` rows, combined across ranks.
+    ///
+    /// Fast mode: one matmul, then an all-reduce of the partial sums. Deterministic mode
+    /// (see [`tessera_plan::ReduceMode`]): the rank whose columns start the reduction
+    /// dimension folds its chunks and publishes one vector, later ranks publish one vector
+    /// per chunk, and the ordered all-reduce continues the fold; an unsplit projection is
+    /// folded locally. Either way every rank returns the full `[t, hidden]` result.
+    #[allow(clippy::too_many_arguments)]
+    fn row_parallel(
+        &self,
+        backend: &dyn Backend,
+        comm: &mut dyn Communicator,
+        x: &[f32],
+        t: usize,
+        w: &Matrix,
+        site: ReduceSite,
+        mine: &std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let h = self.config.shape.hidden;
+        let full = t * h;
+        if !site.split {
+            let mut out = vec![0.0f32; full];
+            match self.reduce {
+                ReduceMode::Fast => backend.matmul(x, t, w, None, &mut out)?,
+                ReduceMode::Deterministic => {
+                    backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Fold, &mut out)?
+                }
+            }
+            return Ok(out);
+        }
+        let local = match self.reduce {
+            ReduceMode::Fast => {
+                let mut y = vec![0.0f32; full];
+                backend.matmul(x, t, w, None, &mut y)?;
+                y
+            }
+            ReduceMode::Deterministic if w.cols == 0 => Vec::new(),
+            ReduceMode::Deterministic if site.start == 0 => {
+                let mut y = vec![0.0f32; full];
+                backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Fold, &mut y)?;
+                y
+            }
+            ReduceMode::Deterministic => {
+                let chunks = chunk_count(w.cols, site.chunk);
+                let mut parts = vec![0.0f32; chunks * full];
+                backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Partials, &mut parts)?;
+                parts
+            }
+        };
+        if self.sequence_parallel {
+            let mut out = vec![0.0f32; mine.len() * h];
+            comm.reduce_scatter_ordered(&local, full, mine.start * h..mine.end * h, &mut out)?;
+            Ok(out)
+        } else if self.reduce == ReduceMode::Fast {
+            let mut out = local;
+            comm.all_reduce_sum(&mut out)?;
+            Ok(out)
+        } else {
+            let mut out = vec![0.0f32; full];
+            comm.all_reduce_ordered(&local, &mut out)?;
+            Ok(out)
+        }
+    }
+
+    /// The input rows of a split layer: this rank's `normed` rows as they are, or under
+    /// sequence parallelism every rank's, gathered into `gathered` in row order.
+    fn gather_rows<'a>(
+        &self,
+        comm: &mut dyn Communicator,
+        normed: &'a [f32],
+        gathered: &'a mut [f32],
+    ) -> Result<&'a [f32], ModelError> {
+        if !self.sequence_parallel {
+            return Ok(normed);
+        }
+        comm.all_gather(normed, gathered)?;
+        Ok(gathered)
+    }
+
+    /// The attention half of block `l` for the whole batch: returns this rank's attention
+    /// output (its heads' columns), ready for the `o_proj` projection.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -393,7 +543,6 @@ impl RankModel {
         positions: &[usize],
     ) -> Result<Vec<f32>, ModelError> {
         let d = self.config.shape.head_dim;
-        let h = self.config.shape.hidden;
         let t = positions.len();
         let (qw, kvw) = (layer.q_heads * d, layer.kv_heads * d);
         let width = qw + 2 * kvw;
@@ -442,8 +591,6 @@ impl RankModel {
             let (kc, vc) = cache.layer(l);
             backend.paged_attention(&q, kc, vc, &paged, &shape, &mut attn)?;
         }
-        let mut out = vec![0.0f32; t * h];
-        backend.matmul(&attn, t, &layer.o, None, &mut out)?;
-        Ok(out)
+        Ok(attn)
     }
 }

@@ -77,6 +77,27 @@ pub enum PlanError {
         /// End of the previous range.
         previous_end: usize,
     },
+    /// A sequence-parallel plan leaves half of a layer unsplit.
+    #[error("model.layers.{layer}: sequence parallelism needs both the attention and the MLP split across the ranks")]
+    SequenceParallel {
+        /// The layer.
+        layer: usize,
+    },
+    /// A rank memory given to `memory-balanced` is not a positive number.
+    #[error("rank memory {0} is not a positive size")]
+    BadMemory(f64),
+    /// A split MLP cuts inside one of the fixed reduction chunks.
+    #[error("model.layers.{layer}.mlp: rank {rank} starts at intermediate column {start}, inside a {chunk}-column reduction chunk; deterministic reduction needs cuts on multiples of {chunk} (or run with --fast-reduce)")]
+    ReduceChunk {
+        /// The layer.
+        layer: usize,
+        /// The rank.
+        rank: usize,
+        /// Start of its span.
+        start: usize,
+        /// The chunk width.
+        chunk: usize,
+    },
     /// The ranges stop short of (or run past) the dimension.
     #[error("{what}: the ranges cover 0..{end} but the dimension has {len} entries")]
     Coverage {

@@ -9,6 +9,7 @@ pub mod cost;
 mod error;
 mod hardware;
 mod plan;
+mod reduce;
 mod report;
 mod shape;
 mod span;
@@ -17,9 +18,10 @@ mod strategy;
 pub use error::PlanError;
 pub use hardware::HardwareProfile;
 pub use plan::{
-    AttentionSharding, Collective, CollectiveOp, CollectiveSite, DimSharding, HeadShard, LayerPlan,
-    Role, ShardPlan, WeightKind, PLAN_FORMAT,
+    AttentionSharding, Collective, CollectiveOp, CollectiveSite, DimSharding, HeadShard, LayerHalf,
+    LayerPlan, Role, ShardPlan, WeightKind, PLAN_FORMAT,
 };
+pub use reduce::{even_unit_spans, published_vectors, ReduceMode};
 pub use report::render_table;
 pub use shape::ModelShape;
 pub use span::{even_spans, kv_span_for, weighted_spans, Span};

@@ -226,8 +226,27 @@ pub enum CollectiveSite {
         /// Layer index.
         layer: usize,
     },
+    /// Before a split layer under sequence parallelism: the normed rows are gathered.
+    Gather {
+        /// Layer index.
+        layer: usize,
+        /// Which half of the layer the rows feed.
+        half: LayerHalf,
+    },
+    /// Under sequence parallelism, before the final norm: the rows that need logits.
+    FinalRows,
     /// After the vocabulary-parallel output head.
     LmHead,
+}
+
+/// The attention or the MLP half of a transformer block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerHalf {
+    /// Self-attention.
+    Attention,
+    /// The MLP.
+    Mlp,
 }
 
 /// A collective operation the plan implies, with its payload per token.
@@ -249,6 +268,8 @@ pub enum CollectiveOp {
     AllReduce,
     /// Concatenation of every rank's slice in rank order, result on every rank.
     AllGather,
+    /// Sum of every rank's buffer, each rank keeping its own share of the rows.
+    ReduceScatter,
 }
 
 /// The complete sharding of one model over `world_size` ranks.
@@ -268,6 +289,11 @@ pub struct ShardPlan {
     pub lm_head: DimSharding,
     /// One entry per transformer block.
     pub layers: Vec<LayerPlan>,
+    /// Sequence parallelism (`megatron-sp`): between the split layers each rank keeps only
+    /// its share of the token rows (residual stream and norms), a reduce-scatter replaces
+    /// each all-reduce and an all-gather of the normed rows feeds the next split layer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sequence_parallel: bool,
 }
 
 impl ShardPlan {
@@ -358,35 +384,59 @@ impl ShardPlan {
             return out;
         }
         let h = self.model.hidden;
-        if self.embedding.is_split() {
+        let sp = self.sequence_parallel;
+        let reduce = if sp {
+            CollectiveOp::ReduceScatter
+        } else {
+            CollectiveOp::AllReduce
+        };
+        let push = |out: &mut Vec<Collective>, site, op, elems_per_token| {
             out.push(Collective {
-                site: CollectiveSite::Embedding,
-                op: CollectiveOp::AllReduce,
-                elems_per_token: h,
-            });
+                site,
+                op,
+                elems_per_token,
+            })
+        };
+        if self.embedding.is_split() {
+            push(&mut out, CollectiveSite::Embedding, reduce, h);
         }
         for (layer, lp) in self.layers.iter().enumerate() {
             if matches!(lp.attention, AttentionSharding::Heads { .. }) {
-                out.push(Collective {
-                    site: CollectiveSite::Attention { layer },
-                    op: CollectiveOp::AllReduce,
-                    elems_per_token: h,
-                });
+                if sp {
+                    let site = CollectiveSite::Gather {
+                        layer,
+                        half: LayerHalf::Attention,
+                    };
+                    push(&mut out, site, CollectiveOp::AllGather, h);
+                }
+                push(&mut out, CollectiveSite::Attention { layer }, reduce, h);
             }
             if lp.mlp.is_split() {
-                out.push(Collective {
-                    site: CollectiveSite::Mlp { layer },
-                    op: CollectiveOp::AllReduce,
-                    elems_per_token: h,
-                });
+                if sp {
+                    let site = CollectiveSite::Gather {
+                        layer,
+                        half: LayerHalf::Mlp,
+                    };
+                    push(&mut out, site, CollectiveOp::AllGather, h);
+                }
+                push(&mut out, CollectiveSite::Mlp { layer }, reduce, h);
             }
         }
+        if sp {
+            push(
+                &mut out,
+                CollectiveSite::FinalRows,
+                CollectiveOp::AllGather,
+                h,
+            );
+        }
         if self.lm_head.is_split() {
-            out.push(Collective {
-                site: CollectiveSite::LmHead,
-                op: CollectiveOp::AllGather,
-                elems_per_token: self.model.vocab,
-            });
+            push(
+                &mut out,
+                CollectiveSite::LmHead,
+                CollectiveOp::AllGather,
+                self.model.vocab,
+            );
         }
         out
     }
@@ -470,6 +520,14 @@ impl ShardPlan {
             m.vocab,
             "lm_head.weight (vocabulary)",
         )?;
+        if self.sequence_parallel {
+            for (layer, lp) in self.layers.iter().enumerate() {
+                let attention_split = matches!(lp.attention, AttentionSharding::Heads { .. });
+                if self.world_size > 1 && !(attention_split && lp.mlp.is_split()) {
+                    return Err(PlanError::SequenceParallel { layer });
+                }
+            }
+        }
         for (layer, lp) in self.layers.iter().enumerate() {
             let what = format!("model.layers.{layer}.mlp (intermediate)");
             check_dim(&lp.mlp, self.world_size, m.intermediate, &what)?;

@@ -53,19 +53,24 @@ pub fn render_table(plan: &ShardPlan, bytes_per_param: usize) -> String {
         .filter(|c| {
             matches!(
                 c.site,
-                CollectiveSite::Attention { layer: 0 } | CollectiveSite::Mlp { layer: 0 }
+                CollectiveSite::Attention { layer: 0 }
+                    | CollectiveSite::Mlp { layer: 0 }
+                    | CollectiveSite::Gather { layer: 0, .. }
             )
         })
         .count();
-    let bytes: usize = collectives.iter().map(|c| c.elems_per_token * 4).sum();
-    let reduces = collectives
-        .iter()
-        .filter(|c| c.op == CollectiveOp::AllReduce)
-        .count();
-    let gathers = collectives.len() - reduces;
+    let count = |op: CollectiveOp| collectives.iter().filter(|c| c.op == op).count();
     let _ = writeln!(
         s,
-        "collectives: {per_layer} all-reduce per layer; {reduces} all-reduce + {gathers} all-gather per step; {bytes} bytes per token contributed by each rank (f32)"
+        "collectives per step: {} all-reduce, {} reduce-scatter, {} all-gather ({per_layer} per layer){}",
+        count(CollectiveOp::AllReduce),
+        count(CollectiveOp::ReduceScatter),
+        count(CollectiveOp::AllGather),
+        if plan.sequence_parallel {
+            "; token rows sharded between split layers"
+        } else {
+            ""
+        }
     );
     s
 }

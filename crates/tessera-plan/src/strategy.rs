@@ -2,8 +2,9 @@
 
 use crate::error::PlanError;
 use crate::plan::{AttentionSharding, DimSharding, HeadShard, LayerPlan, ShardPlan, PLAN_FORMAT};
+use crate::reduce::even_unit_spans;
 use crate::shape::ModelShape;
-use crate::span::{even_spans, kv_span_for};
+use crate::span::{kv_span_for, weighted_spans, Span};
 
 /// A named way to split a model across ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,30 +12,51 @@ pub enum Strategy {
     /// Column-parallel q/k/v and gate/up, row-parallel o and down, vocabulary-parallel
     /// embedding and output head: one all-reduce after attention and one after the MLP.
     Megatron,
+    /// `megatron` with sequence parallelism: reduce-scatter after the row-parallel layers,
+    /// residual and norms on each rank's share of the token rows, all-gather before the
+    /// column-parallel layers. Same bytes per token reduced, 1/N of the norm work.
+    MegatronSp,
     /// Attention split as in `megatron`, MLP computed whole on every rank.
     AttnTpMlpReplicated,
     /// MLP split as in `megatron`, attention computed whole on every rank.
     MlpTpAttnReplicated,
     /// Every rank computes everything (the data-parallel baseline); no collective.
     Replicated,
+    /// `megatron` with uneven splits sized by each rank's memory (mixed devices, given
+    /// with `--rank-memory`); equal memories give splits close to `megatron`'s.
+    MemoryBalanced,
 }
 
 impl Strategy {
     /// Names accepted by [`Strategy::parse`].
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 6] = [
         "megatron",
+        "megatron-sp",
         "attn-tp-mlp-replicated",
         "mlp-tp-attn-replicated",
         "replicated",
+        "memory-balanced",
+    ];
+
+    /// Every strategy, in the order of [`Strategy::NAMES`].
+    pub const ALL: [Strategy; 6] = [
+        Self::Megatron,
+        Self::MegatronSp,
+        Self::AttnTpMlpReplicated,
+        Self::MlpTpAttnReplicated,
+        Self::Replicated,
+        Self::MemoryBalanced,
     ];
 
     /// Parses a strategy name as written on the command line.
     pub fn parse(name: &str) -> Result<Self, PlanError> {
         match name {
             "megatron" => Ok(Self::Megatron),
+            "megatron-sp" => Ok(Self::MegatronSp),
             "attn-tp-mlp-replicated" => Ok(Self::AttnTpMlpReplicated),
             "mlp-tp-attn-replicated" => Ok(Self::MlpTpAttnReplicated),
             "replicated" => Ok(Self::Replicated),
+            "memory-balanced" => Ok(Self::MemoryBalanced),
             other => Err(PlanError::UnknownStrategy(other.to_string())),
         }
     }
@@ -43,9 +65,11 @@ impl Strategy {
     pub fn name(self) -> &'static str {
         match self {
             Self::Megatron => "megatron",
+            Self::MegatronSp => "megatron-sp",
             Self::AttnTpMlpReplicated => "attn-tp-mlp-replicated",
             Self::MlpTpAttnReplicated => "mlp-tp-attn-replicated",
             Self::Replicated => "replicated",
+            Self::MemoryBalanced => "memory-balanced",
         }
     }
 
@@ -56,16 +80,46 @@ impl Strategy {
     /// key/value head replicated on both (SmolLM2's 9 heads in 3 groups on 2 ranks: 5 + 4
     /// query heads, key/value head 1 on both ranks). When ranks divide the key/value heads
     /// this is the usual group-aligned split with no replication.
+    ///
+    /// MLP splits cut on the model's fixed reduction chunks
+    /// ([`ModelShape::mlp_reduce_chunk`]) so that deterministic reduction can run them.
     pub fn plan(self, shape: &ModelShape, world: usize) -> Result<ShardPlan, PlanError> {
+        self.plan_for_memory(shape, &vec![1.0; world])
+    }
+
+    /// Builds the plan for ranks with the given relative memories (one per rank; only
+    /// `memory-balanced` uses them, to size each rank's share of heads, MLP columns and
+    /// vocabulary; the others split evenly).
+    pub fn plan_for_memory(
+        self,
+        shape: &ModelShape,
+        rank_memory: &[f64],
+    ) -> Result<ShardPlan, PlanError> {
+        let world = rank_memory.len();
         if world == 0 {
             return Err(PlanError::ZeroRanks);
         }
-        let split_attn = matches!(self, Self::Megatron | Self::AttnTpMlpReplicated) && world > 1;
-        let split_mlp = matches!(self, Self::Megatron | Self::MlpTpAttnReplicated) && world > 1;
-        let split_vocab = self == Self::Megatron && world > 1;
+        if let Some(bad) = rank_memory.iter().find(|m| !(m.is_finite() && **m > 0.0)) {
+            return Err(PlanError::BadMemory(*bad));
+        }
+        let megatron_like = matches!(
+            self,
+            Self::Megatron | Self::MegatronSp | Self::MemoryBalanced
+        );
+        let split_attn = (megatron_like || self == Self::AttnTpMlpReplicated) && world > 1;
+        let split_mlp = (megatron_like || self == Self::MlpTpAttnReplicated) && world > 1;
+        let split_vocab = megatron_like && world > 1;
+        let chunk = shape.mlp_reduce_chunk();
+        let split = |total: usize, unit: usize| -> Vec<Span> {
+            if self == Self::MemoryBalanced {
+                weighted_spans(total, rank_memory, unit)
+            } else {
+                even_unit_spans(total, unit, world)
+            }
+        };
         let attention = if split_attn {
             AttentionSharding::Heads {
-                ranks: even_spans(shape.heads, world)
+                ranks: split(shape.heads, 1)
                     .into_iter()
                     .map(|q| HeadShard {
                         q_heads: q,
@@ -78,14 +132,14 @@ impl Strategy {
         };
         let mlp = if split_mlp {
             DimSharding::Split {
-                spans: even_spans(shape.intermediate, world),
+                spans: split(shape.intermediate, chunk),
             }
         } else {
             DimSharding::Replicated
         };
         let vocab = if split_vocab {
             DimSharding::Split {
-                spans: even_spans(shape.vocab, world),
+                spans: split(shape.vocab, 1),
             }
         } else {
             DimSharding::Replicated
@@ -98,6 +152,7 @@ impl Strategy {
             embedding: vocab.clone(),
             lm_head: vocab,
             layers: vec![LayerPlan { attention, mlp }; shape.layers],
+            sequence_parallel: self == Self::MegatronSp && world > 1,
         };
         plan.validate()?;
         Ok(plan)

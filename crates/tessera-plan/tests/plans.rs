@@ -208,3 +208,32 @@ fn wrong_rank_count_in_a_split_is_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn memory_balanced_gives_a_half_size_rank_about_half_the_parameters() {
+    let shape = ModelShape::llama3_8b();
+    let plan = Strategy::MemoryBalanced
+        .plan_for_memory(&shape, &[80.0, 80.0, 40.0])
+        .unwrap();
+    plan.validate().unwrap();
+    plan.check_deterministic().unwrap();
+    let p: Vec<f64> = (0..3).map(|r| plan.rank_parameters(r) as f64).collect();
+    let ratio = p[2] / p[0];
+    assert!((0.4..0.65).contains(&ratio), "parameters {p:?}");
+    assert!((p[0] / p[1] - 1.0).abs() < 0.1, "parameters {p:?}");
+    // Equal memories: a valid megatron-like split.
+    let even = Strategy::MemoryBalanced.plan(&shape, 4).unwrap();
+    let megatron = Strategy::Megatron.plan(&shape, 4).unwrap();
+    assert_eq!(even.layers, megatron.layers);
+}
+
+#[test]
+fn memory_balanced_refuses_a_zero_or_negative_memory() {
+    let shape = ModelShape::smollm2_135m();
+    for bad in [0.0, -1.0, f64::NAN] {
+        let err = Strategy::MemoryBalanced
+            .plan_for_memory(&shape, &[1.0, bad])
+            .unwrap_err();
+        assert!(err.to_string().contains("not a positive size"), "{err}");
+    }
+}

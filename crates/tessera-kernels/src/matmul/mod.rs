@@ -98,6 +98,12 @@ pub(crate) struct Operands<E> {
     pub bias: *const f32,
     pub y: *mut f32,
     pub ldy: usize,
+    /// Width of the fixed reduction chunks over k (`>= k` for one chunk); each chunk starts
+    /// its 16 lanes afresh at its first column.
+    pub chunk: usize,
+    /// 0: `y` gets the left-to-right fold of the chunks' sums (plus bias); otherwise chunk
+    /// `c`'s sums go to `y + c * partial_stride` (no bias).
+    pub partial_stride: usize,
 }
 
 // SAFETY: `Operands` is a bundle of pointers into slices borrowed for the duration of one
@@ -158,6 +164,165 @@ pub fn matmul(
         WeightRef::Bf16(w) => run_parallel(pool, &operands(x, m, k, w, bias, y, n), n),
     }
     Ok(())
+}
+
+/// What a chunked matmul writes for its reduction chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkOutput {
+    /// `y[m*n]`: the chunks' sums added left to right (the first chunk's sum, plus the
+    /// second's, ...), then the bias.
+    Fold,
+    /// `y[chunks*m*n]`: chunk `c`'s sums at `y[c*m*n ..]`, for a caller (another rank) to
+    /// continue the fold; no bias.
+    Partials,
+}
+
+/// Number of reduction chunks of width `chunk` over `k` (the last may be shorter).
+pub fn chunk_count(k: usize, chunk: usize) -> usize {
+    k.div_ceil(chunk.max(1))
+}
+
+/// `y = x · wᵀ (+ bias)` with the reduction over k cut into fixed chunks of `chunk` columns.
+///
+/// Each chunk is reduced in the fixed order of [`matmul`] (16 lanes counted from the chunk's
+/// first column, a short last group masked, then the tree), and the chunk sums are added
+/// left to right. Because the chunk grid is global, a rank holding
+/// chunks `a..b` of a row-parallel weight computes exactly the partial sums that one rank
+/// holding every chunk computes, and a fold in chunk order gives the same bits at any rank
+/// count. `chunk` must be positive (multiples of 16 waste no lanes); `chunk >= k` is plain
+/// [`matmul`].
+#[expect(
+    clippy::too_many_arguments,
+    reason = "BLAS-style operand list; each shape sits next to the buffer it describes"
+)]
+pub fn matmul_chunked(
+    pool: &CpuPool,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: WeightRef<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    chunk: usize,
+    output: ChunkOutput,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_chunk(chunk)?;
+    let chunks = chunk_count(k, chunk);
+    let slab = mul("y", m, n)?;
+    let (expected_y, partial_stride) = match output {
+        ChunkOutput::Fold => (slab, 0),
+        ChunkOutput::Partials => {
+            if bias.is_some() {
+                return Err(KernelError::Invalid {
+                    what: "bias",
+                    reason: "partial sums take no bias (add it once, after the fold)".into(),
+                });
+            }
+            (mul("y", chunks, slab)?, slab)
+        }
+    };
+    check_len("y", expected_y, y.len())?;
+    check_len("x", mul("x", m, k)?, x.len())?;
+    check_len("w", mul("w", n, k)?, w.len())?;
+    if let Some(bias) = bias {
+        check_len("bias", n, bias.len())?;
+    }
+    if output == ChunkOutput::Partials && chunks == 0 {
+        // k = 0: no chunk, nothing to write.
+        return Ok(());
+    }
+    if output == ChunkOutput::Partials && chunks == 1 {
+        // One chunk: its partial sums are the plain product.
+        return matmul(pool, x, m, k, w, n, None, y);
+    }
+    if slab == 0 {
+        return Ok(());
+    }
+    let bias = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+    match w {
+        WeightRef::F32(w) => {
+            let mut op = operands(x, m, k, w, bias, y, n);
+            op.chunk = chunk;
+            op.partial_stride = partial_stride;
+            run_parallel(pool, &op, n);
+        }
+        WeightRef::Bf16(w) => {
+            let mut op = operands(x, m, k, w, bias, y, n);
+            op.chunk = chunk;
+            op.partial_stride = partial_stride;
+            run_parallel(pool, &op, n);
+        }
+    }
+    Ok(())
+}
+
+/// Single-threaded reference of [`matmul_chunked`], written plainly, for tests.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "BLAS-style operand list; each shape sits next to the buffer it describes"
+)]
+pub fn matmul_chunked_reference(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: WeightRef<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    chunk: usize,
+    output: ChunkOutput,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_chunk(chunk)?;
+    let slab = mul("y", m, n)?;
+    let (expected, chunks) = match output {
+        // A fold over k = 0 is one empty chunk: zero (plus bias).
+        ChunkOutput::Fold => (slab, chunk_count(k, chunk).max(1)),
+        ChunkOutput::Partials => (
+            mul("y", chunk_count(k, chunk), slab)?,
+            chunk_count(k, chunk),
+        ),
+    };
+    check_len("y", expected, y.len())?;
+    for i in 0..m {
+        for j in 0..n {
+            let mut total = 0.0f32;
+            for c in 0..chunks {
+                let lo = (c * chunk).min(k);
+                let hi = lo.saturating_add(chunk).min(k);
+                let xs = &x[i * k + lo..i * k + hi];
+                let s = match w {
+                    WeightRef::F32(w) => dot_reference(xs, &w[j * k + lo..j * k + hi]),
+                    WeightRef::Bf16(w) => dot_reference(xs, &w[j * k + lo..j * k + hi]),
+                };
+                match output {
+                    ChunkOutput::Partials => y[c * slab + i * n + j] = s,
+                    ChunkOutput::Fold => total = if c == 0 { s } else { total + s },
+                }
+            }
+            if output == ChunkOutput::Fold {
+                y[i * n + j] = bias.map_or(total, |b| total + b[j]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A chunk is at least one column wide.
+fn check_chunk(chunk: usize) -> Result<(), KernelError> {
+    if chunk == 0 {
+        return Err(KernelError::Invalid {
+            what: "chunk",
+            reason: "reduction chunks must be at least one column wide".into(),
+        });
+    }
+    Ok(())
+}
+
+/// End of the reduction chunk that starts at `c0` (`c0` itself when k = 0).
+#[inline(always)]
+pub(crate) fn chunk_end(op_chunk: usize, k: usize, c0: usize) -> usize {
+    c0.saturating_add(op_chunk).min(k)
 }
 
 /// Plain single-threaded reference with the same defined order (scalar mul_add per lane), for tests.
@@ -248,6 +413,8 @@ fn operands<E: Elem>(
         bias,
         y: y.as_mut_ptr(),
         ldy: n,
+        chunk: usize::MAX,
+        partial_stride: 0,
     }
 }
 

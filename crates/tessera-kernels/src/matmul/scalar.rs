@@ -30,22 +30,53 @@ pub(crate) unsafe fn tile<E: Elem>(op: &Operands<E>, t: Tile) {
         // SAFETY: weight row j+c is in the covered column range, k elements at (j+c)*ldw.
         *row = unsafe { std::slice::from_raw_parts(op.w.add((j + c) * op.ldw), k) };
     }
-    let mut acc = [[[0.0f32; 16]; MAX_NR]; MAX_MR];
-    for k0 in (0..k).step_by(16) {
-        let lanes = 16.min(k - k0);
-        for (acc_row, x) in acc.iter_mut().zip(&xs).take(mr) {
-            let x = &x[k0..k0 + lanes];
-            for (a, w) in acc_row.iter_mut().zip(&ws).take(nr) {
-                let w = &w[k0..k0 + lanes];
-                for (lane, (&xv, &wv)) in x.iter().zip(w).enumerate() {
-                    a[lane] = xv.mul_add(wv.to_f32(), a[lane]);
+    let mut total = [[0.0f32; MAX_NR]; MAX_MR];
+    let (mut c0, mut ci) = (0, 0);
+    loop {
+        let c1 = super::chunk_end(op.chunk, k, c0);
+        let mut acc = [[[0.0f32; 16]; MAX_NR]; MAX_MR];
+        for k0 in (c0..c1).step_by(16) {
+            let lanes = 16.min(c1 - k0);
+            for (acc_row, x) in acc.iter_mut().zip(&xs).take(mr) {
+                let x = &x[k0..k0 + lanes];
+                for (a, w) in acc_row.iter_mut().zip(&ws).take(nr) {
+                    let w = &w[k0..k0 + lanes];
+                    for (lane, (&xv, &wv)) in x.iter().zip(w).enumerate() {
+                        a[lane] = xv.mul_add(wv.to_f32(), a[lane]);
+                    }
                 }
             }
         }
+        for (r, (acc_row, total_row)) in acc.iter().zip(total.iter_mut()).enumerate().take(mr) {
+            for (c, (a, tot)) in acc_row
+                .iter()
+                .zip(total_row.iter_mut())
+                .enumerate()
+                .take(nr)
+            {
+                let s = tree_sum(a);
+                if op.partial_stride != 0 {
+                    // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
+                    unsafe { *op.y.add(ci * op.partial_stride + (i + r) * op.ldy + j + c) = s };
+                } else if ci == 0 {
+                    *tot = s;
+                } else {
+                    *tot += s;
+                }
+            }
+        }
+        ci += 1;
+        c0 = c1;
+        if c0 >= k {
+            break;
+        }
     }
-    for (r, acc_row) in acc.iter().enumerate().take(mr) {
-        for (c, a) in acc_row.iter().enumerate().take(nr) {
-            let mut sum = tree_sum(a);
+    if op.partial_stride != 0 {
+        return;
+    }
+    for (r, total_row) in total.iter().enumerate().take(mr) {
+        for (c, &tot) in total_row.iter().enumerate().take(nr) {
+            let mut sum = tot;
             if !op.bias.is_null() {
                 // SAFETY: bias has an entry for every covered column.
                 sum += unsafe { *op.bias.add(j + c) };

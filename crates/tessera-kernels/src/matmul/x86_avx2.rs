@@ -90,66 +90,92 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NR: usize>(op: &Operands<E>
     // Prefetching never faults, and `wrapping_add` keeps the address computation defined
     // even past the end of the weights.
     let next = w.wrapping_add(NR * op.ldw);
-    let mut acc = [[[_mm256_setzero_ps(); 2]; NR]; MR];
+    let mut total = [[0.0f32; NR]; MR];
     let mut wv = [_mm256_setzero_ps(); NR];
-    let mut k0 = 0;
-    while k0 + 16 <= k {
-        if t.prefetch {
-            for c in 0..NR {
-                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(c * op.ldw + k0).cast());
+    let (mut c0, mut ci) = (0, 0);
+    loop {
+        let c1 = super::chunk_end(op.chunk, k, c0);
+        let mut acc = [[[_mm256_setzero_ps(); 2]; NR]; MR];
+        let mut k0 = c0;
+        while k0 + 16 <= c1 {
+            if t.prefetch {
+                for c in 0..NR {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(c * op.ldw + k0).cast());
+                }
             }
+            for half in 0..2 {
+                let at = k0 + 8 * half;
+                for (c, v) in wv.iter_mut().enumerate() {
+                    // SAFETY: at + 8 <= k, so 8 elements of weight row j+c are readable.
+                    *v = unsafe { load_w(w.add(c * op.ldw + at)) };
+                }
+                for (r, acc_row) in acc.iter_mut().enumerate() {
+                    // SAFETY: as above, for x row i+r.
+                    let xv = unsafe { _mm256_loadu_ps(x.add(r * op.ldx + at)) };
+                    for (a, wc) in acc_row.iter_mut().zip(&wv) {
+                        a[half] = _mm256_fmadd_ps(xv, *wc, a[half]);
+                    }
+                }
+            }
+            k0 += 16;
         }
-        for half in 0..2 {
-            let at = k0 + 8 * half;
-            for (c, v) in wv.iter_mut().enumerate() {
-                // SAFETY: at + 8 <= k, so 8 elements of weight row j+c are readable.
-                *v = unsafe { load_w(w.add(c * op.ldw + at)) };
+        if k0 < c1 {
+            // The short last chunk, through zero-padded copies; a blend then restores the
+            // accumulator bits of the missing lanes exactly (fma with 0 could turn -0 into +0).
+            let valid = c1 - k0;
+            let mut xbuf = [[0.0f32; 16]; MR];
+            for (r, buf) in xbuf.iter_mut().enumerate() {
+                // SAFETY: the `valid` elements after k0 are inside x row i+r.
+                let src = unsafe { std::slice::from_raw_parts(x.add(r * op.ldx + k0), valid) };
+                buf[..valid].copy_from_slice(src);
             }
-            for (r, acc_row) in acc.iter_mut().enumerate() {
-                // SAFETY: as above, for x row i+r.
-                let xv = unsafe { _mm256_loadu_ps(x.add(r * op.ldx + at)) };
-                for (a, wc) in acc_row.iter_mut().zip(&wv) {
-                    a[half] = _mm256_fmadd_ps(xv, *wc, a[half]);
+            let mut wbuf = [[E::default(); 16]; NR];
+            for (c, buf) in wbuf.iter_mut().enumerate() {
+                // SAFETY: the `valid` elements after k0 are inside weight row j+c.
+                let src = unsafe { std::slice::from_raw_parts(w.add(c * op.ldw + k0), valid) };
+                buf[..valid].copy_from_slice(src);
+            }
+            for half in 0..2 {
+                let mask = lane_mask(8 * half, valid);
+                for (c, v) in wv.iter_mut().enumerate() {
+                    // SAFETY: the buffer holds 16 elements.
+                    *v = unsafe { load_w(wbuf[c].as_ptr().add(8 * half)) };
+                }
+                for (acc_row, xb) in acc.iter_mut().zip(&xbuf) {
+                    // SAFETY: the buffer holds 16 floats.
+                    let xv = unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * half)) };
+                    for (a, wc) in acc_row.iter_mut().zip(&wv) {
+                        let fused = _mm256_fmadd_ps(xv, *wc, a[half]);
+                        a[half] = _mm256_blendv_ps(a[half], fused, mask);
+                    }
                 }
             }
         }
-        k0 += 16;
-    }
-    if k0 < k {
-        // The short last chunk, through zero-padded copies; a blend then restores the
-        // accumulator bits of the missing lanes exactly (fma with 0 could turn -0 into +0).
-        let valid = k - k0;
-        let mut xbuf = [[0.0f32; 16]; MR];
-        for (r, buf) in xbuf.iter_mut().enumerate() {
-            // SAFETY: the `valid` elements after k0 are inside x row i+r.
-            let src = unsafe { std::slice::from_raw_parts(x.add(r * op.ldx + k0), valid) };
-            buf[..valid].copy_from_slice(src);
-        }
-        let mut wbuf = [[E::default(); 16]; NR];
-        for (c, buf) in wbuf.iter_mut().enumerate() {
-            // SAFETY: the `valid` elements after k0 are inside weight row j+c.
-            let src = unsafe { std::slice::from_raw_parts(w.add(c * op.ldw + k0), valid) };
-            buf[..valid].copy_from_slice(src);
-        }
-        for half in 0..2 {
-            let mask = lane_mask(8 * half, valid);
-            for (c, v) in wv.iter_mut().enumerate() {
-                // SAFETY: the buffer holds 16 elements.
-                *v = unsafe { load_w(wbuf[c].as_ptr().add(8 * half)) };
-            }
-            for (acc_row, xb) in acc.iter_mut().zip(&xbuf) {
-                // SAFETY: the buffer holds 16 floats.
-                let xv = unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * half)) };
-                for (a, wc) in acc_row.iter_mut().zip(&wv) {
-                    let fused = _mm256_fmadd_ps(xv, *wc, a[half]);
-                    a[half] = _mm256_blendv_ps(a[half], fused, mask);
+        for (r, (acc_row, total_row)) in acc.iter().zip(total.iter_mut()).enumerate() {
+            for (c, (a, tot)) in acc_row.iter().zip(total_row.iter_mut()).enumerate() {
+                let s = tree_sum8(_mm256_add_ps(a[0], a[1]));
+                if op.partial_stride != 0 {
+                    // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
+                    unsafe { *op.y.add(ci * op.partial_stride + (i + r) * op.ldy + j + c) = s };
+                } else if ci == 0 {
+                    *tot = s;
+                } else {
+                    *tot += s;
                 }
             }
         }
+        ci += 1;
+        c0 = c1;
+        if c0 >= k {
+            break;
+        }
     }
-    for (r, acc_row) in acc.iter().enumerate() {
-        for (c, a) in acc_row.iter().enumerate() {
-            let mut sum = tree_sum8(_mm256_add_ps(a[0], a[1]));
+    if op.partial_stride != 0 {
+        return;
+    }
+    for (r, total_row) in total.iter().enumerate() {
+        for (c, &tot) in total_row.iter().enumerate() {
+            let mut sum = tot;
             if !op.bias.is_null() {
                 // SAFETY: bias has an entry for every covered column.
                 sum += unsafe { *op.bias.add(j + c) };

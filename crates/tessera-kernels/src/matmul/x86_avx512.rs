@@ -91,6 +91,46 @@ pub(crate) fn tree_sum(v: __m512) -> f32 {
     super::x86_avx2::tree_sum8(_mm256_add_ps(lo, hi))
 }
 
+/// [`tree_sum`] of 16 accumulators at once: lane `c * 4 + r` of the result is the tree sum
+/// of `acc[r * 4 + c]`, with exactly the adds of the one-accumulator tree (lanes l and l+8,
+/// then l+4, l+2, l+1), only their operands travel together through shuffles.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn tree_sum16(acc: &[__m512; 16]) -> __m512 {
+    // l + (l+8): pairs of accumulators, 128-bit quarters 0,1 against 2,3.
+    let mut s8 = [_mm512_setzero_ps(); 8];
+    for (k, out) in s8.iter_mut().enumerate() {
+        let (a, b) = (acc[2 * k], acc[2 * k + 1]);
+        *out = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+        );
+    }
+    // l + (l+4): quarters 0,2 against 1,3 of two such vectors.
+    let mut s4 = [_mm512_setzero_ps(); 4];
+    for (k, out) in s4.iter_mut().enumerate() {
+        let (a, b) = (s8[2 * k], s8[2 * k + 1]);
+        *out = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+        );
+    }
+    // l + (l+2) inside each quarter.
+    let mut s2 = [_mm512_setzero_ps(); 2];
+    for (k, out) in s2.iter_mut().enumerate() {
+        let (a, b) = (s4[2 * k], s4[2 * k + 1]);
+        *out = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+        );
+    }
+    // l + (l+1).
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(s2[0], s2[1]),
+        _mm512_shuffle_ps::<0b11_01_11_01>(s2[0], s2[1]),
+    )
+}
+
 /// The `MR x NR` tile at (row `i`, column `j`).
 ///
 /// # Safety
@@ -104,46 +144,112 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NR: usize>(op: &Operands<E>
     // Prefetching never faults, and `wrapping_add` keeps the address computation defined
     // even past the end of the weights.
     let next = w.wrapping_add(NR * op.ldw);
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    let mut total = [[0.0f32; NR]; MR];
+    let mut total16 = _mm512_setzero_ps();
     let mut wv = [_mm512_setzero_ps(); NR];
-    let mut k0 = 0;
-    while k0 + 16 <= k {
-        if t.prefetch {
-            for c in 0..NR {
-                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(c * op.ldw + k0).cast());
+    let (mut c0, mut ci) = (0, 0);
+    loop {
+        let c1 = super::chunk_end(op.chunk, k, c0);
+        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+        let mut k0 = c0;
+        while k0 + 16 <= c1 {
+            if t.prefetch {
+                for c in 0..NR {
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(c * op.ldw + k0).cast());
+                }
+            }
+            for (c, v) in wv.iter_mut().enumerate() {
+                // SAFETY: k0 + 16 <= k, so 16 elements of weight row j+c are readable.
+                *v = unsafe { load_w(w.add(c * op.ldw + k0)) };
+            }
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                // SAFETY: as above, for x row i+r.
+                let xv = unsafe { _mm512_loadu_ps(x.add(r * op.ldx + k0)) };
+                for (a, wc) in acc_row.iter_mut().zip(&wv) {
+                    *a = _mm512_fmadd_ps(xv, *wc, *a);
+                }
+            }
+            k0 += 16;
+        }
+        if k0 < c1 {
+            // The short last chunk: masked-off lanes keep their accumulator bits exactly.
+            let mask: __mmask16 = ((1u32 << (c1 - k0)) - 1) as __mmask16;
+            for (c, v) in wv.iter_mut().enumerate() {
+                // SAFETY: the c1 - k0 masked-in elements are inside weight row j+c.
+                *v = unsafe { load_w_masked(w.add(c * op.ldw + k0), mask) };
+            }
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                // SAFETY: as above, for x row i+r.
+                let xv = unsafe { _mm512_maskz_loadu_ps(mask, x.add(r * op.ldx + k0)) };
+                for (a, wc) in acc_row.iter_mut().zip(&wv) {
+                    *a = _mm512_mask3_fmadd_ps(xv, *wc, *a, mask);
+                }
             }
         }
-        for (c, v) in wv.iter_mut().enumerate() {
-            // SAFETY: k0 + 16 <= k, so 16 elements of weight row j+c are readable.
-            *v = unsafe { load_w(w.add(c * op.ldw + k0)) };
-        }
-        for (r, acc_row) in acc.iter_mut().enumerate() {
-            // SAFETY: as above, for x row i+r.
-            let xv = unsafe { _mm512_loadu_ps(x.add(r * op.ldx + k0)) };
-            for (a, wc) in acc_row.iter_mut().zip(&wv) {
-                *a = _mm512_fmadd_ps(xv, *wc, *a);
+        if MR == 4 && NR == 4 {
+            // A full tile reduces its 16 accumulators together (same adds, fewer shuffles).
+            let mut flat = [_mm512_setzero_ps(); 16];
+            for (r, acc_row) in acc.iter().enumerate() {
+                for (c, a) in acc_row.iter().enumerate() {
+                    flat[r * 4 + c] = *a;
+                }
+            }
+            let sums = tree_sum16(&flat);
+            if op.partial_stride != 0 {
+                let mut out = [0.0f32; 16];
+                // SAFETY: 16 floats fit in `out`.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums) };
+                for r in 0..4 {
+                    for c in 0..4 {
+                        // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
+                        unsafe {
+                            *op.y.add(ci * op.partial_stride + (i + r) * op.ldy + j + c) =
+                                out[c * 4 + r]
+                        };
+                    }
+                }
+            } else if ci == 0 {
+                total16 = sums;
+            } else {
+                total16 = _mm512_add_ps(total16, sums);
+            }
+        } else {
+            for (r, (acc_row, total_row)) in acc.iter().zip(total.iter_mut()).enumerate() {
+                for (c, (a, tot)) in acc_row.iter().zip(total_row.iter_mut()).enumerate() {
+                    let s = tree_sum(*a);
+                    if op.partial_stride != 0 {
+                        // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
+                        unsafe { *op.y.add(ci * op.partial_stride + (i + r) * op.ldy + j + c) = s };
+                    } else if ci == 0 {
+                        *tot = s;
+                    } else {
+                        *tot += s;
+                    }
+                }
             }
         }
-        k0 += 16;
+        ci += 1;
+        c0 = c1;
+        if c0 >= k {
+            break;
+        }
     }
-    if k0 < k {
-        // The short last chunk: masked-off lanes keep their accumulator bits exactly.
-        let mask: __mmask16 = ((1u32 << (k - k0)) - 1) as __mmask16;
-        for (c, v) in wv.iter_mut().enumerate() {
-            // SAFETY: the k - k0 masked-in elements are inside weight row j+c.
-            *v = unsafe { load_w_masked(w.add(c * op.ldw + k0), mask) };
-        }
-        for (r, acc_row) in acc.iter_mut().enumerate() {
-            // SAFETY: as above, for x row i+r.
-            let xv = unsafe { _mm512_maskz_loadu_ps(mask, x.add(r * op.ldx + k0)) };
-            for (a, wc) in acc_row.iter_mut().zip(&wv) {
-                *a = _mm512_mask3_fmadd_ps(xv, *wc, *a, mask);
+    if op.partial_stride != 0 {
+        return;
+    }
+    if MR == 4 && NR == 4 {
+        let mut out = [0.0f32; 16];
+        // SAFETY: 16 floats fit in `out`.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), total16) };
+        for (r, total_row) in total.iter_mut().enumerate() {
+            for (c, tot) in total_row.iter_mut().enumerate() {
+                *tot = out[c * 4 + r];
             }
         }
     }
-    for (r, acc_row) in acc.iter().enumerate() {
-        for (c, a) in acc_row.iter().enumerate() {
-            let mut sum = tree_sum(*a);
+    for (r, total_row) in total.iter().enumerate() {
+        for (c, &tot) in total_row.iter().enumerate() {
+            let mut sum = tot;
             if !op.bias.is_null() {
                 // SAFETY: bias has an entry for every covered column.
                 sum += unsafe { *op.bias.add(j + c) };
