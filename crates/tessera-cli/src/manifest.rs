@@ -73,7 +73,7 @@ pub(crate) struct Manifest {
     pub(crate) seed: u64,
     /// Hardware profile used for predictions.
     pub(crate) hardware: HardwareProfile,
-    /// Reduction algorithm requested and the one the engine ran.
+    /// Reduction of row-parallel partial sums the run used or assumed.
     pub(crate) reduce: serde_json::Value,
     /// Bench parameters (workload sizes, repeats, threads).
     pub(crate) parameters: serde_json::Value,

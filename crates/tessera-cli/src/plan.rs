@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use tessera_model::ModelConfig;
-use tessera_plan::cost::{predict, render_explain, Phase, ReduceMode, Workload};
+use tessera_plan::cost::{predict, render_explain, Phase, Workload};
 use tessera_plan::{HardwareProfile, ModelShape};
 
 use crate::{ModelArgs, ShardArgs};
@@ -48,20 +48,6 @@ pub(crate) struct ExplainArgs {
     /// Prompt length (prefill) or cached tokens per sequence (decode).
     #[arg(long, default_value_t = 512)]
     pub(crate) context: usize,
-    /// Assume a plain all-reduce instead of the deterministic fixed-chunk reduction.
-    #[arg(long)]
-    pub(crate) fast_reduce: bool,
-}
-
-impl ExplainArgs {
-    /// The reduction algorithm the flags select.
-    pub(crate) fn reduce(&self) -> ReduceMode {
-        if self.fast_reduce {
-            ReduceMode::Fast
-        } else {
-            ReduceMode::Deterministic
-        }
-    }
 }
 
 /// A built-in model shape by name.
@@ -88,7 +74,7 @@ pub(crate) fn run(args: &PlanArgs) -> Result<()> {
             e.context,
             args.bytes_per_param,
         );
-        let prediction = predict(&plan, &hardware, &workload, e.reduce())?;
+        let prediction = predict(&plan, &hardware, &workload, args.shard.reduce())?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&prediction)?);
         } else {

@@ -26,7 +26,7 @@ pub(crate) struct ProjectionArgs {
     /// Strategies, comma-separated.
     #[arg(
         long,
-        default_value = "megatron,attn-tp-mlp-replicated,mlp-tp-attn-replicated,replicated",
+        default_value = "megatron,megatron-sp,attn-tp-mlp-replicated,mlp-tp-attn-replicated,replicated",
         value_delimiter = ','
     )]
     strategy: Vec<String>,

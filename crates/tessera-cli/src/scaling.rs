@@ -33,7 +33,8 @@ pub(crate) struct ScalingArgs {
     /// Strategies, comma-separated.
     #[arg(long, default_value = "megatron", value_delimiter = ',')]
     strategy: Vec<String>,
-    /// Reduce row-parallel partial sums with a plain all-reduce (recorded; see the report).
+    /// Sum row-parallel partial sums with one plain all-reduce instead of the deterministic
+    /// chunked fold (fewer bytes; logits then vary with the rank count).
     #[arg(long)]
     fast_reduce: bool,
     /// Sequences per step.
@@ -117,10 +118,8 @@ pub(crate) struct ScalingReport {
     pub(crate) cores: usize,
     /// Hardware profile of the predictions.
     pub(crate) hardware: String,
-    /// Reduction requested on the command line.
-    pub(crate) reduce_requested: ReduceMode,
-    /// Reduction the engine ran (and the predictions assume).
-    pub(crate) reduce_engine: ReduceMode,
+    /// Reduction the engine ran and the predictions assume.
+    pub(crate) reduce: ReduceMode,
     /// Sequences per step.
     pub(crate) batch: usize,
     /// Prompt tokens per sequence.
@@ -134,13 +133,6 @@ pub(crate) struct ScalingReport {
     pub(crate) load_average: Vec<String>,
     /// Every combination, in run order.
     pub(crate) runs: Vec<RunResult>,
-}
-
-/// The reduction this build's engine performs. The communicator's all-reduce publishes
-/// every rank's whole buffer (the fast rule); when the engine gains a deterministic
-/// reduction option, pass `requested` through `EngineOptions` and return it here.
-fn engine_reduce(_requested: ReduceMode) -> ReduceMode {
-    ReduceMode::Fast
 }
 
 /// One step's measurements.
@@ -283,6 +275,7 @@ fn run_one(
     let (strategy, tp) = (plan.strategy.clone(), plan.world_size);
     let options = EngineOptions {
         threads: a.threads,
+        reduce,
         ..EngineOptions::default()
     };
     let mut engine =
@@ -369,19 +362,11 @@ pub(crate) fn run(a: &ScalingArgs) -> Result<()> {
     let dir = a.model.resolve()?;
     let config = ModelConfig::from_dir(&dir)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let requested = if a.fast_reduce {
+    let reduce = if a.fast_reduce {
         ReduceMode::Fast
     } else {
         ReduceMode::Deterministic
     };
-    let reduce = engine_reduce(requested);
-    if reduce != requested {
-        tracing::warn!(
-            requested = requested.name(),
-            engine = reduce.name(),
-            "this engine has no deterministic reduction yet: measuring and predicting the plain all-reduce"
-        );
-    }
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "benches/results/scaling-{}",
@@ -398,7 +383,7 @@ pub(crate) fn run(a: &ScalingArgs) -> Result<()> {
             runs.push(run_one(&dir, plan, a, &hw, reduce, cores)?);
         }
     }
-    manifest.reduce = serde_json::json!({"requested": requested, "engine": reduce});
+    manifest.reduce = serde_json::json!(reduce);
     manifest.parameters = serde_json::json!({
         "tp": a.tp, "strategies": a.strategy, "batch": a.batch, "prompt_tokens": a.prompt_tokens,
         "decode_steps": a.decode_steps, "repeats": a.repeats, "threads": a.threads, "cores": cores,
@@ -410,8 +395,7 @@ pub(crate) fn run(a: &ScalingArgs) -> Result<()> {
         model: manifest.model_dir.clone().unwrap_or_default(),
         cores,
         hardware: hw.name.clone(),
-        reduce_requested: requested,
-        reduce_engine: reduce,
+        reduce,
         batch: a.batch,
         prompt_tokens: a.prompt_tokens,
         decode_steps: a.decode_steps,

@@ -94,7 +94,7 @@ pub(crate) fn markdown(report: &ScalingReport) -> String {
         "Workload: {} sequences; a prefill of {} tokens each in one step, then {} decode steps of one token per sequence; {} repeats, medians. \
          Collective bytes and time are each rank's communicator counters around every step; comm share is the mean over ranks of time inside collectives over the step's wall time. \
          Predictions: `tessera_plan::cost` with hardware profile `{}`; error = (predicted - measured) / measured. \
-         Reduction requested: {}; reduction the engine ran (and the predictions assume): {}. \
+         Reduction of row-parallel partial sums (engine and predictions): {}. \
          This machine has {} cores: rank counts above that are oversubscribed (rank threads time-share cores, and a collective waits for descheduled ranks). \
          Load average (1, 5, 15 min) before and after: {}.\n",
         report.batch,
@@ -102,8 +102,7 @@ pub(crate) fn markdown(report: &ScalingReport) -> String {
         report.decode_steps,
         report.repeats,
         report.hardware,
-        report.reduce_requested.name(),
-        report.reduce_engine.name(),
+        report.reduce.name(),
         report.cores,
         report.load_average.join(" -> ")
     );
@@ -258,8 +257,7 @@ mod tests {
             model: "m".into(),
             cores: 2,
             hardware: "cpu-here".into(),
-            reduce_requested: ReduceMode::Deterministic,
-            reduce_engine: ReduceMode::Fast,
+            reduce: ReduceMode::Fast,
             batch: 4,
             prompt_tokens: 8,
             decode_steps: 2,

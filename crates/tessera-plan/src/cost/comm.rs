@@ -1,9 +1,8 @@
 //! Bytes each rank publishes at every collective of a step: the quantity the communicator
-//! counts as `bytes_moved` (what a rank writes into shared memory or sends), predicted from
-//! the plan alone.
+//! counts as `bytes_moved` (what a rank writes into shared memory), predicted from the plan.
 //!
 //! Row-parallel sites (attention output projection, MLP down projection) reduce partial sums;
-//! how many bytes a rank publishes there depends on the reduction algorithm:
+//! how many bytes a rank publishes there depends on the reduction ([`ReduceMode`]):
 //!
 //! ```text
 //!   fast (plain all-reduce)        every rank publishes hidden f32 per token
@@ -15,65 +14,22 @@
 //!     chunks_r, MLP: span_r.len().div_ceil(mlp_reduce_chunk) intermediate columns
 //! ```
 //!
-//! A split embedding is an all-reduce of hidden f32 per token (both modes); a split output
-//! head gathers `logit_rows x vocab_span_r` f32 from rank r. A sequence-parallel plan
-//! (`megatron-sp`) turns each row-parallel all-reduce into a reduce-scatter (same bytes)
-//! followed by an all-gather of the rank's `even_spans(tokens, world)` rows.
+//! A split embedding publishes hidden f32 per token (both modes); a split output head
+//! gathers `logit_rows x vocab_span_r` f32 from rank r. A sequence-parallel plan
+//! (`megatron-sp`) reduce-scatters instead (same bytes as the all-reduce it replaces),
+//! gathers each rank's `even_spans(tokens, world)` rows of hidden f32 before every split
+//! half, and gathers the rows that need logits (those in the rank's rows) before the head.
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{AttentionSharding, CollectiveSite, DimSharding, ShardPlan};
-use crate::shape::ModelShape;
+use crate::plan::{
+    AttentionSharding, CollectiveOp, CollectiveSite, DimSharding, LayerHalf, ShardPlan,
+};
+use crate::reduce::{published_vectors, ReduceMode};
 use crate::span::{even_spans, Span};
 
 /// Bytes of one communicated element: the communicator moves f32.
 pub const COMM_ELEM_BYTES: u64 = 4;
-
-/// Intermediate columns summed as one chunk in deterministic mode: the largest of 128, 64,
-/// 32 that still gives at least 8 chunks, else 16 (a property of the model, never of the
-/// rank count; the same rule as the deterministic reduction's `mlp_reduce_chunk`).
-pub fn mlp_reduce_chunk(shape: &ModelShape) -> usize {
-    [128, 64, 32]
-        .into_iter()
-        .find(|c| shape.intermediate >= 8 * c)
-        .unwrap_or(16)
-}
-
-/// Strategy name of sequence-parallel plans (see [`is_sequence_parallel`]).
-pub const SEQUENCE_PARALLEL_STRATEGY: &str = "megatron-sp";
-
-/// How row-parallel partial sums are reduced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReduceMode {
-    /// Fixed chunks summed in one order: logits bit-identical at every rank count (default).
-    #[default]
-    Deterministic,
-    /// A plain all-reduce of each rank's partial sum (`--fast-reduce`).
-    Fast,
-}
-
-impl ReduceMode {
-    /// The mode's name in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Deterministic => "deterministic",
-            Self::Fast => "fast",
-        }
-    }
-}
-
-/// What a collective call does, as far as traffic is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TrafficOp {
-    /// Sum of partial results, whole result on every rank.
-    AllReduce,
-    /// Sum of partial results, each rank keeps its rows (sequence parallel).
-    ReduceScatter,
-    /// Concatenation of every rank's slice on every rank.
-    AllGather,
-}
 
 /// The bytes every rank publishes at one collective call of a step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +37,7 @@ pub struct SiteTraffic {
     /// Where in the forward pass the call runs.
     pub site: CollectiveSite,
     /// What it does.
-    pub op: TrafficOp,
+    pub op: CollectiveOp,
     /// Bytes published by each rank, in rank order.
     pub bytes_per_rank: Vec<u64>,
 }
@@ -93,13 +49,8 @@ impl SiteTraffic {
     }
 }
 
-/// True when the plan is sequence parallel: the one place that decides it.
-pub fn is_sequence_parallel(plan: &ShardPlan) -> bool {
-    plan.strategy == SEQUENCE_PARALLEL_STRATEGY
-}
-
 /// The span `rank` reduces at a row-parallel `site` and the chunk width on it (query heads
-/// and 1; intermediate columns and [`mlp_reduce_chunk`]); `None` at other sites and for
+/// and 1; intermediate columns and the model's MLP chunk); `None` at other sites and for
 /// replicated halves.
 fn reduction_span(plan: &ShardPlan, site: CollectiveSite, rank: usize) -> Option<(Span, usize)> {
     let empty = Span::new(0, 0);
@@ -113,11 +64,11 @@ fn reduction_span(plan: &ShardPlan, site: CollectiveSite, rank: usize) -> Option
         CollectiveSite::Mlp { layer } => match plan.layers.get(layer).map(|l| &l.mlp) {
             Some(DimSharding::Split { spans }) => Some((
                 spans.get(rank).copied().unwrap_or(empty),
-                mlp_reduce_chunk(&plan.model),
+                plan.model.mlp_reduce_chunk(),
             )),
             _ => None,
         },
-        CollectiveSite::Embedding | CollectiveSite::LmHead => None,
+        _ => None,
     }
 }
 
@@ -127,15 +78,9 @@ pub fn reduction_chunks(plan: &ShardPlan, site: CollectiveSite, rank: usize) -> 
 }
 
 /// Vectors of `hidden` f32 per token `rank` publishes at a row-parallel `site` in
-/// deterministic mode: 1 for the rank whose span starts at 0 (it folds its own chunks),
-/// one per chunk for the others, 0 for an empty span.
-pub fn published_vectors(plan: &ShardPlan, site: CollectiveSite, rank: usize) -> usize {
-    match reduction_span(plan, site, rank) {
-        Some((span, _)) if span.is_empty() => 0,
-        Some((span, _)) if span.start == 0 => 1,
-        Some(_) => reduction_chunks(plan, site, rank),
-        None => 0,
-    }
+/// deterministic mode ([`published_vectors`] of its span; 0 at other sites).
+pub fn site_published_vectors(plan: &ShardPlan, site: CollectiveSite, rank: usize) -> usize {
+    reduction_span(plan, site, rank).map_or(0, |(span, chunk)| published_vectors(span, chunk))
 }
 
 /// Bytes `rank` publishes reducing partial sums of `tokens` rows at a row-parallel site.
@@ -149,12 +94,19 @@ fn reduce_bytes(
     let row = plan.model.hidden as u64 * COMM_ELEM_BYTES * tokens;
     match reduce {
         ReduceMode::Fast => row,
-        ReduceMode::Deterministic => row * published_vectors(plan, site, rank) as u64,
+        ReduceMode::Deterministic => row * site_published_vectors(plan, site, rank) as u64,
     }
 }
 
-/// Every collective call of one step over `tokens` rows with `logit_rows` rows of logits,
-/// in execution order, with the bytes each rank publishes.
+/// Token rows that need logits when `logit_rows` sequences of equal length share `tokens`
+/// rows: the last row of each (all rows when `logit_rows == tokens`).
+fn logit_row_indices(tokens: usize, logit_rows: usize) -> impl Iterator<Item = usize> {
+    (0..logit_rows.min(tokens)).map(move |i| (i + 1) * tokens / logit_rows - 1)
+}
+
+/// Every collective call of one step over `tokens` rows with `logit_rows` rows of logits
+/// (the last row of each of `logit_rows` equal-length sequences), in execution order, with
+/// the bytes each rank publishes.
 pub fn collective_traffic(
     plan: &ShardPlan,
     reduce: ReduceMode,
@@ -169,61 +121,75 @@ pub fn collective_traffic(
     let m = &plan.model;
     let t = tokens as u64;
     let hidden_bytes = m.hidden as u64 * COMM_ELEM_BYTES;
-    let ranks = 0..world;
-    if plan.embedding.is_split() {
+    let sp = plan.sequence_parallel;
+    let reduce_op = if sp {
+        CollectiveOp::ReduceScatter
+    } else {
+        CollectiveOp::AllReduce
+    };
+    let rows = even_spans(tokens, world);
+    let row_bytes: Vec<u64> = rows.iter().map(|s| s.len() as u64 * hidden_bytes).collect();
+    let mut push = |site, op, bytes_per_rank| {
         out.push(SiteTraffic {
-            site: CollectiveSite::Embedding,
-            op: TrafficOp::AllReduce,
-            bytes_per_rank: vec![hidden_bytes * t; world],
-        });
+            site,
+            op,
+            bytes_per_rank,
+        })
+    };
+    if plan.embedding.is_split() {
+        push(
+            CollectiveSite::Embedding,
+            reduce_op,
+            vec![hidden_bytes * t; world],
+        );
     }
-    let sp = is_sequence_parallel(plan);
-    let sp_rows: Vec<u64> = even_spans(tokens, world)
-        .iter()
-        .map(|s| s.len() as u64 * hidden_bytes)
-        .collect();
-    let row_parallel = |site: CollectiveSite, out: &mut Vec<SiteTraffic>| {
-        let reduced = ranks
-            .clone()
+    let reduced = |site| {
+        (0..world)
             .map(|r| reduce_bytes(plan, reduce, site, r, t))
-            .collect();
-        if sp {
-            out.push(SiteTraffic {
-                site,
-                op: TrafficOp::ReduceScatter,
-                bytes_per_rank: reduced,
-            });
-            out.push(SiteTraffic {
-                site,
-                op: TrafficOp::AllGather,
-                bytes_per_rank: sp_rows.clone(),
-            });
-        } else {
-            out.push(SiteTraffic {
-                site,
-                op: TrafficOp::AllReduce,
-                bytes_per_rank: reduced,
-            });
-        }
+            .collect()
     };
     for (layer, lp) in plan.layers.iter().enumerate() {
-        if matches!(lp.attention, AttentionSharding::Heads { .. }) {
-            row_parallel(CollectiveSite::Attention { layer }, &mut out);
-        }
-        if lp.mlp.is_split() {
-            row_parallel(CollectiveSite::Mlp { layer }, &mut out);
+        let halves = [
+            (
+                LayerHalf::Attention,
+                matches!(lp.attention, AttentionSharding::Heads { .. }),
+                CollectiveSite::Attention { layer },
+            ),
+            (
+                LayerHalf::Mlp,
+                lp.mlp.is_split(),
+                CollectiveSite::Mlp { layer },
+            ),
+        ];
+        for (half, split, site) in halves {
+            if sp {
+                let gather = CollectiveSite::Gather { layer, half };
+                push(gather, CollectiveOp::AllGather, row_bytes.clone());
+            }
+            if split {
+                push(site, reduce_op, reduced(site));
+            }
         }
     }
-    if plan.lm_head.is_split() && logit_rows > 0 {
-        out.push(SiteTraffic {
-            site: CollectiveSite::LmHead,
-            op: TrafficOp::AllGather,
-            bytes_per_rank: ranks
-                .map(|r| {
-                    logit_rows as u64 * plan.lm_head.span(r, m.vocab).len() as u64 * COMM_ELEM_BYTES
-                })
-                .collect(),
-        });
+    if logit_rows == 0 {
+        return out;
+    }
+    if sp {
+        let mut picked = vec![0u64; world];
+        for row in logit_row_indices(tokens, logit_rows) {
+            if let Some(r) = rows.iter().position(|s| s.contains(row)) {
+                picked[r] += hidden_bytes;
+            }
+        }
+        push(CollectiveSite::FinalRows, CollectiveOp::AllGather, picked);
+    }
+    if plan.lm_head.is_split() {
+        let bytes = (0..world)
+            .map(|r| {
+                logit_rows as u64 * plan.lm_head.span(r, m.vocab).len() as u64 * COMM_ELEM_BYTES
+            })
+            .collect();
+        push(CollectiveSite::LmHead, CollectiveOp::AllGather, bytes);
     }
     out
 }
@@ -318,52 +284,66 @@ mod tests {
     }
 
     #[test]
-    fn mlp_chunk_width_depends_on_the_model_only() {
-        assert_eq!(mlp_reduce_chunk(&ModelShape::smollm2_135m()), 128);
-        assert_eq!(mlp_reduce_chunk(&ModelShape::llama3_8b()), 128);
-        let mut tiny = ModelShape::smollm2_135m();
-        tiny.intermediate = 384;
-        assert_eq!(mlp_reduce_chunk(&tiny), 32);
-        tiny.intermediate = 40;
-        assert_eq!(mlp_reduce_chunk(&tiny), 16);
-    }
-
-    #[test]
     fn later_ranks_publish_one_vector_per_chunk_they_hold() {
-        // Llama-3-8B MLP on 3 ranks: 4779 + 4779 + 4778 columns; ranks 1 and 2 hold
-        // ceil(4779 / 128) = 38 and 38 chunks.
+        // Llama-3-8B MLP on 3 ranks: 112 chunks of 128 columns split 38 + 37 + 37; rank 0
+        // folds its 38 and publishes one vector.
         let p = plan(Strategy::Megatron, &ModelShape::llama3_8b(), 3);
         let site = CollectiveSite::Mlp { layer: 5 };
-        let v: Vec<_> = (0..3).map(|r| published_vectors(&p, site, r)).collect();
-        assert_eq!(v, vec![1, 38, 38]);
+        let v: Vec<_> = (0..3)
+            .map(|r| site_published_vectors(&p, site, r))
+            .collect();
+        assert_eq!(v, vec![1, 37, 37]);
         assert_eq!(reduction_chunks(&p, site, 0), 38);
         let site = CollectiveSite::Attention { layer: 0 };
-        let v: Vec<_> = (0..3).map(|r| published_vectors(&p, site, r)).collect();
+        let v: Vec<_> = (0..3)
+            .map(|r| site_published_vectors(&p, site, r))
+            .collect();
         assert_eq!(v, vec![1, 11, 10]);
     }
 
     #[test]
-    fn sequence_parallel_adds_a_gather_of_each_ranks_rows() {
+    fn sequence_parallel_gathers_each_ranks_rows_around_every_reduce_scatter() {
         let shape = ModelShape::smollm2_135m();
-        let mut p = plan(Strategy::Megatron, &shape, 3);
-        p.strategy = SEQUENCE_PARALLEL_STRATEGY.into();
-        let traffic = collective_traffic(&p, ReduceMode::Deterministic, 7, 1);
-        let at0: Vec<_> = traffic
+        let p = plan(Strategy::MegatronSp, &shape, 3);
+        assert!(p.sequence_parallel);
+        // 2 sequences of 7 tokens: rows 6 and 13 need logits; 14 rows on 3 ranks: 5 + 5 + 4.
+        let traffic = collective_traffic(&p, ReduceMode::Deterministic, 14, 2);
+        let row = 576 * 4;
+        let layer0: Vec<_> = traffic
             .iter()
-            .filter(|s| s.site == CollectiveSite::Attention { layer: 0 })
+            .filter(|s| match s.site {
+                CollectiveSite::Attention { layer }
+                | CollectiveSite::Mlp { layer }
+                | CollectiveSite::Gather { layer, .. } => layer == 0,
+                _ => false,
+            })
             .collect();
-        assert_eq!(at0.len(), 2);
-        assert_eq!(at0[0].op, TrafficOp::ReduceScatter);
-        assert_eq!(at0[0].bytes_per_rank[1], 3 * 576 * 4 * 7);
-        assert_eq!(at0[1].op, TrafficOp::AllGather);
-        // 7 rows on 3 ranks: 3 + 2 + 2.
-        assert_eq!(at0[1].bytes_per_rank, vec![3 * 2304, 2 * 2304, 2 * 2304]);
+        let ops: Vec<_> = layer0.iter().map(|s| s.op).collect();
+        use CollectiveOp::{AllGather, ReduceScatter};
+        assert_eq!(
+            ops,
+            vec![AllGather, ReduceScatter, AllGather, ReduceScatter]
+        );
+        assert_eq!(layer0[0].bytes_per_rank, vec![5 * row, 5 * row, 4 * row]);
+        // 9 heads on 3 ranks: 3 each; rank 0 folds, ranks 1 and 2 publish 3 vectors.
+        assert_eq!(
+            layer0[1].bytes_per_rank,
+            vec![14 * row, 3 * 14 * row, 3 * 14 * row]
+        );
+        let final_rows = traffic
+            .iter()
+            .find(|s| s.site == CollectiveSite::FinalRows)
+            .expect("final rows gathered");
+        // Row 6 is rank 1's (rows 5..10), row 13 rank 2's (10..14).
+        assert_eq!(final_rows.bytes_per_rank, vec![0, row, row]);
+        assert_eq!(traffic.last().map(|s| s.site), Some(CollectiveSite::LmHead));
     }
 
     #[test]
     fn mlp_only_plan_has_no_attention_traffic() {
         let p = plan(Strategy::MlpTpAttnReplicated, &ModelShape::llama3_8b(), 4);
         let traffic = collective_traffic(&p, ReduceMode::Fast, 2, 2);
+        assert!(traffic.iter().all(|s| s.op == CollectiveOp::AllReduce));
         assert_eq!(traffic.len(), 32);
         assert!(traffic
             .iter()

@@ -23,17 +23,17 @@ mod work;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::reduce::ReduceMode;
 pub use comm::{
-    collective_bytes_per_rank, collective_traffic, is_sequence_parallel, mlp_reduce_chunk,
-    published_vectors, reduction_chunks, ReduceMode, SiteTraffic, TrafficOp, COMM_ELEM_BYTES,
-    SEQUENCE_PARALLEL_STRATEGY,
+    collective_bytes_per_rank, collective_traffic, reduction_chunks, site_published_vectors,
+    SiteTraffic, COMM_ELEM_BYTES,
 };
 pub use error::CostError;
 pub use render::render_explain;
 pub use work::{rank_work, LayerType, Phase, Work, Workload};
 
 pub use crate::hardware::HardwareProfile;
-use crate::plan::{CollectiveSite, ShardPlan};
+use crate::plan::{CollectiveSite, LayerHalf, ShardPlan};
 
 /// Predicted cost of some work on one rank: what it does and how long it takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -140,9 +140,17 @@ impl Prediction {
 fn site_layer_type(site: CollectiveSite) -> LayerType {
     match site {
         CollectiveSite::Embedding => LayerType::Embedding,
-        CollectiveSite::Attention { .. } => LayerType::Attention,
-        CollectiveSite::Mlp { .. } => LayerType::Mlp,
-        CollectiveSite::LmHead => LayerType::LmHead,
+        CollectiveSite::Attention { .. }
+        | CollectiveSite::Gather {
+            half: LayerHalf::Attention,
+            ..
+        } => LayerType::Attention,
+        CollectiveSite::Mlp { .. }
+        | CollectiveSite::Gather {
+            half: LayerHalf::Mlp,
+            ..
+        } => LayerType::Mlp,
+        CollectiveSite::FinalRows | CollectiveSite::LmHead => LayerType::LmHead,
     }
 }
 
