@@ -14,8 +14,8 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     if let Some(commit) = git(&["rev-parse", "HEAD"]) {
         // Tracked files that differ from the commit make the binary not that commit's.
-        let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-            .is_some_and(|s| !s.is_empty());
+        let dirty =
+            git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
         let suffix = if dirty { "-dirty" } else { "" };
         println!("cargo:rustc-env=TESSERA_BUILD_COMMIT={commit}{suffix}");
     }
