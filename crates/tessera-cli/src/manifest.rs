@@ -124,7 +124,8 @@ impl Manifest {
     pub(crate) fn write(&mut self, dir: &Path) -> Result<PathBuf> {
         self.load_average.extend(load_average());
         let path = dir.join("manifest.json");
-        std::fs::write(&path, serde_json::to_string_pretty(self)? + "\n")
+        // Compact: full plans of 8B-sized models on 8 ranks make a pretty manifest megabytes.
+        std::fs::write(&path, serde_json::to_string(self)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
