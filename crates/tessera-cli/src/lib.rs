@@ -22,6 +22,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tessera_plan::{ReduceMode, ShardPlan, Strategy};
 
+/// Default KV-cache memory per rank for the serving commands, in MiB: enough for 64
+/// sequences of 256 tokens of SmolLM2-135M at f32 (46 KiB per token) with room to spare,
+/// so a full batch runs without preemption.
+pub(crate) const DEFAULT_KV_CACHE_MIB: usize = 1024;
+
 /// Tessera: tensor-parallel LLM inference.
 #[derive(Parser)]
 #[command(name = "tessera", version, about)]
@@ -99,7 +104,7 @@ pub(crate) struct ShardArgs {
     /// A saved (possibly hand-edited) plan; it fixes the rank count.
     #[arg(long)]
     plan: Option<PathBuf>,
-    /// Sharding strategy used with --tp (megatron, attn-tp-mlp-replicated,
+    /// Sharding strategy used with --tp (megatron, megatron-sp, attn-tp-mlp-replicated,
     /// mlp-tp-attn-replicated, replicated, memory-balanced).
     #[arg(long, default_value = "megatron")]
     strategy: String,

@@ -47,6 +47,9 @@ pub(crate) struct ThroughputArgs {
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// KV-cache memory per rank, in MiB (as for `tessera serve`).
+    #[arg(long, default_value_t = crate::DEFAULT_KV_CACHE_MIB)]
+    kv_cache_mib: usize,
     /// Seed of the random prompts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -102,8 +105,8 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
     let Some(dtype) = WeightDtype::parse(&a.dtype) else {
         bail!("unknown --dtype '{}' (f32 or bf16)", a.dtype);
     };
-    if a.requests == 0 || a.input_len == 0 || a.output_len == 0 {
-        bail!("--requests, --input-len and --output-len must be at least 1");
+    if a.requests == 0 || a.input_len == 0 || a.output_len == 0 || a.kv_cache_mib == 0 {
+        bail!("--requests, --input-len, --output-len and --kv-cache-mib must be at least 1");
     }
     let dir = a.model.resolve()?;
     let config = ModelConfig::from_dir(&dir)?;
@@ -113,6 +116,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
         dtype,
         reduce: a.shard.reduce(),
         threads: a.threads,
+        kv_cache_bytes: a.kv_cache_mib << 20,
         ..EngineOptions::default()
     };
     let coord = Coordinator::start(&dir, plan.clone(), &options).context("starting the engine")?;

@@ -46,3 +46,141 @@ unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
         *yv = a.mul_add(xv, *yv);
     }
 }
+
+/// `acc[i] = fma(w[c], v[offs[c] + i], acc[i])` for every key c in order, i < acc.len():
+/// the attention's value sum. Per element it is exactly [`axpy`] called key after key, so
+/// the bits are the same; head widths of 64 and 128 keep `acc` in AVX-512 registers.
+///
+/// # Safety
+/// `isa` must be available, and `v[offs[c] .. offs[c] + acc.len()]` must be in bounds for
+/// every c < `w.len()` (`offs` at least as long as `w`).
+pub(crate) unsafe fn weighted_sum(isa: Isa, w: &[f32], v: &[f32], offs: &[usize], acc: &mut [f32]) {
+    let d = acc.len();
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        match d {
+            // SAFETY: forwarded from our contract; AVX-512 is available.
+            64 => return unsafe { weighted_sum_avx512::<4>(w, v, offs, acc) },
+            // SAFETY: as above.
+            128 => return unsafe { weighted_sum_avx512::<8>(w, v, offs, acc) },
+            _ => {}
+        }
+    }
+    for (&wc, &off) in w.iter().zip(offs) {
+        axpy(isa, wc, &v[off..off + d], acc);
+    }
+}
+
+/// [`weighted_sum`] for `acc.len() == 16 * N`, accumulators held in N zmm registers.
+///
+/// # Safety
+/// As [`weighted_sum`], with AVX-512 F available and `acc.len() == 16 * N`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn weighted_sum_avx512<const N: usize>(
+    w: &[f32],
+    v: &[f32],
+    offs: &[usize],
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let mut regs = [_mm512_setzero_ps(); N];
+    for (r, reg) in regs.iter_mut().enumerate() {
+        // SAFETY: acc holds 16 * N floats.
+        *reg = unsafe { _mm512_loadu_ps(acc.as_ptr().add(16 * r)) };
+    }
+    for (&wc, &off) in w.iter().zip(offs) {
+        let a = _mm512_set1_ps(wc);
+        let row = v[off..off + 16 * N].as_ptr();
+        for (r, reg) in regs.iter_mut().enumerate() {
+            // SAFETY: the row slice above holds 16 * N floats.
+            let x = unsafe { _mm512_loadu_ps(row.add(16 * r)) };
+            *reg = _mm512_fmadd_ps(a, x, *reg);
+        }
+    }
+    for (r, reg) in regs.iter().enumerate() {
+        // SAFETY: acc holds 16 * N floats.
+        unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add(16 * r), *reg) };
+    }
+}
+
+/// [`weighted_sum`] for several heads over the same keys: `accs` holds `heads` rows of
+/// `d`, row h summing `w[h * stride ..][c]` times value row c. Each value row is read once
+/// for all heads; per element the arithmetic is [`weighted_sum`]'s, so the bits match.
+///
+/// # Safety
+/// As [`weighted_sum`] for every head; `w` holds `heads` rows `stride` apart of at least
+/// `keys` weights each, `offs` at least `keys` offsets, `accs.len() == heads * d`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn weighted_sum_heads(
+    isa: Isa,
+    w: &[f32],
+    stride: usize,
+    keys: usize,
+    v: &[f32],
+    offs: &[usize],
+    d: usize,
+    accs: &mut [f32],
+) {
+    let heads = accs.len() / d.max(1);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && d == 64 && (2..=4).contains(&heads) {
+        // SAFETY: forwarded from our contract; AVX-512 is available; d = 16 * 4.
+        return unsafe {
+            match heads {
+                2 => weighted_heads_avx512::<4, 2>(w, stride, keys, v, offs, accs),
+                3 => weighted_heads_avx512::<4, 3>(w, stride, keys, v, offs, accs),
+                _ => weighted_heads_avx512::<4, 4>(w, stride, keys, v, offs, accs),
+            }
+        };
+    }
+    for (h, acc) in accs.chunks_exact_mut(d.max(1)).enumerate() {
+        let wh = &w[h * stride..h * stride + keys];
+        // SAFETY: forwarded from our contract.
+        unsafe { weighted_sum(isa, wh, v, offs, acc) };
+    }
+}
+
+/// [`weighted_sum_heads`] for H heads of 16 * N floats, all accumulators in registers.
+///
+/// # Safety
+/// As [`weighted_sum_heads`], with AVX-512 F available, `d == 16 * N`, `heads == H`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn weighted_heads_avx512<const N: usize, const H: usize>(
+    w: &[f32],
+    stride: usize,
+    keys: usize,
+    v: &[f32],
+    offs: &[usize],
+    accs: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let mut regs = [[_mm512_setzero_ps(); N]; H];
+    for (h, head) in regs.iter_mut().enumerate() {
+        for (r, reg) in head.iter_mut().enumerate() {
+            // SAFETY: accs holds H * 16 * N floats.
+            *reg = unsafe { _mm512_loadu_ps(accs.as_ptr().add(h * 16 * N + 16 * r)) };
+        }
+    }
+    for (c, &off) in offs.iter().enumerate().take(keys) {
+        let row = v[off..off + 16 * N].as_ptr();
+        let mut x = [_mm512_setzero_ps(); N];
+        for (r, xr) in x.iter_mut().enumerate() {
+            // SAFETY: the row slice above holds 16 * N floats.
+            *xr = unsafe { _mm512_loadu_ps(row.add(16 * r)) };
+        }
+        for (h, head) in regs.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(w[h * stride + c]);
+            for (reg, xr) in head.iter_mut().zip(&x) {
+                *reg = _mm512_fmadd_ps(a, *xr, *reg);
+            }
+        }
+    }
+    for (h, head) in regs.iter().enumerate() {
+        for (r, reg) in head.iter().enumerate() {
+            // SAFETY: accs holds H * 16 * N floats.
+            unsafe { _mm512_storeu_ps(accs.as_mut_ptr().add(h * 16 * N + 16 * r), *reg) };
+        }
+    }
+}

@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use crate::axpy::axpy;
+use crate::axpy::{weighted_sum, weighted_sum_heads};
 use crate::error::{check_len, mul, KernelError};
 use crate::isa::Isa;
 use crate::matmul::{gemm_cols, Operands};
@@ -72,6 +72,31 @@ pub fn paged_attention(
     let mut cost = Vec::new();
     let mut total = 0usize;
     for (si, s) in seqs.iter().enumerate() {
+        if s.tokens == 1 {
+            // Decode: the query heads that share a key/value head run together, so each
+            // key and value row is read once for the whole group.
+            let mut head = 0;
+            while head < hq {
+                let mut heads = 1;
+                while head + heads < hq
+                    && heads < MAX_GROUP
+                    && shape.kv_index[head + heads] == shape.kv_index[head]
+                {
+                    heads += 1;
+                }
+                units.push(Unit {
+                    seq: si,
+                    head,
+                    heads,
+                    r0: 0,
+                    r1: 1,
+                });
+                total = total.saturating_add(heads * (s.start + 1));
+                cost.push(total);
+                head += heads;
+            }
+            continue;
+        }
         for head in 0..hq {
             let mut r0 = 0;
             while r0 < s.tokens {
@@ -79,6 +104,7 @@ pub fn paged_attention(
                 units.push(Unit {
                     seq: si,
                     head,
+                    heads: 1,
                     r0,
                     r1,
                 });
@@ -109,11 +135,16 @@ pub fn paged_attention(
 /// Query rows per work unit: bounds the scores buffer and the causal waste of a chunk.
 const ROW_CHUNK: usize = 64;
 
-/// Rows `r0..r1` of one head of one sequence.
+/// Most query heads a decode unit groups over one key/value head.
+const MAX_GROUP: usize = 8;
+
+/// Rows `r0..r1` of heads `head..head + heads` of one sequence (`heads > 1` only for a
+/// decode row, whose heads then share one key/value head and sit side by side in `q`).
 #[derive(Debug, Clone, Copy)]
 struct Unit {
     seq: usize,
     head: usize,
+    heads: usize,
     r0: usize,
     r1: usize,
 }
@@ -226,10 +257,14 @@ unsafe fn attend_units(
     let scale = 1.0 / (d as f32).sqrt();
     let mut scores: Vec<f32> = Vec::new();
     let mut acc = vec![0.0f32; d];
+    let mut offs: Vec<usize> = Vec::new();
+    let mut group_acc: Vec<f32> = Vec::new();
     for u in units {
         let s = &seqs[u.seq];
         let g = shape.kv_index[u.head];
-        let rows = u.r1 - u.r0;
+        // Query rows of the unit: its token rows (one head), or one token's `heads` heads.
+        let rows = (u.r1 - u.r0) * u.heads;
+        let q_stride = if u.heads > 1 { d } else { hq * d };
         let first_pos = s.start + u.r0;
         let lo_min = shape
             .window
@@ -239,14 +274,19 @@ unsafe fn attend_units(
         scores.clear();
         scores.resize(rows * nkeys, 0.0);
         let q_base = ((s.row + u.r0) * hq + u.head) * d;
+        offs.clear();
+        offs.extend(
+            (lo_min..hi)
+                .map(|p| (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d),
+        );
         // Scores block by block: keys in one block are evenly strided.
         let mut j = lo_min;
         while j < hi {
             let run = (bs - j % bs).min(hi - j);
-            let base = (s.block_table[j / bs] as usize * bs + j % bs) * slot_width + g * d;
+            let base = offs[j - lo_min];
             let op = Operands {
                 x: q[q_base..].as_ptr(),
-                ldx: hq * d,
+                ldx: q_stride,
                 m: rows,
                 w: k[base..].as_ptr(),
                 ldw: slot_width,
@@ -257,30 +297,59 @@ unsafe fn attend_units(
                 chunk: usize::MAX,
                 partial_stride: 0,
             };
-            // SAFETY: query row i reads q[q_base + i*hq*d ..][..d], inside q (checked rows);
-            // key c < run reads k[base + c*slot_width ..][..d], inside block table[j / bs];
-            // output (i, c) lands in scores[i*nkeys + (j - lo_min) + c] < rows * nkeys.
+            // SAFETY: query row i reads q[q_base + i*q_stride ..][..d]: the unit's token rows
+            // of one head, or one token's adjacent heads, inside q (checked rows); key c < run
+            // reads k[base + c*slot_width ..][..d], inside block table[j / bs]; output (i, c)
+            // lands in scores[i*nkeys + (j - lo_min) + c] < rows * nkeys.
             unsafe { gemm_cols(isa, &op, 0..run) };
             j += run;
+        }
+        if u.heads > 1 {
+            // One decode token, several heads over the same keys: softmax each head's row,
+            // then one pass over the value rows for all of them.
+            let pos = first_pos;
+            let lo = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let (a, b) = (lo - lo_min, pos + 1 - lo_min);
+            let mut zs = [0.0f32; MAX_GROUP];
+            for (i, z) in zs.iter_mut().enumerate().take(rows) {
+                *z = softmax_numerators(&mut scores[i * nkeys + a..i * nkeys + b], scale);
+            }
+            group_acc.clear();
+            group_acc.resize(rows * d, 0.0);
+            // SAFETY: offsets come from the checked block table (see above); the weight rows
+            // are `nkeys` apart and each holds b - a weights from `a`.
+            unsafe {
+                weighted_sum_heads(
+                    isa,
+                    &scores[a..],
+                    nkeys,
+                    b - a,
+                    v,
+                    &offs[a..],
+                    d,
+                    &mut group_acc,
+                )
+            };
+            for (i, acc) in group_acc.chunks_exact(d).enumerate() {
+                let item = (s.row + u.r0) * hq + u.head + i;
+                // SAFETY: this (row, head) of `out` is in bounds (checked) and only this
+                // unit writes it.
+                let out_row = unsafe { std::slice::from_raw_parts_mut(out.0.add(item * d), d) };
+                for (o, &a) in out_row.iter_mut().zip(acc) {
+                    *o = a / zs[i];
+                }
+            }
+            continue;
         }
         for i in 0..rows {
             let pos = first_pos + i;
             let lo = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let row_scores = &mut scores[i * nkeys + (lo - lo_min)..i * nkeys + (pos + 1 - lo_min)];
-            let mut max = f32::NEG_INFINITY;
-            for sc in row_scores.iter_mut() {
-                *sc *= scale;
-                max = max.max(*sc);
-            }
-            let mut z = 0.0f32;
+            let z = softmax_numerators(row_scores, scale);
             acc.fill(0.0);
-            for (c, sc) in row_scores.iter().enumerate() {
-                let p = lo + c;
-                let e = (sc - max).exp();
-                z += e;
-                let at = (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d;
-                axpy(isa, e, &v[at..at + d], &mut acc);
-            }
+            // SAFETY: every offset was computed from the sequence's checked block table, so
+            // v[off .. off + d] lies inside the pool; `isa` is the pool's.
+            unsafe { weighted_sum(isa, row_scores, v, &offs[lo - lo_min..], &mut acc) };
             let item = (s.row + u.r0 + i) * hq + u.head;
             // SAFETY: this (row, head) of `out` is in bounds (checked) and only this unit
             // writes it.
@@ -290,6 +359,22 @@ unsafe fn attend_units(
             }
         }
     }
+}
+
+/// Scales a row of scores, then replaces each by `exp(score - max)` in key order; returns
+/// their sum (the softmax denominator), also accumulated in key order.
+fn softmax_numerators(row: &mut [f32], scale: f32) -> f32 {
+    let mut max = f32::NEG_INFINITY;
+    for sc in row.iter_mut() {
+        *sc *= scale;
+        max = max.max(*sc);
+    }
+    let mut z = 0.0f32;
+    for sc in row.iter_mut() {
+        *sc = (*sc - max).exp();
+        z += *sc;
+    }
+    z
 }
 
 #[cfg(test)]
