@@ -268,3 +268,95 @@ fn saved_plan_runs_and_fixes_the_rank_count() {
     assert_eq!(got["tp"], 3);
     assert_eq!(got["completion_ids"], serde_json::json!([7042, 30, 198]));
 }
+
+#[test]
+fn a_hand_cut_inside_a_reduction_chunk_is_refused_unless_fast_reduce() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    let out = common::run(&["plan", "--model", &model, "--tp", "2", "--json"]);
+    let mut plan = common::json_stdout(&out);
+    plan["layers"][4]["mlp"]["spans"] =
+        serde_json::json!([{"start": 0, "end": 700}, {"start": 700, "end": 1536}]);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("plan.json");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    let path = path.to_str().unwrap();
+    let args = [
+        "generate",
+        "--model",
+        &model,
+        "--plan",
+        path,
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "3",
+        "--json",
+    ];
+    fails_with(
+        &args,
+        &["model.layers.4.mlp", "rank 1", "700", "--fast-reduce"],
+    );
+    let mut fast = args.to_vec();
+    fast.push("--fast-reduce");
+    let got = common::json_stdout(&common::run(&fast));
+    assert_eq!(got["completion_ids"], serde_json::json!([7042, 30, 198]));
+}
+
+fn as_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn rank_memory_is_checked() {
+    let model = common::default_model().to_str().unwrap().to_string();
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "--model", model.as_str()];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    fails_with(
+        &as_refs(&plan(&["--rank-memory", "80G,40G"])),
+        &["only applies to --strategy memory-balanced"],
+    );
+    fails_with(
+        &as_refs(&plan(&[
+            "--strategy",
+            "memory-balanced",
+            "--rank-memory",
+            "80G,lots",
+        ])),
+        &["--rank-memory", "lots"],
+    );
+    fails_with(
+        &as_refs(&plan(&[
+            "--strategy",
+            "memory-balanced",
+            "--rank-memory",
+            "80G,0G",
+        ])),
+        &["not a positive size"],
+    );
+    fails_with(
+        &as_refs(&plan(&[
+            "--strategy",
+            "memory-balanced",
+            "--tp",
+            "3",
+            "--rank-memory",
+            "80G,40G",
+        ])),
+        &["--tp 3", "2 ranks"],
+    );
+    let out = common::run(&as_refs(&plan(&[
+        "--strategy",
+        "memory-balanced",
+        "--rank-memory",
+        "80G,40G",
+        "--json",
+    ])));
+    let p = common::json_stdout(&out);
+    assert_eq!(p["world_size"], 2);
+    let heads = &p["layers"][0]["attention"]["ranks"];
+    let h0 = heads[0]["q_heads"]["end"].as_u64().unwrap();
+    assert_eq!(h0, 6, "80G:40G gives rank 0 two thirds of 9 heads: {heads}");
+}
