@@ -9,6 +9,9 @@ use tessera_engine::{Coordinator, EngineOptions};
 use tessera_kernels::CpuPool;
 use tessera_model::{LogitRows, ModelConfig, WeightDtype};
 
+use tessera_plan::HardwareProfile;
+
+use crate::manifest::{write_single_run, Manifest};
 use crate::{ModelArgs, ShardArgs};
 
 /// Which benchmark to run.
@@ -20,6 +23,10 @@ pub(crate) enum BenchCommand {
     Bandwidth(BandwidthArgs),
     /// Offline serving throughput: N requests through the engine, TTFT and ITL percentiles.
     Throughput(crate::throughput::ThroughputArgs),
+    /// Scaling report: every strategy at every rank count, measured and predicted.
+    Scaling(crate::scaling::ScalingArgs),
+    /// Paper projection from the cost model alone (no weights): a Markdown table.
+    Project(crate::projection::ProjectionArgs),
 }
 
 /// Arguments of `tessera bench latency`.
@@ -44,6 +51,9 @@ pub(crate) struct LatencyArgs {
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Also write `latency.json` and `manifest.json` into this directory.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `tessera bench bandwidth`.
@@ -79,6 +89,8 @@ pub(crate) fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Latency(a) => latency(a),
         BenchCommand::Bandwidth(a) => bandwidth(a),
         BenchCommand::Throughput(a) => crate::throughput::run(a),
+        BenchCommand::Scaling(a) => crate::scaling::run(a),
+        BenchCommand::Project(a) => crate::projection::run(a),
     }
 }
 
@@ -110,7 +122,8 @@ fn latency(a: &LatencyArgs) -> Result<()> {
         threads: a.threads,
         ..EngineOptions::default()
     };
-    let mut engine = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
+    let mut engine =
+        Coordinator::start(&dir, plan.clone(), &options).context("starting the engine")?;
     let vocab = config.shape.vocab as u64;
     // A fixed pseudo-random prompt (no tokenizer involved): prefill cost does not depend on text.
     let prompt: Vec<u32> = (0..a.prompt_tokens as u64)
@@ -149,6 +162,14 @@ fn latency(a: &LatencyArgs) -> Result<()> {
         decode_tok_s_all: decode,
     };
     println!("{}", serde_json::to_string(&report)?);
+    if let Some(out) = &a.out {
+        let mut manifest = Manifest::new("latency", Some(&dir), 0, HardwareProfile::cpu_here())?;
+        manifest.parameters = serde_json::json!({
+            "dtype": a.dtype, "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens,
+            "repeats": a.repeats, "threads": a.threads,
+        });
+        write_single_run(out, "latency.json", &report, manifest, &plan)?;
+    }
     Ok(())
 }
 

@@ -9,8 +9,12 @@ mod bench;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod generate;
+mod manifest;
 mod plan;
+mod projection;
 mod random_reference;
+mod scaling;
+mod scaling_report;
 mod serve;
 mod throughput;
 

@@ -11,6 +11,9 @@ use tessera_engine::sampling::SamplingParams;
 use tessera_engine::{Coordinator, EngineConfig, EngineHandle, EngineOptions, Event, Request};
 use tessera_model::{ModelConfig, WeightDtype};
 
+use tessera_plan::HardwareProfile;
+
+use crate::manifest::{write_single_run, Manifest};
 use crate::{ModelArgs, ShardArgs};
 
 /// Arguments of `tessera bench throughput`.
@@ -53,6 +56,9 @@ pub(crate) struct ThroughputArgs {
     /// Print JSON only (no table).
     #[arg(long)]
     json: bool,
+    /// Also write `throughput.json` and `manifest.json` into this directory.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -113,7 +119,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
         kv_cache_bytes: a.kv_cache_mib << 20,
         ..EngineOptions::default()
     };
-    let coord = Coordinator::start(&dir, plan, &options).context("starting the engine")?;
+    let coord = Coordinator::start(&dir, plan.clone(), &options).context("starting the engine")?;
     let engine = EngineHandle::start(
         coord,
         None,
@@ -215,5 +221,19 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
         );
     }
     println!("{}", serde_json::to_string(&report)?);
+    if let Some(out) = &a.out {
+        let mut manifest = Manifest::new(
+            "throughput",
+            Some(&dir),
+            a.seed,
+            HardwareProfile::cpu_here(),
+        )?;
+        manifest.parameters = serde_json::json!({
+            "dtype": a.dtype, "requests": a.requests, "input_len": a.input_len,
+            "output_len": a.output_len, "concurrency": concurrency,
+            "max_batch_tokens": a.max_batch_tokens, "max_seqs": a.max_seqs, "threads": a.threads,
+        });
+        write_single_run(out, "throughput.json", &report, manifest, &plan)?;
+    }
     Ok(())
 }

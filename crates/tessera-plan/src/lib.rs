@@ -5,7 +5,9 @@
 //! applies a plan; the forward pass runs the collectives it names.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod cost;
 mod error;
+mod hardware;
 mod plan;
 mod reduce;
 mod report;
@@ -14,6 +16,7 @@ mod span;
 mod strategy;
 
 pub use error::PlanError;
+pub use hardware::HardwareProfile;
 pub use plan::{
     AttentionSharding, Collective, CollectiveOp, CollectiveSite, DimSharding, HeadShard, LayerHalf,
     LayerPlan, Role, ShardPlan, WeightKind, PLAN_FORMAT,
