@@ -46,8 +46,9 @@ struct Expect(u16, &'static str, Option<&'static str>);
 fn every_invalid_request_gets_its_openai_status_and_error_type() {
     let server = Server::start(&[]);
     let addr = server.addr;
-    let long_ids: Vec<u32> = (0..6000u32).map(|i| 100 + i % 5000).collect();
-    let long_text = "hello ".repeat(6000);
+    // Over SmolLM2's 8192-token context (not just over a small KV pool).
+    let long_ids: Vec<u32> = (0..9000u32).map(|i| 100 + i % 5000).collect();
+    let long_text = "hello ".repeat(9000);
     let json_cases: Vec<(&str, &str, Value, Expect)> = vec![
         (
             "wrong type: temperature string",
@@ -137,7 +138,7 @@ fn every_invalid_request_gets_its_openai_status_and_error_type() {
             "prompt + max_tokens over the context",
             COMPLETIONS,
             completion(
-                json!({"prompt": (0..5000).map(|i| 100 + i).collect::<Vec<u32>>(), "max_tokens": 1000}),
+                json!({"prompt": (0..5000).map(|i| 100 + i).collect::<Vec<u32>>(), "max_tokens": 4000}),
             ),
             Expect(400, "invalid_request_error", Some("max_tokens")),
         ),
@@ -398,4 +399,33 @@ fn full_queue_answers_429_with_retry_after_until_a_slot_frees() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(server.metric("tessera_requests_rejected_queue_full_total") >= 1.0);
+}
+
+#[test]
+fn a_request_larger_than_the_whole_kv_pool_is_refused_with_400() {
+    // 32 MiB of KV holds about 700 tokens of SmolLM2: a 2,000-token prompt fits the
+    // context but could never be scheduled, so it is refused up front, not queued forever.
+    let server = Server::start(&["--kv-cache-mib", "32"]);
+    let ids: Vec<u32> = (0..2000u32).map(|i| 100 + i % 5000).collect();
+    let r = post_json(
+        server.addr,
+        COMPLETIONS,
+        &completion(json!({"prompt": ids, "max_tokens": 8})),
+    );
+    let (status, kind, _) = error_of(&r);
+    assert_eq!(
+        (status, kind.as_str()),
+        (400, "invalid_request_error"),
+        "{}",
+        r.text()
+    );
+    // The server states the limit the KV pool sets (below the model's 8192).
+    assert!(r.text().contains("720 tokens"), "{}", r.text());
+    // A request that fits still runs.
+    let r = post_json(
+        server.addr,
+        COMPLETIONS,
+        &completion(json!({"max_tokens": 2})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 }
