@@ -11,7 +11,7 @@
 //! ```
 
 use cudarc::driver::CudaSlice;
-use tessera_model::{LogitRows, ModelConfig, SeqInput, WeightFiles};
+use tessera_model::{ModelConfig, SeqInput, WeightFiles};
 use tessera_plan::{AttentionSharding, ShardPlan, Span, WeightKind};
 
 use crate::collective::DeviceComm;
@@ -473,18 +473,7 @@ impl CudaRankModel {
             ops::add(gpu, &mut x, &delta, t * h)?;
         }
 
-        let mut picked_rows = Vec::new();
-        let mut offset = 0;
-        for s in seqs {
-            let n = s.tokens.len();
-            match s.logits {
-                LogitRows::None => {}
-                LogitRows::Last if n > 0 => picked_rows.push(offset + n - 1),
-                LogitRows::Last => {}
-                LogitRows::All => picked_rows.extend(offset..offset + n),
-            }
-            offset += n;
-        }
+        let picked_rows = tessera_model::logit_rows(seqs);
         let n_rows = picked_rows.len();
         if n_rows == 0 {
             return Ok(DeviceLogits {

@@ -15,6 +15,6 @@ pub use backend::{Backend, CpuBackend, Matrix, WeightDtype};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::ModelError;
 pub use paged::PagedKvCache;
-pub use rank::{LogitRows, RankModel, SeqInput};
+pub use rank::{logit_rows, LogitRows, RankModel, SeqInput};
 pub use tokenizer::{ChatMessage, TextTokenizer};
 pub use weights::WeightFiles;

@@ -74,6 +74,23 @@ pub enum LogitRows {
     All,
 }
 
+/// The batch rows (token positions across `seqs`, in order) whose logits the sequences ask for.
+pub fn logit_rows(seqs: &[SeqInput<'_>]) -> Vec<usize> {
+    let mut rows = Vec::new();
+    let mut offset = 0;
+    for s in seqs {
+        let n = s.tokens.len();
+        match s.logits {
+            LogitRows::None => {}
+            LogitRows::Last if n > 0 => rows.push(offset + n - 1),
+            LogitRows::Last => {}
+            LogitRows::All => rows.extend(offset..offset + n),
+        }
+        offset += n;
+    }
+    rows
+}
+
 /// One sequence's part of a batched forward pass.
 ///
 /// Its `tokens` sit at positions `start..start + tokens.len()`; keys and values of
@@ -393,19 +410,7 @@ impl RankModel {
             }
         }
 
-        // Rows that need logits, in sequence order.
-        let mut rows = Vec::new();
-        let mut offset = 0;
-        for s in seqs {
-            let n = s.tokens.len();
-            match s.logits {
-                LogitRows::None => {}
-                LogitRows::Last if n > 0 => rows.push(offset + n - 1),
-                LogitRows::Last => {}
-                LogitRows::All => rows.extend(offset..offset + n),
-            }
-            offset += n;
-        }
+        let rows = logit_rows(seqs);
         if rows.is_empty() {
             return Ok(Vec::new());
         }
