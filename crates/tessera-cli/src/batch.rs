@@ -8,10 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tessera_batch::{BatchConfig, OverflowPolicy, DEFAULT_TEMPLATE};
-use tessera_engine::{EngineConfig, EngineOptions};
-use tessera_model::WeightDtype;
 
-use crate::{start_serving, ModelArgs, ServingModel, ShardArgs};
+use crate::{start_serving, EngineArgs, ModelArgs, ServingModel, ShardArgs};
 
 /// Arguments of `tessera batch`.
 #[derive(Args)]
@@ -20,6 +18,8 @@ pub(crate) struct BatchArgs {
     model: ModelArgs,
     #[command(flatten)]
     shard: ShardArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Input JSONL: OpenAI Batch API lines and/or documents `{"id", "text"}`.
     #[arg(long)]
     input: PathBuf,
@@ -56,28 +56,10 @@ pub(crate) struct BatchArgs {
     /// fsync the output at least this often, in seconds.
     #[arg(long, default_value_t = 2.0)]
     fsync_secs: f64,
-    /// Weight precision: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// KV-cache memory per rank, in MiB (allocated and touched once at start-up; 1 GiB
-    /// holds about 22k tokens of SmolLM2-135M at f32).
-    #[arg(long, default_value_t = crate::DEFAULT_KV_CACHE_MIB)]
-    kv_cache_mib: usize,
-    /// Most tokens per engine step.
-    #[arg(long, default_value_t = 512)]
-    max_batch_tokens: usize,
-    /// Most sequences per engine step.
-    #[arg(long, default_value_t = 64)]
-    max_seqs: usize,
-    /// Total CPU threads for all ranks (default: every core).
-    #[arg(long)]
-    threads: Option<usize>,
 }
 
 pub(crate) fn run(a: &BatchArgs) -> Result<()> {
-    let Some(dtype) = WeightDtype::parse(&a.dtype) else {
-        bail!("unknown --dtype '{}' (f32 or bf16)", a.dtype);
-    };
+    let (options, engine_config) = a.engine.configs(&a.shard)?;
     let Some(overflow) = OverflowPolicy::parse(&a.on_overflow) else {
         bail!(
             "unknown --on-overflow '{}' (truncate, map-reduce or error)",
@@ -89,7 +71,7 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         Some("summarize") => true,
         Some(other) => bail!("unknown --task '{other}' (summarize)"),
     };
-    if a.shard.tp == Some(0) || a.max_concurrency == 0 || a.kv_cache_mib == 0 {
+    if a.shard.tp == Some(0) || a.max_concurrency == 0 || a.engine.kv_cache_mib == 0 {
         bail!("--tp, --max-concurrency and --kv-cache-mib must be at least 1");
     }
     if !a.fsync_secs.is_finite() || a.fsync_secs < 0.0 {
@@ -106,17 +88,6 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
     // Refuse a bad input (duplicate ids) before loading anything.
     tessera_batch::check_input(&a.input, summarize)?;
 
-    let options = EngineOptions {
-        dtype,
-        reduce: a.shard.reduce(),
-        threads: a.threads,
-        kv_cache_bytes: a.kv_cache_mib << 20,
-        ..EngineOptions::default()
-    };
-    let engine_config = EngineConfig {
-        max_batch_tokens: a.max_batch_tokens,
-        max_seqs: a.max_seqs,
-    };
     let ServingModel {
         name: model_name,
         tokenizer,

@@ -23,6 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use tessera_model::WeightDtype;
 use tessera_plan::{ReduceMode, ShardPlan, Strategy};
 
 /// Default KV-cache memory per rank for the serving commands, in MiB: enough for 64
@@ -164,6 +165,58 @@ impl ShardArgs {
         } else {
             ReduceMode::Deterministic
         }
+    }
+}
+
+/// Engine settings shared by the commands that serve many requests (serve, batch, bench
+/// throughput).
+#[derive(Args, Clone)]
+pub(crate) struct EngineArgs {
+    /// Weight precision: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub(crate) dtype: String,
+    /// KV-cache memory per rank, in MiB (allocated and touched once at start-up; 1 GiB
+    /// holds about 22k tokens of SmolLM2-135M at f32).
+    #[arg(long, default_value_t = DEFAULT_KV_CACHE_MIB)]
+    pub(crate) kv_cache_mib: usize,
+    /// Most tokens per engine step.
+    #[arg(long, default_value_t = 512)]
+    pub(crate) max_batch_tokens: usize,
+    /// Most sequences per engine step.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) max_seqs: usize,
+    /// Total CPU threads for all ranks (default: every core).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+}
+
+impl EngineArgs {
+    /// The weight precision, or an error naming the accepted values.
+    pub(crate) fn weight_dtype(&self) -> Result<WeightDtype> {
+        match WeightDtype::parse(&self.dtype) {
+            Some(d) => Ok(d),
+            None => bail!("unknown --dtype '{}' (f32 or bf16)", self.dtype),
+        }
+    }
+
+    /// The coordinator options and the scheduler limits these flags (and `shard`'s
+    /// reduction mode) describe.
+    pub(crate) fn configs(
+        &self,
+        shard: &ShardArgs,
+    ) -> Result<(tessera_engine::EngineOptions, tessera_engine::EngineConfig)> {
+        let options = tessera_engine::EngineOptions {
+            dtype: self.weight_dtype()?,
+            reduce: shard.reduce(),
+            threads: self.threads,
+            kv_cache_bytes: self.kv_cache_mib << 20,
+            ..tessera_engine::EngineOptions::default()
+        };
+        let config = tessera_engine::EngineConfig {
+            max_batch_tokens: self.max_batch_tokens,
+            max_seqs: self.max_seqs,
+        };
+        Ok((options, config))
     }
 }
 

@@ -4,11 +4,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use tessera_engine::{EngineConfig, EngineOptions};
-use tessera_model::WeightDtype;
 use tessera_server::ServerConfig;
 
-use crate::{check_device, start_serving, ModelArgs, ServingModel, ShardArgs};
+use crate::{check_device, start_serving, EngineArgs, ModelArgs, ServingModel, ShardArgs};
 
 /// Arguments of `tessera serve`.
 #[derive(Args)]
@@ -17,12 +15,11 @@ pub(crate) struct ServeArgs {
     model: ModelArgs,
     #[command(flatten)]
     shard: ShardArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Weight precision: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
     /// Address to listen on (loopback by default; 0.0.0.0 exposes the server).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -35,19 +32,6 @@ pub(crate) struct ServeArgs {
     /// Most requests (choices) in the engine at once; more are answered 429.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
-    /// Most tokens per engine step.
-    #[arg(long, default_value_t = 512)]
-    max_batch_tokens: usize,
-    /// Most sequences per engine step.
-    #[arg(long, default_value_t = 64)]
-    max_seqs: usize,
-    /// KV-cache memory per rank, in MiB (allocated and touched once at start-up; 1 GiB
-    /// holds about 22k tokens of SmolLM2-135M at f32).
-    #[arg(long, default_value_t = crate::DEFAULT_KV_CACHE_MIB)]
-    kv_cache_mib: usize,
-    /// Total CPU threads for all ranks (default: every core).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Seconds in-flight requests may run after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
@@ -55,26 +39,13 @@ pub(crate) struct ServeArgs {
 
 pub(crate) fn run(a: &ServeArgs) -> Result<()> {
     check_device(&a.device, false)?;
-    let Some(dtype) = WeightDtype::parse(&a.dtype) else {
-        bail!("unknown --dtype '{}' (f32 or bf16)", a.dtype);
-    };
+    let (options, engine_config) = a.engine.configs(&a.shard)?;
     if a.shard.tp == Some(0) {
         bail!("--tp must be at least 1");
     }
-    if a.max_queue == 0 || a.kv_cache_mib == 0 {
+    if a.max_queue == 0 || a.engine.kv_cache_mib == 0 {
         bail!("--max-queue and --kv-cache-mib must be at least 1");
     }
-    let options = EngineOptions {
-        dtype,
-        reduce: a.shard.reduce(),
-        threads: a.threads,
-        kv_cache_bytes: a.kv_cache_mib << 20,
-        ..EngineOptions::default()
-    };
-    let engine_config = EngineConfig {
-        max_batch_tokens: a.max_batch_tokens,
-        max_seqs: a.max_seqs,
-    };
     let ServingModel {
         name: model_name,
         tokenizer,

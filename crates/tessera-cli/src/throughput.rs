@@ -8,13 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use tessera_engine::sampling::SamplingParams;
-use tessera_engine::{Coordinator, EngineConfig, EngineHandle, EngineOptions, Event, Request};
-use tessera_model::{ModelConfig, WeightDtype};
+use tessera_engine::{Coordinator, EngineHandle, Event, Request};
+use tessera_model::ModelConfig;
 
 use tessera_plan::HardwareProfile;
 
 use crate::manifest::{write_single_run, Manifest};
-use crate::{ModelArgs, ShardArgs};
+use crate::{EngineArgs, ModelArgs, ShardArgs};
 
 /// Arguments of `tessera bench throughput`.
 #[derive(Args)]
@@ -23,9 +23,8 @@ pub(crate) struct ThroughputArgs {
     model: ModelArgs,
     #[command(flatten)]
     shard: ShardArgs,
-    /// Weight precision: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Requests in all.
     #[arg(long, default_value_t = 64)]
     requests: usize,
@@ -38,18 +37,6 @@ pub(crate) struct ThroughputArgs {
     /// Requests in flight at once (default: all).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Most tokens per engine step.
-    #[arg(long, default_value_t = 512)]
-    max_batch_tokens: usize,
-    /// Most sequences per engine step.
-    #[arg(long, default_value_t = 64)]
-    max_seqs: usize,
-    /// Total CPU threads for all ranks (default: every core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// KV-cache memory per rank, in MiB (as for `tessera serve`).
-    #[arg(long, default_value_t = crate::DEFAULT_KV_CACHE_MIB)]
-    kv_cache_mib: usize,
     /// Seed of the random prompts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -102,32 +89,16 @@ fn percentiles(mut v: Vec<f64>) -> Percentiles {
 }
 
 pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
-    let Some(dtype) = WeightDtype::parse(&a.dtype) else {
-        bail!("unknown --dtype '{}' (f32 or bf16)", a.dtype);
-    };
-    if a.requests == 0 || a.input_len == 0 || a.output_len == 0 || a.kv_cache_mib == 0 {
+    let (options, engine_config) = a.engine.configs(&a.shard)?;
+    if a.requests == 0 || a.input_len == 0 || a.output_len == 0 || a.engine.kv_cache_mib == 0 {
         bail!("--requests, --input-len, --output-len and --kv-cache-mib must be at least 1");
     }
     let dir = a.model.resolve()?;
     let config = ModelConfig::from_dir(&dir)?;
     let plan = a.shard.plan(&config.shape)?;
     let (tp, strategy) = (plan.world_size, plan.strategy.clone());
-    let options = EngineOptions {
-        dtype,
-        reduce: a.shard.reduce(),
-        threads: a.threads,
-        kv_cache_bytes: a.kv_cache_mib << 20,
-        ..EngineOptions::default()
-    };
     let coord = Coordinator::start(&dir, plan.clone(), &options).context("starting the engine")?;
-    let engine = EngineHandle::start(
-        coord,
-        None,
-        &EngineConfig {
-            max_batch_tokens: a.max_batch_tokens,
-            max_seqs: a.max_seqs,
-        },
-    )?;
+    let engine = EngineHandle::start(coord, None, &engine_config)?;
     let vocab = config.shape.vocab as u64;
     let prompts: Arc<Vec<Vec<u32>>> = Arc::new(
         (0..a.requests as u64)
@@ -229,9 +200,9 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
             HardwareProfile::cpu_here(),
         )?;
         manifest.parameters = serde_json::json!({
-            "dtype": a.dtype, "requests": a.requests, "input_len": a.input_len,
+            "dtype": a.engine.dtype, "requests": a.requests, "input_len": a.input_len,
             "output_len": a.output_len, "concurrency": concurrency,
-            "max_batch_tokens": a.max_batch_tokens, "max_seqs": a.max_seqs, "threads": a.threads,
+            "max_batch_tokens": a.engine.max_batch_tokens, "max_seqs": a.engine.max_seqs, "threads": a.engine.threads,
         });
         write_single_run(out, "throughput.json", &report, manifest, &plan)?;
     }
