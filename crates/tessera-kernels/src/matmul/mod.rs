@@ -158,11 +158,7 @@ pub fn matmul(
     y: &mut [f32],
 ) -> Result<(), KernelError> {
     check_shapes(x, m, k, &w, n, bias, y)?;
-    let bias = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
-    match w {
-        WeightRef::F32(w) => run_parallel(pool, &operands(x, m, k, w, bias, y, n), n),
-        WeightRef::Bf16(w) => run_parallel(pool, &operands(x, m, k, w, bias, y, n), n),
-    }
+    run_checked(pool, x, m, k, w, n, bias, y, usize::MAX, 0);
     Ok(())
 }
 
@@ -207,11 +203,43 @@ pub fn matmul_chunked(
     output: ChunkOutput,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    let chunks = check_chunked(x, m, k, &w, n, bias, chunk, output, y.len())?;
+    if output == ChunkOutput::Partials && chunks == 0 {
+        // k = 0: no chunk, nothing to write.
+        return Ok(());
+    }
+    let partial_stride = match output {
+        ChunkOutput::Fold => 0,
+        ChunkOutput::Partials => m * n,
+    };
+    if m * n > 0 {
+        run_checked(pool, x, m, k, w, n, bias, y, chunk, partial_stride);
+    }
+    Ok(())
+}
+
+/// Checks the operands of a chunked matmul (the chunk, a bias only with a fold, then y, x,
+/// w and bias lengths); returns the number of chunks.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "BLAS-style operand list; each shape sits next to the buffer it describes"
+)]
+fn check_chunked(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &WeightRef<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    chunk: usize,
+    output: ChunkOutput,
+    y_len: usize,
+) -> Result<usize, KernelError> {
     check_chunk(chunk)?;
     let chunks = chunk_count(k, chunk);
     let slab = mul("y", m, n)?;
-    let (expected_y, partial_stride) = match output {
-        ChunkOutput::Fold => (slab, 0),
+    let expected_y = match output {
+        ChunkOutput::Fold => slab,
         ChunkOutput::Partials => {
             if bias.is_some() {
                 return Err(KernelError::Invalid {
@@ -219,42 +247,55 @@ pub fn matmul_chunked(
                     reason: "partial sums take no bias (add it once, after the fold)".into(),
                 });
             }
-            (mul("y", chunks, slab)?, slab)
+            mul("y", chunks, slab)?
         }
     };
-    check_len("y", expected_y, y.len())?;
+    check_len("y", expected_y, y_len)?;
     check_len("x", mul("x", m, k)?, x.len())?;
     check_len("w", mul("w", n, k)?, w.len())?;
     if let Some(bias) = bias {
         check_len("bias", n, bias.len())?;
     }
-    if output == ChunkOutput::Partials && chunks == 0 {
-        // k = 0: no chunk, nothing to write.
-        return Ok(());
-    }
-    if output == ChunkOutput::Partials && chunks == 1 {
-        // One chunk: its partial sums are the plain product.
-        return matmul(pool, x, m, k, w, n, None, y);
-    }
-    if slab == 0 {
-        return Ok(());
-    }
+    Ok(chunks)
+}
+
+/// Runs checked operands over the pool, for either weight type, with the given chunk width
+/// and partials stride (see [`Operands`]).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "BLAS-style operand list; each shape sits next to the buffer it describes"
+)]
+fn run_checked(
+    pool: &CpuPool,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: WeightRef<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    chunk: usize,
+    partial_stride: usize,
+) {
     let bias = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
     match w {
         WeightRef::F32(w) => {
-            let mut op = operands(x, m, k, w, bias, y, n);
-            op.chunk = chunk;
-            op.partial_stride = partial_stride;
+            let op = Operands {
+                chunk,
+                partial_stride,
+                ..operands(x, m, k, w, bias, y, n)
+            };
             run_parallel(pool, &op, n);
         }
         WeightRef::Bf16(w) => {
-            let mut op = operands(x, m, k, w, bias, y, n);
-            op.chunk = chunk;
-            op.partial_stride = partial_stride;
+            let op = Operands {
+                chunk,
+                partial_stride,
+                ..operands(x, m, k, w, bias, y, n)
+            };
             run_parallel(pool, &op, n);
         }
     }
-    Ok(())
 }
 
 /// Single-threaded reference of [`matmul_chunked`], written plainly, for tests.
@@ -273,17 +314,13 @@ pub fn matmul_chunked_reference(
     output: ChunkOutput,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_chunk(chunk)?;
-    let slab = mul("y", m, n)?;
-    let (expected, chunks) = match output {
-        // A fold over k = 0 is one empty chunk: zero (plus bias).
-        ChunkOutput::Fold => (slab, chunk_count(k, chunk).max(1)),
-        ChunkOutput::Partials => (
-            mul("y", chunk_count(k, chunk), slab)?,
-            chunk_count(k, chunk),
-        ),
+    let chunks = check_chunked(x, m, k, &w, n, bias, chunk, output, y.len())?;
+    // A fold over k = 0 is one empty chunk: zero (plus bias).
+    let chunks = match output {
+        ChunkOutput::Fold => chunks.max(1),
+        ChunkOutput::Partials => chunks,
     };
-    check_len("y", expected, y.len())?;
+    let slab = m * n;
     for i in 0..m {
         for j in 0..n {
             let mut total = 0.0f32;
