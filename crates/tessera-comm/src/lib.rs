@@ -101,7 +101,7 @@ pub(crate) fn fold_into<'a>(out: &mut [f32], vectors: impl IntoIterator<Item = &
 /// The ordered fold behind [`Communicator::all_reduce_ordered`] and
 /// [`Communicator::reduce_scatter_ordered`]: every contribution (in rank order) is cut into
 /// vectors of `len`, and elements `keep` of those vectors are folded into `out`.
-pub(crate) fn fold_contributions(
+pub fn fold_contributions(
     out: &mut [f32],
     len: usize,
     keep: std::ops::Range<usize>,
@@ -120,11 +120,7 @@ pub(crate) fn fold_contributions(
 }
 
 /// Checks that `keep` lies inside a vector of `len` and that `out` holds exactly `keep`.
-pub(crate) fn check_keep(
-    len: usize,
-    keep: &std::ops::Range<usize>,
-    out: usize,
-) -> Result<(), CommError> {
+pub fn check_keep(len: usize, keep: &std::ops::Range<usize>, out: usize) -> Result<(), CommError> {
     if keep.start > keep.end || keep.end > len || out != keep.len() {
         return Err(CommError::KeepRange {
             len,
@@ -137,7 +133,7 @@ pub(crate) fn check_keep(
 }
 
 /// Checks that `got` elements are whole vectors of `len` (an empty output takes none).
-pub(crate) fn check_partials(len: usize, got: usize) -> Result<(), CommError> {
+pub fn check_partials(len: usize, got: usize) -> Result<(), CommError> {
     if (len == 0 && got != 0) || (len != 0 && !got.is_multiple_of(len)) {
         return Err(CommError::PartialsLength { len, got });
     }

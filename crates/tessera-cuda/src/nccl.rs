@@ -217,43 +217,14 @@ impl Communicator for NcclCommunicator {
         // Deterministic by construction: every rank's partials are gathered, then folded
         // on the host in rank order (NCCL's own sum order is not fixed).
         let started = Instant::now();
-        if (len == 0 && !partials.is_empty()) || (len != 0 && !partials.len().is_multiple_of(len)) {
-            return Err(CommError::PartialsLength {
-                len,
-                got: partials.len(),
-            });
-        }
-        if keep.start > keep.end || keep.end > len || out.len() != keep.len() {
-            return Err(CommError::KeepRange {
-                len,
-                start: keep.start,
-                end: keep.end,
-                out: out.len(),
-            });
-        }
+        tessera_comm::check_partials(len, partials.len())?;
+        tessera_comm::check_keep(len, &keep, out.len())?;
         let d = self.upload(partials)?;
         let all = self
             .gather_uneven(&d, partials.len())
             .map_err(|e| CommError::Backend(e.to_string()))?;
-        if len != 0 && !all.len().is_multiple_of(len) {
-            return Err(CommError::PartialsLength {
-                len,
-                got: all.len(),
-            });
-        }
-        out.fill(0.0);
-        let mut first = true;
-        for v in all.chunks_exact(len.max(1)).filter(|_| len > 0) {
-            let v = &v[keep.clone()];
-            if first {
-                out.copy_from_slice(v);
-                first = false;
-            } else {
-                for (o, p) in out.iter_mut().zip(v) {
-                    *o += *p;
-                }
-            }
-        }
+        // The gathered ranks' vectors, in rank order, are one run of vectors to fold.
+        tessera_comm::fold_contributions(out, len, keep, &[&all])?;
         self.count(partials.len() * 4, started);
         Ok(())
     }
