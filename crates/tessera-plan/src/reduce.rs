@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::PlanError;
-use crate::plan::{AttentionSharding, DimSharding, ShardPlan};
+use crate::plan::{DimSharding, ShardPlan};
 use crate::shape::ModelShape;
 use crate::span::Span;
 
@@ -106,18 +106,6 @@ impl ShardPlan {
             }
         }
         Ok(())
-    }
-
-    /// Query heads and intermediate columns `rank` reduces in `layer`: the attention and
-    /// MLP spans of its row-parallel weights (the full range when that half is replicated).
-    pub fn reduction_spans(&self, layer: usize, rank: usize) -> (Span, Span) {
-        let lp = &self.layers[layer];
-        let heads = match &lp.attention {
-            AttentionSharding::Replicated => Span::full(self.model.heads),
-            AttentionSharding::Heads { ranks } => ranks[rank].q_heads,
-        };
-        let mlp = lp.mlp.span(rank, self.model.intermediate);
-        (heads, mlp)
     }
 }
 
