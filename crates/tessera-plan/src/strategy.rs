@@ -50,15 +50,10 @@ impl Strategy {
 
     /// Parses a strategy name as written on the command line.
     pub fn parse(name: &str) -> Result<Self, PlanError> {
-        match name {
-            "megatron" => Ok(Self::Megatron),
-            "megatron-sp" => Ok(Self::MegatronSp),
-            "attn-tp-mlp-replicated" => Ok(Self::AttnTpMlpReplicated),
-            "mlp-tp-attn-replicated" => Ok(Self::MlpTpAttnReplicated),
-            "replicated" => Ok(Self::Replicated),
-            "memory-balanced" => Ok(Self::MemoryBalanced),
-            other => Err(PlanError::UnknownStrategy(other.to_string())),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| PlanError::UnknownStrategy(name.to_string()))
     }
 
     /// The strategy's command-line name.

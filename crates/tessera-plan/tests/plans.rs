@@ -237,3 +237,12 @@ fn memory_balanced_refuses_a_zero_or_negative_memory() {
         assert!(err.to_string().contains("not a positive size"), "{err}");
     }
 }
+
+#[test]
+fn names_and_strategies_list_the_same_strategies_in_the_same_order() {
+    let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.name()).collect();
+    assert_eq!(names, Strategy::NAMES);
+    for name in Strategy::NAMES {
+        assert_eq!(Strategy::parse(name).unwrap().name(), name);
+    }
+}
