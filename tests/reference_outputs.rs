@@ -12,29 +12,8 @@ const MARGIN_FLOOR: f64 = 1e-3;
 const LOGIT_RTOL: f64 = 1e-3;
 
 fn check_form(tp: usize, id: &str, form: &str, text: &str, reference: &Value) -> Vec<String> {
-    let model = common::default_model().to_str().unwrap().to_string();
-    let tp_s = tp.to_string();
-    let mut args = vec![
-        "generate",
-        "--model",
-        &model,
-        "--tp",
-        &tp_s,
-        "--prompt",
-        text,
-        "--max-tokens",
-        "32",
-        "--temperature",
-        "0",
-        "--ignore-eos",
-        "--json",
-        "--top-logits",
-        "10",
-    ];
-    if form == "chat" {
-        args.push("--chat");
-    }
-    let got = common::json_stdout(&common::run(&args));
+    let chat: &[&str] = if form == "chat" { &["--chat"] } else { &[] };
+    let got = generate_json(tp, text, 32, chat);
     let mut failures = Vec::new();
     let what = format!("tp {tp} {id} {form}");
     if got["prompt_ids"] != reference["prompt_ids"] {
@@ -152,10 +131,12 @@ fn reference_prompts_match_transformers_at_tp4() {
     check_tp(4);
 }
 
-/// `tessera generate --json` of `text` at `tp` ranks (greedy, 16 tokens, top-10 logits).
-fn generate_json(tp: usize, text: &str, extra: &[&str]) -> Value {
+/// `tessera generate --json` of `text` at `tp` ranks: greedy, `max_tokens` tokens with
+/// end-of-sequence ignored, top-10 prompt logits, plus `extra` flags.
+fn generate_json(tp: usize, text: &str, max_tokens: usize, extra: &[&str]) -> Value {
     let model = common::default_model().to_str().unwrap().to_string();
     let tp_s = tp.to_string();
+    let max_s = max_tokens.to_string();
     let mut args = vec![
         "generate",
         "--model",
@@ -165,7 +146,7 @@ fn generate_json(tp: usize, text: &str, extra: &[&str]) -> Value {
         "--prompt",
         text,
         "--max-tokens",
-        "16",
+        &max_s,
         "--temperature",
         "0",
         "--ignore-eos",
@@ -180,11 +161,11 @@ fn generate_json(tp: usize, text: &str, extra: &[&str]) -> Value {
 #[test]
 fn logits_have_the_same_bits_at_1_to_4_ranks_and_differ_with_fast_reduce() {
     let text = "The three primary colors are";
-    let one = generate_json(1, text, &[]);
+    let one = generate_json(1, text, 16, &[]);
     // JSON numbers print the shortest text that reads back to the same f32, so equal text
     // is equal bits.
     for tp in 2..=4 {
-        let many = generate_json(tp, text, &[]);
+        let many = generate_json(tp, text, 16, &[]);
         assert_eq!(
             many["prompt_top_logits"], one["prompt_top_logits"],
             "tp {tp} logits differ from tp 1"
@@ -192,7 +173,7 @@ fn logits_have_the_same_bits_at_1_to_4_ranks_and_differ_with_fast_reduce() {
         assert_eq!(many["completion_ids"], one["completion_ids"], "tp {tp}");
     }
     for tp in [2, 3] {
-        let sp = generate_json(tp, text, &["--strategy", "megatron-sp"]);
+        let sp = generate_json(tp, text, 16, &["--strategy", "megatron-sp"]);
         assert_eq!(
             sp["prompt_top_logits"], one["prompt_top_logits"],
             "megatron-sp at tp {tp} logits differ from tp 1"
@@ -205,7 +186,7 @@ fn logits_have_the_same_bits_at_1_to_4_ranks_and_differ_with_fast_reduce() {
     // The plain all-reduce rounds differently as the cuts move, which is what the fixed
     // chunks prevent: it agrees to rounding, not to the bit.
     let fast: Vec<Value> = (1..=3)
-        .map(|tp| generate_json(tp, text, &["--fast-reduce"]))
+        .map(|tp| generate_json(tp, text, 16, &["--fast-reduce"]))
         .collect();
     assert!(
         fast.iter()
