@@ -195,16 +195,47 @@ fn plan_with_a_gap_is_reported() {
     );
 }
 
+/// Every command that runs the model takes `--device cuda` (serve, batch and bench
+/// throughput through the engine's CUDA ranks), so each must give the same clear error
+/// when CUDA is missing.
+fn cuda_commands(model: &str, input: &str) -> Vec<Vec<String>> {
+    let output = format!("{input}.out");
+    let lines: [&[&str]; 5] = [
+        &["generate", "--prompt", "hi"],
+        &["generate", "--prompt", "hi", "--tp", "2"],
+        &["serve", "--port", "0"],
+        &["batch", "--input", input, "--output", &output],
+        &["bench", "throughput", "--requests", "1"],
+    ];
+    lines
+        .iter()
+        .map(|l| {
+            let mut v: Vec<String> = l.iter().map(|s| s.to_string()).collect();
+            v.extend(["--model", model, "--device", "cuda"].map(String::from));
+            v
+        })
+        .collect()
+}
+
+fn cuda_input() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"id\": \"a\", \"text\": \"hi\"}\n",
+    )
+    .unwrap();
+    dir
+}
+
 #[test]
 #[cfg(not(feature = "cuda"))]
 fn cuda_device_in_a_cpu_build_is_reported() {
     let model = common::default_model().to_str().unwrap().to_string();
-    fails_with(
-        &[
-            "generate", "--model", &model, "--device", "cuda", "--prompt", "hi",
-        ],
-        &["without CUDA"],
-    );
+    let input = cuda_input();
+    let path = input.path().join("in.jsonl");
+    for args in cuda_commands(&model, path.to_str().unwrap()) {
+        fails_with(&as_refs(&args), &["without CUDA"]);
+    }
 }
 
 #[test]
@@ -217,21 +248,14 @@ fn cuda_device_without_a_driver_is_reported() {
         return;
     }
     let model = common::default_model().to_str().unwrap().to_string();
-    fails_with(
-        &[
-            "generate", "--model", &model, "--device", "cuda", "--prompt", "hi",
-        ],
-        &["built with CUDA but no CUDA driver found"],
-    );
-}
-
-#[test]
-fn serve_on_cuda_is_refused_with_the_reason() {
-    let model = common::default_model().to_str().unwrap().to_string();
-    fails_with(
-        &["serve", "--model", &model, "--device", "cuda"],
-        &["--device cuda"],
-    );
+    let input = cuda_input();
+    let path = input.path().join("in.jsonl");
+    for args in cuda_commands(&model, path.to_str().unwrap()) {
+        fails_with(
+            &as_refs(&args),
+            &["built with CUDA but no CUDA driver found"],
+        );
+    }
 }
 
 #[test]

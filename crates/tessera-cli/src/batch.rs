@@ -59,6 +59,7 @@ pub(crate) struct BatchArgs {
 }
 
 pub(crate) fn run(a: &BatchArgs) -> Result<()> {
+    let loader = a.engine.loader()?;
     let (options, engine_config) = a.engine.configs(&a.shard)?;
     let Some(overflow) = OverflowPolicy::parse(&a.on_overflow) else {
         bail!(
@@ -94,7 +95,13 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         engine,
         max_model_len,
         ..
-    } = start_serving(&a.model, &a.shard, &options, &engine_config)?;
+    } = start_serving(
+        &a.model,
+        &a.shard,
+        &options,
+        &engine_config,
+        loader.as_ref(),
+    )?;
     let max_context = a
         .max_context
         .map_or(max_model_len, |n| max_model_len.min(n));

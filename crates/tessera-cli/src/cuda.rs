@@ -1,10 +1,11 @@
-//! The CLI's CUDA paths (built with `--features cuda`): `generate --device cuda` and the
-//! hidden `gpu-check` that `tools/gpu/check.sh` runs on a lent GPU machine.
+//! The CLI's CUDA paths (built with `--features cuda`): the engine's CUDA rank loader
+//! (`--device cuda` of generate, serve, batch and bench throughput) and the hidden
+//! `gpu-check` that `tools/gpu/check.sh` runs on a lent GPU machine.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};
 use tessera_cuda::collective::{DeviceComm, SingleGpu};
@@ -12,9 +13,8 @@ use tessera_cuda::generate::{generate as cuda_generate, Sampling};
 use tessera_cuda::nccl::NcclCommunicator;
 use tessera_cuda::nvrtc::python_cuda_lib_dirs;
 use tessera_cuda::{CudaKvCache, CudaRankModel, DeviceDtype, Gpu, GpuOptions, WeightSource};
-use tessera_engine::FinishReason;
 use tessera_model::{LogitRows, ModelConfig, SeqInput, WeightFiles};
-use tessera_plan::{ShardPlan, Strategy};
+use tessera_plan::Strategy;
 
 use crate::random_reference::{ensure_model, shape_named, RandomReference, MAX_POSITIONS};
 
@@ -33,52 +33,13 @@ fn device_dtype(s: &str) -> Result<DeviceDtype> {
     DeviceDtype::parse(s).with_context(|| format!("unknown --dtype '{s}' (f32, bf16 or f16)"))
 }
 
-/// One `generate --device cuda` request.
-pub(crate) struct CudaGenerate<'a> {
-    pub dir: &'a Path,
-    pub config: &'a ModelConfig,
-    pub plan: &'a ShardPlan,
-    pub dtype: &'a str,
-    pub prompt: &'a [u32],
-    pub max_tokens: usize,
-    pub temperature: f32,
-    pub seed: u64,
-    pub stop_ids: &'a [u32],
-}
-
-/// Generates on GPU 0: (completion, last prompt position's logits, finish).
-pub(crate) fn generate(g: &CudaGenerate<'_>) -> Result<(Vec<u32>, Vec<f32>, FinishReason)> {
-    if g.plan.world_size != 1 {
-        bail!("--device cuda runs --tp 1 so far (the NCCL communicator exists in tessera-cuda but is not wired to the CLI)");
-    }
-    let dtype = device_dtype(g.dtype)?;
-    let gpu = Gpu::new(0, &gpu_options())?;
-    let files = WeightFiles::open(g.dir)?;
-    let mut model =
-        CudaRankModel::load(gpu, g.config, WeightSource::Files(&files), g.plan, 0, dtype)?;
-    let blocks = (g.prompt.len() + g.max_tokens).div_ceil(BLOCK_SIZE).max(1);
-    let mut cache = CudaKvCache::new(model.gpu(), &model.kv_widths(), blocks, BLOCK_SIZE)?;
-    let sampling = Sampling {
-        temperature: g.temperature,
-        top_k: 0,
-        top_p: 1.0,
-        seed: g.seed,
-    };
-    let out = cuda_generate(
-        &mut model,
-        &mut SingleGpu,
-        &mut cache,
-        g.prompt,
-        g.max_tokens,
-        &sampling,
-        g.stop_ids,
-    )?;
-    let finish = if out.stopped {
-        FinishReason::Stop
-    } else {
-        FinishReason::Length
-    };
-    Ok((out.completion, out.prompt_logits, finish))
+/// The engine's CUDA ranks for `--dtype` (rank r on GPU r).
+pub(crate) fn loader(dtype: &str) -> Result<tessera_cuda::CudaLoader> {
+    Ok(tessera_cuda::CudaLoader {
+        options: gpu_options(),
+        dtype: device_dtype(dtype)?,
+        first_device: 0,
+    })
 }
 
 /// Arguments of `tessera gpu-check`.

@@ -6,7 +6,7 @@ use serde::Serialize;
 use tessera_engine::{Coordinator, EngineOptions, GenerateRequest};
 use tessera_model::{ChatMessage, ModelConfig, TextTokenizer, WeightDtype};
 
-use crate::{check_device, Device, ModelArgs, ShardArgs};
+use crate::{check_device, rank_loader, weight_dtype, ModelArgs, ShardArgs};
 
 /// Arguments of `tessera generate`.
 #[derive(Args)]
@@ -18,7 +18,7 @@ pub(crate) struct GenerateArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Weight precision: f32 (default on CPU) or bf16.
+    /// Weight precision: f32 or bf16 (and f16 on cuda).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// The prompt text.
@@ -68,13 +68,9 @@ struct Output {
 }
 
 pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
-    let device = check_device(&args.device, true)?;
-    let dtype = match (WeightDtype::parse(&args.dtype), device) {
-        (Some(d), _) => d,
-        // f16 weights exist on the GPU only.
-        (None, Device::Cuda) if args.dtype == "f16" => WeightDtype::F32,
-        (None, _) => bail!("unknown --dtype '{}' (f32 or bf16)", args.dtype),
-    };
+    let device = check_device(&args.device)?;
+    let dtype = weight_dtype(device, &args.dtype)?;
+    let loader = rank_loader(device, &args.dtype)?;
     if args.shard.tp == Some(0) {
         bail!("--tp must be at least 1");
     }
@@ -106,23 +102,15 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
         stop_ids.clear();
     }
     let started = std::time::Instant::now();
-    let (completion, prompt_logits, finish) = match device {
-        Device::Cpu => generate_cpu(args, &dir, plan, dtype, &prompt_ids, stop_ids)?,
-        #[cfg(feature = "cuda")]
-        Device::Cuda => crate::cuda::generate(&crate::cuda::CudaGenerate {
-            dir: &dir,
-            config: &config,
-            plan: &plan,
-            dtype: &args.dtype,
-            prompt: &prompt_ids,
-            max_tokens: args.max_tokens,
-            temperature: args.temperature,
-            seed: args.seed,
-            stop_ids: &stop_ids,
-        })?,
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda => bail!("--device cuda: this tessera was built without CUDA support"),
-    };
+    let (completion, prompt_logits, finish) = generate_on(
+        args,
+        &dir,
+        plan,
+        dtype,
+        loader.as_ref(),
+        &prompt_ids,
+        stop_ids,
+    )?;
     let elapsed = started.elapsed();
     tracing::info!(
         prompt_tokens = prompt_ids.len(),
@@ -148,12 +136,14 @@ pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The CPU engine's generation: (completion, last prompt position's logits, finish).
-fn generate_cpu(
+/// The engine's generation on the loader's ranks: (completion, last prompt position's
+/// logits, finish).
+fn generate_on(
     args: &GenerateArgs,
     dir: &std::path::Path,
     plan: tessera_plan::ShardPlan,
     dtype: WeightDtype,
+    loader: &dyn tessera_engine::RankLoader,
     prompt_ids: &[u32],
     stop_ids: Vec<u32>,
 ) -> Result<(Vec<u32>, Vec<f32>, tessera_engine::FinishReason)> {
@@ -163,7 +153,8 @@ fn generate_cpu(
         threads: args.threads,
         ..EngineOptions::default()
     };
-    let mut engine = Coordinator::start(dir, plan, &options).context("starting the engine")?;
+    let mut engine =
+        Coordinator::start_on(dir, plan, &options, loader).context("starting the engine")?;
     let out = engine.generate(&GenerateRequest {
         prompt: prompt_ids.to_vec(),
         max_tokens: args.max_tokens,

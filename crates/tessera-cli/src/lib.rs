@@ -172,7 +172,10 @@ impl ShardArgs {
 /// throughput).
 #[derive(Args, Clone)]
 pub(crate) struct EngineArgs {
-    /// Weight precision: f32 or bf16.
+    /// cpu or cuda (a build with `--features cuda`; rank r runs on GPU r).
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
+    /// Weight precision: f32 or bf16 (and f16 on cuda).
     #[arg(long, default_value = "f32")]
     pub(crate) dtype: String,
     /// KV-cache memory per rank, in MiB (allocated and touched once at start-up; 1 GiB
@@ -191,12 +194,9 @@ pub(crate) struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// The weight precision, or an error naming the accepted values.
-    pub(crate) fn weight_dtype(&self) -> Result<WeightDtype> {
-        match WeightDtype::parse(&self.dtype) {
-            Some(d) => Ok(d),
-            None => bail!("unknown --dtype '{}' (f32 or bf16)", self.dtype),
-        }
+    /// The ranks' loader for `--device` with `--dtype`.
+    pub(crate) fn loader(&self) -> Result<Box<dyn tessera_engine::RankLoader>> {
+        rank_loader(check_device(&self.device)?, &self.dtype)
     }
 
     /// The coordinator options and the scheduler limits these flags (and `shard`'s
@@ -206,7 +206,7 @@ impl EngineArgs {
         shard: &ShardArgs,
     ) -> Result<(tessera_engine::EngineOptions, tessera_engine::EngineConfig)> {
         let options = tessera_engine::EngineOptions {
-            dtype: self.weight_dtype()?,
+            dtype: weight_dtype(check_device(&self.device)?, &self.dtype)?,
             reduce: shard.reduce(),
             threads: self.threads,
             kv_cache_bytes: self.kv_cache_mib << 20,
@@ -306,6 +306,7 @@ pub(crate) fn start_serving(
     shard: &ShardArgs,
     options: &tessera_engine::EngineOptions,
     engine_config: &tessera_engine::EngineConfig,
+    loader: &dyn tessera_engine::RankLoader,
 ) -> Result<ServingModel> {
     let dir = model.resolve()?;
     let dir = dir.canonicalize().unwrap_or(dir);
@@ -317,8 +318,8 @@ pub(crate) fn start_serving(
     let tokenizer = std::sync::Arc::new(tessera_model::TextTokenizer::from_dir(&dir)?);
     let plan = shard.plan(&config.shape)?;
     let (tp, strategy) = (plan.world_size, plan.strategy.clone());
-    let coord =
-        tessera_engine::Coordinator::start(&dir, plan, options).context("starting the engine")?;
+    let coord = tessera_engine::Coordinator::start_on(&dir, plan, options, loader)
+        .context("starting the engine")?;
     // A request alone must fit the KV cache as well as the context.
     let cache_tokens = coord.num_blocks() * coord.block_size();
     let max_model_len = config.max_position_embeddings.min(cache_tokens);
@@ -346,14 +347,38 @@ pub(crate) enum Device {
     Cuda,
 }
 
-/// Parses `--device`; `cuda` fails in a build without CUDA, and for commands whose CUDA
-/// path does not exist yet (`cuda_ready` false), with the reason.
-pub(crate) fn check_device(device: &str, cuda_ready: bool) -> Result<Device> {
+/// Parses `--device`; `cuda` fails in a build without CUDA, with the reason.
+pub(crate) fn check_device(device: &str) -> Result<Device> {
     match device {
         "cpu" => Ok(Device::Cpu),
         "cuda" if !cfg!(feature = "cuda") => bail!("--device cuda: this tessera was built without CUDA support (rebuild with `--features cuda`)"),
-        "cuda" if !cuda_ready => bail!("--device cuda: this command has no CUDA path yet (`tessera generate --device cuda` has)"),
         "cuda" => Ok(Device::Cuda),
         other => bail!("unknown --device '{other}' (cpu or cuda)"),
+    }
+}
+
+/// The CPU weight precision `--dtype` names; on cuda the device loader holds the dtype
+/// (f16 included) and the CPU value is unused.
+pub(crate) fn weight_dtype(device: Device, dtype: &str) -> Result<WeightDtype> {
+    match (WeightDtype::parse(dtype), device) {
+        (Some(d), _) => Ok(d),
+        (None, Device::Cuda) if dtype == "f16" || dtype == "float16" => Ok(WeightDtype::F32),
+        (None, Device::Cuda) => bail!("unknown --dtype '{dtype}' (f32, bf16 or f16)"),
+        (None, Device::Cpu) => bail!("unknown --dtype '{dtype}' (f32 or bf16)"),
+    }
+}
+
+/// The ranks' loader for `device`: CPU threads, or one GPU per rank.
+pub(crate) fn rank_loader(
+    device: Device,
+    dtype: &str,
+) -> Result<Box<dyn tessera_engine::RankLoader>> {
+    weight_dtype(device, dtype)?;
+    match device {
+        Device::Cpu => Ok(Box::new(tessera_engine::CpuLoader)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => Ok(Box::new(cuda::loader(dtype)?)),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => bail!("--device cuda: this tessera was built without CUDA support"),
     }
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use tessera_server::ServerConfig;
 
-use crate::{check_device, start_serving, EngineArgs, ModelArgs, ServingModel, ShardArgs};
+use crate::{start_serving, EngineArgs, ModelArgs, ServingModel, ShardArgs};
 
 /// Arguments of `tessera serve`.
 #[derive(Args)]
@@ -17,9 +17,6 @@ pub(crate) struct ServeArgs {
     shard: ShardArgs,
     #[command(flatten)]
     engine: EngineArgs,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
     /// Address to listen on (loopback by default; 0.0.0.0 exposes the server).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -38,7 +35,7 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) fn run(a: &ServeArgs) -> Result<()> {
-    check_device(&a.device, false)?;
+    let loader = a.engine.loader()?;
     let (options, engine_config) = a.engine.configs(&a.shard)?;
     if a.shard.tp == Some(0) {
         bail!("--tp must be at least 1");
@@ -53,7 +50,13 @@ pub(crate) fn run(a: &ServeArgs) -> Result<()> {
         max_model_len,
         tp,
         strategy,
-    } = start_serving(&a.model, &a.shard, &options, &engine_config)?;
+    } = start_serving(
+        &a.model,
+        &a.shard,
+        &options,
+        &engine_config,
+        loader.as_ref(),
+    )?;
     let server = ServerConfig {
         host: a.host.clone(),
         port: a.port,

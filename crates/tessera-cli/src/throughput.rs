@@ -89,6 +89,7 @@ fn percentiles(mut v: Vec<f64>) -> Percentiles {
 }
 
 pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
+    let loader = a.engine.loader()?;
     let (options, engine_config) = a.engine.configs(&a.shard)?;
     if a.requests == 0 || a.input_len == 0 || a.output_len == 0 || a.engine.kv_cache_mib == 0 {
         bail!("--requests, --input-len, --output-len and --kv-cache-mib must be at least 1");
@@ -97,7 +98,8 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
     let config = ModelConfig::from_dir(&dir)?;
     let plan = a.shard.plan(&config.shape)?;
     let (tp, strategy) = (plan.world_size, plan.strategy.clone());
-    let coord = Coordinator::start(&dir, plan.clone(), &options).context("starting the engine")?;
+    let coord = Coordinator::start_on(&dir, plan.clone(), &options, loader.as_ref())
+        .context("starting the engine")?;
     let engine = EngineHandle::start(coord, None, &engine_config)?;
     let vocab = config.shape.vocab as u64;
     let prompts: Arc<Vec<Vec<u32>>> = Arc::new(

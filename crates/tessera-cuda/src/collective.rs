@@ -5,7 +5,7 @@
 //! `NcclCommunicator` (NCCL on the GPU's stream).
 
 use cudarc::driver::CudaSlice;
-use tessera_comm::Communicator;
+use tessera_comm::{CommStats, Communicator};
 
 use crate::device::Gpu;
 use crate::error::CudaError;
@@ -30,6 +30,10 @@ pub trait DeviceComm {
         n: usize,
         total: usize,
     ) -> Result<Vec<f32>, CudaError>;
+    /// Calls, bytes and time of this rank's collectives so far (none for one rank).
+    fn stats(&self) -> CommStats {
+        CommStats::default()
+    }
 }
 
 /// A group of one rank.
@@ -70,6 +74,10 @@ pub struct HostStaged<'a>(pub &'a mut dyn Communicator);
 impl DeviceComm for HostStaged<'_> {
     fn world_size(&self) -> usize {
         self.0.world_size()
+    }
+
+    fn stats(&self) -> CommStats {
+        self.0.stats()
     }
 
     fn all_reduce_sum(

@@ -7,6 +7,7 @@
 
 pub mod collective;
 mod device;
+pub mod engine;
 mod error;
 pub mod generate;
 pub mod model;
@@ -18,6 +19,7 @@ pub mod reference;
 pub mod rendezvous;
 
 pub use device::{driver_present, Gpu, GpuOptions};
+pub use engine::CudaLoader;
 pub use error::CudaError;
 pub use model::{CudaKvCache, CudaRankModel, DeviceLogits, WeightSource};
 pub use ops::DeviceDtype;

@@ -149,6 +149,10 @@ impl DeviceComm for NcclCommunicator {
         self.comm.world_size()
     }
 
+    fn stats(&self) -> CommStats {
+        self.stats
+    }
+
     fn all_reduce_sum(
         &mut self,
         _gpu: &Gpu,

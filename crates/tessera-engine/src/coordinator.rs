@@ -6,12 +6,11 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tessera_comm::{CommStats, Communicator, SingleRank, ThreadGroup};
-use tessera_model::{
-    CpuBackend, LogitRows, ModelConfig, ModelError, PagedKvCache, RankModel, SeqInput, WeightDtype,
-    WeightFiles,
-};
+use tessera_comm::CommStats;
+use tessera_model::{LogitRows, ModelConfig, ModelError, PagedKvCache, SeqInput, WeightDtype};
 use tessera_plan::{ReduceMode, ShardPlan};
+
+use crate::rank::{CpuLoader, RankLoader, RankSetup, RankStarter};
 
 /// Why the engine could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +95,21 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Loads `model_dir` split as `plan` says and starts one thread per rank.
+    /// Loads `model_dir` split as `plan` says and starts one CPU thread per rank.
     pub fn start(
         model_dir: &Path,
         plan: ShardPlan,
         options: &EngineOptions,
+    ) -> Result<Self, EngineError> {
+        Self::start_on(model_dir, plan, options, &CpuLoader)
+    }
+
+    /// Like [`Coordinator::start`], with the ranks `loader` makes (a device backend).
+    pub fn start_on(
+        model_dir: &Path,
+        plan: ShardPlan,
+        options: &EngineOptions,
+        loader: &dyn RankLoader,
     ) -> Result<Self, EngineError> {
         let config = ModelConfig::from_dir(model_dir)?;
         if plan.model != config.shape {
@@ -123,18 +132,11 @@ impl Coordinator {
         tracing::info!(
             world,
             threads_per_rank,
+            device = loader.device(),
             strategy = %plan.strategy,
             reduce = options.reduce.name(),
             "starting ranks"
         );
-        let comms: Vec<Box<dyn Communicator>> = if world == 1 {
-            vec![Box::new(SingleRank::new())]
-        } else {
-            ThreadGroup::create(world)
-                .into_iter()
-                .map(|c| Box::new(c) as Box<dyn Communicator>)
-                .collect()
-        };
         if options.block_size == 0 {
             return Err(EngineError::BadRequest(
                 "the KV block size must be at least 1".into(),
@@ -163,33 +165,41 @@ impl Coordinator {
         }
         tracing::info!(num_blocks, block_size = options.block_size, "KV cache");
         let plan_arc = Arc::new(plan.clone());
+        let starters = loader.prepare(world)?;
+        if starters.len() != world {
+            return Err(EngineError::BadRequest(format!(
+                "the {} loader prepared {} ranks for a plan of {world}",
+                loader.device(),
+                starters.len()
+            )));
+        }
         let mut ranks = Vec::with_capacity(world);
-        let mut ready = Vec::with_capacity(world);
-        for (rank, comm) in comms.into_iter().enumerate() {
+        // One channel for every rank's load result: the first failure ends the start even
+        // while other ranks still wait in a collective set-up (NCCL's init blocks until
+        // every rank arrives).
+        let (ready_tx, ready_rx) = channel::<(usize, Result<usize, ModelError>)>();
+        for (rank, starter) in starters.into_iter().enumerate() {
             let (cmd_tx, cmd_rx) = channel::<Command>();
             let (res_tx, res_rx) = channel();
-            let (ready_tx, ready_rx) = channel::<Result<usize, ModelError>>();
-            let dir = model_dir.to_path_buf();
-            let plan = Arc::clone(&plan_arc);
-            let config = config.clone();
-            let dtype = options.dtype;
-            let reduce = options.reduce;
-            let block_size = options.block_size;
+            let ready_tx = ready_tx.clone();
+            let setup = RankSetup {
+                rank,
+                dir: model_dir.to_path_buf(),
+                config: config.clone(),
+                plan: Arc::clone(&plan_arc),
+                dtype: options.dtype,
+                reduce: options.reduce,
+                threads: threads_per_rank,
+                num_blocks,
+                block_size: options.block_size,
+            };
             let join = std::thread::Builder::new()
                 .name(format!("tessera-rank-{rank}"))
                 .spawn(move || {
-                    let setup = RankSetup {
-                        rank,
-                        dir,
-                        config,
-                        plan,
-                        dtype,
-                        reduce,
-                        threads: threads_per_rank,
-                        num_blocks,
-                        block_size,
-                    };
-                    rank_main(setup, comm, cmd_rx, res_tx, ready_tx)
+                    let rank = setup.rank;
+                    rank_main(setup, starter, cmd_rx, res_tx, |r| {
+                        let _ = ready_tx.send((rank, r));
+                    })
                 })
                 .map_err(|e| ModelError::io(model_dir, e))?;
             ranks.push(RankHandle {
@@ -197,13 +207,16 @@ impl Coordinator {
                 rx: res_rx,
                 join: Some(join),
             });
-            ready.push(ready_rx);
         }
-        for (rank, rx) in ready.into_iter().enumerate() {
-            match rx.recv() {
-                Ok(Ok(bytes)) => tracing::info!(rank, mib = bytes / (1 << 20), "rank loaded"),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(EngineError::RankLost(rank)),
+        drop(ready_tx);
+        for _ in 0..world {
+            match ready_rx.recv() {
+                Ok((rank, Ok(bytes))) => {
+                    tracing::info!(rank, mib = bytes / (1 << 20), "rank loaded");
+                }
+                Ok((_, Err(e))) => return Err(e.into()),
+                // Every sender is gone with a rank still unreported: a rank thread died.
+                Err(_) => return Err(EngineError::RankLost(0)),
             }
         }
         Ok(Self {
@@ -396,47 +409,21 @@ fn keep_freed_memory() {
     }
 }
 
-/// What a rank thread needs to load its shard.
-struct RankSetup {
-    rank: usize,
-    dir: PathBuf,
-    config: ModelConfig,
-    plan: Arc<ShardPlan>,
-    dtype: WeightDtype,
-    reduce: ReduceMode,
-    threads: usize,
-    num_blocks: usize,
-    block_size: usize,
-}
-
 fn rank_main(
     setup: RankSetup,
-    mut comm: Box<dyn Communicator>,
+    starter: Box<dyn RankStarter>,
     commands: Receiver<Command>,
     results: Sender<Result<(Vec<f32>, CommStats), ModelError>>,
-    ready: Sender<Result<usize, ModelError>>,
+    ready: impl FnOnce(Result<usize, ModelError>),
 ) {
-    let loaded = WeightFiles::open(&setup.dir)
-        .and_then(|files| {
-            RankModel::load(
-                &setup.config,
-                &files,
-                &setup.plan,
-                setup.rank,
-                setup.dtype,
-                setup.reduce,
-            )
-        })
-        .and_then(|m| CpuBackend::new(setup.threads).map(|b| (m, b)));
-    let (model, backend) = match loaded {
-        Ok(v) => v,
+    let mut worker = match starter.start(&setup) {
+        Ok(w) => w,
         Err(e) => {
-            let _ = ready.send(Err(e));
+            ready(Err(e));
             return;
         }
     };
-    let mut cache = PagedKvCache::new(model.kv_widths(), setup.num_blocks, setup.block_size);
-    let _ = ready.send(Ok(model.weight_bytes()));
+    ready(Ok(worker.weight_bytes()));
     while let Ok(Command::Step(seqs)) = commands.recv() {
         let inputs: Vec<SeqInput<'_>> = seqs
             .iter()
@@ -447,9 +434,7 @@ fn rank_main(
                 logits: s.logits,
             })
             .collect();
-        let out = model
-            .forward_batch(&backend, comm.as_mut(), &mut cache, &inputs)
-            .map(|logits| (logits, comm.stats()));
+        let out = worker.step(&inputs);
         let failed = out.is_err();
         if results.send(out).is_err() || failed {
             return;

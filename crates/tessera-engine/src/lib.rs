@@ -9,6 +9,7 @@ pub mod block_pool;
 mod coordinator;
 mod engine;
 mod generate;
+pub mod rank;
 pub mod sampling;
 pub mod scheduler;
 
@@ -18,3 +19,4 @@ pub use engine::{
     TokenLogprobs, Usage,
 };
 pub use generate::{GenerateOutput, GenerateRequest};
+pub use rank::{CpuLoader, RankLoader, RankSetup, RankStarter, RankWorker};

@@ -97,6 +97,14 @@ pub enum ModelError {
     /// A collective failed.
     #[error(transparent)]
     Comm(#[from] tessera_comm::CommError),
+    /// A device backend (CUDA) failed; the message names the operation.
+    #[error("{backend}: {message}")]
+    Device {
+        /// The backend ("cuda").
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
 }
 
 impl ModelError {

@@ -1,0 +1,155 @@
+//! The engine's CUDA ranks: a `tessera_engine::RankLoader` whose ranks each own one GPU
+//! (rank r on device `first_device + r`), load their shard there, and meet in NCCL.
+//!
+//! The coordinator, scheduler and server above do not change: a step's logits rows come
+//! back to the host as on CPU. NCCL's all-reduce sums in its own order, so unlike the CPU
+//! path's ordered reduction, output at several ranks may differ from one rank in the last
+//! bits (see README, "GPU (CUDA)").
+
+use cudarc::driver::CudaContext;
+use tessera_comm::CommStats;
+use tessera_engine::{RankLoader, RankSetup, RankStarter, RankWorker};
+use tessera_model::{ModelError, SeqInput, WeightFiles};
+
+use crate::collective::{DeviceComm, SingleGpu};
+use crate::device::{driver_present, Gpu, GpuOptions};
+use crate::error::CudaError;
+use crate::model::{CudaKvCache, CudaRankModel, WeightSource};
+use crate::nccl::NcclCommunicator;
+use crate::ops::DeviceDtype;
+
+impl From<CudaError> for ModelError {
+    fn from(e: CudaError) -> Self {
+        match e {
+            CudaError::Model(m) => m,
+            other => ModelError::Device {
+                backend: "cuda",
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Makes CUDA ranks for the engine.
+#[derive(Clone, Debug)]
+pub struct CudaLoader {
+    /// Library folders and kernel cache.
+    pub options: GpuOptions,
+    /// Weight storage on the device.
+    pub dtype: DeviceDtype,
+    /// Device ordinal of rank 0.
+    pub first_device: usize,
+}
+
+impl RankLoader for CudaLoader {
+    fn device(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn prepare(&self, world: usize) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
+        if !driver_present() {
+            return Err(CudaError::NoDriver.into());
+        }
+        let count = CudaContext::device_count().map_err(CudaError::from)?.max(0) as usize;
+        if self.first_device + world > count {
+            return Err(ModelError::Device {
+                backend: "cuda",
+                message: format!(
+                    "the plan has {world} ranks from device {} but {count} GPU(s) are visible",
+                    self.first_device
+                ),
+            });
+        }
+        // Every rank joins the group with the same id, each on its own thread.
+        let id = if world > 1 {
+            Some(NcclCommunicator::unique_id(&self.options.lib_dirs)?)
+        } else {
+            None
+        };
+        Ok((0..world)
+            .map(|rank| {
+                Box::new(CudaStarter {
+                    loader: self.clone(),
+                    ordinal: self.first_device + rank,
+                    world,
+                    id,
+                }) as Box<dyn RankStarter>
+            })
+            .collect())
+    }
+}
+
+struct CudaStarter {
+    loader: CudaLoader,
+    ordinal: usize,
+    world: usize,
+    id: Option<[u8; 128]>,
+}
+
+impl RankStarter for CudaStarter {
+    fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
+        let gpu = Gpu::new(self.ordinal, &self.loader.options)?;
+        // The group is made before the weights load, so a rank that cannot open its GPU
+        // fails before the others wait on it in NCCL's init.
+        let comm: Box<dyn DeviceComm> = match self.id {
+            None => Box::new(SingleGpu),
+            Some(id) => Box::new(NcclCommunicator::init_rank(
+                &gpu,
+                setup.rank,
+                self.world,
+                id,
+                &self.loader.options.lib_dirs,
+            )?),
+        };
+        let files = WeightFiles::open(&setup.dir)?;
+        let model = CudaRankModel::load(
+            gpu,
+            &setup.config,
+            WeightSource::Files(&files),
+            &setup.plan,
+            setup.rank,
+            self.loader.dtype,
+        )?;
+        let cache = CudaKvCache::new(
+            model.gpu(),
+            &model.kv_widths(),
+            setup.num_blocks,
+            setup.block_size,
+        )?;
+        Ok(Box::new(CudaWorker {
+            model,
+            cache,
+            comm,
+            rank: setup.rank,
+        }))
+    }
+}
+
+struct CudaWorker {
+    model: CudaRankModel,
+    cache: CudaKvCache,
+    comm: Box<dyn DeviceComm>,
+    rank: usize,
+}
+
+impl RankWorker for CudaWorker {
+    fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
+    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError> {
+        let logits = self
+            .model
+            .forward(self.comm.as_mut(), &mut self.cache, seqs)?;
+        // Only rank 0's rows are used; the others just finish their step.
+        let rows = if self.rank == 0 {
+            let mut host = self.model.gpu().download(&logits.data)?;
+            host.truncate(logits.rows * logits.vocab);
+            host
+        } else {
+            self.model.gpu().synchronize()?;
+            Vec::new()
+        };
+        Ok((rows, self.comm.stats()))
+    }
+}

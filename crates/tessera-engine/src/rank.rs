@@ -1,0 +1,134 @@
+//! What a rank thread runs: a [`RankLoader`] prepares the ranks of one engine (their
+//! communicators), and each rank's [`RankStarter`] loads its shard on the rank's own
+//! thread into a [`RankWorker`] that runs batched steps.
+//!
+//! [`CpuLoader`] is Tessera's CPU path (shared-memory communicator, CPU kernels); a device
+//! backend (the `tessera-cuda` crate) supplies its own loader, so the coordinator, the
+//! scheduler and the server above it do not change with the device.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tessera_comm::{CommStats, Communicator, SingleRank, ThreadGroup};
+use tessera_model::{
+    CpuBackend, ModelConfig, ModelError, PagedKvCache, RankModel, SeqInput, WeightDtype,
+    WeightFiles,
+};
+use tessera_plan::{ReduceMode, ShardPlan};
+
+/// Everything one rank needs to load its shard.
+#[derive(Clone, Debug)]
+pub struct RankSetup {
+    /// This rank's index.
+    pub rank: usize,
+    /// The model directory.
+    pub dir: PathBuf,
+    /// The model's config.
+    pub config: ModelConfig,
+    /// The plan every rank runs.
+    pub plan: Arc<ShardPlan>,
+    /// Weight storage precision asked for.
+    pub dtype: WeightDtype,
+    /// How row-parallel partial sums are combined.
+    pub reduce: ReduceMode,
+    /// CPU threads this rank may use.
+    pub threads: usize,
+    /// Blocks of its KV cache (the same ids on every rank).
+    pub num_blocks: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+}
+
+/// One loaded rank: its shard, KV cache and communicator.
+pub trait RankWorker {
+    /// Bytes of weights it holds.
+    fn weight_bytes(&self) -> usize;
+    /// Runs one batched step; rank 0 returns the full-vocabulary logits rows the
+    /// sequences ask for (other ranks may return them too), with its collective counters.
+    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError>;
+}
+
+/// Loads one rank on the thread that will run it (device contexts are per thread).
+pub trait RankStarter: Send {
+    /// Loads the shard `setup` describes.
+    fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError>;
+}
+
+/// Prepares the ranks of one engine on some kind of device.
+pub trait RankLoader: Send + Sync {
+    /// The device kind, for logs ("cpu", "cuda").
+    fn device(&self) -> &'static str;
+    /// Makes `world` starters, rank order (they share the group's communicator set-up).
+    fn prepare(&self, world: usize) -> Result<Vec<Box<dyn RankStarter>>, ModelError>;
+}
+
+/// Tessera's CPU ranks: threads with a shared-memory communicator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuLoader;
+
+impl RankLoader for CpuLoader {
+    fn device(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn prepare(&self, world: usize) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
+        let comms: Vec<Box<dyn Communicator>> = if world == 1 {
+            vec![Box::new(SingleRank::new())]
+        } else {
+            ThreadGroup::create(world)
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Communicator>)
+                .collect()
+        };
+        Ok(comms
+            .into_iter()
+            .map(|comm| Box::new(CpuStarter { comm }) as Box<dyn RankStarter>)
+            .collect())
+    }
+}
+
+struct CpuStarter {
+    comm: Box<dyn Communicator>,
+}
+
+impl RankStarter for CpuStarter {
+    fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
+        let files = WeightFiles::open(&setup.dir)?;
+        let model = RankModel::load(
+            &setup.config,
+            &files,
+            &setup.plan,
+            setup.rank,
+            setup.dtype,
+            setup.reduce,
+        )?;
+        let backend = CpuBackend::new(setup.threads)?;
+        let cache = PagedKvCache::new(model.kv_widths(), setup.num_blocks, setup.block_size);
+        Ok(Box::new(CpuWorker {
+            model,
+            backend,
+            cache,
+            comm: self.comm,
+        }))
+    }
+}
+
+struct CpuWorker {
+    model: RankModel,
+    backend: CpuBackend,
+    cache: PagedKvCache,
+    comm: Box<dyn Communicator>,
+}
+
+impl RankWorker for CpuWorker {
+    fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
+    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError> {
+        let logits =
+            self.model
+                .forward_batch(&self.backend, self.comm.as_mut(), &mut self.cache, seqs)?;
+        Ok((logits, self.comm.stats()))
+    }
+}
