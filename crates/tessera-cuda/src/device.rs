@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
     PushKernelArg, ValidAsZeroBits,
@@ -16,6 +15,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::error::CudaError;
+use crate::lt::LtGemm;
+use crate::ops::DeviceDtype;
 use crate::nvrtc::{compile_cached, ensure_nvrtc, Arch, KERNEL_FILES};
 
 /// Where to find CUDA's user-space libraries and where to cache compiled kernels.
@@ -72,7 +73,7 @@ pub(crate) fn preload(dirs: &[PathBuf], names: &[&str]) {
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    lt: LtGemm,
     functions: HashMap<String, CudaFunction>,
     arch: Arch,
     name: String,
@@ -112,19 +113,24 @@ impl Gpu {
             }
         }
         preload(&options.lib_dirs, &["libcublasLt.so.13", "libcublas.so.13"]);
-        // SAFETY: only probes dlopen of libcublas's names.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        // SAFETY: only probes dlopen of libcublasLt's names.
+        if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
             return Err(CudaError::MissingLibrary {
-                lib: "libcublas.so.13",
+                lib: "libcublasLt.so.13",
                 hint: "install `nvidia-cublas` (pip) or add its site-packages/nvidia/cu13/lib to LD_LIBRARY_PATH",
             });
         }
-        let blas = CudaBlas::new(stream.clone())?;
+        // NVIDIA's advice for cuBLASLt workspaces: 32 MiB on Hopper, 4 MiB before.
+        let workspace_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };
+        // SAFETY: the workspace is scratch memory for cuBLASLt; nothing reads it before
+        // cuBLASLt writes it.
+        let workspace = unsafe { stream.alloc::<u8>(workspace_bytes) }?;
+        let lt = LtGemm::new(workspace)?;
         tracing::info!(ordinal, %name, arch = %arch.target(), kernels = functions.len(), "GPU ready");
         Ok(Self {
             ctx,
             stream,
-            blas,
+            lt,
             functions,
             arch,
             name,
@@ -151,9 +157,26 @@ impl Gpu {
         &self.stream
     }
 
-    /// The cuBLAS handle (bound to [`Self::stream`]).
-    pub(crate) fn blas(&self) -> &CudaBlas {
-        &self.blas
+    /// `y[m, n] = x[m, k] · w^T` by cuBLASLt on this GPU's stream (addresses of live
+    /// buffers whose lengths the caller checked; `x` and `w` of `dtype`, `y` f32).
+    pub(crate) fn gemm_lt(
+        &self,
+        dtype: DeviceDtype,
+        mnk: (usize, usize, usize),
+        w: u64,
+        x: u64,
+        y: u64,
+    ) -> Result<(), CudaError> {
+        let workspace = self.ptr(self.lt.workspace());
+        self.lt.gemm(
+            self.stream.cu_stream() as cudarc::cublaslt::sys::cudaStream_t,
+            workspace,
+            dtype,
+            mnk,
+            w,
+            x,
+            y,
+        )
     }
 
     /// Waits for all queued work; surfaces asynchronous kernel faults.

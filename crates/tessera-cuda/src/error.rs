@@ -38,9 +38,9 @@ pub enum CudaError {
     /// A driver call failed.
     #[error("CUDA driver: {0}")]
     Driver(#[from] cudarc::driver::DriverError),
-    /// A cuBLAS call failed.
-    #[error("cuBLAS: {0:?}")]
-    Cublas(cudarc::cublas::result::CublasError),
+    /// A cuBLASLt call failed.
+    #[error("cuBLASLt: {0:?}")]
+    CublasLt(cudarc::cublaslt::result::CublasError),
     /// An NCCL call failed.
     #[error("NCCL: {0:?}")]
     Nccl(cudarc::nccl::result::NcclError),
@@ -69,12 +69,6 @@ pub enum CudaError {
     /// Loading the model failed.
     #[error(transparent)]
     Model(#[from] tessera_model::ModelError),
-}
-
-impl From<cudarc::cublas::result::CublasError> for CudaError {
-    fn from(e: cudarc::cublas::result::CublasError) -> Self {
-        Self::Cublas(e)
-    }
 }
 
 impl From<cudarc::nccl::result::NcclError> for CudaError {

@@ -10,6 +10,7 @@ mod device;
 pub mod engine;
 mod error;
 pub mod generate;
+mod lt;
 pub mod model;
 pub mod nccl;
 pub mod nvrtc;

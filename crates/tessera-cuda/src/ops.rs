@@ -3,14 +3,13 @@
 //! Activations are f32 on the device; weights are f32, bf16 or f16 ([`DeviceMatrix`]).
 //! Each wrapper's CPU reference is named in the kernel file's header.
 
-use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::CudaSlice;
 
 use crate::device::{Arg, Gpu};
 use crate::error::{ensure, CudaError};
 
 /// Storage precision of device weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceDtype {
     /// 32-bit floats.
     F32,
@@ -200,8 +199,9 @@ fn row_threads(dim: usize) -> u32 {
     (dim.div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
-/// `y[m, n] = x[m, k] · w^T`, f32 accumulation. Half-precision weights take `x` cast to
-/// their dtype (in `x_half`, grown as needed); f32 weights use plain f32 GEMM (no TF32).
+/// `y[m, n] = x[m, k] · w^T` by cuBLASLt, f32 accumulation. Half-precision weights take
+/// `x` cast to their dtype (in `x_half`, grown as needed); f32 weights use plain f32
+/// compute (no TF32).
 pub fn gemm(
     gpu: &Gpu,
     x: &CudaSlice<f32>,
@@ -224,9 +224,8 @@ pub fn gemm(
         gpu.stream().memset_zeros(y)?;
         return Ok(());
     }
-    let (mi, ni, ki) = (i32_of("gemm", m)?, i32_of("gemm", n)?, i32_of("gemm", k)?);
-    let (b_ptr, ab_type) = match &w.data {
-        MatrixData::F32(_) => (gpu.ptr(x), cudaDataType::CUDA_R_32F),
+    let (x_ptr, dtype) = match &w.data {
+        MatrixData::F32(_) => (gpu.ptr(x), DeviceDtype::F32),
         MatrixData::Half(_, dtype) => {
             if x_half.len() < m * k {
                 *x_half = gpu.zeros::<u16>(m * k)?;
@@ -246,43 +245,10 @@ pub fn gemm(
                     Arg::I64((m * k) as i64),
                 ],
             )?;
-            let t = if *dtype == DeviceDtype::Bf16 {
-                cudaDataType::CUDA_R_16BF
-            } else {
-                cudaDataType::CUDA_R_16F
-            };
-            (gpu.ptr(x_half), t)
+            (gpu.ptr(x_half), *dtype)
         }
     };
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    // Column-major view: y^T [n, m] = w [n, k] (row-major [n, k] is col-major [k, n],
-    // transposed) times x^T [k, m].
-    // SAFETY: pointers are live device buffers whose lengths were checked above; the
-    // handle is bound to the GPU's stream, on which the buffers were written.
-    unsafe {
-        cudarc::cublas::result::gemm_ex(
-            *gpu.blas().handle(),
-            cublasOperation_t::CUBLAS_OP_T,
-            cublasOperation_t::CUBLAS_OP_N,
-            ni,
-            mi,
-            ki,
-            (&alpha as *const f32).cast(),
-            w.ptr(gpu) as *const std::ffi::c_void,
-            ab_type,
-            ki,
-            b_ptr as *const std::ffi::c_void,
-            ab_type,
-            ki,
-            (&beta as *const f32).cast(),
-            gpu.ptr(y) as *mut std::ffi::c_void,
-            cudaDataType::CUDA_R_32F,
-            ni,
-            cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )?;
-    }
-    Ok(())
+    gpu.gemm_lt(dtype, (m, n, k), w.ptr(gpu), x_ptr, gpu.ptr(y))
 }
 
 /// `out = rmsnorm(x) * weight` for `rows` rows of `weight.len()`.

@@ -1,0 +1,214 @@
+//! cuBLASLt GEMMs: `y[m, n] = x[m, k] · w^T` with f32, bf16 or f16 operands, f32 output
+//! and f32 accumulation.
+//!
+//! Each (m, n, k, dtype) gets its descriptors and the heuristic's algorithm once; later
+//! calls only launch. The workspace is allocated once per GPU, so a call allocates nothing
+//! and can be captured in a CUDA graph.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use cudarc::cublaslt::result::{self as lt, CublasError};
+use cudarc::cublaslt::sys;
+use cudarc::driver::CudaSlice;
+
+use crate::error::CudaError;
+use crate::ops::DeviceDtype;
+
+impl From<CublasError> for CudaError {
+    fn from(e: CublasError) -> Self {
+        Self::CublasLt(e)
+    }
+}
+
+/// Shape and operand type of one GEMM.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    m: usize,
+    n: usize,
+    k: usize,
+    dtype: DeviceDtype,
+}
+
+/// Descriptors and algorithm of one [`Key`].
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    layouts: [sys::cublasLtMatrixLayout_t; 3],
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: the descriptors were created by this plan and are destroyed once, here.
+        unsafe {
+            let _ = lt::destroy_matmul_desc(self.desc);
+            for l in self.layouts {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+        }
+    }
+}
+
+/// A cuBLASLt handle, its workspace and the plans made so far.
+pub(crate) struct LtGemm {
+    handle: sys::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    plans: Mutex<HashMap<Key, Plan>>,
+}
+
+// SAFETY: the handle and descriptors are plain cuBLASLt objects that may be used from any
+// thread; plans are behind a mutex, and every launch goes to the stream of the owning GPU.
+unsafe impl Send for LtGemm {}
+// SAFETY: as above; `gemm` takes the plan lock for the whole call.
+unsafe impl Sync for LtGemm {}
+
+impl Drop for LtGemm {
+    fn drop(&mut self) {
+        if let Ok(plans) = self.plans.get_mut() {
+            plans.clear();
+        }
+        // SAFETY: created in `new`, destroyed once.
+        unsafe {
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
+
+/// The operand type cuBLASLt calls `dtype`.
+fn data_type(dtype: DeviceDtype) -> sys::cudaDataType {
+    match dtype {
+        DeviceDtype::F32 => sys::cudaDataType::CUDA_R_32F,
+        DeviceDtype::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+        DeviceDtype::F16 => sys::cudaDataType::CUDA_R_16F,
+    }
+}
+
+impl LtGemm {
+    /// A handle with `workspace` bytes of workspace (32 MiB on Hopper, 4 MiB before).
+    pub(crate) fn new(workspace: CudaSlice<u8>) -> Result<Self, CudaError> {
+        Ok(Self {
+            handle: lt::create_handle()?,
+            workspace,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes the plan of `key`: column-major, `y^T [n, m] = op_T(w) [n, k] · x^T [k, m]`.
+    fn plan(&self, key: Key) -> Result<Plan, CudaError> {
+        let ab = data_type(key.dtype);
+        let (m, n, k) = (key.m as u64, key.n as u64, key.k as u64);
+        // `w` row-major [n, k] is column-major [k, n] with leading dimension k.
+        let a = lt::create_matrix_layout(ab, k, n, key.k as i64)?;
+        let b = lt::create_matrix_layout(ab, k, m, key.k as i64)?;
+        let c = lt::create_matrix_layout(sys::cudaDataType::CUDA_R_32F, n, m, key.n as i64)?;
+        let desc = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        )?;
+        // Owned from here on: an error below still frees them.
+        let mut plan = Plan {
+            desc,
+            layouts: [a, b, c],
+            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+        };
+        // cuBLAS's `cublasOperation_t` (a C enum, 32 bits).
+        let transpose = cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T as i32;
+        // SAFETY: the descriptor is live; the attribute is a 32-bit `cublasOperation_t`.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                (&transpose as *const i32).cast(),
+                std::mem::size_of::<i32>(),
+            )?;
+        }
+        let pref = lt::create_matmul_pref()?;
+        let size = self.workspace.len();
+        // SAFETY: `pref` is live until destroyed below; the attribute is a `size_t`;
+        // every layout and the descriptor are live.
+        let found = unsafe {
+            let set = lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&size as *const usize).cast(),
+                std::mem::size_of::<usize>(),
+            );
+            let found = set.and_then(|()| {
+                lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref)
+            });
+            let _ = lt::destroy_matmul_pref(pref);
+            found
+        };
+        plan.algo = found
+            .map_err(|e| CudaError::Shape {
+                op: "gemm",
+                reason: format!(
+                    "cuBLASLt has no algorithm for m={m} n={n} k={k} {:?}: {e:?}",
+                    key.dtype
+                ),
+            })?
+            .algo;
+        Ok(plan)
+    }
+
+    /// `y = x · w^T` (device addresses; lengths checked by the caller) on `stream`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm(
+        &self,
+        stream: sys::cudaStream_t,
+        workspace_ptr: u64,
+        dtype: DeviceDtype,
+        (m, n, k): (usize, usize, usize),
+        w: u64,
+        x: u64,
+        y: u64,
+    ) -> Result<(), CudaError> {
+        let key = Key { m, n, k, dtype };
+        let mut plans = self.plans.lock().map_err(|_| CudaError::Shape {
+            op: "gemm",
+            reason: "a thread panicked while holding the GEMM plans".into(),
+        })?;
+        if !plans.contains_key(&key) {
+            let plan = self.plan(key)?;
+            plans.insert(key, plan);
+        }
+        let Some(plan) = plans.get(&key) else {
+            return Err(CudaError::Shape {
+                op: "gemm",
+                reason: "plan missing after insertion".into(),
+            });
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let [a, b, c] = plan.layouts;
+        // SAFETY: the caller passes live device buffers holding at least n*k (w), m*k (x)
+        // and m*n (y) elements of the plan's types; the plan's objects are live; the
+        // workspace is this handle's, of the size the heuristic was told.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                plan.desc,
+                (&alpha as *const f32).cast(),
+                (&beta as *const f32).cast(),
+                w as *const c_void,
+                a,
+                x as *const c_void,
+                b,
+                y as *const c_void,
+                c,
+                y as *mut c_void,
+                c,
+                &plan.algo,
+                workspace_ptr as *mut c_void,
+                self.workspace.len(),
+                stream,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The workspace buffer (its address is taken on the GPU's stream).
+    pub(crate) fn workspace(&self) -> &CudaSlice<u8> {
+        &self.workspace
+    }
+}
