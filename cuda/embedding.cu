@@ -19,3 +19,12 @@ extern "C" __global__ void embedding_bf16(const int* ids, const bf16_t* t, float
                                           int vs, int vl) { embed(ids, t, out, hidden, vs, vl); }
 extern "C" __global__ void embedding_f16(const int* ids, const f16_t* t, float* out, int hidden,
                                          int vs, int vl) { embed(ids, t, out, hidden, vs, vl); }
+
+// out[i] = x[rows[i]] for n rows of `width` (the rows that need logits). Grid: n.
+extern "C" __global__ void gather_rows_f32(const float* x, const int* rows, int width,
+                                           float* out) {
+    long i = blockIdx.x;
+    const float* src = x + (long)rows[i] * width;
+    float* dst = out + i * width;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) dst[j] = src[j];
+}

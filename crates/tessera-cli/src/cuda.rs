@@ -162,6 +162,26 @@ pub(crate) fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
         }
     }
 
+    for (name, label, check) in [
+        (
+            "graphs",
+            "cuda graphs ",
+            check_graphs as fn(&GpuCheckArgs, &GpuOptions) -> Result<(Value, String)>,
+        ),
+        ("engine", "engine cuda ", check_engine),
+    ] {
+        match check(a, &options) {
+            Ok((v, line)) => {
+                table.push(line);
+                res.stage(name, v)?;
+            }
+            Err(e) => {
+                table.push(format!("{label} ERROR {e:#}"));
+                res.stage(name, json!({"error": format!("{e:#}")}))?;
+            }
+        }
+    }
+
     match check_nccl(&gpu, &options) {
         Ok(v) => {
             table.push(format!(
@@ -274,18 +294,7 @@ fn check_random_model(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, 
     } else {
         max_diff / scale
     };
-    // Tokens must match until a step whose CPU margin is a near-tie (then the paths may
-    // part legitimately, and what follows is not compared).
-    let mut tokens_ok = true;
-    let mut compared = 0;
-    for (i, (&g, &c)) in out.completion.iter().zip(&reference.greedy).enumerate() {
-        compared = i + 1;
-        if g != c {
-            tokens_ok = reference.margins.get(i).is_some_and(|&m| m < 1e-3);
-            break;
-        }
-    }
-    tokens_ok &= out.completion.len() == n;
+    let (tokens_ok, compared) = tokens_match(&out.completion, &reference);
     let passed = logits_rel <= 1e-3 && tokens_ok;
     let line = format!(
         "model f32    {} ({}: top-{} logits rel {:.1e}, tokens {}/{} compared {})",
@@ -303,6 +312,173 @@ fn check_random_model(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, 
         "model_write_s": written_s, "total_s": started.elapsed().as_secs_f64(),
     });
     Ok((v, line))
+}
+
+/// Whether greedy tokens match the reference's until a step whose CPU margin is a
+/// near-tie (there the paths may part legitimately, and what follows is not compared);
+/// also the steps compared.
+fn tokens_match(got: &[u32], reference: &RandomReference) -> (bool, usize) {
+    let mut compared = 0;
+    for (i, (&g, &c)) in got.iter().zip(&reference.greedy).enumerate() {
+        compared = i + 1;
+        if g != c {
+            return (
+                reference.margins.get(i).is_some_and(|&m| m < 1e-3),
+                compared,
+            );
+        }
+    }
+    (got.len() == reference.greedy.len(), compared)
+}
+
+/// The engine's path (`generate`/`serve --device cuda`): the coordinator with CUDA ranks
+/// on the random model, greedy, against the carried CPU tokens.
+fn check_engine(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String)> {
+    let text = std::fs::read_to_string(&a.reference)
+        .with_context(|| format!("reading {}", a.reference.display()))?;
+    let reference: RandomReference =
+        serde_json::from_str(&text).context("parsing the reference")?;
+    ensure_model(&a.model_dir, &reference.shape, reference.seed)?;
+    let config = ModelConfig::from_dir(&a.model_dir)?;
+    let plan = Strategy::Megatron.plan(&config.shape, 1)?;
+    let loader = tessera_cuda::CudaLoader {
+        options: options.clone(),
+        dtype: DeviceDtype::F32,
+        first_device: 0,
+    };
+    let started = Instant::now();
+    let engine_options = tessera_engine::EngineOptions {
+        kv_cache_bytes: 64 << 20,
+        ..tessera_engine::EngineOptions::default()
+    };
+    let mut coord =
+        tessera_engine::Coordinator::start_on(&a.model_dir, plan, &engine_options, &loader)?;
+    let out = coord.generate(&tessera_engine::GenerateRequest {
+        prompt: reference.prompt.clone(),
+        max_tokens: reference.greedy.len(),
+        temperature: 0.0,
+        seed: 0,
+        stop_ids: Vec::new(),
+    })?;
+    let (passed, compared) = tokens_match(&out.completion, &reference);
+    let line = format!(
+        "engine cuda  {} (coordinator + CudaLoader, tokens {compared}/{} {})",
+        if passed { "passed" } else { "FAILED" },
+        reference.greedy.len(),
+        if passed { "match" } else { "DIFFER" }
+    );
+    Ok((
+        json!({"passed": passed, "gpu_tokens": out.completion, "cpu_tokens": reference.greedy, "total_s": started.elapsed().as_secs_f64()}),
+        line,
+    ))
+}
+
+/// Decode steps replayed from CUDA graphs give the logits of eager steps: a batch of one
+/// (the same shapes, so the same bits) and a batch of three (padded to four in the graph).
+fn check_graphs(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String)> {
+    let text = std::fs::read_to_string(&a.reference)
+        .with_context(|| format!("reading {}", a.reference.display()))?;
+    let reference: RandomReference =
+        serde_json::from_str(&text).context("parsing the reference")?;
+    ensure_model(&a.model_dir, &reference.shape, reference.seed)?;
+    let config = ModelConfig::from_dir(&a.model_dir)?;
+    let plan = Strategy::Megatron.plan(&config.shape, 1)?;
+    let files = WeightFiles::open(&a.model_dir)?;
+    let mut model = CudaRankModel::load(
+        Gpu::new(0, options)?,
+        &config,
+        WeightSource::Files(&files),
+        &plan,
+        0,
+        DeviceDtype::F32,
+    )?;
+    let steps = 8;
+    let mut cases = Vec::new();
+    let mut all_ok = true;
+    for batch in [1usize, 3] {
+        let mut runs = Vec::new();
+        for graphs in [false, true] {
+            model.set_graphs(graphs);
+            let per_seq = (reference.prompt.len() + steps + 1).div_ceil(BLOCK_SIZE);
+            let mut cache =
+                CudaKvCache::new(model.gpu(), &model.kv_widths(), per_seq * batch, BLOCK_SIZE)?;
+            let tables: Vec<Vec<u32>> = (0..batch)
+                .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
+                .collect();
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|s| {
+                    crate::random_reference::prompt_for(
+                        s as u64 + 1,
+                        reference.prompt.len(),
+                        config.shape.vocab,
+                    )
+                })
+                .collect();
+            let seqs: Vec<SeqInput<'_>> = (0..batch)
+                .map(|s| SeqInput {
+                    tokens: &prompts[s],
+                    start: 0,
+                    block_table: &tables[s],
+                    logits: LogitRows::Last,
+                })
+                .collect();
+            let logits = model.forward(&mut SingleGpu, &mut cache, &seqs)?;
+            let mut next =
+                tessera_cuda::ops::argmax(model.gpu(), &logits.data, logits.rows, logits.vocab)?;
+            let mut all_logits = Vec::new();
+            let mut tokens = Vec::new();
+            for step in 0..steps {
+                let toks: Vec<[u32; 1]> = next.iter().map(|&i| [i.max(0) as u32]).collect();
+                tokens.extend(toks.iter().map(|t| t[0]));
+                let seqs: Vec<SeqInput<'_>> = (0..batch)
+                    .map(|s| SeqInput {
+                        tokens: &toks[s],
+                        start: reference.prompt.len() + step,
+                        block_table: &tables[s],
+                        logits: LogitRows::Last,
+                    })
+                    .collect();
+                let logits = model.forward(&mut SingleGpu, &mut cache, &seqs)?;
+                let mut host = model.gpu().download(&logits.data)?;
+                host.truncate(logits.rows * logits.vocab);
+                all_logits.extend(host);
+                next = tessera_cuda::ops::argmax(
+                    model.gpu(),
+                    &logits.data,
+                    logits.rows,
+                    logits.vocab,
+                )?;
+            }
+            runs.push((all_logits, tokens, model.graph_stats()));
+        }
+        let (eager, graph) = (&runs[0], &runs[1]);
+        let max_diff = eager
+            .0
+            .iter()
+            .zip(&graph.0)
+            .map(|(x, y)| {
+                if x.is_finite() && y.is_finite() {
+                    (x - y).abs()
+                } else {
+                    f32::INFINITY
+                }
+            })
+            .fold(0.0f32, f32::max);
+        let (captured, replays) = graph.2;
+        // One row: the graph runs the eager step's very kernels and shapes.
+        let bound = if batch == 1 { 0.0 } else { 1e-3 };
+        let ok = eager.0.len() == graph.0.len()
+            && max_diff <= bound
+            && eager.1 == graph.1
+            && replays >= (steps - 1) as u64;
+        all_ok &= ok;
+        cases.push(json!({"batch": batch, "passed": ok, "max_abs_diff": max_diff, "bound": bound, "graphs_captured": captured, "replays": replays, "tokens_equal": eager.1 == graph.1}));
+    }
+    let line = format!(
+        "cuda graphs  {} (decode logits graph vs eager, batch 1 and 3)",
+        if all_ok { "passed" } else { "FAILED" }
+    );
+    Ok((json!({"passed": all_ok, "cases": cases}), line))
 }
 
 /// NCCL with one rank: all-reduce and all-gather leave the data as it was.
@@ -378,7 +554,8 @@ fn bench(
     )?;
     let weight_bytes = model.weight_bytes();
     let load_s = started.elapsed().as_secs_f64();
-    let per_seq = (a.prompt_len + a.decode_steps + 2).div_ceil(BLOCK_SIZE);
+    // Room for the prompt and two decode passes (graphs on, then off).
+    let per_seq = (a.prompt_len + 2 * (a.decode_steps + 1) + 1).div_ceil(BLOCK_SIZE);
     let max_batch = a.batches.iter().copied().max().unwrap_or(1);
     let mut cache = CudaKvCache::new(
         model.gpu(),
@@ -395,7 +572,9 @@ fn bench(
         weight_bytes as f64 / 1e9,
         load_s
     ));
-    table.push("  batch  prefill tok/s  decode tok/s  HBM bound tok/s  fraction".to_string());
+    table.push(
+        "  batch  prefill tok/s  decode tok/s  (no graphs)  HBM bound tok/s  fraction".to_string(),
+    );
     for &b in &a.batches {
         let tables: Vec<Vec<u32>> = (0..b)
             .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
@@ -417,37 +596,80 @@ fn bench(
         let mut next =
             tessera_cuda::ops::argmax(model.gpu(), &logits.data, logits.rows, logits.vocab)?;
         let prefill_s = t.elapsed().as_secs_f64();
-        let mut decode_s = 0.0;
-        for step in 0..=a.decode_steps {
-            let toks: Vec<[u32; 1]> = next.iter().map(|&i| [i.max(0) as u32]).collect();
-            let seqs: Vec<SeqInput<'_>> = (0..b)
-                .map(|s| SeqInput {
-                    tokens: &toks[s],
-                    start: a.prompt_len + step,
-                    block_table: &tables[s],
-                    logits: LogitRows::Last,
-                })
-                .collect();
-            model.gpu().synchronize()?;
-            let t = Instant::now();
-            let logits = model.forward(&mut SingleGpu, &mut cache, &seqs)?;
-            next = tessera_cuda::ops::argmax(model.gpu(), &logits.data, logits.rows, logits.vocab)?;
-            // Step 0 is the warm-up for this batch size.
-            if step > 0 {
-                decode_s += t.elapsed().as_secs_f64();
-            }
-        }
+        // Graphs on (the default), then, for small batches where launches matter, off.
+        model.set_graphs(true);
+        let (decode_s, after) = decode_pass(
+            &mut model,
+            &mut cache,
+            &tables,
+            next,
+            a.prompt_len,
+            a.decode_steps,
+        )?;
+        next = after;
+        let eager_s = if b <= 8 {
+            model.set_graphs(false);
+            let (secs, _) = decode_pass(
+                &mut model,
+                &mut cache,
+                &tables,
+                next,
+                a.prompt_len + a.decode_steps + 1,
+                a.decode_steps,
+            )?;
+            model.set_graphs(true);
+            Some(secs)
+        } else {
+            None
+        };
         let prefill_tps = (b * a.prompt_len) as f64 / prefill_s;
         let decode_tps = (b * a.decode_steps) as f64 / decode_s;
+        let eager_tps = eager_s.map(|e| (b * a.decode_steps) as f64 / e);
         let bound = bandwidth.map(|bw| b as f64 * bw / weight_bytes as f64);
         let fraction = bound.map(|x| decode_tps / x);
         table.push(format!(
-            "  {b:>5}  {prefill_tps:>13.0}  {decode_tps:>12.1}  {:>15}  {:>8}",
+            "  {b:>5}  {prefill_tps:>13.0}  {decode_tps:>12.1}  {:>11}  {:>15}  {:>8}",
+            eager_tps.map_or("-".into(), |x| format!("{x:.1}")),
             bound.map_or("-".into(), |x| format!("{x:.1}")),
             fraction.map_or("-".into(), |f| format!("{f:.2}"))
         ));
-        rows.push(json!({"batch": b, "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps, "hbm_bound_tokens_per_s": bound, "fraction_of_bound": fraction, "prefill_s": prefill_s, "decode_s": decode_s}));
+        rows.push(json!({"batch": b, "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps, "decode_tokens_per_s_no_graphs": eager_tps, "graphs": model.graph_stats().0, "hbm_bound_tokens_per_s": bound, "fraction_of_bound": fraction, "prefill_s": prefill_s, "decode_s": decode_s}));
         res.stage("bench", json!({"shape": a.bench_shape, "dtype": a.bench_dtype, "weight_bytes": weight_bytes, "load_s": load_s, "prompt_len": a.prompt_len, "decode_steps": a.decode_steps, "rows": rows}))?;
     }
     Ok(())
+}
+
+/// `steps` timed decode steps (after one untimed warm-up step, which also captures the
+/// graph) of every sequence from position `start`; returns the seconds and the last
+/// tokens.
+fn decode_pass(
+    model: &mut CudaRankModel,
+    cache: &mut CudaKvCache,
+    tables: &[Vec<u32>],
+    mut next: Vec<i32>,
+    start: usize,
+    steps: usize,
+) -> Result<(f64, Vec<i32>)> {
+    let mut secs = 0.0;
+    for step in 0..=steps {
+        let toks: Vec<[u32; 1]> = next.iter().map(|&i| [i.max(0) as u32]).collect();
+        let seqs: Vec<SeqInput<'_>> = toks
+            .iter()
+            .zip(tables)
+            .map(|(t, table)| SeqInput {
+                tokens: t,
+                start: start + step,
+                block_table: table,
+                logits: LogitRows::Last,
+            })
+            .collect();
+        model.gpu().synchronize()?;
+        let t = Instant::now();
+        let logits = model.forward(&mut SingleGpu, cache, &seqs)?;
+        next = tessera_cuda::ops::argmax(model.gpu(), &logits.data, logits.rows, logits.vocab)?;
+        if step > 0 {
+            secs += t.elapsed().as_secs_f64();
+        }
+    }
+    Ok((secs, next))
 }

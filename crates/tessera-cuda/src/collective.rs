@@ -21,15 +21,20 @@ pub trait DeviceComm {
         buf: &mut CudaSlice<f32>,
         n: usize,
     ) -> Result<(), CudaError>;
-    /// Concatenates every rank's `local[..n]` (lengths may differ) in rank order, on the
-    /// host (`total` values in all).
-    fn all_gather_to_host(
+    /// Concatenates every rank's `send[..count]` (the same count on every rank) in rank
+    /// order into `recv[..world * count]`.
+    fn all_gather_device(
         &mut self,
         gpu: &Gpu,
-        local: &CudaSlice<f32>,
-        n: usize,
-        total: usize,
-    ) -> Result<Vec<f32>, CudaError>;
+        send: &CudaSlice<f32>,
+        count: usize,
+        recv: &mut CudaSlice<f32>,
+    ) -> Result<(), CudaError>;
+    /// Whether its collectives can be captured in a CUDA graph (device-side only, no host
+    /// synchronization).
+    fn capturable(&self) -> bool {
+        false
+    }
     /// Calls, bytes and time of this rank's collectives so far (none for one rank).
     fn stats(&self) -> CommStats {
         CommStats::default()
@@ -54,16 +59,23 @@ impl DeviceComm for SingleGpu {
         Ok(())
     }
 
-    fn all_gather_to_host(
+    fn all_gather_device(
         &mut self,
         gpu: &Gpu,
-        local: &CudaSlice<f32>,
-        n: usize,
-        _total: usize,
-    ) -> Result<Vec<f32>, CudaError> {
-        let mut v = gpu.download(local)?;
-        v.truncate(n);
-        Ok(v)
+        send: &CudaSlice<f32>,
+        count: usize,
+        recv: &mut CudaSlice<f32>,
+    ) -> Result<(), CudaError> {
+        check_gather(send, count, recv, 1)?;
+        if count > 0 {
+            gpu.stream()
+                .memcpy_dtod(&send.slice(..count), &mut recv.slice_mut(..count))?;
+        }
+        Ok(())
+    }
+
+    fn capturable(&self) -> bool {
+        true
     }
 }
 
@@ -94,18 +106,41 @@ impl DeviceComm for HostStaged<'_> {
         Ok(())
     }
 
-    fn all_gather_to_host(
+    fn all_gather_device(
         &mut self,
         gpu: &Gpu,
-        local: &CudaSlice<f32>,
-        n: usize,
-        total: usize,
-    ) -> Result<Vec<f32>, CudaError> {
-        let host = gpu.download(local)?;
-        let mut out = vec![0.0f32; total];
+        send: &CudaSlice<f32>,
+        count: usize,
+        recv: &mut CudaSlice<f32>,
+    ) -> Result<(), CudaError> {
+        let world = self.0.world_size();
+        check_gather(send, count, recv, world)?;
+        let host = gpu.download(send)?;
+        let mut out = vec![0.0f32; world * count];
         self.0
-            .all_gather(&host[..n], &mut out)
+            .all_gather(&host[..count], &mut out)
             .map_err(|e| CudaError::Collective(e.to_string()))?;
-        Ok(out)
+        if !out.is_empty() {
+            gpu.stream()
+                .memcpy_htod(&out, &mut recv.slice_mut(..out.len()))?;
+        }
+        Ok(())
     }
+}
+
+/// Checks the buffers of an equal-count all-gather over `world` ranks.
+pub(crate) fn check_gather(
+    send: &CudaSlice<f32>,
+    count: usize,
+    recv: &CudaSlice<f32>,
+    world: usize,
+) -> Result<(), CudaError> {
+    if send.len() < count || recv.len() < world * count {
+        return Err(CudaError::Collective(format!(
+            "all_gather of {count} values over {world} ranks: send holds {}, recv {}",
+            send.len(),
+            recv.len()
+        )));
+    }
+    Ok(())
 }

@@ -16,8 +16,8 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::CudaError;
 use crate::lt::LtGemm;
-use crate::ops::DeviceDtype;
 use crate::nvrtc::{compile_cached, ensure_nvrtc, Arch, KERNEL_FILES};
+use crate::ops::DeviceDtype;
 
 /// Where to find CUDA's user-space libraries and where to cache compiled kernels.
 #[derive(Clone, Debug, Default)]

@@ -134,9 +134,8 @@ impl LtGemm {
                 (&size as *const usize).cast(),
                 std::mem::size_of::<usize>(),
             );
-            let found = set.and_then(|()| {
-                lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref)
-            });
+            let found = set
+                .and_then(|()| lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref));
             let _ = lt::destroy_matmul_pref(pref);
             found
         };
@@ -169,15 +168,9 @@ impl LtGemm {
             op: "gemm",
             reason: "a thread panicked while holding the GEMM plans".into(),
         })?;
-        if !plans.contains_key(&key) {
-            let plan = self.plan(key)?;
-            plans.insert(key, plan);
-        }
-        let Some(plan) = plans.get(&key) else {
-            return Err(CudaError::Shape {
-                op: "gemm",
-                reason: "plan missing after insertion".into(),
-            });
+        let plan = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(key)?),
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
         let [a, b, c] = plan.layouts;

@@ -9,15 +9,27 @@
 //!               paged_attention(q, pool) --gemm o--> (all-reduce) --add+norm-->
 //!               --gemm gate_up--> silu_mul --gemm down--> (all-reduce) -> next layer
 //! ```
+//!
+//! A step's inputs (token ids, positions, block tables) are copied into device buffers
+//! that stay put between steps, and the kernels then read only those: a decode step
+//! (one new token per sequence) of a given padded batch size and split count is captured
+//! once as a CUDA graph and replayed after that, so small batches are not bound by
+//! kernel launches.
 
-use cudarc::driver::CudaSlice;
+use std::collections::HashMap;
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice};
 use tessera_model::{ModelConfig, SeqInput, WeightFiles};
 use tessera_plan::{AttentionSharding, ShardPlan, Span, WeightKind};
 
 use crate::collective::DeviceComm;
 use crate::device::Gpu;
 use crate::error::{ensure, CudaError};
-use crate::ops::{self, AttentionRows, AttentionShape, DeviceDtype, DeviceMatrix, DeviceRope};
+use crate::ops::{
+    self, AttentionRows, AttentionScratch, AttentionShape, DeviceDtype, DeviceMatrix, DeviceRope,
+    Padding,
+};
 
 struct CudaLayer {
     input_norm: CudaSlice<f32>,
@@ -36,7 +48,8 @@ struct CudaLayer {
 }
 
 /// The key/value block pool of every layer on one GPU: `k[layer]` is
-/// `[block][slot][kv head][d]` in f32, as in `tessera_model::PagedKvCache`.
+/// `[block][slot][kv head][d]` in f32, as in `tessera_model::PagedKvCache`, plus one
+/// block past the last that no sequence owns: the padded rows of a CUDA graph write there.
 pub struct CudaKvCache {
     k: Vec<CudaSlice<f32>>,
     v: Vec<CudaSlice<f32>>,
@@ -58,8 +71,8 @@ impl CudaKvCache {
         let mut k = Vec::with_capacity(widths.len());
         let mut v = Vec::with_capacity(widths.len());
         for &w in widths {
-            k.push(gpu.zeros::<f32>(num_blocks * block_size * w)?);
-            v.push(gpu.zeros::<f32>(num_blocks * block_size * w)?);
+            k.push(gpu.zeros::<f32>((num_blocks + 1) * block_size * w)?);
+            v.push(gpu.zeros::<f32>((num_blocks + 1) * block_size * w)?);
         }
         Ok(Self {
             k,
@@ -74,9 +87,83 @@ impl CudaKvCache {
         self.block_size
     }
 
-    /// Blocks in the pool.
+    /// Blocks in the pool (the trash block not counted).
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
+    }
+
+    /// The block padded rows use.
+    fn trash_block(&self) -> u32 {
+        self.num_blocks as u32
+    }
+}
+
+/// Most rows of a decode step run as a CUDA graph (larger steps run eagerly).
+pub const MAX_GRAPH_ROWS: usize = 256;
+
+/// The padded row count of a decode graph for `rows` rows: the next power of two.
+pub fn graph_rows(rows: usize) -> usize {
+    rows.max(1).next_power_of_two()
+}
+
+/// Widths of the step buffers.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    hidden: usize,
+    qkv: usize,
+    q: usize,
+    inter: usize,
+    /// Longest vocabulary slice of any rank (the gathered logits are padded to it).
+    span: usize,
+    world: usize,
+}
+
+/// A step's device buffers, kept between steps and grown to the largest step seen.
+struct StepBuffers {
+    rows: usize,
+    logit_rows: usize,
+    ids: CudaSlice<i32>,
+    pick: CudaSlice<i32>,
+    x: CudaSlice<f32>,
+    normed: CudaSlice<f32>,
+    qkv: CudaSlice<f32>,
+    attn: CudaSlice<f32>,
+    delta: CudaSlice<f32>,
+    gate_up: CudaSlice<f32>,
+    act: CudaSlice<f32>,
+    picked: CudaSlice<f32>,
+    local: CudaSlice<f32>,
+    gathered: CudaSlice<f32>,
+    x_half: CudaSlice<u16>,
+}
+
+impl StepBuffers {
+    /// Buffers for `rows` rows and `logit_rows` rows of logits. Each is written by a kernel
+    /// before it is read (embedding, norm, GEMM, silu_mul, gather); `attn` is zeroed for a
+    /// layer whose rank holds no heads.
+    fn new(gpu: &Gpu, d: &Dims, rows: usize, logit_rows: usize) -> Result<Self, CudaError> {
+        let widest_k = d.hidden.max(d.q).max(d.inter);
+        Ok(Self {
+            rows,
+            logit_rows,
+            ids: gpu.zeros(rows)?,
+            pick: gpu.zeros(logit_rows)?,
+            x: gpu.scratch(rows * d.hidden)?,
+            normed: gpu.scratch(rows * d.hidden)?,
+            qkv: gpu.scratch(rows * d.qkv)?,
+            attn: gpu.zeros(rows * d.q)?,
+            delta: gpu.scratch(rows * d.hidden)?,
+            gate_up: gpu.scratch(rows * 2 * d.inter)?,
+            act: gpu.scratch(rows * d.inter)?,
+            picked: gpu.scratch(logit_rows * d.hidden)?,
+            local: gpu.zeros(logit_rows * d.span)?,
+            gathered: gpu.zeros(if d.world > 1 {
+                d.world * logit_rows * d.span
+            } else {
+                1
+            })?,
+            x_half: gpu.zeros(rows.max(logit_rows) * widest_k)?,
+        })
     }
 }
 
@@ -97,14 +184,22 @@ pub struct CudaRankModel {
     embed: DeviceMatrix,
     embed_span: Span,
     lm_head: Option<DeviceMatrix>,
-    lm_span: Span,
     reduce_embedding: bool,
     gather_logits: bool,
     lm_spans: Vec<Span>,
     final_norm: CudaSlice<f32>,
     layers: Vec<CudaLayer>,
     rope: DeviceRope,
-    x_half: CudaSlice<u16>,
+    dims: Dims,
+    bufs: Option<StepBuffers>,
+    attn_rows: AttentionRows,
+    scratch: AttentionScratch,
+    /// Captured decode steps by (padded rows, decode splits).
+    graphs: HashMap<(usize, usize), CudaGraph>,
+    /// The pool the graphs write (a graph holds its addresses).
+    graph_pool: u64,
+    use_graphs: bool,
+    graph_replays: u64,
 }
 
 /// Where a shard's weights come from.
@@ -263,14 +358,33 @@ impl CudaRankModel {
             config.max_position_embeddings,
             &config.rope_inv_freq(),
         )?;
-        let x_half = gpu.zeros::<u16>(1)?;
+        let dims = Dims {
+            hidden: h,
+            qkv: layers
+                .iter()
+                .map(|l| (l.q_heads + 2 * l.kv_heads) * shape.head_dim)
+                .max()
+                .unwrap_or(0),
+            q: layers
+                .iter()
+                .map(|l| l.q_heads * shape.head_dim)
+                .max()
+                .unwrap_or(0),
+            inter: layers.iter().map(|l| l.inter).max().unwrap_or(0),
+            span: (0..plan.world_size)
+                .map(|r| plan.lm_head.span(r, shape.vocab).len())
+                .max()
+                .unwrap_or(0),
+            world: plan.world_size,
+        };
+        let attn_rows = AttentionRows::empty(&gpu)?;
+        let scratch = AttentionScratch::new(&gpu)?;
         gpu.synchronize()?;
         Ok(Self {
             config: config.clone(),
             embed,
             embed_span,
             lm_head,
-            lm_span,
             reduce_embedding: plan.world_size > 1 && plan.embedding.is_split(),
             gather_logits: plan.world_size > 1 && plan.lm_head.is_split(),
             lm_spans: (0..plan.world_size)
@@ -279,7 +393,14 @@ impl CudaRankModel {
             final_norm,
             layers,
             rope,
-            x_half,
+            dims,
+            bufs: None,
+            attn_rows,
+            scratch,
+            graphs: HashMap::new(),
+            graph_pool: 0,
+            use_graphs: std::env::var("TESSERA_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            graph_replays: 0,
             gpu,
         })
     }
@@ -317,6 +438,21 @@ impl CudaRankModel {
             .collect()
     }
 
+    /// Whether decode steps run as CUDA graphs (on by default; `TESSERA_CUDA_GRAPHS=0`
+    /// turns them off at load).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+        if !on {
+            self.graphs.clear();
+        }
+    }
+
+    /// Graphs captured so far (one per padded batch size and split count) and the steps
+    /// that replayed one.
+    pub fn graph_stats(&self) -> (usize, u64) {
+        (self.graphs.len(), self.graph_replays)
+    }
+
     /// Runs a batch of sequences' new tokens (see `tessera_model::SeqInput`), writing their
     /// keys and values into `cache`; returns the logits of the rows each sequence asks
     /// for, in sequence order, on the device.
@@ -326,10 +462,7 @@ impl CudaRankModel {
         cache: &mut CudaKvCache,
         seqs: &[SeqInput<'_>],
     ) -> Result<DeviceLogits, CudaError> {
-        let shape = self.config.shape.clone();
-        let (h, vocab, d) = (shape.hidden, shape.vocab, shape.head_dim);
-        let eps = self.config.rms_norm_eps;
-        let gpu = &self.gpu;
+        let vocab = self.config.shape.vocab;
         let mut ids = Vec::new();
         let mut spec = Vec::with_capacity(seqs.len());
         for s in seqs {
@@ -353,79 +486,239 @@ impl CudaRankModel {
             spec.push((s.start, s.tokens.len(), s.block_table));
         }
         let t = ids.len();
-        if t == 0 {
+        let picked: Vec<i32> = tessera_model::logit_rows(seqs)
+            .into_iter()
+            .map(|r| r as i32)
+            .collect();
+        let n_rows = picked.len();
+        if t == 0 || n_rows == 0 {
+            // Nothing asks for logits, but the keys and values must still be written.
+            if t > 0 {
+                self.prepare(comm, cache, &spec, ids, &[0], false)?;
+                self.run(comm, cache, t, 0)?;
+            }
             return Ok(DeviceLogits {
                 rows: 0,
                 vocab,
-                data: gpu.zeros::<f32>(1)?,
+                data: self.gpu.zeros::<f32>(1)?,
             });
         }
-        let rows = AttentionRows::new(gpu, &spec, cache.block_size, cache.num_blocks)?;
-        let dids = gpu.upload(&ids)?;
-        // Written whole by the embedding kernel.
-        let mut x = gpu.scratch(t * h)?;
-        ops::embedding(gpu, &dids, t, &self.embed, self.embed_span.start, &mut x)?;
-        if self.reduce_embedding {
-            comm.all_reduce_sum(gpu, &mut x, t * h)?;
-        }
-        let max_width = self
-            .layers
-            .iter()
-            .map(|l| (l.q_heads + 2 * l.kv_heads) * d)
-            .max()
-            .unwrap_or(0);
-        let max_q = self.layers.iter().map(|l| l.q_heads * d).max().unwrap_or(0);
-        let max_inter = self.layers.iter().map(|l| l.inter).max().unwrap_or(0);
-        // Each buffer's rows are written (norm, GEMM, silu_mul) before they are read; `attn`
-        // stays zeroed for a layer whose rank holds no key/value heads.
-        let mut normed = gpu.scratch(t * h)?;
-        let mut qkv = gpu.scratch(t * max_width)?;
-        let mut attn = gpu.zeros::<f32>(t * max_q)?;
-        let mut delta = gpu.scratch(t * h)?;
-        let mut gate_up = gpu.scratch(t * 2 * max_inter)?;
-        let mut act = gpu.scratch(t * max_inter)?;
-        let mut pending = false;
-        for (l, layer) in self.layers.iter().enumerate() {
-            if pending {
-                ops::add_rms_norm(gpu, &mut x, &delta, &layer.input_norm, eps, t, &mut normed)?;
+        // A decode step (one new token per sequence, each asking for its logits) can run
+        // as a graph of a padded, fixed shape.
+        let decode = n_rows == t
+            && seqs.iter().all(|s| s.tokens.len() == 1)
+            && picked.iter().enumerate().all(|(i, &r)| r as usize == i);
+        let graph = self.use_graphs && comm.capturable() && decode && t <= MAX_GRAPH_ROWS;
+        let (rows, logit_rows) = self.prepare(comm, cache, &spec, ids, &picked, graph)?;
+        if graph {
+            let key = (rows, self.attn_rows.splits);
+            if let Some(g) = self.graphs.get(&key) {
+                g.launch()?;
+                self.graph_replays += 1;
             } else {
-                ops::rms_norm(gpu, &x, &layer.input_norm, eps, t, &mut normed)?;
+                // This step runs eagerly (which also makes the GEMM plans and NCCL's
+                // lazy set-up happen outside a capture); the next ones replay.
+                self.run(comm, cache, rows, logit_rows)?;
+                match self.capture(comm, cache, rows, logit_rows) {
+                    Ok(g) => {
+                        tracing::debug!(rows, splits = key.1, "captured a decode graph");
+                        self.graphs.insert(key, g);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "CUDA graph capture failed; decode runs eagerly from now on");
+                        self.set_graphs(false);
+                    }
+                }
+            }
+        } else {
+            self.run(comm, cache, rows, logit_rows)?;
+        }
+        self.logits(n_rows, logit_rows)
+    }
+
+    /// Copies a step's inputs into the kept device buffers (growing them if needed, which
+    /// drops the captured graphs); returns (rows, logit rows) after padding.
+    fn prepare(
+        &mut self,
+        _comm: &mut dyn DeviceComm,
+        cache: &CudaKvCache,
+        spec: &[(usize, usize, &[u32])],
+        mut ids: Vec<i32>,
+        picked: &[i32],
+        graph: bool,
+    ) -> Result<(usize, usize), CudaError> {
+        let t = ids.len();
+        let rows = if graph { graph_rows(t) } else { t };
+        let padding = graph.then(|| Padding {
+            rows,
+            trash_block: cache.trash_block(),
+        });
+        let mut moved =
+            self.attn_rows
+                .fill(&self.gpu, spec, cache.block_size, cache.num_blocks, padding)?;
+        // Padded rows read token 0 and their logits are computed but not returned.
+        ids.resize(rows, 0);
+        let pick: Vec<i32> = if graph {
+            (0..rows as i32).collect()
+        } else {
+            picked.to_vec()
+        };
+        let logit_rows = pick.len();
+        let grow = self
+            .bufs
+            .as_ref()
+            .is_none_or(|b| b.rows < rows || b.logit_rows < logit_rows);
+        if grow {
+            let (old_rows, old_logits) = self
+                .bufs
+                .as_ref()
+                .map_or((0, 0), |b| (b.rows, b.logit_rows));
+            let cap_rows = rows.max(old_rows).next_power_of_two();
+            let cap_logits = logit_rows.max(old_logits).next_power_of_two();
+            // The old buffers go first, so the peak holds one set.
+            self.bufs = None;
+            self.bufs = Some(StepBuffers::new(
+                &self.gpu, &self.dims, cap_rows, cap_logits,
+            )?);
+            moved = true;
+        }
+        let max_heads = self.layers.iter().map(|l| l.q_heads).max().unwrap_or(0);
+        moved |= self.scratch.reserve(
+            &self.gpu,
+            rows * max_heads.max(1) * self.attn_rows.splits.max(1),
+            self.config.shape.head_dim,
+        )?;
+        let pool = self.gpu.ptr(&cache.k[0]);
+        if pool != self.graph_pool {
+            self.graph_pool = pool;
+            moved = true;
+        }
+        if moved {
+            self.graphs.clear();
+        }
+        let Some(b) = self.bufs.as_mut() else {
+            return Err(CudaError::Shape {
+                op: "forward",
+                reason: "step buffers missing".into(),
+            });
+        };
+        let stream = self.gpu.stream();
+        stream.memcpy_htod(&ids, &mut b.ids.slice_mut(..rows))?;
+        stream.memcpy_htod(&pick, &mut b.pick.slice_mut(..logit_rows))?;
+        Ok((rows, logit_rows))
+    }
+
+    /// Captures [`Self::run`] for this shape as a graph (nothing runs).
+    fn capture(
+        &mut self,
+        comm: &mut dyn DeviceComm,
+        cache: &mut CudaKvCache,
+        rows: usize,
+        logit_rows: usize,
+    ) -> Result<CudaGraph, CudaError> {
+        let stream = self.gpu.stream().clone();
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let ran = self.run(comm, cache, rows, logit_rows);
+        // The capture ends even when a call inside it failed, leaving the stream usable.
+        let ended = stream.end_capture(CUgraphInstantiate_flags(0));
+        ran?;
+        ended?.ok_or_else(|| CudaError::Shape {
+            op: "graph",
+            reason: "the capture recorded nothing".into(),
+        })
+    }
+
+    /// The kernels of one step over the prepared buffers: `rows` rows, the logits of the
+    /// `logit_rows` rows in `pick`. Reads no host memory and allocates nothing, so it can
+    /// be captured.
+    fn run(
+        &mut self,
+        comm: &mut dyn DeviceComm,
+        cache: &mut CudaKvCache,
+        t: usize,
+        logit_rows: usize,
+    ) -> Result<(), CudaError> {
+        let Self {
+            gpu,
+            config,
+            embed,
+            embed_span,
+            lm_head,
+            reduce_embedding,
+            gather_logits,
+            final_norm,
+            layers,
+            rope,
+            dims,
+            bufs,
+            attn_rows,
+            scratch,
+            ..
+        } = self;
+        let Some(b) = bufs.as_mut() else {
+            return Err(CudaError::Shape {
+                op: "forward",
+                reason: "step buffers missing".into(),
+            });
+        };
+        let (h, d) = (config.shape.hidden, config.shape.head_dim);
+        let eps = config.rms_norm_eps;
+        ops::embedding(gpu, &b.ids, t, embed, embed_span.start, &mut b.x)?;
+        if *reduce_embedding {
+            comm.all_reduce_sum(gpu, &mut b.x, t * h)?;
+        }
+        let mut pending = false;
+        for (l, layer) in layers.iter().enumerate() {
+            if pending {
+                ops::add_rms_norm(
+                    gpu,
+                    &mut b.x,
+                    &b.delta,
+                    &layer.input_norm,
+                    eps,
+                    t,
+                    &mut b.normed,
+                )?;
+            } else {
+                ops::rms_norm(gpu, &b.x, &layer.input_norm, eps, t, &mut b.normed)?;
             }
             let (qw, kvw) = (layer.q_heads * d, layer.kv_heads * d);
             let width = qw + 2 * kvw;
-            ops::gemm(gpu, &normed, t, &layer.qkv, &mut qkv, &mut self.x_half)?;
-            if let Some(b) = &layer.qkv_bias {
-                ops::add_bias(gpu, &mut qkv, b, t)?;
+            ops::gemm(gpu, &b.normed, t, &layer.qkv, &mut b.qkv, &mut b.x_half)?;
+            if let Some(bias) = &layer.qkv_bias {
+                ops::add_bias(gpu, &mut b.qkv, bias, t)?;
             }
             if kvw > 0 {
+                let positions = attn_rows.positions();
+                let host = &attn_rows.host_positions;
                 ops::rope(
                     gpu,
-                    &mut qkv,
+                    &mut b.qkv,
                     width,
                     0,
                     layer.q_heads,
-                    rows.positions(),
-                    &rows.host_positions,
-                    &self.rope,
+                    positions,
+                    host,
+                    rope,
                 )?;
                 ops::rope(
                     gpu,
-                    &mut qkv,
+                    &mut b.qkv,
                     width,
                     qw,
                     layer.kv_heads,
-                    rows.positions(),
-                    &rows.host_positions,
-                    &self.rope,
+                    positions,
+                    host,
+                    rope,
                 )?;
                 ops::kv_write(
                     gpu,
-                    &qkv,
+                    &b.qkv,
                     width,
                     qw,
                     qw + kvw,
                     kvw,
-                    &rows,
+                    attn_rows,
                     &mut cache.k[l],
                     &mut cache.v[l],
                 )?;
@@ -433,89 +726,111 @@ impl CudaRankModel {
                     head_dim: d,
                     kv_heads: layer.kv_heads,
                     block_size: cache.block_size,
-                    window: self.config.sliding_window,
+                    window: config.sliding_window,
                     kv_index: &layer.kv_index,
                     q_heads: layer.q_heads,
                 };
                 ops::paged_attention(
                     gpu,
-                    &qkv,
+                    &b.qkv,
                     width,
                     0,
                     &cache.k[l],
                     &cache.v[l],
-                    &rows,
+                    attn_rows,
                     &shape,
-                    &mut attn,
+                    scratch,
+                    &mut b.attn,
                 )?;
             }
-            ops::gemm(gpu, &attn, t, &layer.o, &mut delta, &mut self.x_half)?;
+            ops::gemm(gpu, &b.attn, t, &layer.o, &mut b.delta, &mut b.x_half)?;
             if layer.reduce_attention {
-                comm.all_reduce_sum(gpu, &mut delta, t * h)?;
+                comm.all_reduce_sum(gpu, &mut b.delta, t * h)?;
             }
-            ops::add_rms_norm(gpu, &mut x, &delta, &layer.post_norm, eps, t, &mut normed)?;
+            ops::add_rms_norm(
+                gpu,
+                &mut b.x,
+                &b.delta,
+                &layer.post_norm,
+                eps,
+                t,
+                &mut b.normed,
+            )?;
             ops::gemm(
                 gpu,
-                &normed,
+                &b.normed,
                 t,
                 &layer.gate_up,
-                &mut gate_up,
-                &mut self.x_half,
+                &mut b.gate_up,
+                &mut b.x_half,
             )?;
-            ops::silu_mul(gpu, &gate_up, layer.inter, t, &mut act)?;
-            ops::gemm(gpu, &act, t, &layer.down, &mut delta, &mut self.x_half)?;
+            ops::silu_mul(gpu, &b.gate_up, layer.inter, t, &mut b.act)?;
+            ops::gemm(gpu, &b.act, t, &layer.down, &mut b.delta, &mut b.x_half)?;
             if layer.reduce_mlp {
-                comm.all_reduce_sum(gpu, &mut delta, t * h)?;
+                comm.all_reduce_sum(gpu, &mut b.delta, t * h)?;
             }
             pending = true;
         }
         if pending {
-            ops::add(gpu, &mut x, &delta, t * h)?;
+            ops::add(gpu, &mut b.x, &b.delta, t * h)?;
         }
+        if logit_rows == 0 {
+            return Ok(());
+        }
+        ops::gather_rows(gpu, &b.x, h, &b.pick, logit_rows, &mut b.picked)?;
+        ops::rms_norm(gpu, &b.picked, final_norm, eps, logit_rows, &mut b.normed)?;
+        let head = lm_head.as_ref().unwrap_or(embed);
+        ops::gemm(
+            gpu,
+            &b.normed,
+            logit_rows,
+            head,
+            &mut b.local,
+            &mut b.x_half,
+        )?;
+        if *gather_logits {
+            // Every rank sends the same count (its slice padded to the longest).
+            let count = logit_rows * dims.span;
+            comm.all_gather_device(gpu, &b.local, count, &mut b.gathered)?;
+        }
+        Ok(())
+    }
 
-        let picked_rows = tessera_model::logit_rows(seqs);
-        let n_rows = picked_rows.len();
-        if n_rows == 0 {
-            return Ok(DeviceLogits {
-                rows: 0,
-                vocab,
-                data: gpu.zeros::<f32>(1)?,
+    /// The first `n_rows` of the step's `logit_rows` rows of logits, full vocabulary, in a
+    /// new device buffer.
+    fn logits(&self, n_rows: usize, logit_rows: usize) -> Result<DeviceLogits, CudaError> {
+        let vocab = self.config.shape.vocab;
+        let Some(b) = self.bufs.as_ref() else {
+            return Err(CudaError::Shape {
+                op: "forward",
+                reason: "step buffers missing".into(),
             });
-        }
-        let mut picked = gpu.zeros::<f32>(n_rows * h)?;
-        for (i, &r) in picked_rows.iter().enumerate() {
-            gpu.stream().memcpy_dtod(
-                &x.slice(r * h..(r + 1) * h),
-                &mut picked.slice_mut(i * h..(i + 1) * h),
-            )?;
-        }
-        ops::rms_norm(gpu, &picked, &self.final_norm, eps, n_rows, &mut normed)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let local_vocab = self.lm_span.len();
-        let mut local = gpu.zeros::<f32>(n_rows * local_vocab)?;
-        ops::gemm(gpu, &normed, n_rows, head, &mut local, &mut self.x_half)?;
+        };
+        let stream = self.gpu.stream();
         if !self.gather_logits {
+            let mut data = self.gpu.scratch(n_rows * vocab)?;
+            stream.memcpy_dtod(&b.local.slice(..n_rows * vocab), &mut data.slice_mut(..))?;
             return Ok(DeviceLogits {
                 rows: n_rows,
                 vocab,
-                data: local,
+                data,
             });
         }
-        // [rank][row][rank's vocabulary slice] -> [row][vocab], on the host.
-        let gathered =
-            comm.all_gather_to_host(gpu, &local, n_rows * local_vocab, n_rows * vocab)?;
+        // [rank][row][rank's slice, padded to the longest] -> [row][vocab], on the host.
+        let count = logit_rows * self.dims.span;
+        let all = stream.clone_dtoh(&b.gathered.slice(..self.dims.world * count))?;
         let mut out = vec![0.0f32; n_rows * vocab];
-        for span in &self.lm_spans {
+        for (rank, span) in self.lm_spans.iter().enumerate() {
             let len = span.len();
             for r in 0..n_rows {
-                let src = &gathered[n_rows * span.start + r * len..][..len];
+                let src = &all[rank * count + r * len..][..len];
                 out[r * vocab + span.start..][..len].copy_from_slice(src);
             }
         }
         Ok(DeviceLogits {
             rows: n_rows,
             vocab,
-            data: gpu.upload(&out)?,
+            data: self.gpu.upload(&out)?,
         })
     }
 }

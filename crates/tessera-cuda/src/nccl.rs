@@ -166,23 +166,27 @@ impl DeviceComm for NcclCommunicator {
         Ok(())
     }
 
-    fn all_gather_to_host(
+    fn all_gather_device(
         &mut self,
         _gpu: &Gpu,
-        local: &CudaSlice<f32>,
-        n: usize,
-        total: usize,
-    ) -> Result<Vec<f32>, CudaError> {
-        let started = Instant::now();
-        let out = self.gather_uneven(local, n)?;
-        if out.len() != total {
-            return Err(CudaError::Collective(format!(
-                "all_gather: the ranks contributed {} values, {total} expected",
-                out.len()
-            )));
+        send: &CudaSlice<f32>,
+        count: usize,
+        recv: &mut CudaSlice<f32>,
+    ) -> Result<(), CudaError> {
+        let world = self.comm.world_size();
+        crate::collective::check_gather(send, count, recv, world)?;
+        if count == 0 {
+            return Ok(());
         }
-        self.count(n * 4, started);
-        Ok(out)
+        let started = Instant::now();
+        self.comm
+            .all_gather(&send.slice(..count), &mut recv.slice_mut(..world * count))?;
+        self.count(count * 4, started);
+        Ok(())
+    }
+
+    fn capturable(&self) -> bool {
+        true
     }
 }
 

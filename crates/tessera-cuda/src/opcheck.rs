@@ -338,7 +338,9 @@ fn check_attention(
         let num_blocks = 200;
         // (start, new tokens) per sequence; decode contexts span several splits.
         let seqs: Vec<(usize, usize)> = if prefill {
-            vec![(0, 45), (20, 30), (0, 1)]
+            // Tiles of 16 rows over several key tiles, a chunk after a cached prefix,
+            // a one-token prompt and a decode row with a long context, in one batch.
+            vec![(0, 45), (20, 30), (0, 1), (0, 100), (300, 1)]
         } else {
             vec![(700, 1), (3, 1), (255, 1), (256, 1)]
         };
@@ -395,7 +397,20 @@ fn check_attention(
             q_heads: hq,
         };
         let mut dout = poisoned(gpu, rows * hq * d)?;
-        ops::paged_attention(gpu, &dqkv, stride, 0, &dk, &dv, &arows, &shape, &mut dout)?;
+        let mut scratch = ops::AttentionScratch::new(gpu)?;
+        scratch.reserve(gpu, rows * hq * arows.splits.max(1), d)?;
+        ops::paged_attention(
+            gpu,
+            &dqkv,
+            stride,
+            0,
+            &dk,
+            &dv,
+            &arows,
+            &shape,
+            &mut scratch,
+            &mut dout,
+        )?;
         let got = host(gpu, &dout, rows * hq * d)?;
 
         // CPU: write the same keys/values, then tessera_kernels::paged_attention.

@@ -48,6 +48,38 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Every kernel name the op wrappers launch is an entry of the compiled kernels (a wrong
+/// name would only fail on a GPU, at launch).
+#[test]
+fn every_launched_kernel_name_is_compiled() {
+    if ensure_nvrtc(&python_cuda_lib_dirs()).is_err() {
+        eprintln!("SKIPPED every_launched_kernel_name_is_compiled: no NVRTC");
+        return;
+    }
+    let arch = Arch { major: 9, minor: 0 };
+    let ptx: String = KERNEL_FILES
+        .iter()
+        .map(|(file, src)| compile(file, src, arch).expect("compiles").ptx)
+        .collect();
+    let ops = include_str!("../src/ops.rs");
+    let names: Vec<&str> = ops
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && (s.ends_with("_f32") || s.ends_with("_bf16") || s.ends_with("_f16"))
+        })
+        .collect();
+    assert!(names.len() >= 15, "found only {names:?} in ops.rs");
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|n| !ptx.contains(&format!(".entry {n}(")))
+        .collect();
+    assert!(missing.is_empty(), "launched but not compiled: {missing:?}");
+}
+
 #[test]
 fn a_kernel_with_an_error_or_a_warning_is_reported() {
     if ensure_nvrtc(&python_cuda_lib_dirs()).is_err() {
