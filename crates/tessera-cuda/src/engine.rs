@@ -1,10 +1,13 @@
 //! The engine's CUDA ranks: a `tessera_engine::RankLoader` whose ranks each own one GPU
-//! (rank r on device `first_device + r`), load their shard there, and meet in NCCL.
+//! (a process's i-th rank on device `first_device + i`), load their shard there, and meet
+//! in NCCL (`ncclCommInitRank` with the group's unique id, also across processes).
 //!
 //! The coordinator, scheduler and server above do not change: a step's logits rows come
 //! back to the host as on CPU. NCCL's all-reduce sums in its own order, so unlike the CPU
 //! path's ordered reduction, output at several ranks may differ from one rank in the last
 //! bits (see README, "GPU (CUDA)").
+
+use std::ops::Range;
 
 use cudarc::driver::CudaContext;
 use tessera_comm::CommStats;
@@ -46,31 +49,53 @@ impl RankLoader for CudaLoader {
         "cuda"
     }
 
-    fn prepare(&self, world: usize) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
+    fn group_token(&self, world: usize) -> Result<Vec<u8>, ModelError> {
+        if world <= 1 {
+            return Ok(Vec::new());
+        }
+        if !driver_present() {
+            return Err(CudaError::NoDriver.into());
+        }
+        Ok(NcclCommunicator::unique_id(&self.options.lib_dirs)?.to_vec())
+    }
+
+    fn starters(
+        &self,
+        world: usize,
+        ranks: Range<usize>,
+        token: &[u8],
+    ) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
         if !driver_present() {
             return Err(CudaError::NoDriver.into());
         }
         let count = CudaContext::device_count().map_err(CudaError::from)?.max(0) as usize;
-        if self.first_device + world > count {
+        let local = ranks.len();
+        if self.first_device + local > count {
             return Err(ModelError::Device {
                 backend: "cuda",
                 message: format!(
-                    "the plan has {world} ranks from device {} but {count} GPU(s) are visible",
-                    self.first_device
+                    "{local} ranks of this process need GPUs {}..{} but {count} GPU(s) are visible",
+                    self.first_device,
+                    self.first_device + local
                 ),
             });
         }
         // Every rank joins the group with the same id, each on its own thread.
         let id = if world > 1 {
-            Some(NcclCommunicator::unique_id(&self.options.lib_dirs)?)
+            let id: [u8; 128] = token.try_into().map_err(|_| ModelError::Device {
+                backend: "cuda",
+                message: format!("an NCCL id has 128 bytes, not {}", token.len()),
+            })?;
+            Some(id)
         } else {
             None
         };
-        Ok((0..world)
+        let first = ranks.start;
+        Ok(ranks
             .map(|rank| {
                 Box::new(CudaStarter {
                     loader: self.clone(),
-                    ordinal: self.first_device + rank,
+                    ordinal: self.first_device + rank - first,
                     world,
                     id,
                 }) as Box<dyn RankStarter>

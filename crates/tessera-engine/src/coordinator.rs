@@ -56,8 +56,9 @@ impl Default for EngineOptions {
     }
 }
 
-/// One sequence's part of a batched step (owned, so it can cross to the rank threads).
-#[derive(Clone, Debug)]
+/// One sequence's part of a batched step (owned, so it can cross to the rank threads and
+/// to ranks on other nodes).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct StepSeq {
     /// New token ids.
     pub tokens: Vec<u32>,

@@ -9,6 +9,7 @@ pub mod block_pool;
 mod coordinator;
 mod engine;
 mod generate;
+pub mod node;
 pub mod rank;
 pub mod sampling;
 pub mod scheduler;

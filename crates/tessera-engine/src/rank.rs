@@ -6,10 +6,11 @@
 //! backend (the `tessera-cuda` crate) supplies its own loader, so the coordinator, the
 //! scheduler and the server above it do not change with the device.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tessera_comm::{CommStats, Communicator, SingleRank, ThreadGroup};
+use tessera_comm::{CommError, CommStats, Communicator, SingleRank, ThreadGroup};
 use tessera_model::{
     CpuBackend, ModelConfig, ModelError, PagedKvCache, RankModel, SeqInput, WeightDtype,
     WeightFiles,
@@ -58,8 +59,24 @@ pub trait RankStarter: Send {
 pub trait RankLoader: Send + Sync {
     /// The device kind, for logs ("cpu", "cuda").
     fn device(&self) -> &'static str;
-    /// Makes `world` starters, rank order (they share the group's communicator set-up).
-    fn prepare(&self, world: usize) -> Result<Vec<Box<dyn RankStarter>>, ModelError>;
+    /// What every rank of a group of `world` needs to join it, made once by the first
+    /// node (NCCL's unique id; nothing for the CPU).
+    fn group_token(&self, _world: usize) -> Result<Vec<u8>, ModelError> {
+        Ok(Vec::new())
+    }
+    /// Starters of ranks `ranks` (global indices, in order) of a group of `world` whose
+    /// token is `token`; the other ranks run in other processes.
+    fn starters(
+        &self,
+        world: usize,
+        ranks: Range<usize>,
+        token: &[u8],
+    ) -> Result<Vec<Box<dyn RankStarter>>, ModelError>;
+    /// Makes all `world` starters, rank order, in this process.
+    fn prepare(&self, world: usize) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
+        let token = self.group_token(world)?;
+        self.starters(world, 0..world, &token)
+    }
 }
 
 /// Tessera's CPU ranks: threads with a shared-memory communicator.
@@ -71,13 +88,24 @@ impl RankLoader for CpuLoader {
         "cpu"
     }
 
-    fn prepare(&self, world: usize) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
+    fn starters(
+        &self,
+        world: usize,
+        ranks: Range<usize>,
+        _token: &[u8],
+    ) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
         let comms: Vec<Box<dyn Communicator>> = if world == 1 {
             vec![Box::new(SingleRank::new())]
-        } else {
+        } else if ranks == (0..world) {
             ThreadGroup::create(world)
                 .into_iter()
                 .map(|c| Box::new(c) as Box<dyn Communicator>)
+                .collect()
+        } else {
+            // The shared-memory communicator does not reach other processes: these ranks
+            // can only run plans without collectives (checked before start).
+            ranks
+                .map(|rank| Box::new(Detached { rank, world }) as Box<dyn Communicator>)
                 .collect()
         };
         Ok(comms
@@ -131,4 +159,66 @@ impl RankWorker for CpuWorker {
                 .forward_batch(&self.backend, self.comm.as_mut(), &mut self.cache, seqs)?;
         Ok((logits, self.comm.stats()))
     }
+}
+
+/// The communicator of a CPU rank whose group spans processes: shared memory does not
+/// reach the others, so every collective is an error (plans without collectives run).
+struct Detached {
+    rank: usize,
+    world: usize,
+}
+
+impl Detached {
+    fn refuse(&self) -> CommError {
+        CommError::Backend(format!(
+            "rank {} of {}: CPU ranks in several processes have no communicator; only a plan without collectives (replicated) runs across nodes on CPU",
+            self.rank, self.world
+        ))
+    }
+}
+
+impl Communicator for Detached {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&mut self, _buf: &mut [f32]) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn all_reduce_ordered(&mut self, _partials: &[f32], _out: &mut [f32]) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn reduce_scatter_ordered(
+        &mut self,
+        _partials: &[f32],
+        _len: usize,
+        _keep: Range<usize>,
+        _out: &mut [f32],
+    ) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn all_gather(&mut self, _local: &[f32], _out: &mut [f32]) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn broadcast(&mut self, _buf: &mut [f32], _root: usize) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn barrier(&mut self) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn stats(&self) -> CommStats {
+        CommStats::default()
+    }
+
+    fn reset_stats(&mut self) {}
 }

@@ -64,7 +64,7 @@ struct ReduceSite {
 }
 
 /// Which positions' logits a forward pass returns for one sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LogitRows {
     /// None (a prefill chunk that does not reach the end of the prompt).
     None,
