@@ -63,9 +63,6 @@ pub enum CudaError {
     /// A collective failed.
     #[error("collective: {0}")]
     Collective(String),
-    /// The rank rendezvous failed.
-    #[error("rendezvous: {0}")]
-    Rendezvous(String),
     /// Loading the model failed.
     #[error(transparent)]
     Model(#[from] tessera_model::ModelError),

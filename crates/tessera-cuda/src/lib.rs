@@ -17,7 +17,6 @@ pub mod nvrtc;
 pub mod opcheck;
 pub mod ops;
 pub mod reference;
-pub mod rendezvous;
 
 pub use device::{driver_present, Gpu, GpuOptions};
 pub use engine::CudaLoader;

@@ -1,11 +1,10 @@
 //! `NcclCommunicator`: the `tessera_comm::Communicator` trait and [`DeviceComm`] over NCCL,
 //! with collectives on the GPU's compute stream.
 //!
-//! One process drives one thread per GPU: [`NcclCommunicator::init_all`]
-//! (`ncclCommInitAll`) makes the group, and each communicator moves to its rank's
-//! thread. Ranks in several processes (or nodes) meet through
-//! [`NcclCommunicator::init_rank`] (`ncclCommInitRank`) with a unique id that rank 0 hands
-//! out over TCP ([`crate::rendezvous`]).
+//! The engine's ranks (one thread per GPU, in one process or several) meet through
+//! [`NcclCommunicator::init_rank`] (`ncclCommInitRank`) with one unique id, made by the
+//! first node and handed to other nodes over TCP (`tessera_engine::node`);
+//! [`NcclCommunicator::init_all`] (`ncclCommInitAll`) makes a whole group at once.
 
 use std::path::PathBuf;
 use std::time::Instant;
