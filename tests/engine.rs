@@ -398,3 +398,73 @@ fn handles_are_shareable_across_threads() {
     }
     e.shutdown();
 }
+
+/// `step_greedy` (ids only, what a device rank returns) picks exactly the greedy token of
+/// each row `step` returns, for a batch mixing a prompt chunk and decode rows, at tp 1 and 3.
+#[test]
+fn greedy_steps_return_the_greedy_token_of_every_logits_row() {
+    use tessera_engine::StepSeq;
+    use tessera_model::LogitRows;
+    let dir = model_dir();
+    let vocab = shape().vocab;
+    for tp in [1, 3] {
+        let plan = Strategy::Megatron.plan(&shape(), tp).unwrap();
+        let options = EngineOptions {
+            kv_cache_bytes: 1 << 20,
+            block_size: 4,
+            ..EngineOptions::default()
+        };
+        // Two coordinators over the same inputs: one returns logits, the other ids.
+        let mut a = Coordinator::start(dir.path(), plan.clone(), &options).unwrap();
+        let mut b = Coordinator::start(dir.path(), plan, &options).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(tp as u64);
+        let prompts: Vec<Vec<u32>> = (0..4)
+            .map(|i| {
+                (0..3 + 2 * i)
+                    .map(|_| rng.random_range(0..vocab as u32))
+                    .collect()
+            })
+            .collect();
+        let mut tokens = prompts.clone();
+        let mut picked = 0;
+        for step in 0..6 {
+            let seqs: Vec<StepSeq> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| StepSeq {
+                    tokens: if step == 0 {
+                        t.clone()
+                    } else {
+                        vec![*t.last().unwrap()]
+                    },
+                    start: if step == 0 { 0 } else { t.len() - 1 },
+                    block_table: (i as u32 * 8..i as u32 * 8 + 8).collect(),
+                    logits: if step == 0 && i == 2 {
+                        LogitRows::All
+                    } else {
+                        LogitRows::Last
+                    },
+                })
+                .collect();
+            let logits = a.step(seqs.clone()).unwrap();
+            let ids = b.step_greedy(seqs).unwrap();
+            let want: Vec<u32> = logits
+                .chunks_exact(vocab)
+                .map(tessera_engine::sampling::greedy_token)
+                .collect();
+            assert_eq!(ids, want, "tp {tp} step {step}");
+            picked += ids.len();
+            // Continue each sequence with its last row's token.
+            let mut row = 0;
+            for (i, t) in tokens.iter_mut().enumerate() {
+                row += if step == 0 && i == 2 {
+                    prompts[2].len()
+                } else {
+                    1
+                };
+                t.push(ids[row - 1]);
+            }
+        }
+        assert!(picked > 24, "rows compared: {picked}");
+    }
+}

@@ -19,7 +19,7 @@ use crate::device::{driver_present, Gpu, GpuOptions};
 use crate::error::CudaError;
 use crate::model::{CudaKvCache, CudaRankModel, WeightSource};
 use crate::nccl::NcclCommunicator;
-use crate::ops::DeviceDtype;
+use crate::ops::{self, DeviceDtype};
 
 impl From<CudaError> for ModelError {
     fn from(e: CudaError) -> Self {
@@ -176,5 +176,32 @@ impl RankWorker for CudaWorker {
             Vec::new()
         };
         Ok((rows, self.comm.stats()))
+    }
+
+    fn step_greedy(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        _vocab: usize,
+    ) -> Result<(Vec<u32>, CommStats), ModelError> {
+        let logits = self
+            .model
+            .forward(self.comm.as_mut(), &mut self.cache, seqs)?;
+        if self.rank != 0 {
+            self.model.gpu().synchronize()?;
+            return Ok((Vec::new(), self.comm.stats()));
+        }
+        // Only the ids cross to the host (the argmax kernel takes the lowest id among the
+        // largest logits, as the host's greedy rule does; a row without a number fails).
+        let ids = ops::argmax(self.model.gpu(), &logits.data, logits.rows, logits.vocab)?;
+        let tokens = ids
+            .into_iter()
+            .map(|i| {
+                u32::try_from(i).map_err(|_| ModelError::Device {
+                    backend: "cuda",
+                    message: "a row of logits held no number (NaN everywhere)".into(),
+                })
+            })
+            .collect::<Result<Vec<u32>, ModelError>>()?;
+        Ok((tokens, self.comm.stats()))
     }
 }

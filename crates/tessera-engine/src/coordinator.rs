@@ -71,12 +71,27 @@ pub struct StepSeq {
 }
 
 enum Command {
-    Step(Arc<Vec<StepSeq>>),
+    Step(Arc<Vec<StepSeq>>, Want),
+}
+
+/// What rank 0 returns of a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// Full-vocabulary logits rows.
+    Logits,
+    /// Each row's greedy token.
+    Greedy,
+}
+
+/// A step's result from one rank.
+enum Got {
+    Logits(Vec<f32>),
+    Tokens(Vec<u32>),
 }
 
 struct RankHandle {
     tx: Sender<Command>,
-    rx: Receiver<Result<(Vec<f32>, CommStats), ModelError>>,
+    rx: Receiver<Result<(Got, CommStats), ModelError>>,
     join: Option<JoinHandle<()>>,
 }
 
@@ -307,6 +322,23 @@ impl Coordinator {
     /// Runs one batched step on every rank and returns the logits rows the sequences ask
     /// for, in order. Inputs are checked here so that no rank fails alone.
     pub fn step(&mut self, seqs: Vec<StepSeq>) -> Result<Vec<f32>, EngineError> {
+        match self.run_step(seqs, Want::Logits)? {
+            Got::Logits(l) => Ok(l),
+            Got::Tokens(_) => Err(EngineError::RankLost(0)),
+        }
+    }
+
+    /// Like [`Coordinator::step`], returning each logits row's greedy token (the lowest id
+    /// among the largest logits, as `sampling::greedy_token` picks it) instead of the row:
+    /// a device rank picks it where the logits are, and only ids reach the host.
+    pub fn step_greedy(&mut self, seqs: Vec<StepSeq>) -> Result<Vec<u32>, EngineError> {
+        match self.run_step(seqs, Want::Greedy)? {
+            Got::Tokens(t) => Ok(t),
+            Got::Logits(_) => Err(EngineError::RankLost(0)),
+        }
+    }
+
+    fn run_step(&mut self, seqs: Vec<StepSeq>, want: Want) -> Result<Got, EngineError> {
         if self.failed {
             return Err(EngineError::RankLost(0));
         }
@@ -338,7 +370,7 @@ impl Coordinator {
         }
         let seqs = Arc::new(seqs);
         for (rank, r) in self.ranks.iter().enumerate() {
-            if r.tx.send(Command::Step(Arc::clone(&seqs))).is_err() {
+            if r.tx.send(Command::Step(Arc::clone(&seqs), want)).is_err() {
                 self.failed = true;
                 return Err(EngineError::RankLost(rank));
             }
@@ -347,10 +379,10 @@ impl Coordinator {
         let mut error = None;
         for (rank, r) in self.ranks.iter().enumerate() {
             match r.rx.recv() {
-                Ok(Ok((logits, stats))) => {
+                Ok(Ok((got, stats))) => {
                     self.comm_stats[rank] = stats;
                     if rank == 0 {
-                        first = Some(logits);
+                        first = Some(got);
                     }
                 }
                 Ok(Err(e)) => {
@@ -414,7 +446,7 @@ fn rank_main(
     setup: RankSetup,
     starter: Box<dyn RankStarter>,
     commands: Receiver<Command>,
-    results: Sender<Result<(Vec<f32>, CommStats), ModelError>>,
+    results: Sender<Result<(Got, CommStats), ModelError>>,
     ready: impl FnOnce(Result<usize, ModelError>),
 ) {
     let mut worker = match starter.start(&setup) {
@@ -425,7 +457,8 @@ fn rank_main(
         }
     };
     ready(Ok(worker.weight_bytes()));
-    while let Ok(Command::Step(seqs)) = commands.recv() {
+    let vocab = setup.config.shape.vocab;
+    while let Ok(Command::Step(seqs, want)) = commands.recv() {
         let inputs: Vec<SeqInput<'_>> = seqs
             .iter()
             .map(|s| SeqInput {
@@ -435,7 +468,12 @@ fn rank_main(
                 logits: s.logits,
             })
             .collect();
-        let out = worker.step(&inputs);
+        let out = match want {
+            Want::Logits => worker.step(&inputs).map(|(l, s)| (Got::Logits(l), s)),
+            Want::Greedy => worker
+                .step_greedy(&inputs, vocab)
+                .map(|(t, s)| (Got::Tokens(t), s)),
+        };
         let failed = out.is_err();
         if results.send(out).is_err() || failed {
             return;

@@ -47,6 +47,20 @@ pub trait RankWorker {
     /// Runs one batched step; rank 0 returns the full-vocabulary logits rows the
     /// sequences ask for (other ranks may return them too), with its collective counters.
     fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError>;
+    /// Like [`RankWorker::step`], with each logits row (of `vocab`) replaced by its greedy
+    /// token ([`crate::sampling::greedy_token`]); a device backend picks it on the device.
+    fn step_greedy(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        vocab: usize,
+    ) -> Result<(Vec<u32>, CommStats), ModelError> {
+        let (logits, stats) = self.step(seqs)?;
+        let tokens = logits
+            .chunks_exact(vocab.max(1))
+            .map(crate::sampling::greedy_token)
+            .collect();
+        Ok((tokens, stats))
+    }
 }
 
 /// Loads one rank on the thread that will run it (device contexts are per thread).

@@ -393,6 +393,12 @@ fn rank_key(value: f64, id: u32) -> RankKey {
     (!ascending, id)
 }
 
+/// The greedy token of raw logits: what a greedy [`Sampler`] without bias or penalties
+/// picks (the lowest id among the largest by `f32::total_cmp`; 0 for empty logits).
+pub fn greedy_token(logits: &[f32]) -> u32 {
+    argmax(logits)
+}
+
 /// The first token by [`rank_key`]; 0 for empty logits.
 fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
