@@ -28,3 +28,17 @@ extern "C" __global__ void gather_rows_f32(const float* x, const int* rows, int 
     float* dst = out + i * width;
     for (int j = threadIdx.x; j < width; j += blockDim.x) dst[j] = src[j];
 }
+
+// Gathered logits to full rows: rank r's block (at r * block, rows of lens[r] values
+// back to back) fills columns starts[r] .. starts[r] + lens[r] of out[row][vocab].
+// Grid: (rows, ranks).
+extern "C" __global__ void unpad_logits_f32(const float* gathered, const int* starts,
+                                            const int* lens, long block, int vocab,
+                                            float* out) {
+    long row = blockIdx.x;
+    int r = blockIdx.y;
+    int len = lens[r];
+    const float* src = gathered + r * block + row * len;
+    float* dst = out + row * vocab + starts[r];
+    for (int i = threadIdx.x; i < len; i += blockDim.x) dst[i] = src[i];
+}

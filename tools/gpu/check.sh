@@ -10,8 +10,8 @@
 #   device (NVRTC compiles cuda/ for the GPU), ops (every kernel vs its CPU reference on
 #   fresh random inputs, outputs poisoned; cuBLASLt GEMMs; tiled prefill and split decode
 #   attention), random_model (SmolLM2-shaped random model at f32 vs the carried CPU
-#   logits and greedy tokens), graphs (decode replayed from CUDA graphs vs eager, batch 1
-#   bit for bit and batch 3 padded to 4), engine (the coordinator with CUDA ranks, as
+#   logits and greedy tokens), graphs (decode replayed from CUDA graphs vs eager, bit for
+#   bit, batch 1 and batch 3 padded to 4), engine (the coordinator with CUDA ranks, as
 #   generate/serve --device cuda run it, vs the carried tokens), nccl (one rank),
 #   bandwidth (device copy), bench (Llama-3-8B-shaped random model in bf16: prefill and
 #   decode tokens/s at batch 1, 8, 64, 256, with and without graphs at small batch, next

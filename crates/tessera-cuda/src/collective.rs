@@ -35,6 +35,9 @@ pub trait DeviceComm {
     fn capturable(&self) -> bool {
         false
     }
+    /// Counts `calls` collectives of `bytes` that a replayed CUDA graph ran (they bypass
+    /// the calls above; their time is not measured).
+    fn add_replayed(&mut self, _calls: u64, _bytes: u64) {}
     /// Calls, bytes and time of this rank's collectives so far (none for one rank).
     fn stats(&self) -> CommStats {
         CommStats::default()

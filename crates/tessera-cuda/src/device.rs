@@ -167,6 +167,8 @@ impl Gpu {
         x: u64,
         y: u64,
     ) -> Result<(), CudaError> {
+        // cuBLASLt runs in the thread's current context: make it this GPU's.
+        self.ctx.bind_to_thread()?;
         let workspace = self.ptr(self.lt.workspace());
         self.lt.gemm(
             self.stream.cu_stream() as cudarc::cublaslt::sys::cudaStream_t,

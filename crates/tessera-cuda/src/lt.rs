@@ -31,23 +31,44 @@ struct Key {
     dtype: DeviceDtype,
 }
 
-/// Descriptors and algorithm of one [`Key`].
-struct Plan {
-    desc: sys::cublasLtMatmulDesc_t,
-    layouts: [sys::cublasLtMatrixLayout_t; 3],
-    algo: sys::cublasLtMatmulAlgo_t,
+/// A matrix layout, destroyed on drop.
+struct Layout(sys::cublasLtMatrixLayout_t);
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_matrix_layout`, destroyed once, here.
+        let _ = unsafe { lt::destroy_matrix_layout(self.0) };
+    }
 }
 
-impl Drop for Plan {
+/// A matmul descriptor, destroyed on drop.
+struct Desc(sys::cublasLtMatmulDesc_t);
+
+impl Drop for Desc {
     fn drop(&mut self) {
-        // SAFETY: the descriptors were created by this plan and are destroyed once, here.
-        unsafe {
-            let _ = lt::destroy_matmul_desc(self.desc);
-            for l in self.layouts {
-                let _ = lt::destroy_matrix_layout(l);
-            }
-        }
+        // SAFETY: created by `create_matmul_desc`, destroyed once, here.
+        let _ = unsafe { lt::destroy_matmul_desc(self.0) };
     }
+}
+
+/// A preference descriptor, destroyed on drop.
+struct Pref(sys::cublasLtMatmulPreference_t);
+
+impl Drop for Pref {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_matmul_pref`, destroyed once, here.
+        let _ = unsafe { lt::destroy_matmul_pref(self.0) };
+    }
+}
+
+/// Descriptors and algorithm of one [`Key`] (each freed on drop, also when making the
+/// plan fails halfway).
+struct Plan {
+    desc: Desc,
+    a: Layout,
+    b: Layout,
+    c: Layout,
+    algo: sys::cublasLtMatmulAlgo_t,
 }
 
 /// A cuBLASLt handle, its workspace and the plans made so far.
@@ -99,47 +120,42 @@ impl LtGemm {
         let ab = data_type(key.dtype);
         let (m, n, k) = (key.m as u64, key.n as u64, key.k as u64);
         // `w` row-major [n, k] is column-major [k, n] with leading dimension k.
-        let a = lt::create_matrix_layout(ab, k, n, key.k as i64)?;
-        let b = lt::create_matrix_layout(ab, k, m, key.k as i64)?;
-        let c = lt::create_matrix_layout(sys::cudaDataType::CUDA_R_32F, n, m, key.n as i64)?;
-        let desc = lt::create_matmul_desc(
+        let a = Layout(lt::create_matrix_layout(ab, k, n, key.k as i64)?);
+        let b = Layout(lt::create_matrix_layout(ab, k, m, key.k as i64)?);
+        let c = Layout(lt::create_matrix_layout(
+            sys::cudaDataType::CUDA_R_32F,
+            n,
+            m,
+            key.n as i64,
+        )?);
+        let desc = Desc(lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType::CUDA_R_32F,
-        )?;
-        // Owned from here on: an error below still frees them.
-        let mut plan = Plan {
-            desc,
-            layouts: [a, b, c],
-            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
-        };
+        )?);
         // cuBLAS's `cublasOperation_t` (a C enum, 32 bits).
         let transpose = cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T as i32;
         // SAFETY: the descriptor is live; the attribute is a 32-bit `cublasOperation_t`.
         unsafe {
             lt::set_matmul_desc_attribute(
-                desc,
+                desc.0,
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
                 (&transpose as *const i32).cast(),
                 std::mem::size_of::<i32>(),
             )?;
         }
-        let pref = lt::create_matmul_pref()?;
+        let pref = Pref(lt::create_matmul_pref()?);
         let size = self.workspace.len();
-        // SAFETY: `pref` is live until destroyed below; the attribute is a `size_t`;
-        // every layout and the descriptor are live.
+        // SAFETY: every descriptor is live; the attribute is a `size_t`.
         let found = unsafe {
-            let set = lt::set_matmul_pref_attribute(
-                pref,
+            lt::set_matmul_pref_attribute(
+                pref.0,
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 (&size as *const usize).cast(),
                 std::mem::size_of::<usize>(),
-            );
-            let found = set
-                .and_then(|()| lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref));
-            let _ = lt::destroy_matmul_pref(pref);
-            found
+            )?;
+            lt::get_matmul_algo_heuristic(self.handle, desc.0, a.0, b.0, c.0, c.0, pref.0)
         };
-        plan.algo = found
+        let algo = found
             .map_err(|e| CudaError::Shape {
                 op: "gemm",
                 reason: format!(
@@ -148,7 +164,13 @@ impl LtGemm {
                 ),
             })?
             .algo;
-        Ok(plan)
+        Ok(Plan {
+            desc,
+            a,
+            b,
+            c,
+            algo,
+        })
     }
 
     /// `y = x · w^T` (device addresses; lengths checked by the caller) on `stream`.
@@ -173,14 +195,14 @@ impl LtGemm {
             std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(key)?),
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
-        let [a, b, c] = plan.layouts;
+        let (a, b, c) = (plan.a.0, plan.b.0, plan.c.0);
         // SAFETY: the caller passes live device buffers holding at least n*k (w), m*k (x)
         // and m*n (y) elements of the plan's types; the plan's objects are live; the
         // workspace is this handle's, of the size the heuristic was told.
         unsafe {
             lt::matmul(
                 self.handle,
-                plan.desc,
+                plan.desc.0,
                 (&alpha as *const f32).cast(),
                 (&beta as *const f32).cast(),
                 w as *const c_void,

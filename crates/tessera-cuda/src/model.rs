@@ -96,6 +96,20 @@ impl CudaKvCache {
     fn trash_block(&self) -> u32 {
         self.num_blocks as u32
     }
+
+    /// A digest of every layer's pool addresses and the block geometry: a captured graph
+    /// is valid only for the pool it was captured with.
+    fn digest(&self, gpu: &Gpu) -> u64 {
+        let words = self
+            .k
+            .iter()
+            .chain(&self.v)
+            .map(|b| gpu.ptr(b))
+            .chain([self.block_size as u64, self.num_blocks as u64]);
+        words.fold(0xcbf2_9ce4_8422_2325u64, |h, w| {
+            (h ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(7)
+        })
+    }
 }
 
 /// Most rows of a decode step run as a CUDA graph (larger steps run eagerly).
@@ -116,6 +130,9 @@ struct Dims {
     /// Longest vocabulary slice of any rank (the gathered logits are padded to it).
     span: usize,
     world: usize,
+    vocab: usize,
+    /// Query heads of the whole model (sizes shared by every rank).
+    heads: usize,
 }
 
 /// A step's device buffers, kept between steps and grown to the largest step seen.
@@ -134,6 +151,8 @@ struct StepBuffers {
     picked: CudaSlice<f32>,
     local: CudaSlice<f32>,
     gathered: CudaSlice<f32>,
+    /// Full-vocabulary rows rebuilt from `gathered` (vocabulary-split heads only).
+    full: CudaSlice<f32>,
     x_half: CudaSlice<u16>,
 }
 
@@ -162,6 +181,7 @@ impl StepBuffers {
             } else {
                 1
             })?,
+            full: gpu.zeros(if d.world > 1 { logit_rows * d.vocab } else { 1 })?,
             x_half: gpu.zeros(rows.max(logit_rows) * widest_k)?,
         })
     }
@@ -186,7 +206,9 @@ pub struct CudaRankModel {
     lm_head: Option<DeviceMatrix>,
     reduce_embedding: bool,
     gather_logits: bool,
-    lm_spans: Vec<Span>,
+    /// Each rank's first column and width of the vocabulary (device, for `unpad_logits`).
+    span_starts: CudaSlice<i32>,
+    span_lens: CudaSlice<i32>,
     final_norm: CudaSlice<f32>,
     layers: Vec<CudaLayer>,
     rope: DeviceRope,
@@ -194,9 +216,10 @@ pub struct CudaRankModel {
     bufs: Option<StepBuffers>,
     attn_rows: AttentionRows,
     scratch: AttentionScratch,
-    /// Captured decode steps by (padded rows, decode splits).
-    graphs: HashMap<(usize, usize), CudaGraph>,
-    /// The pool the graphs write (a graph holds its addresses).
+    /// Captured decode steps by (padded rows, decode splits, keys per split), with the
+    /// collective calls and bytes each replay makes.
+    graphs: HashMap<(usize, usize, usize), (CudaGraph, u64, u64)>,
+    /// Digest of the pool the graphs write (a graph holds its addresses).
     graph_pool: u64,
     use_graphs: bool,
     graph_replays: u64,
@@ -376,7 +399,17 @@ impl CudaRankModel {
                 .max()
                 .unwrap_or(0),
             world: plan.world_size,
+            vocab: shape.vocab,
+            heads: shape.heads,
         };
+        let span_starts: Vec<i32> = (0..plan.world_size)
+            .map(|r| plan.lm_head.span(r, shape.vocab).start as i32)
+            .collect();
+        let span_lens: Vec<i32> = (0..plan.world_size)
+            .map(|r| plan.lm_head.span(r, shape.vocab).len() as i32)
+            .collect();
+        let span_starts = gpu.upload(&span_starts)?;
+        let span_lens = gpu.upload(&span_lens)?;
         let attn_rows = AttentionRows::empty(&gpu)?;
         let scratch = AttentionScratch::new(&gpu)?;
         gpu.synchronize()?;
@@ -387,9 +420,8 @@ impl CudaRankModel {
             lm_head,
             reduce_embedding: plan.world_size > 1 && plan.embedding.is_split(),
             gather_logits: plan.world_size > 1 && plan.lm_head.is_split(),
-            lm_spans: (0..plan.world_size)
-                .map(|r| plan.lm_head.span(r, shape.vocab))
-                .collect(),
+            span_starts,
+            span_lens,
             final_norm,
             layers,
             rope,
@@ -508,21 +540,30 @@ impl CudaRankModel {
         let decode = n_rows == t
             && seqs.iter().all(|s| s.tokens.len() == 1)
             && picked.iter().enumerate().all(|(i, &r)| r as usize == i);
-        let graph = self.use_graphs && comm.capturable() && decode && t <= MAX_GRAPH_ROWS;
-        let (rows, logit_rows) = self.prepare(comm, cache, &spec, ids, &picked, graph)?;
-        if graph {
-            let key = (rows, self.attn_rows.splits);
-            if let Some(g) = self.graphs.get(&key) {
+        // Whether to pad depends only on what every rank shares (the batch and the kind of
+        // communicator), never on this rank's graph state: all ranks must issue
+        // collectives of the same sizes.
+        let pad = comm.capturable() && decode && t <= MAX_GRAPH_ROWS;
+        let (rows, logit_rows) = self.prepare(comm, cache, &spec, ids, &picked, pad)?;
+        if pad && self.use_graphs {
+            let key = (rows, self.attn_rows.splits, self.attn_rows.split_len);
+            if let Some((g, calls, bytes)) = self.graphs.get(&key) {
                 g.launch()?;
+                comm.add_replayed(*calls, *bytes);
                 self.graph_replays += 1;
             } else {
                 // This step runs eagerly (which also makes the GEMM plans and NCCL's
                 // lazy set-up happen outside a capture); the next ones replay.
                 self.run(comm, cache, rows, logit_rows)?;
-                match self.capture(comm, cache, rows, logit_rows) {
+                let before = comm.stats();
+                let captured = self.capture(comm, cache, rows, logit_rows);
+                let after = comm.stats();
+                match captured {
                     Ok(g) => {
                         tracing::debug!(rows, splits = key.1, "captured a decode graph");
-                        self.graphs.insert(key, g);
+                        let calls = after.calls.saturating_sub(before.calls);
+                        let bytes = after.bytes_moved.saturating_sub(before.bytes_moved);
+                        self.graphs.insert(key, (g, calls, bytes));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "CUDA graph capture failed; decode runs eagerly from now on");
@@ -533,7 +574,7 @@ impl CudaRankModel {
         } else {
             self.run(comm, cache, rows, logit_rows)?;
         }
-        self.logits(n_rows, logit_rows)
+        self.logits(n_rows)
     }
 
     /// Copies a step's inputs into the kept device buffers (growing them if needed, which
@@ -582,13 +623,14 @@ impl CudaRankModel {
             )?);
             moved = true;
         }
-        let max_heads = self.layers.iter().map(|l| l.q_heads).max().unwrap_or(0);
+        // Sized by the model's head count, not this rank's, so every rank grows (and
+        // recaptures) at the same steps.
         moved |= self.scratch.reserve(
             &self.gpu,
-            rows * max_heads.max(1) * self.attn_rows.splits.max(1),
+            rows * self.dims.heads.max(1) * self.attn_rows.splits.max(1),
             self.config.shape.head_dim,
         )?;
-        let pool = self.gpu.ptr(&cache.k[0]);
+        let pool = cache.digest(&self.gpu);
         if pool != self.graph_pool {
             self.graph_pool = pool;
             moved = true;
@@ -653,6 +695,8 @@ impl CudaRankModel {
             bufs,
             attn_rows,
             scratch,
+            span_starts,
+            span_lens,
             ..
         } = self;
         let Some(b) = bufs.as_mut() else {
@@ -789,16 +833,28 @@ impl CudaRankModel {
             &mut b.x_half,
         )?;
         if *gather_logits {
-            // Every rank sends the same count (its slice padded to the longest).
+            // Every rank sends the same count (its slice padded to the longest), then the
+            // slices are put back in vocabulary order, on the device.
             let count = logit_rows * dims.span;
             comm.all_gather_device(gpu, &b.local, count, &mut b.gathered)?;
+            ops::unpad_logits(
+                gpu,
+                &b.gathered,
+                span_starts,
+                span_lens,
+                dims.world,
+                count,
+                logit_rows,
+                dims.vocab,
+                &mut b.full,
+            )?;
         }
         Ok(())
     }
 
-    /// The first `n_rows` of the step's `logit_rows` rows of logits, full vocabulary, in a
-    /// new device buffer.
-    fn logits(&self, n_rows: usize, logit_rows: usize) -> Result<DeviceLogits, CudaError> {
+    /// The first `n_rows` rows of the step's logits, full vocabulary, in a new device
+    /// buffer.
+    fn logits(&self, n_rows: usize) -> Result<DeviceLogits, CudaError> {
         let vocab = self.config.shape.vocab;
         let Some(b) = self.bufs.as_ref() else {
             return Err(CudaError::Shape {
@@ -806,31 +862,19 @@ impl CudaRankModel {
                 reason: "step buffers missing".into(),
             });
         };
-        let stream = self.gpu.stream();
-        if !self.gather_logits {
-            let mut data = self.gpu.scratch(n_rows * vocab)?;
-            stream.memcpy_dtod(&b.local.slice(..n_rows * vocab), &mut data.slice_mut(..))?;
-            return Ok(DeviceLogits {
-                rows: n_rows,
-                vocab,
-                data,
-            });
-        }
-        // [rank][row][rank's slice, padded to the longest] -> [row][vocab], on the host.
-        let count = logit_rows * self.dims.span;
-        let all = stream.clone_dtoh(&b.gathered.slice(..self.dims.world * count))?;
-        let mut out = vec![0.0f32; n_rows * vocab];
-        for (rank, span) in self.lm_spans.iter().enumerate() {
-            let len = span.len();
-            for r in 0..n_rows {
-                let src = &all[rank * count + r * len..][..len];
-                out[r * vocab + span.start..][..len].copy_from_slice(src);
-            }
-        }
+        let src = if self.gather_logits {
+            &b.full
+        } else {
+            &b.local
+        };
+        let mut data = self.gpu.scratch(n_rows * vocab)?;
+        self.gpu
+            .stream()
+            .memcpy_dtod(&src.slice(..n_rows * vocab), &mut data.slice_mut(..))?;
         Ok(DeviceLogits {
             rows: n_rows,
             vocab,
-            data: self.gpu.upload(&out)?,
+            data,
         })
     }
 }

@@ -187,6 +187,11 @@ impl DeviceComm for NcclCommunicator {
     fn capturable(&self) -> bool {
         true
     }
+
+    fn add_replayed(&mut self, calls: u64, bytes: u64) {
+        self.stats.calls += calls;
+        self.stats.bytes_moved += bytes;
+    }
 }
 
 impl Communicator for NcclCommunicator {

@@ -240,7 +240,15 @@ pub fn compile_cached(
     if let (Some(p), Some(dir)) = (&path, cache_dir) {
         // A cache that cannot be written only costs a recompile next time.
         if std::fs::create_dir_all(dir).is_ok() {
-            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+            // One temp name per process and thread: rank threads compile concurrently.
+            let tmp = p.with_extension(
+                format!(
+                    "tmp{}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                )
+                .replace(['(', ')'], ""),
+            );
             if std::fs::write(&tmp, &compiled.ptx).is_ok() {
                 let _ = std::fs::rename(&tmp, p);
             }

@@ -335,15 +335,20 @@ fn check_attention(
     };
     for &(d, hq, hkv, window) in cases {
         let block_size = 16;
-        let num_blocks = 200;
-        // (start, new tokens) per sequence; decode contexts span several splits.
+        // (start, new tokens) per sequence; decode contexts span several splits, and one
+        // is long enough (past 64 splits of 256 keys) that its splits grow longer.
         let seqs: Vec<(usize, usize)> = if prefill {
             // Tiles of 16 rows over several key tiles, a chunk after a cached prefix,
             // a one-token prompt and a decode row with a long context, in one batch.
             vec![(0, 45), (20, 30), (0, 1), (0, 100), (300, 1)]
         } else {
-            vec![(700, 1), (3, 1), (255, 1), (256, 1)]
+            vec![(700, 1), (3, 1), (255, 1), (256, 1), (20_000, 1)]
         };
+        let num_blocks = 20
+            + seqs
+                .iter()
+                .map(|&(s, t)| (s + t).div_ceil(block_size))
+                .sum::<usize>();
         let mut free: Vec<u32> = (0..num_blocks as u32).collect();
         for i in (1..free.len()).rev() {
             free.swap(i, rng.random_range(0..=i));

@@ -539,8 +539,11 @@ pub struct AttentionRows {
     pub max_position: usize,
     /// Host copy of the positions (checked against tables).
     pub host_positions: Vec<i32>,
-    /// Key splits of the decode kernel (a power of two; 0 without decode rows).
+    /// Key splits of the decode kernel (a power of two, at most [`MAX_SPLITS`]; 0 without
+    /// decode rows).
     pub splits: usize,
+    /// Keys per split (a power-of-two multiple of [`SPLIT_KEYS`]).
+    pub split_len: usize,
     decode_count: usize,
     tile_count: usize,
     positions: CudaSlice<i32>,
@@ -599,6 +602,7 @@ impl AttentionRows {
             max_position: 0,
             host_positions: Vec::new(),
             splits: 0,
+            split_len: SPLIT_KEYS,
             decode_count: 0,
             tile_count: 0,
             positions: gpu.zeros(1)?,
@@ -804,8 +808,11 @@ pub fn kv_write(
     )
 }
 
-/// Keys per split of the flash-decoding attention.
+/// Keys per split of the flash-decoding attention (the shortest split).
 pub const SPLIT_KEYS: usize = 256;
+
+/// Most splits per (row, head) of the flash-decoding attention.
+pub const MAX_SPLITS: usize = 64;
 
 /// Causal paged attention of every row's query heads (columns `q_col..` of rows of
 /// `q_stride` in `q`) over the pool; writes `out[row][head * d..]`. Decode rows run the
@@ -893,7 +900,7 @@ pub fn paged_attention(
         Arg::I32(shape.kv_heads as i32),
         Arg::I32(i32_of("paged_attention", shape.block_size)?),
         Arg::I32(i32_of("paged_attention", shape.window.unwrap_or(0))?),
-        Arg::I32(SPLIT_KEYS as i32),
+        Arg::I32(i32_of("paged_attention", rows.split_len)?),
         Arg::F32(scale),
         Arg::Ptr(gpu.ptr(&scratch.part_m)),
         Arg::Ptr(gpu.ptr(&scratch.part_l)),
@@ -916,6 +923,46 @@ pub fn paged_attention(
             Arg::Ptr(gpu.ptr(&rows.decode_rows)),
             Arg::I32(d as i32),
             Arg::I32(splits as i32),
+            Arg::Ptr(gpu.ptr(out)),
+        ],
+    )
+}
+
+/// Rearranges gathered logits (rank r's `rows` rows of `lens[r]` values back to back at
+/// `r * block`) into full rows of `vocab` in `out`, rank r's at column `starts[r]`.
+#[allow(clippy::too_many_arguments)]
+pub fn unpad_logits(
+    gpu: &Gpu,
+    gathered: &CudaSlice<f32>,
+    starts: &CudaSlice<i32>,
+    lens: &CudaSlice<i32>,
+    ranks: usize,
+    block: usize,
+    rows: usize,
+    vocab: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    ensure(
+        starts.len() >= ranks
+            && lens.len() >= ranks
+            && gathered.len() >= ranks * block
+            && out.len() >= rows * vocab,
+        "unpad_logits",
+        || format!("{rows} rows of {vocab} from {ranks} blocks of {block}"),
+    )?;
+    if rows == 0 || ranks == 0 {
+        return Ok(());
+    }
+    gpu.launch(
+        "unpad_logits_f32",
+        (rows as u32, ranks as u32, 1),
+        256,
+        &[
+            Arg::Ptr(gpu.ptr(gathered)),
+            Arg::Ptr(gpu.ptr(starts)),
+            Arg::Ptr(gpu.ptr(lens)),
+            Arg::I64(block as i64),
+            Arg::I32(i32_of("unpad_logits", vocab)?),
             Arg::Ptr(gpu.ptr(out)),
         ],
     )
