@@ -150,6 +150,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
                                 tokens += 1;
                             }
                             Event::Finished { .. } => break,
+                            Event::PromptLogprobs(_) => {}
                         }
                     }
                 }

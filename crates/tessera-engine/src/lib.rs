@@ -9,8 +9,10 @@ pub mod block_pool;
 mod coordinator;
 mod engine;
 mod generate;
+mod prompt_scores;
 pub mod sampling;
 pub mod scheduler;
+mod step_histogram;
 
 pub use coordinator::{Coordinator, EngineError, EngineOptions, StepSeq};
 pub use engine::{
@@ -18,3 +20,4 @@ pub use engine::{
     TokenLogprobs, Usage,
 };
 pub use generate::{GenerateOutput, GenerateRequest};
+pub use step_histogram::{StepHistogram, COLLECTIVE_STEP_BUCKETS};
