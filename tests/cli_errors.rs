@@ -296,6 +296,12 @@ fn plan_json_prints_only_json_and_the_table_names_every_rank() {
         "head split 5+4 expected:\n{table}"
     );
     assert!(table.contains("all-reduce"), "{table}");
+    // Bytes each rank contributes per token: two f32 all-reduces of the 576-wide hidden
+    // state per layer; per step also the embedding's all-reduce and the 49152-wide gather.
+    assert!(
+        table.contains("4608 per layer, 337152 per step"),
+        "collective bytes per token expected:\n{table}"
+    );
 }
 
 #[test]

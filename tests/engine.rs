@@ -50,6 +50,7 @@ fn collect(
     while let Some(e) = events.blocking_recv() {
         match e {
             Event::Token { id, .. } => ids.push(id),
+            Event::PromptLogprobs(_) => panic!("prompt logprobs were not asked for"),
             Event::Finished { reason, usage, .. } => {
                 assert_eq!(usage.completion_tokens, ids.len());
                 return (ids, reason, usage.prompt_tokens);
@@ -175,8 +176,126 @@ fn batched_requests_get_the_tokens_they_get_alone_at_tp_1_and_2() {
             );
             assert!(stats.collective_bytes.iter().all(|&b| b > 0), "{stats:?}");
         }
+        // Per step too: every step is one observation per rank, and the observations add
+        // up to the cumulative time.
+        assert_eq!(stats.collective_last_step_seconds.len(), tp);
+        assert_eq!(stats.collective_step_seconds.len(), tp);
+        assert!(stats.steps > 0);
+        for (rank, h) in stats.collective_step_seconds.iter().enumerate() {
+            assert_eq!(h.count(), stats.steps, "rank {rank}: {stats:?}");
+            let total = stats.collective_seconds[rank];
+            assert!(
+                (h.sum - total).abs() <= 1e-9 + 1e-9 * total,
+                "rank {rank}: {stats:?}"
+            );
+            assert!(stats.collective_last_step_seconds[rank] <= total);
+        }
         batched_engine.shutdown();
     }
+}
+
+/// Every event of a request, in order.
+fn events(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(e) = rx.blocking_recv() {
+        let done = matches!(e, Event::Finished { .. });
+        out.push(e);
+        if done {
+            return out;
+        }
+    }
+    panic!("event stream closed without Finished");
+}
+
+/// log_softmax of one logits row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row
+        .iter()
+        .map(|&l| f64::from(l))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let norm = max
+        + row
+            .iter()
+            .map(|&l| (f64::from(l) - max).exp())
+            .sum::<f64>()
+            .ln();
+    row.iter().map(|&l| f64::from(l) - norm).collect()
+}
+
+#[test]
+fn prompt_logprobs_are_the_log_softmax_of_the_logits_before_each_prompt_token() {
+    let tmp = model_dir();
+    let vocab = shape().vocab;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let prompt: Vec<u32> = (0..30).map(|_| rng.random_range(0..vocab as u32)).collect();
+    let plan = Strategy::Megatron.plan(&shape(), 1).unwrap();
+    let mut one = Coordinator::start(tmp.path(), plan, &EngineOptions::default()).unwrap();
+    let rows = one.forward(&prompt, tessera_model::LogitRows::All).unwrap();
+    drop(one);
+    // Chunked prefill (8 tokens a step), after the same prompt filled the prefix cache.
+    let config = EngineConfig {
+        max_batch_tokens: 8,
+        max_seqs: 16,
+    };
+    let e = engine(tmp.path(), 2, 8 << 20, &config);
+    let plain = collect(
+        e.submit_blocking(Request {
+            prompt: prompt.clone(),
+            params: greedy(3),
+        })
+        .unwrap()
+        .events,
+    )
+    .0;
+    for max_tokens in [0, 3] {
+        let params = SamplingParams {
+            prompt_logprobs: Some(3),
+            ..greedy(max_tokens)
+        };
+        let got = events(
+            e.submit_blocking(Request {
+                prompt: prompt.clone(),
+                params,
+            })
+            .unwrap()
+            .events,
+        );
+        let Some(Event::PromptLogprobs(scores)) = got.first() else {
+            panic!("prompt logprobs do not come first: {got:?}");
+        };
+        assert_eq!(scores.len(), prompt.len());
+        assert_eq!(scores[0], None, "nothing precedes the first token");
+        for (i, score) in scores.iter().enumerate().skip(1) {
+            let lp = log_softmax(&rows[(i - 1) * vocab..i * vocab]);
+            let score = score.as_ref().unwrap_or_else(|| panic!("no score at {i}"));
+            let want = lp[prompt[i] as usize];
+            assert!(
+                (f64::from(score.logprob) - want).abs() < 1e-5,
+                "position {i}"
+            );
+            let mut ids: Vec<u32> = (0..vocab as u32).collect();
+            ids.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
+            let top: Vec<u32> = score.top.iter().map(|&(id, _)| id).collect();
+            assert_eq!(top, ids[..3], "position {i}");
+        }
+        let tokens: Vec<u32> = got
+            .iter()
+            .filter_map(|e| match e {
+                Event::Token { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tokens, plain[..max_tokens], "max_tokens {max_tokens}");
+        match got.last() {
+            Some(Event::Finished { reason, usage, .. }) => {
+                assert_eq!(*reason, FinishReason::Length);
+                assert_eq!(usage.completion_tokens, max_tokens);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    wait_idle(&e);
+    e.shutdown();
 }
 
 #[test]

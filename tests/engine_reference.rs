@@ -85,6 +85,7 @@ fn run_all(engine: &EngineHandle, prompts: &[Vec<u32>]) -> Vec<Trace> {
                         lps.push((l.logprob, l.top));
                     }
                     Event::Finished { .. } => break,
+                    Event::PromptLogprobs(_) => panic!("prompt logprobs were not asked for"),
                 }
             }
             (ids, lps)

@@ -111,10 +111,34 @@ fn every_invalid_request_gets_its_openai_status_and_error_type() {
             Expect(400, "invalid_request_error", Some("max_tokens")),
         ),
         (
-            "max_tokens zero",
-            COMPLETIONS,
-            completion(json!({"max_tokens": 0})),
+            "chat max_tokens zero (completions accept it: they may score the prompt)",
+            CHAT,
+            chat(json!({"max_tokens": 0})),
             Expect(400, "invalid_request_error", Some("max_tokens")),
+        ),
+        (
+            "chat max_completion_tokens zero",
+            CHAT,
+            chat(json!({"max_completion_tokens": 0, "max_tokens": 5})),
+            Expect(400, "invalid_request_error", Some("max_completion_tokens")),
+        ),
+        (
+            "continue_final_message with add_generation_prompt",
+            CHAT,
+            chat(json!({"continue_final_message": true, "add_generation_prompt": true})),
+            Expect(400, "invalid_request_error", Some("continue_final_message")),
+        ),
+        (
+            "add_generation_prompt not a boolean",
+            CHAT,
+            chat(json!({"add_generation_prompt": "yes"})),
+            Expect(400, "invalid_request_error", Some("add_generation_prompt")),
+        ),
+        (
+            "prompt over the context with max_tokens zero",
+            COMPLETIONS,
+            completion(json!({"prompt": long_ids, "max_tokens": 0, "echo": true, "logprobs": 0})),
+            Expect(400, "invalid_request_error", Some("prompt")),
         ),
         (
             "prompt ids over the context",
@@ -191,10 +215,10 @@ fn every_invalid_request_gets_its_openai_status_and_error_type() {
             Expect(400, "invalid_request_error", Some("logprobs")),
         ),
         (
-            "echo with logprobs",
+            "echo with logprobs over 20",
             COMPLETIONS,
-            completion(json!({"echo": true, "logprobs": 1})),
-            Expect(400, "invalid_request_error", Some("echo")),
+            completion(json!({"echo": true, "logprobs": 21, "max_tokens": 0})),
+            Expect(400, "invalid_request_error", Some("logprobs")),
         ),
         (
             "logit_bias key not a token id",
@@ -327,6 +351,24 @@ fn every_invalid_request_gets_its_openai_status_and_error_type() {
     );
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["usage"]["completion_tokens"], 2);
+    // Once refused, now accepted like OpenAI does: echo with logprobs scores the prompt,
+    // and max_tokens 0 generates nothing.
+    for extra in [
+        json!({"echo": true, "logprobs": 1, "max_tokens": 0}),
+        json!({"echo": true, "logprobs": 1}),
+        json!({"max_tokens": 0}),
+    ] {
+        let r = post_json(addr, COMPLETIONS, &completion(extra.clone()));
+        assert_eq!(r.status, 200, "{extra}: {}", r.text());
+        let choice = &r.json()["choices"][0];
+        let echoed = extra["echo"] == true;
+        let text = choice["text"].as_str().unwrap_or_default();
+        assert_eq!(text.starts_with("Hello"), echoed, "{extra}: {text:?}");
+        if extra["max_tokens"] == 0 {
+            assert_eq!(choice["finish_reason"], "length", "{extra}");
+            assert_eq!(r.json()["usage"]["completion_tokens"], 0, "{extra}");
+        }
+    }
     assert_eq!(request(addr, "GET", "/health", &[], b"").status, 200);
 }
 

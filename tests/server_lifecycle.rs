@@ -1,7 +1,8 @@
 //! `tessera serve` request and process lifecycle: a client that hangs up (mid-stream,
 //! before its first token, or while waiting for a whole response) cancels its request and
-//! frees its KV blocks (seen in /metrics); SIGTERM stops accepting, lets in-flight
-//! requests finish, and exits 0; the shutdown timeout ends requests that run past it.
+//! frees its KV blocks within two engine steps (seen in /metrics); SIGTERM stops
+//! accepting, lets in-flight requests finish, and exits 0; the shutdown timeout ends
+//! requests that run past it.
 
 mod common;
 #[path = "openai_client/harness.rs"]
@@ -11,7 +12,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use harness::{EventStream, Server, MODEL};
+use harness::{sample, EventStream, Server, MODEL};
 use serde_json::{json, Value};
 
 const COMPLETIONS: &str = "/v1/completions";
@@ -40,9 +41,49 @@ fn wait_blocks_in_use(server: &Server) {
     }
 }
 
-/// Asserts the engine is idle and stays so: no blocks, nothing running, no new tokens.
-fn assert_cancelled(server: &Server, what: &str) {
-    let took = server.wait_metric("tessera_kv_blocks_used", 0.0, Duration::from_secs(30));
+/// Engine steps after which a cancelled request's blocks must be free: the step in flight
+/// when the client left, and the one during which the server noticed.
+const STEPS_TO_FREE: f64 = 2.0;
+
+/// The engine's step counter, read right after a client hung up.
+fn steps_now(server: &Server) -> f64 {
+    server.metric("tessera_steps_total")
+}
+
+/// Asserts the request cancelled when the step counter read `steps` frees its blocks
+/// within [`STEPS_TO_FREE`] steps, then that the engine stays idle: nothing running, no
+/// new tokens.
+fn assert_cancelled(server: &Server, steps: f64, what: &str) {
+    let start = Instant::now();
+    loop {
+        // One scrape, so blocks and steps come from the same engine snapshot.
+        let text = server.metrics();
+        let metric = |name| sample(&text, name).unwrap_or_else(|| panic!("no {name}"));
+        let (blocks, now) = (
+            metric("tessera_kv_blocks_used"),
+            metric("tessera_steps_total"),
+        );
+        if blocks == 0.0 {
+            assert!(
+                now <= steps + STEPS_TO_FREE,
+                "{what}: blocks were freed only at step {now}, the client left at step {steps}"
+            );
+            println!(
+                "{what}: blocks freed {} steps after the disconnect",
+                now - steps
+            );
+            break;
+        }
+        assert!(
+            now <= steps + STEPS_TO_FREE,
+            "{what}: {blocks} blocks still in use at step {now}, the client left at step {steps}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what}: never freed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     server.wait_metric("tessera_requests_running", 0.0, Duration::from_secs(5));
     let tokens = server.metric("tessera_generated_tokens_total");
     std::thread::sleep(Duration::from_millis(300));
@@ -51,7 +92,6 @@ fn assert_cancelled(server: &Server, what: &str) {
         tokens,
         "{what}: tokens are still being generated after the client left"
     );
-    println!("{what}: blocks freed {took:?} after the disconnect");
 }
 
 #[test]
@@ -70,7 +110,7 @@ fn client_disconnect_cancels_the_request_and_frees_its_kv_blocks() {
         assert!(stream.next_json().is_some());
     }
     stream.disconnect();
-    assert_cancelled(&server, "mid-stream");
+    assert_cancelled(&server, steps_now(&server), "mid-stream");
 
     // Before the first token: a long prompt is still in prefill when the client leaves.
     let before = server.metric("tessera_generated_tokens_total");
@@ -82,7 +122,7 @@ fn client_disconnect_cancels_the_request_and_frees_its_kv_blocks() {
     assert_eq!(stream.status, 200);
     wait_blocks_in_use(&server);
     stream.disconnect();
-    assert_cancelled(&server, "before the first token");
+    assert_cancelled(&server, steps_now(&server), "before the first token");
     assert_eq!(
         server.metric("tessera_generated_tokens_total"),
         before,
@@ -100,7 +140,7 @@ fn client_disconnect_cancels_the_request_and_frees_its_kv_blocks() {
     socket.write_all((head + &body).as_bytes()).expect("send");
     wait_blocks_in_use(&server);
     drop(socket);
-    assert_cancelled(&server, "non-streaming");
+    assert_cancelled(&server, steps_now(&server), "non-streaming");
     assert_eq!(server.metric("tessera_generated_tokens_total"), before);
 }
 

@@ -1,6 +1,8 @@
 //! `tessera serve` through the official `openai` Python client: chat and completions,
-//! streaming, n, stop strings, logprobs, seeds, usage counts, and greedy output equal to
-//! the transformers reference for every public prompt (tests/openai_client/test_openai.py).
+//! streaming, n, stop strings, logprobs, prompt logprobs (echo), seeds, usage counts,
+//! sampling parameters (top_k, min_p, logit_bias, penalties, max_completion_tokens),
+//! chat template options, and greedy output equal to the transformers reference for every
+//! public prompt (tests/openai_client/test_openai.py).
 //!
 //! Needs `python3` with the `openai` and `tokenizers` packages (`.ci/run` installs them);
 //! without them this test fails, it never skips.

@@ -105,14 +105,18 @@ impl Server {
         None
     }
 
-    /// One sample of the Prometheus metric `name` (no labels).
+    /// One sample of the Prometheus metric `name` (with its labels, if any, as in
+    /// `name{rank="0"}`).
     pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics();
+        sample(&text, name).unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+    }
+
+    /// The whole `/metrics` text (one consistent snapshot of the engine's counters).
+    pub fn metrics(&self) -> String {
         let r = request(self.addr, "GET", "/metrics", &[], b"");
         assert_eq!(r.status, 200);
-        let text = r.text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+        r.text()
     }
 
     /// Waits until metric `name` equals `want`; returns how long it took.
@@ -148,6 +152,12 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of sample `name` (labels included) in a Prometheus text exposition.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A whole HTTP response.

@@ -19,9 +19,11 @@ check and a closing `N passed, M failed`; exits 1 if any check failed.
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
+import urllib.request
 
 import openai  # noqa: E402  (required: `python3 -m pip install openai`)
 from tokenizers import Tokenizer  # required: `python3 -m pip install tokenizers`
@@ -41,6 +43,8 @@ class Ctx:
         self.eos = eos_ids(args.model_dir)
         with open(args.reference) as f:
             self.reference = json.load(f)["results"]
+        self.base_url = args.base_url
+        self.api_key = args.api_key
 
     def expected(self, greedy_ids):
         """Reference ids up to the first end-of-sequence id, and the finish reason."""
@@ -58,6 +62,35 @@ class Ctx:
 
     def complete(self, prompt, **kw):
         return self.client.completions.create(model=self.model, prompt=prompt, **kw)
+
+    def raw_stream(self, path, body):
+        """The JSON objects of an SSE response, as sent (the client would hide absent vs null)."""
+        req = urllib.request.Request(
+            self.base_url + path,
+            data=json.dumps(dict(body, model=self.model, stream=True)).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {self.api_key}"},
+        )
+        events = []
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            for line in resp.read().decode().split("\n\n"):
+                data = line.strip().removeprefix("data: ")
+                if data and data != "[DONE]":
+                    events.append(json.loads(data))
+        return events
+
+    def render(self, messages, add_generation_prompt=True):
+        """SmolLM2's chat template, written out, to count the tokens a prompt must have."""
+        text = ""
+        if messages[0]["role"] != "system":
+            text += "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        for m in messages:
+            text += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+        if add_generation_prompt:
+            text += "<|im_start|>assistant\n"
+        return text
+
+    def ids(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
 
 
 def eos_ids(model_dir):
@@ -223,6 +256,208 @@ def check_top_logprobs_are_sorted_and_include_the_greedy_token(c):
         eq(len(lps), 3, "top count")
         eq(lps, sorted(lps, reverse=True), "sorted")
         eq(e.top_logprobs[0].logprob, e.logprob, "greedy = top")
+
+
+# ------------------------------------------------------------ prompt logprobs (echo)
+
+
+def check_echo_logprobs_score_the_prompt_as_greedy_generation_reports_it(c):
+    r = c.reference[0]
+    prompt = list(r["plain"]["prompt_ids"])
+    k = 8
+    generated = list(r["plain"]["greedy_ids"][:k])
+    assert not set(generated) & c.eos, "the reference ends too early for this check"
+    gen = c.complete(prompt, temperature=0, max_tokens=k, logprobs=1)
+    eq(gen.choices[0].text, c.decode(generated), "greedy continuation")
+    glp = gen.choices[0].logprobs
+    # Score prompt + continuation: position i's logprob comes from the logits at i - 1,
+    # so the continuation's entries must be what greedy generation reported.
+    full = prompt + generated
+    scored = c.complete(full, temperature=0, max_tokens=0, echo=True, logprobs=1)
+    choice = scored.choices[0]
+    eq(choice.text, c.decode(full), "echoed text")
+    eq(choice.finish_reason, "length", "finish_reason with max_tokens 0")
+    eq((scored.usage.prompt_tokens, scored.usage.completion_tokens), (len(full), 0), "usage")
+    lp = choice.logprobs
+    eq(lp.tokens, [c.decode([i]) for i in full], "token texts")
+    eq(len(lp.token_logprobs), len(full), "token_logprobs length")
+    eq((lp.token_logprobs[0], lp.top_logprobs[0]), (None, None), "first token has no logprob")
+    assert all(x is not None and x <= 0 for x in lp.token_logprobs[1:]), lp.token_logprobs
+    for j in range(k):
+        pos = len(prompt) + j
+        got = lp.token_logprobs[pos]
+        assert abs(got - glp.token_logprobs[j]) < 1e-4, (j, got, glp.token_logprobs[j])
+        (top_token, top_lp), = lp.top_logprobs[pos].items()
+        eq(top_token, lp.tokens[pos], f"greedy token {j} is the top one at its position")
+        assert abs(top_lp - got) < 1e-6, (top_lp, got)
+    offsets = lp.text_offset
+    eq(offsets[0], 0, "first offset")
+    assert offsets == sorted(offsets), offsets
+    # Five alternatives: a distribution's head, most likely first, led by the max logprob.
+    five = c.complete(full, temperature=0, max_tokens=0, echo=True, logprobs=5).choices[0].logprobs
+    for pos in range(1, len(full)):
+        tops = list(five.top_logprobs[pos].values())
+        eq(len(tops), 5, "five alternatives")
+        eq(tops, sorted(tops, reverse=True), "sorted")
+        assert sum(math.exp(x) for x in tops) <= 1 + 1e-4, tops
+        assert five.token_logprobs[pos] <= tops[0] + 1e-6
+        assert abs(five.token_logprobs[pos] - lp.token_logprobs[pos]) < 1e-6
+
+
+def check_echo_logprobs_with_generation_and_streaming(c):
+    prompt = list(c.reference[1]["plain"]["prompt_ids"])
+    whole = c.complete(prompt, temperature=0, max_tokens=4, echo=True, logprobs=1,
+                       extra_body={"ignore_eos": True})
+    plain = c.complete(prompt, temperature=0, max_tokens=4, logprobs=1, extra_body={"ignore_eos": True})
+    lp = whole.choices[0].logprobs
+    eq(len(lp.tokens), len(prompt) + 4, "prompt + completion entries")
+    eq(lp.tokens[len(prompt):], plain.choices[0].logprobs.tokens, "completion entries")
+    eq(lp.token_logprobs[len(prompt):], plain.choices[0].logprobs.token_logprobs, "completion logprobs")
+    echoed = c.decode(prompt)
+    eq(whole.choices[0].text, echoed + plain.choices[0].text, "text")
+    eq(lp.text_offset[len(prompt)], len(echoed), "first generated offset")
+    events = c.raw_stream("/completions", {"prompt": prompt, "temperature": 0, "max_tokens": 4,
+                                           "echo": True, "logprobs": 1, "ignore_eos": True})
+    first = events[0]["choices"][0]
+    eq(first["text"], echoed, "first chunk echoes the prompt")
+    eq(first["logprobs"]["token_logprobs"], lp.token_logprobs[:len(prompt)], "streamed prompt logprobs")
+    text = "".join(e["choices"][0]["text"] for e in events if e["choices"])
+    eq(text, whole.choices[0].text, "streamed text")
+    empty = c.complete(prompt, temperature=0, max_tokens=0)
+    eq((empty.choices[0].text, empty.choices[0].finish_reason), ("", "length"), "max_tokens 0 without echo")
+    eq(empty.usage.completion_tokens, 0, "no tokens")
+
+
+# ------------------------------------------------------------ sampling parameters
+
+
+def check_top_k_one_and_min_p_near_one_sample_the_greedy_text(c):
+    msgs = [{"role": "user", "content": "Write a short poem about rain."}]
+    greedy = c.chat(msgs, temperature=0, max_tokens=24).choices[0].message.content
+    seeds = (1, 2, 3)
+    free = [c.chat(msgs, temperature=1.0, seed=s, max_tokens=24).choices[0].message.content for s in seeds]
+    assert any(f != greedy for f in free), "temperature 1 gave the greedy text anyway: this check could not fail"
+    for s in seeds:
+        for extra in ({"top_k": 1}, {"min_p": 0.999}):
+            got = c.chat(msgs, temperature=1.0, seed=s, max_tokens=24, extra_body=extra).choices[0].message.content
+            eq(got, greedy, f"{extra} seed {s}")
+
+
+def check_logit_bias_bans_and_forces_tokens(c):
+    r = c.reference[0]
+    first = r["plain"]["greedy_ids"][0]
+    base = c.complete(r["text"], temperature=0, max_tokens=1).choices[0].text
+    eq(base, c.decode([first]), "greedy first token")
+    banned = c.complete(r["text"], temperature=0, max_tokens=1, logit_bias={str(first): -100}).choices[0].text
+    assert banned != base, f"-100 on the greedy token left it first: {banned!r}"
+    forced_id = c.ids(" banana")[0]
+    assert forced_id != first
+    for kw in ({"temperature": 0}, {"temperature": 1.0, "seed": 5}):
+        forced = c.complete(r["text"], max_tokens=3, logit_bias={str(forced_id): 100}, **kw).choices[0].text
+        eq(forced, c.decode([forced_id] * 3), f"+100 forces the token ({kw})")
+
+
+def check_penalties_change_a_repetitive_greedy_output(c):
+    prompt = "Hello! Hello! Hello! Hello!"
+    eos = {"ignore_eos": True}
+
+    def most_repeated(resp):
+        toks = resp.choices[0].logprobs.tokens
+        return max(toks.count(t) for t in set(toks))
+
+    greedy = c.complete(prompt, temperature=0, max_tokens=24, logprobs=0, extra_body=eos)
+    repeats = most_repeated(greedy)
+    assert repeats >= 8, f"the greedy output is not repetitive: {greedy.choices[0].text!r}"
+    for name, kw in [
+        ("frequency_penalty", {"frequency_penalty": 2.0, "extra_body": eos}),
+        ("presence_penalty", {"presence_penalty": 2.0, "extra_body": eos}),
+        ("repetition_penalty", {"extra_body": dict(eos, repetition_penalty=2.0)}),
+    ]:
+        out = c.complete(prompt, temperature=0, max_tokens=24, logprobs=0, **kw)
+        assert out.choices[0].text != greedy.choices[0].text, f"{name} changed nothing"
+        assert most_repeated(out) < repeats, f"{name}: {out.choices[0].text!r}"
+
+
+def check_max_completion_tokens_limits_the_length_and_wins_over_max_tokens(c):
+    msgs = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+
+    def length(**kw):
+        resp = c.chat(msgs, temperature=0, extra_body={"ignore_eos": True}, **kw)
+        eq(resp.choices[0].finish_reason, "length", f"finish_reason {kw}")
+        return resp.usage.completion_tokens
+
+    eq(length(max_completion_tokens=5), 5, "max_completion_tokens alone")
+    eq(length(max_tokens=7), 7, "max_tokens alone")
+    eq(length(max_completion_tokens=5, max_tokens=9), 5, "max_completion_tokens wins (smaller)")
+    eq(length(max_completion_tokens=9, max_tokens=5), 9, "max_completion_tokens wins (larger)")
+
+
+def check_text_parts_render_like_a_string(c):
+    text = "Name three fruits."
+    forms = [text, [{"type": "text", "text": text}],
+             [{"type": "text", "text": "Name three"}, {"type": "text", "text": " fruits."}]]
+    resps = [c.chat([{"role": "user", "content": f}], temperature=0, max_tokens=12) for f in forms]
+    want = len(c.ids(c.render([{"role": "user", "content": text}])))
+    for f, r in zip(forms, resps):
+        eq(r.usage.prompt_tokens, want, f"prompt tokens of {f!r}")
+        eq(r.choices[0].message.content, resps[0].choices[0].message.content, f"text of {f!r}")
+
+
+def check_system_and_developer_roles_reach_the_template(c):
+    user = {"role": "user", "content": "Who are you?"}
+    system = "You are a pirate named Jack."
+    want = len(c.ids(c.render([{"role": "system", "content": system}, user])))
+    default = len(c.ids(c.render([user])))
+    assert want != default
+    texts = []
+    for role in ("system", "developer"):
+        resp = c.chat([{"role": role, "content": system}, user], temperature=0, max_tokens=16)
+        eq(resp.usage.prompt_tokens, want, f"{role} prompt tokens")
+        texts.append(resp.choices[0].message.content)
+    eq(texts[1], texts[0], "developer renders as system")
+    eq(c.chat([user], temperature=0, max_tokens=1).usage.prompt_tokens, default, "default system prompt")
+    history = [user, {"role": "assistant", "content": "A pirate."}, {"role": "user", "content": "Really?"}]
+    eq(c.chat(history, temperature=0, max_tokens=1).usage.prompt_tokens, len(c.ids(c.render(history))),
+       "assistant turns")
+
+
+# ------------------------------------------------------------ streaming usage, templates
+
+
+def check_stream_usage_is_null_in_every_chunk_but_the_last(c):
+    bodies = [
+        ("/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+        ("/completions", {"prompt": "Hello", "echo": True}),
+    ]
+    for path, body in bodies:
+        body = dict(body, temperature=0, max_tokens=6, ignore_eos=True)
+        events = c.raw_stream(path, dict(body, stream_options={"include_usage": True}))
+        assert len(events) >= 4, events
+        for e in events[:-1]:
+            assert "usage" in e and e["usage"] is None, f"{path}: {e}"
+        eq(events[-1]["choices"], [], f"{path} usage chunk choices")
+        eq(events[-1]["usage"]["completion_tokens"], 6, f"{path} usage")
+        events = c.raw_stream(path, body)
+        assert all("usage" not in e for e in events), f"{path}: usage sent without include_usage"
+
+
+def check_add_generation_prompt_and_continue_final_message_shape_the_prompt(c):
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    on = c.chat(msgs, temperature=0, max_tokens=4)
+    eq(on.usage.prompt_tokens, len(c.ids(c.render(msgs))), "with the generation prompt")
+    off = c.chat(msgs, temperature=0, max_tokens=4, extra_body={"add_generation_prompt": False})
+    eq(off.usage.prompt_tokens, len(c.ids(c.render(msgs, add_generation_prompt=False))),
+       "without the generation prompt")
+    assert off.usage.prompt_tokens < on.usage.prompt_tokens
+    start = "The capital of France is"
+    cont = msgs + [{"role": "assistant", "content": start}]
+    rendered = c.render(cont, add_generation_prompt=False)
+    open_text = rendered[: rendered.rindex(start) + len(start)]
+    resp = c.chat(cont, temperature=0, max_tokens=8,
+                  extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    eq(resp.usage.prompt_tokens, len(c.ids(open_text)), "continued message prompt tokens")
+    plain = c.complete(c.ids(open_text), temperature=0, max_tokens=8)
+    eq(resp.choices[0].message.content, plain.choices[0].text, "continuation = raw completion")
 
 
 def check_errors_surface_as_openai_exceptions(c):

@@ -221,6 +221,7 @@ impl Summarizer {
         while let Some(event) = submission.events.recv().await {
             match event {
                 Event::Token { text: t, .. } => text.push_str(&t),
+                Event::PromptLogprobs(_) => {}
                 Event::Finished {
                     reason: FinishReason::Stop | FinishReason::Length,
                     usage,

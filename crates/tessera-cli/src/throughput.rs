@@ -152,6 +152,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
                                 tokens += 1;
                             }
                             Event::Finished { .. } => break,
+                            Event::PromptLogprobs(_) => {}
                         }
                     }
                 }

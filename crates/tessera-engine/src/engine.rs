@@ -6,6 +6,10 @@
 //! sequence whose chunk reached its last known token, and streams [`Event`]s to the
 //! callers through tokio channels (so async callers never block on a step). A request
 //! whose receiver is dropped is cancelled: its blocks are freed within one step.
+//!
+//! A request is admitted inside the tracing span of the caller that submitted it (the
+//! server's request span): the admission line maps that request to the engine's sequence
+//! id, which later engine-thread lines (preemption, cancellation) carry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +23,10 @@ use tessera_model::{LogitRows, TextTokenizer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::coordinator::{Coordinator, EngineError, StepSeq};
+use crate::prompt_scores::PromptScores;
 use crate::sampling::{Sampled, Sampler, SamplingParams, StopMatcher};
 use crate::scheduler::{AppendOutcome, SchedRequest, Scheduler, SchedulerConfig};
+use crate::step_histogram::StepHistogram;
 
 /// Why a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -48,6 +54,9 @@ pub struct Usage {
 /// What a caller receives about its request, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// Logprobs of the prompt tokens (only with `prompt_logprobs`; before any token): one
+    /// entry per prompt token, `None` for the first (nothing precedes it).
+    PromptLogprobs(Vec<Option<TokenLogprobs>>),
     /// One generated token.
     Token {
         /// Its id.
@@ -113,6 +122,10 @@ pub struct EngineStats {
     pub collective_seconds: Vec<f64>,
     /// Per rank: bytes written into the communicator since start.
     pub collective_bytes: Vec<u64>,
+    /// Per rank: seconds spent inside collectives during the last forward step.
+    pub collective_last_step_seconds: Vec<f64>,
+    /// Per rank: histogram of the seconds spent inside collectives per forward step.
+    pub collective_step_seconds: Vec<StepHistogram>,
 }
 
 /// Engine tuning knobs.
@@ -133,13 +146,17 @@ impl Default for EngineConfig {
     }
 }
 
+struct Submit {
+    id: u64,
+    request: Request,
+    events: mpsc::UnboundedSender<Event>,
+    reply: oneshot::Sender<Result<(), EngineError>>,
+    /// The submitter's span, so engine-thread lines about the request carry its fields.
+    span: tracing::Span,
+}
+
 enum Msg {
-    Submit {
-        id: u64,
-        request: Request,
-        events: mpsc::UnboundedSender<Event>,
-        reply: oneshot::Sender<Result<(), EngineError>>,
-    },
+    Submit(Box<Submit>),
     Cancel(u64),
 }
 
@@ -202,6 +219,7 @@ impl EngineHandle {
             stats: Arc::clone(&stats),
             counters: EngineStats::default(),
             default_stop: default_stop.clone(),
+            collective_seconds: Vec::new(),
         };
         let join = std::thread::Builder::new()
             .name("tessera-engine".into())
@@ -268,12 +286,13 @@ impl EngineHandle {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();
-        let msg = Msg::Submit {
+        let msg = Msg::Submit(Box::new(Submit {
             id,
             request,
             events: events_tx,
             reply: reply_tx,
-        };
+            span: tracing::Span::current(),
+        }));
         self.inner
             .tx
             .lock()
@@ -359,6 +378,9 @@ impl Detokenizer {
 
 struct Live {
     prompt_len: usize,
+    /// `Some` until the prompt logprobs (if asked for) are sent.
+    prompt_scores: Option<PromptScores>,
+    span: tracing::Span,
     params: SamplingParams,
     sampler: Sampler,
     events: mpsc::UnboundedSender<Event>,
@@ -376,6 +398,8 @@ struct Worker {
     stats: Arc<Mutex<EngineStats>>,
     counters: EngineStats,
     default_stop: Vec<u32>,
+    /// Each rank's cumulative collective seconds after the previous step.
+    collective_seconds: Vec<f64>,
 }
 
 impl Worker {
@@ -412,27 +436,45 @@ impl Worker {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Submit {
-                id,
-                request,
-                events,
-                reply,
-            } => {
+            Msg::Submit(submit) => {
+                let Submit {
+                    id,
+                    request,
+                    events,
+                    reply,
+                    span,
+                } = *submit;
                 let added = self.sched.add(SchedRequest {
                     id,
                     prompt: request.prompt.clone(),
                     max_tokens: request.params.max_tokens,
+                    prompt_logits: request.params.prompt_logprobs.is_some(),
                 });
                 match added {
                     Ok(()) => {
+                        span.in_scope(|| {
+                            tracing::debug!(
+                                seq = id,
+                                prompt_tokens = request.prompt.len(),
+                                "admitted as engine sequence {id}"
+                            )
+                        });
                         let mut stop_ids = request.params.stop_token_ids.clone();
                         if !request.params.ignore_eos {
                             stop_ids.extend(&self.default_stop);
                         }
+                        let prompt_scores =
+                            request.params.prompt_logprobs.map(|top| PromptScores {
+                                prompt: request.prompt.clone(),
+                                top,
+                                scores: vec![None; request.prompt.len()],
+                            });
                         self.requests.insert(
                             id,
                             Live {
                                 prompt_len: request.prompt.len(),
+                                prompt_scores,
+                                span,
                                 sampler: Sampler::new(&request.params, &request.prompt),
                                 stops: StopMatcher::new(&request.params.stop),
                                 params: request.params,
@@ -473,6 +515,12 @@ impl Worker {
     fn step(&mut self) -> Result<(), EngineError> {
         let plan = self.sched.schedule();
         self.counters.preemptions += plan.preempted.len() as u64;
+        for id in &plan.preempted {
+            if let Some(live) = self.requests.get(id) {
+                live.span
+                    .in_scope(|| tracing::debug!(seq = id, "preempted: out of KV blocks"));
+            }
+        }
         if plan.seqs.is_empty() {
             if self.sched.num_running() == 0 && self.sched.num_waiting() > 0 {
                 // Nothing can run: only possible if the pool is exhausted by cached
@@ -482,18 +530,16 @@ impl Worker {
             return Ok(());
         }
         let started = Instant::now();
+        let rows: Vec<LogitRows> = plan.seqs.iter().map(|s| self.rows_of(s)).collect();
         let seqs: Vec<StepSeq> = plan
             .seqs
             .iter()
-            .map(|s| StepSeq {
+            .zip(&rows)
+            .map(|(s, &logits)| StepSeq {
                 tokens: s.tokens.clone(),
                 start: s.start_pos,
                 block_table: s.block_table.iter().map(|b| b.index() as u32).collect(),
-                logits: if s.needs_logits {
-                    LogitRows::Last
-                } else {
-                    LogitRows::None
-                },
+                logits,
             })
             .collect();
         for s in &plan.seqs {
@@ -503,10 +549,28 @@ impl Worker {
         }
         let logits = self.coordinator.step(seqs)?;
         self.counters.steps += 1;
+        self.observe_collectives();
         let vocab = self.coordinator.config().shape.vocab;
-        let sampled = plan.seqs.iter().filter(|s| s.needs_logits);
-        for (s, l) in sampled.zip(logits.chunks_exact(vocab)) {
-            self.advance(s.id, l);
+        let mut offset = 0;
+        for (s, r) in plan.seqs.iter().zip(rows) {
+            let n = match r {
+                LogitRows::None => 0,
+                LogitRows::Last => 1,
+                LogitRows::All => s.tokens.len(),
+            };
+            let Some(block) = logits.get(offset * vocab..(offset + n) * vocab) else {
+                return Err(EngineError::BadRequest(format!(
+                    "the ranks returned {} logit rows, fewer than the step asked for",
+                    logits.len() / vocab.max(1)
+                )));
+            };
+            offset += n;
+            if r == LogitRows::All {
+                self.record_prompt_scores(s.id, s.start_pos, block, vocab);
+            }
+            if s.needs_logits {
+                self.advance(s.id, &block[block.len() - vocab..]);
+            }
         }
         tracing::trace!(
             tokens = plan.num_tokens(),
@@ -517,11 +581,70 @@ impl Worker {
         Ok(())
     }
 
-    /// Samples the next token of request `id` from `logits` and streams it.
+    /// The logit rows a chunk needs: every row while its prompt logprobs are being
+    /// gathered and it covers a scored position, else the last row when it samples.
+    fn rows_of(&self, s: &crate::scheduler::ScheduledSeq) -> LogitRows {
+        let scoring = self.requests.get(&s.id).is_some_and(|r| {
+            r.prompt_scores.is_some() && s.start_pos + 1 < r.prompt_len && !s.tokens.is_empty()
+        });
+        if scoring {
+            LogitRows::All
+        } else if s.needs_logits {
+            LogitRows::Last
+        } else {
+            LogitRows::None
+        }
+    }
+
+    /// Scores the prompt tokens after positions `start..` of request `id` from `rows`.
+    fn record_prompt_scores(&mut self, id: u64, start: usize, rows: &[f32], vocab: usize) {
+        if let Some(scores) = self
+            .requests
+            .get_mut(&id)
+            .and_then(|r| r.prompt_scores.as_mut())
+        {
+            scores.record(start, rows, vocab);
+        }
+    }
+
+    /// Derives each rank's collective seconds of the step just run from the cumulative
+    /// counters.
+    fn observe_collectives(&mut self) {
+        let totals: Vec<f64> = self
+            .coordinator
+            .comm_stats()
+            .iter()
+            .map(|c| c.time.as_secs_f64())
+            .collect();
+        let ranks = totals.len();
+        self.collective_seconds.resize(ranks, 0.0);
+        self.counters
+            .collective_last_step_seconds
+            .resize(ranks, 0.0);
+        self.counters
+            .collective_step_seconds
+            .resize_with(ranks, StepHistogram::default);
+        for (rank, &total) in totals.iter().enumerate() {
+            let step = (total - self.collective_seconds[rank]).max(0.0);
+            self.collective_seconds[rank] = total;
+            self.counters.collective_last_step_seconds[rank] = step;
+            self.counters.collective_step_seconds[rank].observe(step);
+        }
+    }
+
+    /// Samples the next token of request `id` from `logits` and streams it; a request
+    /// whose prompt was all it asked for ends here.
     fn advance(&mut self, id: u64, logits: &[f32]) {
         let Some(live) = self.requests.get_mut(&id) else {
             return;
         };
+        if let Some(scores) = live.prompt_scores.take() {
+            let _ = live.events.send(Event::PromptLogprobs(scores.scores));
+        }
+        if live.params.max_tokens == 0 {
+            self.end(id, FinishReason::Length, None);
+            return;
+        }
         let Sampled {
             token,
             logprob,
@@ -569,7 +692,11 @@ impl Worker {
             return;
         };
         // The scheduler may have freed it already (max tokens); either way it is gone after.
-        let _ = self.sched.cancel(id);
+        let _ = self.sched.finish(id);
+        if reason == FinishReason::Cancelled {
+            live.span
+                .in_scope(|| tracing::debug!(seq = id, "cancelled: blocks freed"));
+        }
         if reason == FinishReason::Length && !live.params.stop.is_empty() {
             let rest = live.stops.finish();
             if !rest.is_empty() {

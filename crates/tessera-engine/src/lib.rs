@@ -10,9 +10,11 @@ mod coordinator;
 mod engine;
 mod generate;
 pub mod node;
+mod prompt_scores;
 pub mod rank;
 pub mod sampling;
 pub mod scheduler;
+mod step_histogram;
 
 pub use coordinator::{Coordinator, EngineError, EngineOptions, StepSeq};
 pub use engine::{
@@ -21,3 +23,4 @@ pub use engine::{
 };
 pub use generate::{GenerateOutput, GenerateRequest};
 pub use rank::{CpuLoader, RankLoader, RankSetup, RankStarter, RankWorker};
+pub use step_histogram::{StepHistogram, COLLECTIVE_STEP_BUCKETS};

@@ -90,7 +90,7 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Seed of the request's RNG; `None` draws a fresh random seed.
     pub seed: Option<u64>,
-    /// Most tokens to generate.
+    /// Most tokens to generate; 0 only computes the prompt (for its `prompt_logprobs`).
     pub max_tokens: usize,
     /// Token ids that end generation.
     pub stop_token_ids: Vec<u32>,
@@ -100,6 +100,9 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// `None`: no logprobs; `Some(n)`: the chosen token's logprob and the top n (n <= 20).
     pub logprobs: Option<usize>,
+    /// `None`: none; `Some(n)`: each prompt token's logprob given the tokens before it (none
+    /// for the first) and the top n there (n <= 20), from the raw model distribution.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -119,6 +122,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -175,12 +179,9 @@ impl SamplingParams {
         if let Some(n) = self.logprobs {
             check(n <= MAX_TOP_LOGPROBS, "logprobs", "at most 20", n)?;
         }
-        check(
-            self.max_tokens > 0,
-            "max_tokens",
-            "at least 1",
-            self.max_tokens,
-        )?;
+        if let Some(n) = self.prompt_logprobs {
+            check(n <= MAX_TOP_LOGPROBS, "prompt_logprobs", "at most 20", n)?;
+        }
         for &(id, bias) in &self.logit_bias {
             if id as usize >= vocab {
                 return Err(SamplingError::UnknownBiasToken { id, vocab });
@@ -502,6 +503,15 @@ fn draw(weights: &[f64], u: f64) -> Option<u32> {
         }
     }
     last
+}
+
+/// The logprob of `token` under the raw distribution `logits` (a full-vocabulary row) and
+/// the top `n` `(id, logprob)` pairs there, ranked as [`Sampler::sample`] ranks them.
+///
+/// For scoring given tokens (prompt logprobs); `token` outside the row gives `-inf`.
+pub fn token_logprobs(logits: &[f32], token: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
+    let (chosen, top) = raw_logprobs(logits, token, n);
+    (chosen.unwrap_or(f32::NEG_INFINITY), top)
 }
 
 /// The chosen token's logprob and the top `n` of the raw distribution, in f64.
@@ -1069,6 +1079,25 @@ mod tests {
     }
 
     #[test]
+    fn token_logprobs_score_a_given_token_like_the_sampler_reports_it() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let logits = random_logits(&mut rng, 500, 8.0);
+        let params = SamplingParams {
+            logprobs: Some(4),
+            ..greedy()
+        };
+        let out = Sampler::new(&params, &[]).sample(&logits);
+        assert_eq!(
+            token_logprobs(&logits, out.token, 4),
+            (out.logprob.unwrap(), out.top_logprobs)
+        );
+        let (lp, _) = reference_logprobs(&logits);
+        let (chosen, top) = token_logprobs(&logits, 17, 0);
+        assert_eq!((chosen, top.len()), (lp[17] as f32, 0));
+        assert_eq!(token_logprobs(&logits, 500, 1).0, f32::NEG_INFINITY);
+    }
+
+    #[test]
     fn top_logprobs_break_ties_by_id() {
         let params = SamplingParams {
             logprobs: Some(3),
@@ -1207,7 +1236,8 @@ mod tests {
             repetition_penalty: 0.01,
             logit_bias: vec![(9, -1000.0)],
             logprobs: Some(20),
-            max_tokens: 1,
+            max_tokens: 0,
+            prompt_logprobs: Some(20),
             stop: vec!["x".into()],
             ..SamplingParams::default()
         };
@@ -1231,7 +1261,7 @@ mod tests {
             ("presence_penalty", |p| p.presence_penalty = 2.5),
             ("frequency_penalty", |p| p.frequency_penalty = -2.01),
             ("logprobs", |p| p.logprobs = Some(21)),
-            ("max_tokens", |p| p.max_tokens = 0),
+            ("prompt_logprobs", |p| p.prompt_logprobs = Some(21)),
             ("logit_bias", |p| p.logit_bias = vec![(10, 1.0)]),
             ("logit_bias", |p| p.logit_bias = vec![(1, f32::NAN)]),
             ("stop", |p| p.stop = vec!["ok".into(), String::new()]),

@@ -58,8 +58,12 @@ pub struct SchedRequest {
     pub id: u64,
     /// Prompt token ids (at least one).
     pub prompt: Vec<u32>,
-    /// Tokens to generate at most (at least one).
+    /// Tokens to generate at most; 0 computes only the prompt (the caller finishes the
+    /// sequence after its chunk with logits).
     pub max_tokens: usize,
+    /// Every prompt position's logits are wanted (prompt logprobs): the prefix cache must
+    /// not skip any, so the whole prompt is computed.
+    pub prompt_logits: bool,
 }
 
 /// Why the scheduler refused a request or a call.
@@ -74,9 +78,6 @@ pub enum SchedError {
     /// Nothing to compute logits from.
     #[error("request {0} has an empty prompt; send at least one token")]
     EmptyPrompt(u64),
-    /// Nothing to generate.
-    #[error("request {0} asks for 0 new tokens; max_tokens must be at least 1")]
-    ZeroMaxTokens(u64),
     /// Ids must be unique among live sequences.
     #[error("a sequence with id {0} is already scheduled")]
     DuplicateId(u64),
@@ -166,6 +167,8 @@ struct Sequence {
     table: BlockTable,
     /// Chained hashes of the full blocks seen so far, in order.
     block_hashes: Vec<u64>,
+    /// Admission skips the prefix cache (every prompt row must be computed).
+    prompt_logits: bool,
 }
 
 impl Sequence {
@@ -225,12 +228,10 @@ impl Scheduler {
             id,
             prompt,
             max_tokens,
+            prompt_logits,
         } = request;
         if prompt.is_empty() {
             return Err(SchedError::EmptyPrompt(id));
-        }
-        if max_tokens == 0 {
-            return Err(SchedError::ZeroMaxTokens(id));
         }
         if self.seqs.contains_key(&id) {
             return Err(SchedError::DuplicateId(id));
@@ -252,6 +253,7 @@ impl Scheduler {
             num_computed: 0,
             table: self.pool.new_table(),
             block_hashes: Vec::new(),
+            prompt_logits,
         };
         self.seqs.insert(id, sequence);
         self.waiting.push_back(id);
@@ -268,7 +270,8 @@ impl Scheduler {
     /// then, if nobody was preempted this step, waiting sequences are admitted in order
     /// (FCFS, stopping at the first that does not fit) with the same chunking, after
     /// sharing the full prompt blocks found in the prefix cache (always leaving at least
-    /// one token to compute, for the logits). When a running sequence has no block for even
+    /// one token to compute, for the logits; none for a request that wants the logits of
+    /// every prompt position). When a running sequence has no block for even
     /// one token, the newest running sequence is preempted (possibly itself): its blocks are
     /// freed and it waits at the front of the queue, keeping its tokens. The oldest running
     /// sequence is thus never starved of blocks, and since every admitted request fits the
@@ -448,7 +451,11 @@ impl Scheduler {
             return true;
         };
         // Only blocks before the last token: that token must be computed for logits.
-        let hashes = full_block_hashes(&seq.tokens[..seq.tokens.len() - 1], block_size);
+        let hashes = if seq.prompt_logits {
+            Vec::new()
+        } else {
+            full_block_hashes(&seq.tokens[..seq.tokens.len() - 1], block_size)
+        };
         let hits: Vec<BlockId> = hashes.iter().map_while(|&h| self.pool.peek(h)).collect();
         let revived = hits
             .iter()
@@ -575,6 +582,7 @@ mod tests {
             id,
             prompt,
             max_tokens,
+            prompt_logits: false,
         }
     }
 
@@ -810,10 +818,6 @@ mod tests {
             sched.add(request(3, vec![], 5)),
             Err(SchedError::EmptyPrompt(3))
         );
-        assert_eq!(
-            sched.add(request(4, prompt(5, 0), 0)),
-            Err(SchedError::ZeroMaxTokens(4))
-        );
         sched.add(request(5, prompt(60, 0), 4)).unwrap();
         assert_eq!(
             sched.add(request(5, prompt(1, 0), 1)),
@@ -970,6 +974,26 @@ mod tests {
         // Only block 0 is looked up: block 1 holds the last prompt token.
         assert_eq!((plan.seqs[0].start_pos, plan.seqs[0].tokens.len()), (4, 4));
         assert!(plan.seqs[0].needs_logits);
+    }
+
+    #[test]
+    fn prompt_logits_request_skips_the_prefix_cache_and_can_ask_for_no_tokens() {
+        let mut sim = Sim::new(config(8, 4, 64));
+        sim.add(request(1, prompt(8, 1), 1)).unwrap();
+        sim.run_until_idle(10);
+        sim.sched
+            .add(SchedRequest {
+                prompt_logits: true,
+                ..request(2, prompt(8, 1), 0)
+            })
+            .unwrap();
+        let plan = sim.sched.schedule();
+        // Block 0 is cached, yet every prompt position is computed again.
+        assert_eq!((plan.seqs[0].start_pos, plan.seqs[0].tokens.len()), (0, 8));
+        assert!(plan.seqs[0].needs_logits);
+        sim.sched.finish(2).unwrap();
+        assert_eq!(sim.sched.blocks_used(), 0);
+        assert!(sim.sched.schedule().is_empty());
     }
 
     #[test]

@@ -155,6 +155,46 @@ fn a_row_is_bit_identical_whatever_the_batch_size_and_threads() {
 }
 
 #[test]
+fn rows_split_into_several_row_blocks_keep_their_bits_at_large_k() {
+    // A row block holds 192 KiB of x: at k = 2048 that is 24 rows, at k = 4096 12 rows,
+    // so batches past a dozen rows (and the 300-row prefill) run as several blocks, and
+    // each row must still get the bits it gets alone. (n is small to keep the test quick:
+    // the row blocking depends on k alone.)
+    let n = 19;
+    let single_pool = CpuPool::new(1).unwrap();
+    let pools = pools(&[1, 2, 3]);
+    for k in [2048, 4096] {
+        let mut r = rng(k as u64);
+        let x = uniform(&mut r, 300 * k);
+        let w = uniform(&mut r, n * k);
+        let wb = uniform_bf16(&mut r, n * k);
+        for wr in [WeightRef::F32(&w), WeightRef::Bf16(&wb)] {
+            let alone: Vec<Vec<u32>> = (0..300)
+                .map(|i| {
+                    bits(&run(
+                        &single_pool,
+                        &x[i * k..(i + 1) * k],
+                        1,
+                        k,
+                        wr,
+                        n,
+                        None,
+                    ))
+                })
+                .collect();
+            for pool in &pools {
+                for m in (1..=64).chain([300]) {
+                    let y = run(pool, &x[..m * k], m, k, wr, n, None);
+                    for (i, row) in y.chunks(n).enumerate() {
+                        assert_eq!(bits(row), alone[i], "{pool:?} k={k} m={m} row {i}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn bf16_weights_give_the_bits_of_the_same_weights_widened_to_f32() {
     let (m, k, n) = (6, 333, 90);
     let mut r = rng(4);

@@ -37,6 +37,16 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A shard file that `model.safetensors.index.json` names is not in the directory.
+    #[error("{index} names the shard '{file}', which is not in {dir}; download every file the index lists")]
+    MissingShard {
+        /// The index file.
+        index: PathBuf,
+        /// The shard's file name, as the index spells it.
+        file: String,
+        /// The model directory.
+        dir: PathBuf,
+    },
     /// A weight the model needs is in none of the files.
     #[error("weight '{name}' is missing from the model files in {dir}")]
     MissingWeight {

@@ -56,6 +56,13 @@ impl WeightFiles {
                 .collect();
             files.sort();
             files.dedup();
+            if let Some(missing) = files.iter().find(|f| !dir.join(f).is_file()) {
+                return Err(ModelError::MissingShard {
+                    index: index_path,
+                    file: missing.clone(),
+                    dir: dir.to_path_buf(),
+                });
+            }
             files
         } else {
             vec!["model.safetensors".to_string()]

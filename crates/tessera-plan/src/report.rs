@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::plan::{CollectiveOp, CollectiveSite, ShardPlan};
+use crate::plan::{Collective, CollectiveOp, CollectiveSite, ShardPlan};
 
 /// Renders `plan` as a text table; `bytes_per_param` is the weight dtype's size (4 for f32).
 pub fn render_table(plan: &ShardPlan, bytes_per_param: usize) -> String {
@@ -48,17 +48,7 @@ pub fn render_table(plan: &ShardPlan, bytes_per_param: usize) -> String {
         );
     }
     let collectives = plan.collectives();
-    let per_layer = collectives
-        .iter()
-        .filter(|c| {
-            matches!(
-                c.site,
-                CollectiveSite::Attention { layer: 0 }
-                    | CollectiveSite::Mlp { layer: 0 }
-                    | CollectiveSite::Gather { layer: 0, .. }
-            )
-        })
-        .count();
+    let per_layer = collectives.iter().filter(in_layer_0).count();
     let count = |op: CollectiveOp| collectives.iter().filter(|c| c.op == op).count();
     let _ = writeln!(
         s,
@@ -72,5 +62,25 @@ pub fn render_table(plan: &ShardPlan, bytes_per_param: usize) -> String {
             ""
         }
     );
+    let bytes = |c: &Collective| c.elems_per_token * COLLECTIVE_ELEM_BYTES;
+    let layer_bytes: usize = collectives.iter().filter(in_layer_0).map(bytes).sum();
+    let step_bytes: usize = collectives.iter().map(bytes).sum();
+    let _ = writeln!(
+        s,
+        "collective bytes per token, each rank's contribution (f32): {layer_bytes} per layer, {step_bytes} per step"
+    );
     s
+}
+
+/// Collectives move f32 activations whatever the weight dtype.
+const COLLECTIVE_ELEM_BYTES: usize = 4;
+
+/// Whether `c` runs inside layer 0 (which stands for every layer in the summary).
+fn in_layer_0(c: &&Collective) -> bool {
+    matches!(
+        c.site,
+        CollectiveSite::Attention { layer: 0 }
+            | CollectiveSite::Mlp { layer: 0 }
+            | CollectiveSite::Gather { layer: 0, .. }
+    )
 }

@@ -246,3 +246,23 @@ fn names_and_strategies_list_the_same_strategies_in_the_same_order() {
         assert_eq!(Strategy::parse(name).unwrap().name(), name);
     }
 }
+
+#[test]
+fn the_table_shows_collective_bytes_per_token_per_layer_and_per_step() {
+    let shape = ModelShape::smollm2_135m();
+    let table =
+        |strategy: Strategy, tp| tessera_plan::render_table(&strategy.plan(&shape, tp).unwrap(), 4);
+    // Megatron: two all-reduces of the hidden state per layer (2 x 576 f32), plus the
+    // vocabulary-parallel embedding's all-reduce and the output head's gather once a step.
+    let (layer, step) = (2 * 576 * 4, 576 * 4 + 30 * 2 * 576 * 4 + 49_152 * 4);
+    let want = format!("{layer} per layer, {step} per step");
+    assert!(
+        table(Strategy::Megatron, 2).contains(&want),
+        "{}",
+        table(Strategy::Megatron, 2)
+    );
+    assert!(table(Strategy::Megatron, 1).contains("0 per layer, 0 per step"));
+    // Attention only split: one all-reduce per layer.
+    let attn = table(Strategy::AttnTpMlpReplicated, 2);
+    assert!(attn.contains(&format!("{} per layer", 576 * 4)), "{attn}");
+}

@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`: messages rendered with the model's chat template (with the
-//! generation prompt), `n` choices, streamed or whole.
+//! generation prompt unless asked otherwise, or leaving the final message open to be
+//! continued), `n` choices, streamed or whole.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +20,7 @@ use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN
 use crate::request::{read_json, ChatRequest, InputMessage, MessageContent};
 use crate::response::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatLogprobs, ChatTokenLogprob,
-    ChoiceOutput, Delta, ResponseMessage, UsageOut,
+    ChoiceOutput, ChunkUsage, Delta, ResponseMessage, UsageOut,
 };
 use crate::sse::{self, frame, ChunkFormat};
 use crate::state::{unix_now, AppState};
@@ -38,12 +39,15 @@ pub async fn handle(
         read_json(&headers, body, state.config.body_limit).await?;
     state.check_model(&common.model)?;
     let messages = messages(&request.messages)?;
+    let ending = ending(&request)?;
     let logprobs = logprobs(request.logprobs, request.top_logprobs)?;
-    let max_tokens = request.max_completion_tokens.or(common.max_tokens);
+    let max_tokens = max_tokens(&request, &common)?;
     let limits = state.limits();
     let sampling = crate::params::sampling(&common, max_tokens, logprobs, &limits)?;
     state.check_capacity(sampling.n)?;
-    let prompt = render(&state, messages).instrument(span.clone()).await?;
+    let prompt = render(&state, messages, ending)
+        .instrument(span.clone())
+        .await?;
     let requests = sampling.requests(&prompt, "messages", &limits)?;
     let generation = Generation::start(Arc::clone(&state), requests, arrived)
         .instrument(span.clone())
@@ -71,6 +75,7 @@ pub async fn handle(
             meta,
             state: Arc::clone(&state),
             choices: generation.len(),
+            usage: ChunkUsage::pending(include_usage),
         };
         return Ok(sse::response(
             generation,
@@ -83,6 +88,53 @@ pub async fn handle(
     let outputs = crate::collect(generation).instrument(span.clone()).await;
     let body = whole(&state, meta, outputs, prompt.len(), logprobs.is_some())?;
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// The effective `max_tokens`: `max_completion_tokens` (the newer name) wins over
+/// `max_tokens` when both are given, as in OpenAI's API; a chat completion asks for at
+/// least one token.
+fn max_tokens(
+    request: &ChatRequest,
+    common: &crate::request::CommonParams,
+) -> Result<Option<u64>, ServerError> {
+    let (name, value) = match (request.max_completion_tokens, common.max_tokens) {
+        (Some(m), _) => ("max_completion_tokens", Some(m)),
+        (None, m) => ("max_tokens", m),
+    };
+    if value == Some(0) {
+        return Err(ServerError::invalid(
+            Some(name.to_string()),
+            format!("{name} must be at least 1."),
+        ));
+    }
+    Ok(value)
+}
+
+/// How the rendered conversation ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// With the assistant header: the model answers.
+    GenerationPrompt,
+    /// Right after the last message (no header).
+    Closed,
+    /// Inside the last message: the model continues it.
+    OpenFinalMessage,
+}
+
+/// `add_generation_prompt` and `continue_final_message` as one choice.
+fn ending(request: &ChatRequest) -> Result<Ending, ServerError> {
+    match (
+        request.add_generation_prompt,
+        request.continue_final_message.unwrap_or(false),
+    ) {
+        (Some(true), true) => Err(ServerError::invalid(
+            Some("continue_final_message".to_string()),
+            "continue_final_message and add_generation_prompt cannot both be true.",
+        )),
+        (_, true) => Ok(Ending::OpenFinalMessage),
+        (Some(false), false) => Ok(Ending::Closed),
+        (None | Some(true), false) => Ok(Ending::GenerationPrompt),
+    }
 }
 
 /// `logprobs` + `top_logprobs` as the engine's number of alternatives.
@@ -154,15 +206,22 @@ fn messages(input: &[InputMessage]) -> Result<Vec<ChatMessage>, ServerError> {
 async fn render(
     state: &Arc<AppState>,
     messages: Vec<ChatMessage>,
+    ending: Ending,
 ) -> Result<Vec<u32>, ServerError> {
     let tokenizer = Arc::clone(&state.tokenizer);
     let job = tokio::task::spawn_blocking(move || {
-        let text = tokenizer.render_chat(&messages, true).map_err(|e| {
-            ServerError::invalid(
-                Some("messages".to_string()),
-                format!("The chat template failed on these messages: {e}"),
-            )
-        })?;
+        let rendered = tokenizer
+            .render_chat(&messages, ending == Ending::GenerationPrompt)
+            .map_err(|e| {
+                ServerError::invalid(
+                    Some("messages".to_string()),
+                    format!("The chat template failed on these messages: {e}"),
+                )
+            })?;
+        let text = match ending {
+            Ending::OpenFinalMessage => open_final_message(rendered, &messages)?,
+            _ => rendered,
+        };
         tokenizer.encode(&text).map_err(|e| {
             ServerError::invalid(
                 Some("messages".to_string()),
@@ -172,6 +231,30 @@ async fn render(
     });
     job.await
         .map_err(|e| ServerError::Engine(format!("the tokenizer task failed: {e}")))?
+}
+
+/// Cuts `rendered` right after the final message's content, dropping the end-of-turn
+/// markup the template puts after it, so that generation continues that message.
+fn open_final_message(
+    mut rendered: String,
+    messages: &[ChatMessage],
+) -> Result<String, ServerError> {
+    let bad = |m: &str| {
+        ServerError::invalid(
+            Some("continue_final_message".to_string()),
+            format!("continue_final_message: {m}"),
+        )
+    };
+    let content = messages
+        .last()
+        .map(|m| m.content.trim())
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| bad("the final message has no content to continue."))?;
+    let at = rendered
+        .rfind(content)
+        .ok_or_else(|| bad("the chat template does not keep the final message's text."))?;
+    rendered.truncate(at + content.len());
+    Ok(rendered)
 }
 
 /// Fields every response and chunk of one request repeats.
@@ -230,10 +313,12 @@ struct ChatChunks {
     meta: Meta,
     state: Arc<AppState>,
     choices: usize,
+    /// The `usage` field of every chunk but the usage chunk.
+    usage: ChunkUsage,
 }
 
 impl ChatChunks {
-    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<UsageOut>) -> String {
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: ChunkUsage) -> String {
         frame(&ChatChunk {
             id: self.meta.id.clone(),
             object: "chat.completion.chunk",
@@ -261,7 +346,7 @@ impl ChunkFormat for ChatChunks {
                         logprobs: None,
                         finish_reason: None,
                     }],
-                    None,
+                    self.usage,
                 )
             })
             .collect()
@@ -293,7 +378,7 @@ impl ChunkFormat for ChatChunks {
                 logprobs,
                 finish_reason: None,
             }],
-            None,
+            self.usage,
         ))
     }
 
@@ -304,10 +389,10 @@ impl ChunkFormat for ChatChunks {
             logprobs: None,
             finish_reason: Some(reason),
         };
-        self.chunk(vec![choice], None)
+        self.chunk(vec![choice], self.usage)
     }
 
     fn usage(&mut self, usage: UsageOut) -> String {
-        self.chunk(Vec::new(), Some(usage))
+        self.chunk(Vec::new(), ChunkUsage::Counts(usage))
     }
 }

@@ -1,5 +1,10 @@
 //! `POST /v1/completions`: one or more prompts (text or token ids), `n` choices each,
 //! optional echo, logprobs in the legacy shape, streamed or whole.
+//!
+//! `echo` with `logprobs` also scores the prompt: each prompt token's logprob given the
+//! tokens before it (`null` for the first), from the logits at every prompt position.
+//! With `max_tokens: 0` nothing is generated, which is how evaluation harnesses score a
+//! text (`finish_reason` is then `length`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +21,9 @@ use tracing::Instrument;
 use crate::error::ServerError;
 use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN};
 use crate::request::{read_json, CommonParams, CompletionRequest, PromptInput};
-use crate::response::{ChoiceOutput, CompletionLogprobs, TextChoice, TextCompletion, UsageOut};
+use crate::response::{
+    ChoiceOutput, ChunkUsage, CompletionLogprobs, TextChoice, TextCompletion, UsageOut,
+};
 use crate::sse::{self, frame, ChunkFormat};
 use crate::state::{unix_now, AppState};
 use crate::{json_response, RequestId};
@@ -40,9 +47,12 @@ pub async fn handle(
         read_json(&headers, body, state.config.body_limit).await?;
     state.check_model(&common.model)?;
     let echo = request.echo.unwrap_or(false);
-    let logprobs = check_options(&request, &common, echo)?;
+    let logprobs = check_options(&request, &common)?;
     let limits = state.limits();
-    let sampling = crate::params::sampling(&common, common.max_tokens, logprobs, &limits)?;
+    let mut sampling = crate::params::sampling(&common, common.max_tokens, logprobs, &limits)?;
+    if echo {
+        sampling.params.prompt_logprobs = logprobs;
+    }
     let prompts = tokenize(&state, request.prompt, echo)
         .instrument(span.clone())
         .await?;
@@ -75,7 +85,22 @@ pub async fn handle(
             }
         })
         .collect();
+    let include_usage = common
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let echo_logprobs = echo && logprobs.is_some();
     let meta = TextChunks {
+        echo_prompts: (0..generation.len())
+            .map(|i| {
+                if echo_logprobs {
+                    prompts[i / sampling.n].ids.clone()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect(),
+        usage: ChunkUsage::pending(stream && include_usage),
         id: format!("cmpl-{}", crate::routes::fresh_id()),
         created: unix_now(),
         model: state.config.model_name.clone(),
@@ -86,10 +111,6 @@ pub async fn handle(
         with_logprobs: logprobs.is_some(),
     };
     if stream {
-        let include_usage = common
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
         return Ok(sse::response(
             generation,
             meta,
@@ -107,7 +128,6 @@ pub async fn handle(
 fn check_options(
     request: &CompletionRequest,
     common: &CommonParams,
-    echo: bool,
 ) -> Result<Option<usize>, ServerError> {
     let n = common.n.unwrap_or(1);
     if request.best_of.is_some_and(|b| b != n) {
@@ -126,10 +146,6 @@ fn check_options(
         Some(k) if k > MAX_TOP_LOGPROBS as u64 => Err(ServerError::invalid(
             Some("logprobs".to_string()),
             format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}."),
-        )),
-        Some(_) if echo => Err(ServerError::invalid(
-            Some("echo".to_string()),
-            "echo with logprobs is not supported: prompt logprobs are not computed.",
         )),
         k => Ok(k.map(|k| k as usize)),
     }
@@ -201,10 +217,15 @@ struct TextChunks {
     offsets: Vec<usize>,
     state: Arc<AppState>,
     with_logprobs: bool,
+    /// Per choice: the prompt ids to echo with their logprobs (empty unless echo and
+    /// logprobs); streams send such a prompt when its logprobs arrive, not at the opening.
+    echo_prompts: Vec<Vec<u32>>,
+    /// The `usage` field of every stream chunk but the usage chunk.
+    usage: ChunkUsage,
 }
 
 impl TextChunks {
-    fn body(&self, choices: Vec<TextChoice>, usage: Option<UsageOut>) -> TextCompletion {
+    fn body(&self, choices: Vec<TextChoice>, usage: ChunkUsage) -> TextCompletion {
         TextCompletion {
             id: self.id.clone(),
             object: "text_completion",
@@ -229,9 +250,14 @@ impl TextChunks {
                 return Err(e);
             }
             completion_tokens += out.usage.completion_tokens;
+            // Generated tokens start after the echoed text (`prefixes[index]`).
             let start = self.offsets[index];
             let logprobs = self.with_logprobs.then(|| {
                 let mut lp = CompletionLogprobs::default();
+                if let Some(scores) = &out.prompt_logprobs {
+                    let prompt = &self.echo_prompts[index];
+                    lp.push_prompt(&self.state.tokenizer, prompt, scores);
+                }
                 for ((id, l), off) in out.tokens.iter().zip(&out.offsets) {
                     lp.push(&self.state.tokenizer, *id, l, start + off);
                 }
@@ -246,7 +272,7 @@ impl TextChunks {
         }
         Ok(self.body(
             choices,
-            Some(UsageOut::new(prompt_tokens, completion_tokens)),
+            ChunkUsage::Counts(UsageOut::new(prompt_tokens, completion_tokens)),
         ))
     }
 }
@@ -255,17 +281,34 @@ impl ChunkFormat for TextChunks {
     fn opening(&mut self) -> Vec<String> {
         let mut frames = Vec::new();
         for (index, prefix) in self.prefixes.iter().enumerate() {
-            if !prefix.is_empty() {
+            if !prefix.is_empty() && self.echo_prompts[index].is_empty() {
                 let choice = TextChoice {
                     index,
                     text: prefix.clone(),
                     logprobs: None,
                     finish_reason: None,
                 };
-                frames.push(frame(&self.body(vec![choice], None)));
+                frames.push(frame(&self.body(vec![choice], self.usage)));
             }
         }
         frames
+    }
+
+    fn prompt_logprobs(
+        &mut self,
+        index: usize,
+        scores: Vec<Option<TokenLogprobs>>,
+    ) -> Option<String> {
+        let prompt = self.echo_prompts.get(index).filter(|p| !p.is_empty())?;
+        let mut lp = CompletionLogprobs::default();
+        lp.push_prompt(&self.state.tokenizer, prompt, &scores);
+        let choice = TextChoice {
+            index,
+            text: self.prefixes[index].clone(),
+            logprobs: Some(lp),
+            finish_reason: None,
+        };
+        Some(frame(&self.body(vec![choice], self.usage)))
     }
 
     fn token(
@@ -290,7 +333,7 @@ impl ChunkFormat for TextChunks {
             logprobs,
             finish_reason: None,
         };
-        Some(frame(&self.body(vec![choice], None)))
+        Some(frame(&self.body(vec![choice], self.usage)))
     }
 
     fn finished(&mut self, index: usize, reason: &'static str) -> String {
@@ -300,10 +343,10 @@ impl ChunkFormat for TextChunks {
             logprobs: None,
             finish_reason: Some(reason),
         };
-        frame(&self.body(vec![choice], None))
+        frame(&self.body(vec![choice], self.usage))
     }
 
     fn usage(&mut self, usage: UsageOut) -> String {
-        frame(&self.body(Vec::new(), Some(usage)))
+        frame(&self.body(Vec::new(), ChunkUsage::Counts(usage)))
     }
 }

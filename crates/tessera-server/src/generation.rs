@@ -108,7 +108,7 @@ impl Generation {
                 }
                 self.last_token[i] = Some(now);
             }
-            Event::Token { .. } => {}
+            Event::Token { .. } | Event::PromptLogprobs(_) => {}
             Event::Finished { reason, .. } => {
                 self.receivers[i] = None;
                 self.reserved -= 1;

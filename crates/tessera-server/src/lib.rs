@@ -175,6 +175,7 @@ pub(crate) async fn collect(mut generation: Generation) -> Vec<ChoiceOutput> {
     while let Some((i, event)) = generation.next().await {
         match event {
             Event::Token { id, text, logprobs } => outputs[i].push_token(id, &text, logprobs),
+            Event::PromptLogprobs(scores) => outputs[i].prompt_logprobs = Some(scores),
             Event::Finished {
                 reason,
                 usage,

@@ -1,14 +1,13 @@
-//! Prometheus metrics: the engine's counters (read at scrape time) and the latency
+//! Prometheus metrics: the engine's counters (read at scrape time, including each rank's
+//! collective time per step, which the engine samples every step) and the latency
 //! histograms the server measures itself (time to first token, inter-token latency).
-//!
-//! Per-rank all-reduce time is not exported: the engine does not measure it yet.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use tessera_engine::{EngineStats, FinishReason};
+use tessera_engine::{EngineStats, FinishReason, COLLECTIVE_STEP_BUCKETS};
 
 /// Bucket bounds (seconds) of the time-to-first-token histogram.
 const TTFT_BUCKETS: &[f64] = &[
@@ -47,14 +46,64 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let total: u64 = self.counts.iter().sum();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(out, "{name}_sum {}\n{name}_count {total}", self.sum);
+        render_series(out, name, "", self.bounds, &self.counts, self.sum);
+    }
+}
+
+/// The sample lines of one histogram series: `labels` (empty, or `key="value"` pairs each
+/// followed by a comma) go before `le`; `counts` per bucket, not cumulative, the last `+Inf`.
+fn render_series(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    counts: &[u64],
+    sum: f64,
+) {
+    let mut cumulative = 0;
+    for (i, bound) in bounds.iter().enumerate() {
+        cumulative += counts.get(i).copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+    }
+    let total: u64 = counts.iter().sum();
+    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {total}");
+    let plain = labels.trim_end_matches(',');
+    let braces = if plain.is_empty() {
+        String::new()
+    } else {
+        format!("{{{plain}}}")
+    };
+    let _ = writeln!(
+        out,
+        "{name}_sum{braces} {sum}\n{name}_count{braces} {total}"
+    );
+}
+
+/// Each rank's collective seconds of the last step (a gauge) and per step (a histogram).
+fn render_collective_steps(out: &mut String, stats: &EngineStats) {
+    let name = "tessera_collective_last_step_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Seconds each rank spent inside collectives (all-reduce, all-gather) in the last engine step.\n# TYPE {name} gauge"
+    );
+    for (rank, secs) in stats.collective_last_step_seconds.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{rank=\"{rank}\"}} {secs}");
+    }
+    let name = "tessera_collective_step_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Seconds each rank spent inside collectives per engine step.\n# TYPE {name} histogram"
+    );
+    for (rank, h) in stats.collective_step_seconds.iter().enumerate() {
+        let labels = format!("rank=\"{rank}\",");
+        render_series(
+            out,
+            name,
+            &labels,
+            COLLECTIVE_STEP_BUCKETS,
+            &h.counts,
+            h.sum,
+        );
     }
 }
 
@@ -199,6 +248,7 @@ impl Metrics {
                 "tessera_collective_bytes_total{{rank=\"{rank}\"}} {bytes}"
             );
         }
+        render_collective_steps(&mut out, stats);
         counter(
             &mut out,
             "tessera_requests_rejected_queue_full_total",
@@ -250,6 +300,14 @@ mod tests {
         assert!(text.contains("tessera_time_to_first_token_seconds_count 3\n"));
     }
 
+    fn step_histogram(seconds: &[f64]) -> tessera_engine::StepHistogram {
+        let mut h = tessera_engine::StepHistogram::default();
+        for &s in seconds {
+            h.observe(s);
+        }
+        h
+    }
+
     #[test]
     fn engine_gauges_and_hit_rate_are_exported() {
         let stats = EngineStats {
@@ -261,6 +319,11 @@ mod tests {
             generated_tokens: 42,
             collective_seconds: vec![0.5, 0.25],
             collective_bytes: vec![1024, 1024],
+            collective_last_step_seconds: vec![0.002, 0.0005],
+            collective_step_seconds: vec![
+                step_histogram(&[0.002, 0.003]),
+                step_histogram(&[0.0005]),
+            ],
             ..EngineStats::default()
         };
         let text = Metrics::default().render(&stats);
@@ -274,6 +337,16 @@ mod tests {
             "tessera_kv_blocks_total 100\n",
             "tessera_prefix_cache_hit_rate 0.25\n",
             "tessera_generated_tokens_total 42\n",
+            "tessera_collective_last_step_seconds{rank=\"0\"} 0.002\n",
+            "tessera_collective_last_step_seconds{rank=\"1\"} 0.0005\n",
+            "tessera_collective_step_seconds_bucket{rank=\"0\",le=\"0.001\"} 0\n",
+            "tessera_collective_step_seconds_bucket{rank=\"0\",le=\"0.0025\"} 1\n",
+            "tessera_collective_step_seconds_bucket{rank=\"0\",le=\"0.005\"} 2\n",
+            "tessera_collective_step_seconds_bucket{rank=\"0\",le=\"+Inf\"} 2\n",
+            "tessera_collective_step_seconds_count{rank=\"0\"} 2\n",
+            "tessera_collective_step_seconds_sum{rank=\"0\"} 0.005\n",
+            "tessera_collective_step_seconds_bucket{rank=\"1\",le=\"0.0005\"} 1\n",
+            "tessera_collective_step_seconds_count{rank=\"1\"} 1\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -2,8 +2,9 @@
 //! needs the model: context length, vocabulary, `n`.
 //!
 //! The rules: `max_tokens` defaults to the rest of the context after the prompt (like
-//! vLLM); a prompt that leaves no room, or `max_tokens` past the context, is refused; `n`
-//! copies of a seeded request get seeds `seed, seed + 1, ...` so that they differ but
+//! vLLM); a prompt that leaves no room, or `max_tokens` past the context, is refused;
+//! `max_tokens: 0` asks for no token (the prompt alone, which may then fill the context);
+//! `n` copies of a seeded request get seeds `seed, seed + 1, ...` so that they differ but
 //! each stays reproducible.
 
 use tessera_engine::sampling::{SamplingError, SamplingParams};
@@ -53,12 +54,6 @@ pub fn sampling(
     }
     let max_tokens = match max_tokens {
         None => None,
-        Some(0) => {
-            return Err(ServerError::invalid(
-                Some("max_tokens".to_string()),
-                "max_tokens must be at least 1.",
-            ))
-        }
         Some(m) if m >= limits.max_model_len as u64 => {
             return Err(ServerError::invalid(
                 Some("max_tokens".to_string()),
@@ -116,6 +111,7 @@ pub fn sampling(
             .unwrap_or_default(),
         ignore_eos: common.ignore_eos.unwrap_or(false),
         logprobs,
+        prompt_logprobs: None,
     };
     params.validate(limits.vocab).map_err(sampling_error)?;
     Ok(Sampling {
@@ -140,7 +136,8 @@ impl Sampling {
                 format!("The {what} is empty after tokenization; send at least one token."),
             ));
         }
-        if len >= limits.max_model_len {
+        let scoring_only = self.max_tokens == Some(0);
+        if len > limits.max_model_len || (len == limits.max_model_len && !scoring_only) {
             return Err(ServerError::invalid(
                 Some(what.to_string()),
                 format!(
@@ -265,6 +262,16 @@ mod tests {
         let s = sampling(&CommonParams::default(), None, None, &LIMITS).unwrap();
         let e = s.requests(&[1; 64], "messages", &LIMITS).unwrap_err();
         assert_eq!(param_of(e), "messages");
+        // No token asked for: the prompt alone may fill the context.
+        let s = sampling(&CommonParams::default(), Some(0), None, &LIMITS).unwrap();
+        assert_eq!(
+            s.requests(&[1; 64], "prompt", &LIMITS).unwrap()[0]
+                .params
+                .max_tokens,
+            0
+        );
+        let e = s.requests(&[1; 65], "prompt", &LIMITS).unwrap_err();
+        assert_eq!(param_of(e), "prompt");
         let e = s.requests(&[], "prompt", &LIMITS).unwrap_err();
         assert_eq!(param_of(e), "prompt");
     }

@@ -201,6 +201,11 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     /// How many alternatives to return per token (0..=20; needs `logprobs`).
     pub top_logprobs: Option<u64>,
+    /// End the rendered prompt with the template's assistant header (default true).
+    pub add_generation_prompt: Option<bool>,
+    /// Leave the final message open so that the model continues it (default false;
+    /// excludes `add_generation_prompt`).
+    pub continue_final_message: Option<bool>,
 }
 
 /// A prompt of a text completion.

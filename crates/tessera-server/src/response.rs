@@ -30,6 +30,44 @@ impl UsageOut {
     }
 }
 
+/// The `usage` field of a stream chunk: absent, `null` (every chunk but the last when
+/// `stream_options.include_usage` is set, as OpenAI sends it), or the counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChunkUsage {
+    /// Not sent (usage was not asked for).
+    #[default]
+    Absent,
+    /// Sent as `null`.
+    Null,
+    /// The counts of the whole request.
+    Counts(UsageOut),
+}
+
+impl ChunkUsage {
+    /// The field of a chunk before the usage chunk: `null` when usage was asked for.
+    pub fn pending(include_usage: bool) -> Self {
+        if include_usage {
+            Self::Null
+        } else {
+            Self::Absent
+        }
+    }
+
+    /// Whether the field is left out.
+    pub fn is_absent(&self) -> bool {
+        *self == Self::Absent
+    }
+}
+
+impl Serialize for ChunkUsage {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Absent | Self::Null => s.serialize_none(),
+            Self::Counts(u) => u.serialize(s),
+        }
+    }
+}
+
 /// The text of one token, as OpenAI reports it in logprobs.
 pub fn token_text(tokenizer: &TextTokenizer, id: u32) -> String {
     tokenizer.decode(&[id], false).unwrap_or_default()
@@ -112,10 +150,10 @@ impl Serialize for OrderedLogprobs {
 pub struct CompletionLogprobs {
     /// Each token's text.
     pub tokens: Vec<String>,
-    /// Each token's log-probability.
-    pub token_logprobs: Vec<f32>,
-    /// The top alternatives at each position.
-    pub top_logprobs: Vec<OrderedLogprobs>,
+    /// Each token's log-probability (`null` for an echoed prompt's first token).
+    pub token_logprobs: Vec<Option<f32>>,
+    /// The top alternatives at each position (`null` where the logprob is).
+    pub top_logprobs: Vec<Option<OrderedLogprobs>>,
     /// Character offset of each token in the choice's text.
     pub text_offset: Vec<usize>,
 }
@@ -123,15 +161,46 @@ pub struct CompletionLogprobs {
 impl CompletionLogprobs {
     /// Appends token `id`, which starts at character `offset` of the choice's text.
     pub fn push(&mut self, tokenizer: &TextTokenizer, id: u32, lp: &TokenLogprobs, offset: usize) {
-        self.tokens.push(token_text(tokenizer, id));
-        self.token_logprobs.push(lp.logprob);
-        self.top_logprobs.push(OrderedLogprobs(
-            lp.top
-                .iter()
-                .map(|&(alt, l)| (token_text(tokenizer, alt), l))
-                .collect(),
-        ));
+        self.push_scored(tokenizer, id, Some(lp), offset);
+    }
+
+    /// Appends the tokens of an echoed prompt with their logprobs (`None` for the first),
+    /// the first at character 0, each after the text of the ones before.
+    pub fn push_prompt(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        prompt: &[u32],
+        scores: &[Option<TokenLogprobs>],
+    ) {
+        let mut offset = 0;
+        for (i, &id) in prompt.iter().enumerate() {
+            let lp = scores.get(i).and_then(Option::as_ref);
+            offset += self.push_scored(tokenizer, id, lp, offset);
+        }
+    }
+
+    /// Appends one token; returns its length in characters.
+    fn push_scored(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        id: u32,
+        lp: Option<&TokenLogprobs>,
+        offset: usize,
+    ) -> usize {
+        let text = token_text(tokenizer, id);
+        let chars = text.chars().count();
+        self.tokens.push(text);
+        self.token_logprobs.push(lp.map(|l| l.logprob));
+        self.top_logprobs.push(lp.map(|l| {
+            OrderedLogprobs(
+                l.top
+                    .iter()
+                    .map(|&(alt, v)| (token_text(tokenizer, alt), v))
+                    .collect(),
+            )
+        }));
         self.text_offset.push(offset);
+        chars
     }
 }
 
@@ -150,6 +219,8 @@ pub struct ChoiceOutput {
     pub error: Option<String>,
     /// Its token counts.
     pub usage: Usage,
+    /// The prompt's logprobs, when asked for (echo with logprobs).
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
 }
 
 impl ChoiceOutput {
@@ -243,9 +314,9 @@ pub struct ChatChunk {
     pub system_fingerprint: String,
     /// Choices with news (empty in the usage chunk).
     pub choices: Vec<ChatChunkChoice>,
-    /// Present in the last chunk with `stream_options.include_usage`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageOut>,
+    /// With `stream_options.include_usage`: `null`, and the counts in the last chunk.
+    #[serde(skip_serializing_if = "ChunkUsage::is_absent")]
+    pub usage: ChunkUsage,
 }
 
 /// One choice of a text completion (or of a chunk of one).
@@ -276,7 +347,7 @@ pub struct TextCompletion {
     pub system_fingerprint: String,
     /// The choices.
     pub choices: Vec<TextChoice>,
-    /// Token counts (streams: only in the usage chunk).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageOut>,
+    /// Token counts (streams: `null` with `include_usage`, the counts in the last chunk).
+    #[serde(skip_serializing_if = "ChunkUsage::is_absent")]
+    pub usage: ChunkUsage,
 }

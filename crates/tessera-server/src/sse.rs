@@ -30,6 +30,15 @@ pub trait ChunkFormat: Send + 'static {
         text: String,
         logprobs: Option<&TokenLogprobs>,
     ) -> Option<String>;
+    /// The frame for the prompt logprobs of `choice` (`None`: nothing to send); only
+    /// requests that ask for them get them.
+    fn prompt_logprobs(
+        &mut self,
+        _choice: usize,
+        _scores: Vec<Option<TokenLogprobs>>,
+    ) -> Option<String> {
+        None
+    }
     /// The last frame of `choice`.
     fn finished(&mut self, choice: usize, reason: &'static str) -> String;
     /// The usage frame (only with `stream_options.include_usage`).
@@ -71,6 +80,11 @@ impl<F: ChunkFormat> StreamState<F> {
             match event {
                 Event::Token { id, text, logprobs } => {
                     if let Some(f) = self.format.token(choice, id, text, logprobs.as_ref()) {
+                        return Some(f);
+                    }
+                }
+                Event::PromptLogprobs(scores) => {
+                    if let Some(f) = self.format.prompt_logprobs(choice, scores) {
                         return Some(f);
                     }
                 }
