@@ -190,18 +190,14 @@ impl RankWorker for CudaWorker {
             self.model.gpu().synchronize()?;
             return Ok((Vec::new(), self.comm.stats()));
         }
-        // Only the ids cross to the host (the argmax kernel takes the lowest id among the
-        // largest logits, as the host's greedy rule does; a row without a number fails).
+        // Only the ids cross to the host. The argmax kernel skips NaN and takes the lowest
+        // id among the largest, as `sampling::greedy_token` does; a row without a number
+        // (-1) gives token 0 there too.
         let ids = ops::argmax(self.model.gpu(), &logits.data, logits.rows, logits.vocab)?;
         let tokens = ids
             .into_iter()
-            .map(|i| {
-                u32::try_from(i).map_err(|_| ModelError::Device {
-                    backend: "cuda",
-                    message: "a row of logits held no number (NaN everywhere)".into(),
-                })
-            })
-            .collect::<Result<Vec<u32>, ModelError>>()?;
+            .map(|i| u32::try_from(i).unwrap_or(0))
+            .collect();
         Ok((tokens, self.comm.stats()))
     }
 }

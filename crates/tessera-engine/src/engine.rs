@@ -547,6 +547,37 @@ impl Worker {
                 self.counters.computed_prompt_tokens += s.tokens.len() as u64;
             }
         }
+        // When every row sampled is plain greedy (no bias, penalty or logprobs) and no
+        // prompt is scored, the ranks return only the chosen ids (a GPU picks them where
+        // the logits are, and no logits row crosses to the host).
+        let greedy_only = rows.iter().all(|&r| r != LogitRows::All)
+            && plan.seqs.iter().filter(|s| s.needs_logits).all(|s| {
+                self.requests
+                    .get(&s.id)
+                    .is_some_and(|r| r.sampler.is_plain_greedy())
+            });
+        if greedy_only {
+            let ids = self.coordinator.step_greedy(seqs)?;
+            self.counters.steps += 1;
+            self.observe_collectives();
+            let sampled: Vec<u64> = plan
+                .seqs
+                .iter()
+                .filter(|s| s.needs_logits)
+                .map(|s| s.id)
+                .collect();
+            if ids.len() != sampled.len() {
+                return Err(EngineError::BadRequest(format!(
+                    "the ranks returned {} tokens for {} sequences",
+                    ids.len(),
+                    sampled.len()
+                )));
+            }
+            for (id, token) in sampled.into_iter().zip(ids) {
+                self.advance(id, Pick::Token(token));
+            }
+            return Ok(());
+        }
         let logits = self.coordinator.step(seqs)?;
         self.counters.steps += 1;
         self.observe_collectives();
@@ -569,7 +600,7 @@ impl Worker {
                 self.record_prompt_scores(s.id, s.start_pos, block, vocab);
             }
             if s.needs_logits {
-                self.advance(s.id, &block[block.len() - vocab..]);
+                self.advance(s.id, Pick::Logits(&block[block.len() - vocab..]));
             }
         }
         tracing::trace!(
@@ -634,7 +665,7 @@ impl Worker {
 
     /// Samples the next token of request `id` from `logits` and streams it; a request
     /// whose prompt was all it asked for ends here.
-    fn advance(&mut self, id: u64, logits: &[f32]) {
+    fn advance(&mut self, id: u64, pick: Pick<'_>) {
         let Some(live) = self.requests.get_mut(&id) else {
             return;
         };
@@ -649,7 +680,10 @@ impl Worker {
             token,
             logprob,
             top_logprobs,
-        } = live.sampler.sample(logits);
+        } = match pick {
+            Pick::Logits(logits) => live.sampler.sample(logits),
+            Pick::Token(token) => live.sampler.accept(token),
+        };
         if live.stop_ids.contains(&token) {
             self.end(id, FinishReason::Stop, None);
             return;
@@ -758,4 +792,11 @@ impl Worker {
             ..self.counters.clone()
         };
     }
+}
+
+/// How a sequence's next token is chosen: from its logits row, or already chosen by the
+/// ranks (plain greedy).
+enum Pick<'a> {
+    Logits(&'a [f32]),
+    Token(u32),
 }

@@ -310,6 +310,29 @@ impl Sampler {
         }
     }
 
+    /// Whether [`Sampler::sample`] would return [`greedy_token`] of the raw logits with no
+    /// logprobs: greedy, no bias, no penalty, no logprobs requested.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.is_greedy()
+            && self.logit_bias.is_empty()
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+            && self.logprobs.is_none()
+    }
+
+    /// Records `token`, chosen elsewhere by this sampler's rule (see
+    /// [`Sampler::is_plain_greedy`]), as if [`Sampler::sample`] had drawn it.
+    pub fn accept(&mut self, token: u32) -> Sampled {
+        *self.output_counts.entry(token).or_insert(0) += 1;
+        self.seen.insert(token);
+        Sampled {
+            token,
+            logprob: None,
+            top_logprobs: Vec::new(),
+        }
+    }
+
     /// NaN and negative temperatures (rejected by `validate`) fall back to greedy.
     fn is_greedy(&self) -> bool {
         self.temperature.is_nan() || self.temperature < GREEDY_TEMPERATURE
@@ -395,9 +418,19 @@ fn rank_key(value: f64, id: u32) -> RankKey {
 }
 
 /// The greedy token of raw logits: what a greedy [`Sampler`] without bias or penalties
-/// picks (the lowest id among the largest by `f32::total_cmp`; 0 for empty logits).
+/// picks (NaN never, +inf as the largest finite value, -0 as +0; then the lowest id among
+/// the largest; 0 for empty or all-NaN logits).
 pub fn greedy_token(logits: &[f32]) -> u32 {
-    argmax(logits)
+    let mut best = 0;
+    let mut best_value = logits.first().map_or(0.0, |&l| sanitize(l));
+    for (i, &l) in logits.iter().enumerate().skip(1) {
+        let v = sanitize(l);
+        if v.total_cmp(&best_value) == Ordering::Greater {
+            best = i;
+            best_value = v;
+        }
+    }
+    best as u32
 }
 
 /// The first token by [`rank_key`]; 0 for empty logits.
@@ -771,6 +804,28 @@ mod tests {
         assert_eq!(sampler.sample(&[0.0, 2.0, 2.0, 1.0]).token, 1);
         assert_eq!(sampler.sample(&[f32::NAN, -0.0, 0.0, f32::NAN]).token, 1);
         assert_eq!(sampler.sample(&[f32::NAN, -5.0]).token, 1);
+    }
+
+    #[test]
+    fn greedy_token_agrees_with_a_plain_greedy_sampler() {
+        let rows: [&[f32]; 6] = [
+            &[0.0, 2.0, 2.0, 1.0],
+            &[f32::NAN, -0.0, 0.0, f32::NAN],
+            &[f32::NAN, -5.0],
+            &[f32::NAN, f32::NAN],
+            &[1.0, f32::INFINITY, f32::MAX, f32::INFINITY],
+            &[-3.0, -1.0, -1.0 - f32::EPSILON],
+        ];
+        let mut sampler = Sampler::new(&greedy(), &[]);
+        assert!(sampler.is_plain_greedy());
+        for row in rows {
+            assert_eq!(greedy_token(row), sampler.sample(row).token, "{row:?}");
+        }
+        let biased = SamplingParams {
+            logit_bias: vec![(1, 2.0)],
+            ..greedy()
+        };
+        assert!(!Sampler::new(&biased, &[]).is_plain_greedy());
     }
 
     #[test]
