@@ -14,7 +14,7 @@ use tessera_cuda::nccl::NcclCommunicator;
 use tessera_cuda::nvrtc::python_cuda_lib_dirs;
 use tessera_cuda::{CudaKvCache, CudaRankModel, DeviceDtype, Gpu, GpuOptions, WeightSource};
 use tessera_model::{LogitRows, ModelConfig, SeqInput, WeightFiles};
-use tessera_plan::Strategy;
+use tessera_plan::{ShardPlan, Strategy};
 
 use crate::random_reference::{ensure_model, shape_named, RandomReference, MAX_POSITIONS};
 
@@ -234,26 +234,57 @@ pub(crate) fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// The random model of the reference at f32 against the carried CPU logits and tokens.
-fn check_random_model(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String)> {
+/// The carried reference, with its random model written to `a.model_dir` and planned for
+/// one rank.
+struct RandomModel {
+    reference: RandomReference,
+    config: ModelConfig,
+    plan: ShardPlan,
+}
+
+fn random_model(a: &GpuCheckArgs) -> Result<RandomModel> {
     let text = std::fs::read_to_string(&a.reference)
         .with_context(|| format!("reading {}", a.reference.display()))?;
     let reference: RandomReference =
         serde_json::from_str(&text).context("parsing the reference")?;
-    let started = Instant::now();
     ensure_model(&a.model_dir, &reference.shape, reference.seed)?;
-    let written_s = started.elapsed().as_secs_f64();
     let config = ModelConfig::from_dir(&a.model_dir)?;
     let plan = Strategy::Megatron.plan(&config.shape, 1)?;
-    let files = WeightFiles::open(&a.model_dir)?;
-    let mut model = CudaRankModel::load(
+    Ok(RandomModel {
+        reference,
+        config,
+        plan,
+    })
+}
+
+/// The model in `dir` on GPU 0, f32 weights, one rank.
+fn load_f32(
+    config: &ModelConfig,
+    plan: &ShardPlan,
+    dir: &Path,
+    options: &GpuOptions,
+) -> Result<CudaRankModel> {
+    let files = WeightFiles::open(dir)?;
+    Ok(CudaRankModel::load(
         Gpu::new(0, options)?,
-        &config,
+        config,
         WeightSource::Files(&files),
-        &plan,
+        plan,
         0,
         DeviceDtype::F32,
-    )?;
+    )?)
+}
+
+/// The random model of the reference at f32 against the carried CPU logits and tokens.
+fn check_random_model(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String)> {
+    let started = Instant::now();
+    let RandomModel {
+        reference,
+        config,
+        plan,
+    } = random_model(a)?;
+    let written_s = started.elapsed().as_secs_f64();
+    let mut model = load_f32(&config, &plan, &a.model_dir, options)?;
     let n = reference.greedy.len();
     let blocks = (reference.prompt.len() + n).div_ceil(BLOCK_SIZE);
     let mut cache = CudaKvCache::new(model.gpu(), &model.kv_widths(), blocks, BLOCK_SIZE)?;
@@ -334,13 +365,9 @@ fn tokens_match(got: &[u32], reference: &RandomReference) -> (bool, usize) {
 /// The engine's path (`generate`/`serve --device cuda`): the coordinator with CUDA ranks
 /// on the random model, greedy, against the carried CPU tokens.
 fn check_engine(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String)> {
-    let text = std::fs::read_to_string(&a.reference)
-        .with_context(|| format!("reading {}", a.reference.display()))?;
-    let reference: RandomReference =
-        serde_json::from_str(&text).context("parsing the reference")?;
-    ensure_model(&a.model_dir, &reference.shape, reference.seed)?;
-    let config = ModelConfig::from_dir(&a.model_dir)?;
-    let plan = Strategy::Megatron.plan(&config.shape, 1)?;
+    let RandomModel {
+        reference, plan, ..
+    } = random_model(a)?;
     let loader = tessera_cuda::CudaLoader {
         options: options.clone(),
         dtype: DeviceDtype::F32,
@@ -376,22 +403,12 @@ fn check_engine(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String
 /// Decode steps replayed from CUDA graphs give the bits of eager steps (which pad the
 /// same way): a batch of one and a batch of three (padded to four).
 fn check_graphs(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String)> {
-    let text = std::fs::read_to_string(&a.reference)
-        .with_context(|| format!("reading {}", a.reference.display()))?;
-    let reference: RandomReference =
-        serde_json::from_str(&text).context("parsing the reference")?;
-    ensure_model(&a.model_dir, &reference.shape, reference.seed)?;
-    let config = ModelConfig::from_dir(&a.model_dir)?;
-    let plan = Strategy::Megatron.plan(&config.shape, 1)?;
-    let files = WeightFiles::open(&a.model_dir)?;
-    let mut model = CudaRankModel::load(
-        Gpu::new(0, options)?,
-        &config,
-        WeightSource::Files(&files),
-        &plan,
-        0,
-        DeviceDtype::F32,
-    )?;
+    let RandomModel {
+        reference,
+        config,
+        plan,
+    } = random_model(a)?;
+    let mut model = load_f32(&config, &plan, &a.model_dir, options)?;
     let steps = 8;
     let mut cases = Vec::new();
     let mut all_ok = true;

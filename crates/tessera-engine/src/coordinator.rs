@@ -70,6 +70,28 @@ pub struct StepSeq {
     pub logits: LogitRows,
 }
 
+impl StepSeq {
+    /// The borrowed form the model takes.
+    pub fn input(&self) -> SeqInput<'_> {
+        SeqInput {
+            tokens: &self.tokens,
+            start: self.start,
+            block_table: &self.block_table,
+            logits: self.logits,
+        }
+    }
+
+    /// An owned copy of `input`.
+    pub fn from_input(input: &SeqInput<'_>) -> Self {
+        Self {
+            tokens: input.tokens.to_vec(),
+            start: input.start,
+            block_table: input.block_table.to_vec(),
+            logits: input.logits,
+        }
+    }
+}
+
 enum Command {
     Step(Arc<Vec<StepSeq>>, Want),
 }
@@ -459,15 +481,7 @@ fn rank_main(
     ready(Ok(worker.weight_bytes()));
     let vocab = setup.config.shape.vocab;
     while let Ok(Command::Step(seqs, want)) = commands.recv() {
-        let inputs: Vec<SeqInput<'_>> = seqs
-            .iter()
-            .map(|s| SeqInput {
-                tokens: &s.tokens,
-                start: s.start,
-                block_table: &s.block_table,
-                logits: s.logits,
-            })
-            .collect();
+        let inputs: Vec<SeqInput<'_>> = seqs.iter().map(StepSeq::input).collect();
         let out = match want {
             Want::Logits => worker.step(&inputs).map(|(l, s)| (Got::Logits(l), s)),
             Want::Greedy => worker

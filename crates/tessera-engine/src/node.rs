@@ -304,15 +304,7 @@ impl RankWorker for RemoteWorker {
     }
 
     fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError> {
-        let owned = seqs
-            .iter()
-            .map(|s| StepSeq {
-                tokens: s.tokens.to_vec(),
-                start: s.start,
-                block_table: s.block_table.to_vec(),
-                logits: s.logits,
-            })
-            .collect();
+        let owned = seqs.iter().map(StepSeq::from_input).collect();
         send(&mut self.stream, &ToRank::Step(owned))?;
         match recv(&mut self.stream)? {
             Some(FromRank::Done {
@@ -495,15 +487,7 @@ fn serve_rank(
         let ToRank::Step(seqs) = msg else {
             return Err(node_err(format!("rank {}: a second set-up", setup.rank)));
         };
-        let inputs: Vec<SeqInput<'_>> = seqs
-            .iter()
-            .map(|s| SeqInput {
-                tokens: &s.tokens,
-                start: s.start,
-                block_table: &s.block_table,
-                logits: s.logits,
-            })
-            .collect();
+        let inputs: Vec<SeqInput<'_>> = seqs.iter().map(StepSeq::input).collect();
         match worker.step(&inputs) {
             Ok((_, stats)) => send(
                 &mut stream,
@@ -651,6 +635,36 @@ mod tests {
         Arc::new(strategy.plan(&config().shape, world).unwrap())
     }
 
+    /// Node 1 following on its own thread with `follower_plan`, and node 0's loader for
+    /// `plan`; both count steps in `steps`.
+    fn two_nodes(
+        plan: &Arc<ShardPlan>,
+        follower_plan: &Arc<ShardPlan>,
+        steps: &Arc<AtomicUsize>,
+    ) -> (std::thread::JoinHandle<Result<(), ModelError>>, NodeLoader) {
+        let addr = free_addr();
+        let f = follower(addr, follower_plan, 1);
+        let remote_steps = Arc::clone(steps);
+        let handle = std::thread::spawn(move || {
+            follow(
+                &f,
+                &Fake {
+                    steps: remote_steps,
+                },
+            )
+        });
+        let loader = NodeLoader {
+            inner: Box::new(Fake {
+                steps: Arc::clone(steps),
+            }),
+            nodes: 2,
+            listen: addr,
+            plan: plan_digest(plan),
+            timeout: Duration::from_secs(20),
+        };
+        (handle, loader)
+    }
+
     #[test]
     fn ranks_cover_the_world_once_and_spread_evenly() {
         for world in 1..=9 {
@@ -671,28 +685,9 @@ mod tests {
 
     #[test]
     fn steps_reach_the_following_node_and_it_exits_when_the_first_closes() {
-        let addr = free_addr();
         let plan = plan(3, Strategy::Megatron);
         let steps = Arc::new(AtomicUsize::new(0));
-        let f = follower(addr, &plan, 1);
-        let remote_steps = Arc::clone(&steps);
-        let follower = std::thread::spawn(move || {
-            follow(
-                &f,
-                &Fake {
-                    steps: remote_steps,
-                },
-            )
-        });
-        let loader = NodeLoader {
-            inner: Box::new(Fake {
-                steps: Arc::clone(&steps),
-            }),
-            nodes: 2,
-            listen: addr,
-            plan: plan_digest(&plan),
-            timeout: Duration::from_secs(20),
-        };
+        let (follower, loader) = two_nodes(&plan, &plan, &steps);
         // 3 ranks over 2 nodes: ranks 0 and 1 here, rank 2 there.
         let starters = loader.prepare(3).unwrap();
         assert_eq!(starters.len(), 3);
@@ -726,26 +721,9 @@ mod tests {
 
     #[test]
     fn a_failing_remote_step_is_an_error_naming_the_rank_on_both_nodes() {
-        let addr = free_addr();
         let plan = plan(2, Strategy::Megatron);
         let steps = Arc::new(AtomicUsize::new(0));
-        let f = follower(addr, &plan, 1);
-        let remote_steps = Arc::clone(&steps);
-        let follower = std::thread::spawn(move || {
-            follow(
-                &f,
-                &Fake {
-                    steps: remote_steps,
-                },
-            )
-        });
-        let loader = NodeLoader {
-            inner: Box::new(Fake { steps }),
-            nodes: 2,
-            listen: addr,
-            plan: plan_digest(&plan),
-            timeout: Duration::from_secs(20),
-        };
+        let (follower, loader) = two_nodes(&plan, &plan, &steps);
         let mut starters = loader.prepare(2).unwrap();
         let remote = starters.pop().unwrap();
         let mut worker = remote.start(&setup(1, &plan)).unwrap();
@@ -764,27 +742,10 @@ mod tests {
 
     #[test]
     fn a_follower_with_another_plan_is_refused_with_the_reason() {
-        let addr = free_addr();
         let plan_a = plan(2, Strategy::Megatron);
         let plan_b = plan(2, Strategy::Replicated);
         let steps = Arc::new(AtomicUsize::new(0));
-        let f = follower(addr, &plan_b, 1);
-        let remote_steps = Arc::clone(&steps);
-        let follower = std::thread::spawn(move || {
-            follow(
-                &f,
-                &Fake {
-                    steps: remote_steps,
-                },
-            )
-        });
-        let loader = NodeLoader {
-            inner: Box::new(Fake { steps }),
-            nodes: 2,
-            listen: addr,
-            plan: plan_digest(&plan_a),
-            timeout: Duration::from_secs(20),
-        };
+        let (follower, loader) = two_nodes(&plan_a, &plan_b, &steps);
         let err = loader.prepare(2).err().unwrap().to_string();
         assert!(err.contains("plan differs"), "{err}");
         let err = follower.join().unwrap().unwrap_err().to_string();
