@@ -77,6 +77,9 @@ impl ThreadRank {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         slot.clear();
+        // Exactly the largest contribution so far (no doubling slack): the slot's memory is
+        // then a function of the largest step, not of the order the steps came in.
+        slot.reserve_exact(data.len());
         slot.extend_from_slice(data);
         self.stats.bytes_moved += std::mem::size_of_val(data) as u64;
     }
