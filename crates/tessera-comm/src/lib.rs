@@ -166,7 +166,10 @@ pub trait Communicator: Send {
     /// reassociated, so when the vectors are the fixed reduction chunks of a row-parallel
     /// matmul in chunk order, the result has the same bits at every rank count. With no
     /// vector anywhere the result is zeros.
-    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError>;
+    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        let len = out.len();
+        self.reduce_scatter_ordered(partials, len, 0..len, out)
+    }
     /// [`Communicator::all_reduce_ordered`] of vectors `len` long, of which this rank keeps
     /// only the elements `keep` (in `out`, `keep.len()` long): the reduce-scatter of
     /// sequence parallelism, where each rank keeps its own rows. Ranks may keep different,

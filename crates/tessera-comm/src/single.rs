@@ -26,11 +26,6 @@ impl Communicator for SingleRank {
         self.stats.calls += 1;
         Ok(())
     }
-    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
-        self.stats.calls += 1;
-        let len = out.len();
-        crate::fold_contributions(out, len, 0..len, &[partials])
-    }
     fn reduce_scatter_ordered(
         &mut self,
         partials: &[f32],

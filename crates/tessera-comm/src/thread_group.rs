@@ -145,11 +145,6 @@ impl Communicator for ThreadRank {
         })
     }
 
-    fn all_reduce_ordered(&mut self, partials: &[f32], out: &mut [f32]) -> Result<(), CommError> {
-        let len = out.len();
-        self.reduce_scatter_ordered(partials, len, 0..len, out)
-    }
-
     fn reduce_scatter_ordered(
         &mut self,
         partials: &[f32],

@@ -1,11 +1,10 @@
 //! Collectives on device buffers, as the device forward pass needs them.
 //!
-//! [`DeviceComm`] is implemented by [`SingleGpu`] (one rank: nothing to do), by
-//! [`HostStaged`] (any host `tessera_comm::Communicator`, through host copies) and by
+//! [`DeviceComm`] is implemented by [`SingleGpu`] (one rank: nothing to do) and by
 //! `NcclCommunicator` (NCCL on the GPU's stream).
 
 use cudarc::driver::CudaSlice;
-use tessera_comm::{CommStats, Communicator};
+use tessera_comm::CommStats;
 
 use crate::device::Gpu;
 use crate::error::CudaError;
@@ -79,55 +78,6 @@ impl DeviceComm for SingleGpu {
 
     fn capturable(&self) -> bool {
         true
-    }
-}
-
-/// Any host communicator, with device buffers staged through host memory (ranks on
-/// several GPUs of one process without NCCL; slow, but every rank count works).
-pub struct HostStaged<'a>(pub &'a mut dyn Communicator);
-
-impl DeviceComm for HostStaged<'_> {
-    fn world_size(&self) -> usize {
-        self.0.world_size()
-    }
-
-    fn stats(&self) -> CommStats {
-        self.0.stats()
-    }
-
-    fn all_reduce_sum(
-        &mut self,
-        gpu: &Gpu,
-        buf: &mut CudaSlice<f32>,
-        n: usize,
-    ) -> Result<(), CudaError> {
-        let mut host = gpu.download(buf)?;
-        self.0
-            .all_reduce_sum(&mut host[..n])
-            .map_err(|e| CudaError::Collective(e.to_string()))?;
-        gpu.stream().memcpy_htod(&host, buf)?;
-        Ok(())
-    }
-
-    fn all_gather_device(
-        &mut self,
-        gpu: &Gpu,
-        send: &CudaSlice<f32>,
-        count: usize,
-        recv: &mut CudaSlice<f32>,
-    ) -> Result<(), CudaError> {
-        let world = self.0.world_size();
-        check_gather(send, count, recv, world)?;
-        let host = gpu.download(send)?;
-        let mut out = vec![0.0f32; world * count];
-        self.0
-            .all_gather(&host[..count], &mut out)
-            .map_err(|e| CudaError::Collective(e.to_string()))?;
-        if !out.is_empty() {
-            gpu.stream()
-                .memcpy_htod(&out, &mut recv.slice_mut(..out.len()))?;
-        }
-        Ok(())
     }
 }
 

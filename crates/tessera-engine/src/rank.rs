@@ -204,10 +204,6 @@ impl Communicator for Detached {
         Err(self.refuse())
     }
 
-    fn all_reduce_ordered(&mut self, _partials: &[f32], _out: &mut [f32]) -> Result<(), CommError> {
-        Err(self.refuse())
-    }
-
     fn reduce_scatter_ordered(
         &mut self,
         _partials: &[f32],
