@@ -62,7 +62,7 @@ pub fn render_table(plan: &ShardPlan, bytes_per_param: usize) -> String {
             ""
         }
     );
-    let bytes = |c: &Collective| c.elems_per_token * COLLECTIVE_ELEM_BYTES;
+    let bytes = |c: &Collective| c.elems_per_token * crate::cost::COMM_ELEM_BYTES as usize;
     let layer_bytes: usize = collectives.iter().filter(in_layer_0).map(bytes).sum();
     let step_bytes: usize = collectives.iter().map(bytes).sum();
     let _ = writeln!(
@@ -71,9 +71,6 @@ pub fn render_table(plan: &ShardPlan, bytes_per_param: usize) -> String {
     );
     s
 }
-
-/// Collectives move f32 activations whatever the weight dtype.
-const COLLECTIVE_ELEM_BYTES: usize = 4;
 
 /// Whether `c` runs inside layer 0 (which stands for every layer in the summary).
 fn in_layer_0(c: &&Collective) -> bool {

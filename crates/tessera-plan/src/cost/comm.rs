@@ -22,9 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{
-    AttentionSharding, CollectiveOp, CollectiveSite, DimSharding, LayerHalf, ShardPlan,
-};
+use crate::plan::{AttentionSharding, CollectiveOp, CollectiveSite, DimSharding, ShardPlan};
 use crate::reduce::{published_vectors, ReduceMode};
 use crate::span::{even_spans, Span};
 
@@ -121,75 +119,41 @@ pub fn collective_traffic(
     let m = &plan.model;
     let t = tokens as u64;
     let hidden_bytes = m.hidden as u64 * COMM_ELEM_BYTES;
-    let sp = plan.sequence_parallel;
-    let reduce_op = if sp {
-        CollectiveOp::ReduceScatter
-    } else {
-        CollectiveOp::AllReduce
-    };
     let rows = even_spans(tokens, world);
     let row_bytes: Vec<u64> = rows.iter().map(|s| s.len() as u64 * hidden_bytes).collect();
-    let mut push = |site, op, bytes_per_rank| {
-        out.push(SiteTraffic {
-            site,
-            op,
-            bytes_per_rank,
-        })
-    };
-    if plan.embedding.is_split() {
-        push(
-            CollectiveSite::Embedding,
-            reduce_op,
-            vec![hidden_bytes * t; world],
-        );
-    }
     let reduced = |site| {
         (0..world)
             .map(|r| reduce_bytes(plan, reduce, site, r, t))
             .collect()
     };
-    for (layer, lp) in plan.layers.iter().enumerate() {
-        let halves = [
-            (
-                LayerHalf::Attention,
-                matches!(lp.attention, AttentionSharding::Heads { .. }),
-                CollectiveSite::Attention { layer },
-            ),
-            (
-                LayerHalf::Mlp,
-                lp.mlp.is_split(),
-                CollectiveSite::Mlp { layer },
-            ),
-        ];
-        for (half, split, site) in halves {
-            if sp {
-                let gather = CollectiveSite::Gather { layer, half };
-                push(gather, CollectiveOp::AllGather, row_bytes.clone());
+    // The plan's own list of collectives, each priced for this step.
+    for c in plan.collectives() {
+        let bytes_per_rank = match c.site {
+            CollectiveSite::Embedding => vec![hidden_bytes * t; world],
+            CollectiveSite::Attention { .. } | CollectiveSite::Mlp { .. } => reduced(c.site),
+            CollectiveSite::Gather { .. } => row_bytes.clone(),
+            // The rows that need logits, gathered from the ranks that hold them.
+            CollectiveSite::FinalRows if logit_rows > 0 => {
+                let mut picked = vec![0u64; world];
+                for row in logit_row_indices(tokens, logit_rows) {
+                    if let Some(r) = rows.iter().position(|s| s.contains(row)) {
+                        picked[r] += hidden_bytes;
+                    }
+                }
+                picked
             }
-            if split {
-                push(site, reduce_op, reduced(site));
-            }
-        }
-    }
-    if logit_rows == 0 {
-        return out;
-    }
-    if sp {
-        let mut picked = vec![0u64; world];
-        for row in logit_row_indices(tokens, logit_rows) {
-            if let Some(r) = rows.iter().position(|s| s.contains(row)) {
-                picked[r] += hidden_bytes;
-            }
-        }
-        push(CollectiveSite::FinalRows, CollectiveOp::AllGather, picked);
-    }
-    if plan.lm_head.is_split() {
-        let bytes = (0..world)
-            .map(|r| {
-                logit_rows as u64 * plan.lm_head.span(r, m.vocab).len() as u64 * COMM_ELEM_BYTES
-            })
-            .collect();
-        push(CollectiveSite::LmHead, CollectiveOp::AllGather, bytes);
+            CollectiveSite::LmHead if logit_rows > 0 => (0..world)
+                .map(|r| {
+                    logit_rows as u64 * plan.lm_head.span(r, m.vocab).len() as u64 * COMM_ELEM_BYTES
+                })
+                .collect(),
+            CollectiveSite::FinalRows | CollectiveSite::LmHead => continue,
+        };
+        out.push(SiteTraffic {
+            site: c.site,
+            op: c.op,
+            bytes_per_rank,
+        });
     }
     out
 }
