@@ -456,9 +456,11 @@ fn check_graphs(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String
                     })
                     .collect();
                 let logits = model.forward(&mut SingleGpu, &mut cache, &seqs)?;
-                let mut host = model.gpu().download(&logits.data)?;
-                host.truncate(logits.rows * logits.vocab);
-                all_logits.extend(host);
+                all_logits.extend(
+                    model
+                        .gpu()
+                        .download_prefix(&logits.data, logits.rows * logits.vocab)?,
+                );
                 next = tessera_cuda::ops::argmax(
                     model.gpu(),
                     &logits.data,

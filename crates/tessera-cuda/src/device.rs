@@ -147,11 +147,6 @@ impl Gpu {
         self.arch
     }
 
-    /// The context.
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
     /// The stream every op of this GPU runs on, in order.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
@@ -195,6 +190,19 @@ impl Gpu {
     /// Copies a device buffer to the host (waits for it).
     pub fn download<T: DeviceRepr>(&self, data: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
         Ok(self.stream.clone_dtoh(data)?)
+    }
+
+    /// Copies the first `n` elements of a device buffer (at most its length) to the host.
+    pub fn download_prefix<T: DeviceRepr>(
+        &self,
+        data: &CudaSlice<T>,
+        n: usize,
+    ) -> Result<Vec<T>, CudaError> {
+        let n = n.min(data.len());
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.stream.clone_dtoh(&data.slice(..n))?)
     }
 
     /// A zeroed device buffer of `len` elements.

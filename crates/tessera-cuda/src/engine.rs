@@ -168,9 +168,9 @@ impl RankWorker for CudaWorker {
             .forward(self.comm.as_mut(), &mut self.cache, seqs)?;
         // Only rank 0's rows are used; the others just finish their step.
         let rows = if self.rank == 0 {
-            let mut host = self.model.gpu().download(&logits.data)?;
-            host.truncate(logits.rows * logits.vocab);
-            host
+            self.model
+                .gpu()
+                .download_prefix(&logits.data, logits.rows * logits.vocab)?
         } else {
             self.model.gpu().synchronize()?;
             Vec::new()

@@ -105,8 +105,7 @@ pub fn generate(
             logits: LogitRows::Last,
         }],
     )?;
-    let mut prompt_logits = model.gpu().download(&logits.data)?;
-    prompt_logits.truncate(logits.vocab);
+    let prompt_logits = model.gpu().download_prefix(&logits.data, logits.vocab)?;
     let mut completion = Vec::with_capacity(max_tokens);
     let mut next = pick(model, &logits, sampling, &mut rng)?[0];
     let mut stopped = false;

@@ -302,24 +302,9 @@ impl CudaRankModel {
         let lm_head = if shape.tied_embeddings && lm_span == embed_span {
             None
         } else {
-            let kind = if shape.tied_embeddings {
-                WeightKind::Embedding
-            } else {
-                WeightKind::LmHead
-            };
-            // A tied head split differently from the embedding reads the embedding's rows.
-            let head = match &source {
-                WeightSource::Files(files) if shape.tied_embeddings => {
-                    let data = files.load(
-                        &kind.hf_name(0),
-                        WeightKind::LmHead.full_shape(shape),
-                        plan.role(0, WeightKind::LmHead, rank),
-                    )?;
-                    DeviceMatrix::upload(&gpu, &data, lm_span.len(), h, dtype)?
-                }
-                _ => matrix(&gpu, &[(0, WeightKind::LmHead)], lm_span.len(), h)?,
-            };
-            Some(head)
+            // A tied head split differently from the embedding reads the embedding's rows
+            // (`load_weight` names the embedding for a tied head).
+            Some(matrix(&gpu, &[(0, WeightKind::LmHead)], lm_span.len(), h)?)
         };
         let mut layers = Vec::with_capacity(shape.layers);
         for l in 0..shape.layers {
@@ -457,11 +442,6 @@ impl CudaRankModel {
         b
     }
 
-    /// Bytes a decode step must read at least: every weight once.
-    pub fn bytes_per_step(&self) -> usize {
-        self.weight_bytes()
-    }
-
     /// Key/value width of each layer on this rank, for [`CudaKvCache::new`].
     pub fn kv_widths(&self) -> Vec<usize> {
         self.layers
@@ -526,7 +506,7 @@ impl CudaRankModel {
         if t == 0 || n_rows == 0 {
             // Nothing asks for logits, but the keys and values must still be written.
             if t > 0 {
-                self.prepare(comm, cache, &spec, ids, &[0], false)?;
+                self.prepare(cache, &spec, ids, &[0], false)?;
                 self.run(comm, cache, t, 0)?;
             }
             return Ok(DeviceLogits {
@@ -537,14 +517,13 @@ impl CudaRankModel {
         }
         // A decode step (one new token per sequence, each asking for its logits) can run
         // as a graph of a padded, fixed shape.
-        let decode = n_rows == t
-            && seqs.iter().all(|s| s.tokens.len() == 1)
-            && picked.iter().enumerate().all(|(i, &r)| r as usize == i);
+        // (Then row i asks for its own logits: the picked rows are 0..t in order.)
+        let decode = n_rows == t && seqs.iter().all(|s| s.tokens.len() == 1);
         // Whether to pad depends only on what every rank shares (the batch and the kind of
         // communicator), never on this rank's graph state: all ranks must issue
         // collectives of the same sizes.
         let pad = comm.capturable() && decode && t <= MAX_GRAPH_ROWS;
-        let (rows, logit_rows) = self.prepare(comm, cache, &spec, ids, &picked, pad)?;
+        let (rows, logit_rows) = self.prepare(cache, &spec, ids, &picked, pad)?;
         if pad && self.use_graphs {
             let key = (rows, self.attn_rows.splits, self.attn_rows.split_len);
             if let Some((g, calls, bytes)) = self.graphs.get(&key) {
@@ -581,7 +560,6 @@ impl CudaRankModel {
     /// drops the captured graphs); returns (rows, logit rows) after padding.
     fn prepare(
         &mut self,
-        _comm: &mut dyn DeviceComm,
         cache: &CudaKvCache,
         spec: &[(usize, usize, &[u32])],
         mut ids: Vec<i32>,
@@ -733,26 +711,16 @@ impl CudaRankModel {
                 ops::add_bias(gpu, &mut b.qkv, bias, t)?;
             }
             if kvw > 0 {
-                let positions = attn_rows.positions();
-                let host = &attn_rows.host_positions;
+                // q and k heads sit side by side (columns 0..qw, then qw..qw + kvw):
+                // one launch rotates both.
                 ops::rope(
                     gpu,
                     &mut b.qkv,
                     width,
                     0,
-                    layer.q_heads,
-                    positions,
-                    host,
-                    rope,
-                )?;
-                ops::rope(
-                    gpu,
-                    &mut b.qkv,
-                    width,
-                    qw,
-                    layer.kv_heads,
-                    positions,
-                    host,
+                    layer.q_heads + layer.kv_heads,
+                    attn_rows.positions(),
+                    &attn_rows.host_positions,
                     rope,
                 )?;
                 ops::kv_write(

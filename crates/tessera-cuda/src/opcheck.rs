@@ -109,9 +109,7 @@ fn poisoned(gpu: &Gpu, n: usize) -> Result<CudaSlice<f32>, CudaError> {
 }
 
 fn host(gpu: &Gpu, buf: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>, CudaError> {
-    let mut v = gpu.download(buf)?;
-    v.truncate(n);
-    Ok(v)
+    gpu.download_prefix(buf, n)
 }
 
 /// Runs the checks of `op` with inputs drawn from `seed`.

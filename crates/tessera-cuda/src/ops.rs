@@ -535,8 +535,6 @@ pub struct Padding {
 pub struct AttentionRows {
     /// Rows (tokens) in the batch, padding included.
     pub rows: usize,
-    /// Largest position of any row.
-    pub max_position: usize,
     /// Host copy of the positions (checked against tables).
     pub host_positions: Vec<i32>,
     /// Key splits of the decode kernel (a power of two, at most [`MAX_SPLITS`]; 0 without
@@ -599,7 +597,6 @@ impl AttentionRows {
     pub fn empty(gpu: &Gpu) -> Result<Self, CudaError> {
         Ok(Self {
             rows: 0,
-            max_position: 0,
             host_positions: Vec::new(),
             splits: 0,
             split_len: SPLIT_KEYS,
@@ -683,20 +680,24 @@ impl AttentionRows {
                 h.slots.push(slot);
             }
         }
-        let max_position = h.positions.iter().copied().max().unwrap_or(0).max(0) as usize;
         let longest_decode = h
             .decode_rows
             .iter()
             .map(|&r| h.positions[r as usize] as usize + 1)
             .max()
             .unwrap_or(0);
-        self.splits = if h.decode_rows.is_empty() {
-            0
+        // Splits of 256 keys, rounded up to a power of two; past MAX_SPLITS the splits
+        // grow longer instead (so the partials stay bounded for long contexts).
+        let wanted = longest_decode
+            .div_ceil(SPLIT_KEYS)
+            .max(1)
+            .next_power_of_two();
+        (self.splits, self.split_len) = if h.decode_rows.is_empty() {
+            (0, SPLIT_KEYS)
+        } else if wanted <= MAX_SPLITS {
+            (wanted, SPLIT_KEYS)
         } else {
-            longest_decode
-                .div_ceil(SPLIT_KEYS)
-                .max(1)
-                .next_power_of_two()
+            (MAX_SPLITS, SPLIT_KEYS * (wanted / MAX_SPLITS))
         };
         let mut moved = false;
         moved |= refill(gpu, &h.positions, &mut self.positions)?;
@@ -707,7 +708,6 @@ impl AttentionRows {
         moved |= refill(gpu, &h.tile_first, &mut self.tile_first)?;
         moved |= refill(gpu, &h.tile_rows, &mut self.tile_rows)?;
         self.rows = h.positions.len();
-        self.max_position = max_position;
         self.decode_count = h.decode_rows.len();
         self.tile_count = h.tile_first.len();
         self.host_positions = h.positions;
@@ -1019,9 +1019,7 @@ pub fn argmax(
             Arg::Ptr(gpu.ptr(&out)),
         ],
     )?;
-    let mut v = gpu.download(&out)?;
-    v.truncate(rows);
-    Ok(v)
+    gpu.download_prefix(&out, rows)
 }
 
 /// Sampling parameters of [`sample`].
@@ -1070,9 +1068,7 @@ pub fn sample(
             Arg::Ptr(gpu.ptr(&out)),
         ],
     )?;
-    let mut v = gpu.download(&out)?;
-    v.truncate(rows);
-    Ok(v)
+    gpu.download_prefix(&out, rows)
 }
 
 /// `len` seeded uniform f32 values in `offset ± scale`, generated on the device.

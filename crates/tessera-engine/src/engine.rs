@@ -584,11 +584,7 @@ impl Worker {
         let vocab = self.coordinator.config().shape.vocab;
         let mut offset = 0;
         for (s, r) in plan.seqs.iter().zip(rows) {
-            let n = match r {
-                LogitRows::None => 0,
-                LogitRows::Last => 1,
-                LogitRows::All => s.tokens.len(),
-            };
+            let n = r.count(s.tokens.len());
             let Some(block) = logits.get(offset * vocab..(offset + n) * vocab) else {
                 return Err(EngineError::BadRequest(format!(
                     "the ranks returned {} logit rows, fewer than the step asked for",

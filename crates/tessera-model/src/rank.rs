@@ -74,19 +74,25 @@ pub enum LogitRows {
     All,
 }
 
+impl LogitRows {
+    /// How many rows of logits a sequence of `tokens` new tokens gets: its last rows.
+    pub fn count(self, tokens: usize) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Last => tokens.min(1),
+            Self::All => tokens,
+        }
+    }
+}
+
 /// The batch rows (token positions across `seqs`, in order) whose logits the sequences ask for.
 pub fn logit_rows(seqs: &[SeqInput<'_>]) -> Vec<usize> {
     let mut rows = Vec::new();
     let mut offset = 0;
     for s in seqs {
         let n = s.tokens.len();
-        match s.logits {
-            LogitRows::None => {}
-            LogitRows::Last if n > 0 => rows.push(offset + n - 1),
-            LogitRows::Last => {}
-            LogitRows::All => rows.extend(offset..offset + n),
-        }
         offset += n;
+        rows.extend(offset - s.logits.count(n)..offset);
     }
     rows
 }
