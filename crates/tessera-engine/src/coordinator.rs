@@ -10,7 +10,7 @@ use tessera_comm::CommStats;
 use tessera_model::{LogitRows, ModelConfig, ModelError, PagedKvCache, SeqInput, WeightDtype};
 use tessera_plan::{ReduceMode, ShardPlan};
 
-use crate::rank::{CpuLoader, RankLoader, RankSetup, RankStarter};
+use crate::rank::{threads_per_rank, CpuLoader, RankLoader, RankSetup, RankStarter};
 
 /// Why the engine could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -78,16 +78,6 @@ impl StepSeq {
             start: self.start,
             block_table: &self.block_table,
             logits: self.logits,
-        }
-    }
-
-    /// An owned copy of `input`.
-    pub fn from_input(input: &SeqInput<'_>) -> Self {
-        Self {
-            tokens: input.tokens.to_vec(),
-            start: input.start,
-            block_table: input.block_table.to_vec(),
-            logits: input.logits,
         }
     }
 }
@@ -158,15 +148,11 @@ impl Coordinator {
             .into());
         }
         plan.validate()?;
-        keep_freed_memory();
         if options.reduce == ReduceMode::Deterministic {
             plan.check_deterministic()?;
         }
         let world = plan.world_size;
-        let cores = options
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let threads_per_rank = (cores / world).max(1);
+        let threads_per_rank = threads_per_rank(options.threads, world);
         tracing::info!(
             world,
             threads_per_rank,
@@ -435,32 +421,6 @@ impl Drop for Coordinator {
                 let _ = j.join();
             }
         }
-    }
-}
-
-/// Keeps freed activation buffers in the heap instead of returning them to the kernel.
-///
-/// A step allocates buffers of megabytes (activations of a 512-token prefill chunk); glibc
-/// serves those with `mmap` and unmaps them on free, so every step paid page faults and
-/// kernel zeroing again (5% of a batched run's time in `clear_page`). Raising the mmap and
-/// trim thresholds once makes later steps reuse the same pages; the resident set then
-/// stays at the high-water mark of one step, which the engine needs anyway.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            const THRESHOLD: libc::c_int = 512 << 20;
-            // SAFETY: mallopt only changes allocator tunables; it is safe to call at any
-            // time, and a refused setting (return 0) leaves the defaults in place.
-            let ok = unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) == 1
-                    && libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD) == 1
-            };
-            if !ok {
-                tracing::debug!("malloc thresholds left at their defaults");
-            }
-        });
     }
 }
 

@@ -62,14 +62,19 @@ enum Welcome {
     Refused(String),
 }
 
+/// What node 0 sends a rank: the sequences of a step are sent borrowed
+/// (`&[SeqInput]`) and arrive owned (`Vec<StepSeq>`, the same fields).
 #[derive(Serialize, Deserialize, Debug)]
-enum ToRank {
+enum ToRank<S> {
     Setup {
         num_blocks: usize,
         block_size: usize,
     },
-    Step(Vec<StepSeq>),
+    Step(S),
 }
+
+/// A frame as a rank reads it.
+type ToRankOwned = ToRank<Vec<StepSeq>>;
 
 #[derive(Serialize, Deserialize, Debug)]
 enum FromRank {
@@ -272,7 +277,7 @@ impl RankStarter for RemoteStarter {
     fn start(mut self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
         send(
             &mut self.stream,
-            &ToRank::Setup {
+            &ToRank::<&[SeqInput<'_>]>::Setup {
                 num_blocks: setup.num_blocks,
                 block_size: setup.block_size,
             },
@@ -304,8 +309,7 @@ impl RankWorker for RemoteWorker {
     }
 
     fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError> {
-        let owned = seqs.iter().map(StepSeq::from_input).collect();
-        send(&mut self.stream, &ToRank::Step(owned))?;
+        send(&mut self.stream, &ToRank::Step(seqs))?;
         match recv(&mut self.stream)? {
             Some(FromRank::Done {
                 calls,
@@ -398,10 +402,7 @@ pub fn follow(f: &Follower, loader: &dyn RankLoader) -> Result<(), ModelError> {
     }
     let token = token.unwrap_or_default();
     let starters = loader.starters(world, ranks.clone(), &token)?;
-    let cores = f
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let threads = (cores / ranks.len().max(1)).max(1);
+    let threads = crate::rank::threads_per_rank(f.threads, ranks.len());
     tracing::info!(node = f.node, ?ranks, master = %f.master, "following");
     let handles: Vec<_> = streams
         .into_iter()
@@ -457,7 +458,7 @@ fn serve_rank(
     starter: Box<dyn RankStarter>,
     mut setup: RankSetup,
 ) -> Result<(), ModelError> {
-    let Some(ToRank::Setup {
+    let Some(ToRankOwned::Setup {
         num_blocks,
         block_size,
     }) = recv(&mut stream)?
@@ -483,8 +484,8 @@ fn serve_rank(
         },
     )?;
     tracing::info!(rank = setup.rank, "rank loaded");
-    while let Some(msg) = recv::<ToRank>(&mut stream)? {
-        let ToRank::Step(seqs) = msg else {
+    while let Some(msg) = recv::<ToRankOwned>(&mut stream)? {
+        let ToRankOwned::Step(seqs) = msg else {
             return Err(node_err(format!("rank {}: a second set-up", setup.rank)));
         };
         let inputs: Vec<SeqInput<'_>> = seqs.iter().map(StepSeq::input).collect();

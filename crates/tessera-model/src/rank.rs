@@ -102,7 +102,7 @@ pub fn logit_rows(seqs: &[SeqInput<'_>]) -> Vec<usize> {
 /// Its `tokens` sit at positions `start..start + tokens.len()`; keys and values of
 /// positions `0..start` are already in the cache blocks listed by `block_table`
 /// (`block_table[p / block_size]` holds position `p`), which must also cover the new tokens.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct SeqInput<'a> {
     /// New token ids.
     pub tokens: &'a [u32],
