@@ -179,16 +179,9 @@ unsafe fn attend_items(
         // lo + j <= pos < start + t and the cache holds that many rows; the scores buffer
         // has `keys` entries and is ours alone.
         unsafe { gemm_cols(isa, &op, 0..keys) };
-        let mut max = f32::NEG_INFINITY;
-        for s in scores.iter_mut() {
-            *s *= scale;
-            max = max.max(*s);
-        }
-        let mut z = 0.0f32;
+        let z = crate::paged_attention::softmax_numerators(scores, scale);
         acc.fill(0.0);
-        for (j, s) in scores.iter().enumerate() {
-            let e = (s - max).exp();
-            z += e;
+        for (j, &e) in scores.iter().enumerate() {
             let at = (lo + j) * cache_row + g * d;
             axpy(isa, e, &v[at..at + d], &mut acc);
         }

@@ -363,7 +363,7 @@ unsafe fn attend_units(
 
 /// Scales a row of scores, then replaces each by `exp(score - max)` in key order; returns
 /// their sum (the softmax denominator), also accumulated in key order.
-fn softmax_numerators(row: &mut [f32], scale: f32) -> f32 {
+pub(crate) fn softmax_numerators(row: &mut [f32], scale: f32) -> f32 {
     let mut max = f32::NEG_INFINITY;
     for sc in row.iter_mut() {
         *sc *= scale;
