@@ -59,8 +59,12 @@ pub(crate) struct BatchArgs {
 }
 
 pub(crate) fn run(a: &BatchArgs) -> Result<()> {
-    let loader = a.engine.loader()?;
-    let (options, engine_config) = a.engine.configs(&a.shard)?;
+    let crate::EngineSetup {
+        loader,
+        options,
+        config: engine_config,
+        ..
+    } = a.engine.resolve(&a.shard)?;
     let Some(overflow) = OverflowPolicy::parse(&a.on_overflow) else {
         bail!(
             "unknown --on-overflow '{}' (truncate, map-reduce or error)",

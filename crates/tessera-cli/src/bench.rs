@@ -95,6 +95,22 @@ pub(crate) fn run(cmd: &BenchCommand) -> Result<()> {
 }
 
 /// Median of `v` (0 when empty).
+/// `n` distinct pseudo-random prompts of `len` token ids for `seed`, avoiding the first 100
+/// ids (special tokens): the benchmarks' inputs, which no prefix cache can share.
+pub(crate) fn pseudo_prompts(n: usize, len: usize, seed: u64, vocab: usize) -> Vec<Vec<u32>> {
+    let vocab = vocab as u64;
+    (0..n as u64)
+        .map(|s| {
+            (0..len as u64)
+                .map(|i| {
+                    let x = (s + seed * 7919) * 1_000_003 + i * 2_654_435_761 + 12_345;
+                    (x % (vocab - 100) + 100) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
 pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);

@@ -123,10 +123,28 @@ pub(crate) struct ShardArgs {
     /// the rank count when --tp is not given).
     #[arg(long, value_delimiter = ',')]
     rank_memory: Vec<String>,
+    #[command(flatten)]
+    reduce: ReduceArgs,
+}
+
+/// How row-parallel layers combine their partial sums (`--fast-reduce`).
+#[derive(Args, Clone)]
+pub(crate) struct ReduceArgs {
     /// Sum row-parallel partial sums with one plain all-reduce instead of the deterministic
     /// chunked fold: fewer bytes moved, but logits then vary with the rank count.
     #[arg(long)]
     fast_reduce: bool,
+}
+
+impl ReduceArgs {
+    /// The reduction the flag selects.
+    pub(crate) fn mode(&self) -> ReduceMode {
+        if self.fast_reduce {
+            ReduceMode::Fast
+        } else {
+            ReduceMode::Deterministic
+        }
+    }
 }
 
 impl ShardArgs {
@@ -160,11 +178,7 @@ impl ShardArgs {
 
     /// How row-parallel layers combine their partial sums.
     pub(crate) fn reduce(&self) -> ReduceMode {
-        if self.fast_reduce {
-            ReduceMode::Fast
-        } else {
-            ReduceMode::Deterministic
-        }
+        self.reduce.mode()
     }
 }
 
@@ -193,20 +207,27 @@ pub(crate) struct EngineArgs {
     pub(crate) threads: Option<usize>,
 }
 
-impl EngineArgs {
-    /// The ranks' loader for `--device` with `--dtype`.
-    pub(crate) fn loader(&self) -> Result<Box<dyn tessera_engine::RankLoader>> {
-        rank_loader(check_device(&self.device)?, &self.dtype)
-    }
+/// What the engine flags resolve to.
+pub(crate) struct EngineSetup {
+    /// Where the ranks run.
+    pub(crate) device: Device,
+    /// The ranks' loader for that device and `--dtype`.
+    pub(crate) loader: Box<dyn tessera_engine::RankLoader>,
+    /// The coordinator's options.
+    pub(crate) options: tessera_engine::EngineOptions,
+    /// The scheduler's limits.
+    pub(crate) config: tessera_engine::EngineConfig,
+}
 
-    /// The coordinator options and the scheduler limits these flags (and `shard`'s
-    /// reduction mode) describe.
-    pub(crate) fn configs(
-        &self,
-        shard: &ShardArgs,
-    ) -> Result<(tessera_engine::EngineOptions, tessera_engine::EngineConfig)> {
+impl EngineArgs {
+    /// The device, loader, coordinator options and scheduler limits these flags (and
+    /// `shard`'s reduction mode) describe; `--device` and `--dtype` are checked once here.
+    pub(crate) fn resolve(&self, shard: &ShardArgs) -> Result<EngineSetup> {
+        let device = check_device(&self.device)?;
+        let dtype = weight_dtype(device, &self.dtype)?;
+        let loader = rank_loader(device, &self.dtype)?;
         let options = tessera_engine::EngineOptions {
-            dtype: weight_dtype(check_device(&self.device)?, &self.dtype)?,
+            dtype,
             reduce: shard.reduce(),
             threads: self.threads,
             kv_cache_bytes: self.kv_cache_mib << 20,
@@ -216,7 +237,12 @@ impl EngineArgs {
             max_batch_tokens: self.max_batch_tokens,
             max_seqs: self.max_seqs,
         };
-        Ok((options, config))
+        Ok(EngineSetup {
+            device,
+            loader,
+            options,
+            config,
+        })
     }
 }
 
@@ -368,12 +394,13 @@ pub(crate) fn weight_dtype(device: Device, dtype: &str) -> Result<WeightDtype> {
     }
 }
 
-/// The ranks' loader for `device`: CPU threads, or one GPU per rank.
+/// The ranks' loader for `device` (after [`weight_dtype`] accepted `dtype` for it): CPU
+/// threads, or one GPU per rank.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub(crate) fn rank_loader(
     device: Device,
     dtype: &str,
 ) -> Result<Box<dyn tessera_engine::RankLoader>> {
-    weight_dtype(device, dtype)?;
     match device {
         Device::Cpu => Ok(Box::new(tessera_engine::CpuLoader)),
         #[cfg(feature = "cuda")]

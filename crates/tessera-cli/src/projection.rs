@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tessera_plan::cost::{predict, Phase, Prediction, ReduceMode, Workload};
+use tessera_plan::cost::{predict, Phase, Prediction, Workload};
 use tessera_plan::{HardwareProfile, Strategy};
 
 use crate::manifest::{Manifest, PlanRecord};
@@ -42,9 +42,8 @@ pub(crate) struct ProjectionArgs {
     /// Bytes per activation and key/value cache element (2 = bf16).
     #[arg(long, default_value_t = 2)]
     activation_bytes: usize,
-    /// Assume a plain all-reduce instead of the deterministic fixed-chunk reduction.
-    #[arg(long)]
-    fast_reduce: bool,
+    #[command(flatten)]
+    reduce: crate::ReduceArgs,
     /// Write `projection.md` and `manifest.json` into this directory instead of printing.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -104,11 +103,7 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
     }
     let shape = crate::plan::builtin_shape(&a.shape)?;
     let hw = HardwareProfile::resolve(&a.hardware)?;
-    let reduce = if a.fast_reduce {
-        ReduceMode::Fast
-    } else {
-        ReduceMode::Deterministic
-    };
+    let reduce = a.reduce.mode();
     let decode_w = Workload {
         activation_bytes: a.activation_bytes,
         ..Workload::new(Phase::Decode, a.batch, a.context, a.bytes_per_param)

@@ -33,10 +33,8 @@ pub(crate) struct ScalingArgs {
     /// Strategies, comma-separated.
     #[arg(long, default_value = "megatron", value_delimiter = ',')]
     strategy: Vec<String>,
-    /// Sum row-parallel partial sums with one plain all-reduce instead of the deterministic
-    /// chunked fold (fewer bytes; logits then vary with the rank count).
-    #[arg(long)]
-    fast_reduce: bool,
+    #[command(flatten)]
+    reduce: crate::ReduceArgs,
     /// Sequences per step.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -251,17 +249,7 @@ fn predict_decode(
 }
 
 fn prompts(a: &ScalingArgs, vocab: usize) -> Vec<Vec<u32>> {
-    let vocab = vocab as u64;
-    (0..a.batch as u64)
-        .map(|s| {
-            (0..a.prompt_tokens as u64)
-                .map(|i| {
-                    let x = (s + a.seed * 7919) * 1_000_003 + i * 2_654_435_761 + 12_345;
-                    (x % (vocab - 100) + 100) as u32
-                })
-                .collect()
-        })
-        .collect()
+    crate::bench::pseudo_prompts(a.batch, a.prompt_tokens, a.seed, vocab)
 }
 
 fn run_one(
@@ -362,11 +350,7 @@ pub(crate) fn run(a: &ScalingArgs) -> Result<()> {
     let dir = a.model.resolve()?;
     let config = ModelConfig::from_dir(&dir)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let reduce = if a.fast_reduce {
-        ReduceMode::Fast
-    } else {
-        ReduceMode::Deterministic
-    };
+    let reduce = a.reduce.mode();
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "benches/results/scaling-{}",

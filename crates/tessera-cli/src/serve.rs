@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tessera_server::ServerConfig;
 
-use crate::{check_device, start_serving, Device, EngineArgs, ModelArgs, ServingModel, ShardArgs};
+use crate::{start_serving, Device, EngineArgs, ModelArgs, ServingModel, ShardArgs};
 
 /// Arguments of `tessera serve`.
 #[derive(Args)]
@@ -96,17 +96,19 @@ fn check_nodes(n: &NodeArgs, plan: &tessera_plan::ShardPlan, device: Device) -> 
 }
 
 pub(crate) fn run(a: &ServeArgs) -> Result<()> {
-    let loader = a.engine.loader()?;
-    let (options, engine_config) = a.engine.configs(&a.shard)?;
+    let crate::EngineSetup {
+        device,
+        mut loader,
+        options,
+        config: engine_config,
+    } = a.engine.resolve(&a.shard)?;
     if a.shard.tp == Some(0) {
         bail!("--tp must be at least 1");
     }
     if a.max_queue == 0 || a.engine.kv_cache_mib == 0 {
         bail!("--max-queue and --kv-cache-mib must be at least 1");
     }
-    let mut loader = loader;
     if a.nodes.nodes > 1 || a.nodes.node_rank > 0 {
-        let device = check_device(&a.engine.device)?;
         let master = a.nodes.master()?;
         let dir = a.model.resolve()?;
         let config = tessera_model::ModelConfig::from_dir(&dir)?;

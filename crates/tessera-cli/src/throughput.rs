@@ -89,8 +89,12 @@ fn percentiles(mut v: Vec<f64>) -> Percentiles {
 }
 
 pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
-    let loader = a.engine.loader()?;
-    let (options, engine_config) = a.engine.configs(&a.shard)?;
+    let crate::EngineSetup {
+        loader,
+        options,
+        config: engine_config,
+        ..
+    } = a.engine.resolve(&a.shard)?;
     if a.requests == 0 || a.input_len == 0 || a.output_len == 0 || a.engine.kv_cache_mib == 0 {
         bail!("--requests, --input-len, --output-len and --kv-cache-mib must be at least 1");
     }
@@ -101,19 +105,12 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
     let coord = Coordinator::start_on(&dir, plan.clone(), &options, loader.as_ref())
         .context("starting the engine")?;
     let engine = EngineHandle::start(coord, None, &engine_config)?;
-    let vocab = config.shape.vocab as u64;
-    let prompts: Arc<Vec<Vec<u32>>> = Arc::new(
-        (0..a.requests as u64)
-            .map(|r| {
-                (0..a.input_len as u64)
-                    .map(|i| {
-                        let x = (r + a.seed * 7919) * 1_000_003 + i * 2654435761 + 12345;
-                        (x % (vocab - 100) + 100) as u32
-                    })
-                    .collect()
-            })
-            .collect(),
-    );
+    let prompts: Arc<Vec<Vec<u32>>> = Arc::new(crate::bench::pseudo_prompts(
+        a.requests,
+        a.input_len,
+        a.seed,
+        config.shape.vocab,
+    ));
     let concurrency = a.concurrency.unwrap_or(a.requests).clamp(1, a.requests);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
