@@ -1,13 +1,8 @@
 //! `tessera plan --explain`: the cost model from the command line, without weights.
 
-use std::process::Command;
+mod common;
 
-fn tessera(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::run as tessera;
 
 #[test]
 fn explain_json_for_llama3_8b_on_four_h200_has_every_rank_and_collective_bytes() {
@@ -27,12 +22,7 @@ fn explain_json_for_llama3_8b_on_four_h200_has_every_rank_and_collective_bytes()
         "8",
         "--fast-reduce",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json_stdout(&out);
     assert_eq!(v["world"], 4);
     assert_eq!(v["reduce"], "fast");
     assert_eq!(v["ranks"].as_array().unwrap().len(), 4);

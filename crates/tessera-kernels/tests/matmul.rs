@@ -329,6 +329,27 @@ fn chunked_matmul_equals_its_reference_bitwise_on_every_isa_and_thread_count() {
     }
 }
 
+/// `matmul_chunked` into a fresh output of the size `output` needs (NaN-poisoned).
+#[allow(clippy::too_many_arguments)]
+fn run_chunked(
+    pool: &CpuPool,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: WeightRef<'_>,
+    n: usize,
+    chunk: usize,
+    output: ChunkOutput,
+) -> Vec<f32> {
+    let rows = match output {
+        ChunkOutput::Fold => m,
+        ChunkOutput::Partials => tessera_kernels::chunk_count(k, chunk) * m,
+    };
+    let mut y = vec![f32::NAN; rows * n];
+    matmul_chunked(pool, x, m, k, w, n, None, chunk, output, &mut y).unwrap();
+    y
+}
+
 #[test]
 fn one_chunk_is_the_plain_matmul_and_many_chunks_round_differently() {
     let pool = CpuPool::new(2).unwrap();
@@ -337,35 +358,27 @@ fn one_chunk_is_the_plain_matmul_and_many_chunks_round_differently() {
     let x = uniform(&mut r, m * k);
     let w = uniform(&mut r, n * k);
     let plain = run(&pool, &x, m, k, WeightRef::F32(&w), n, None);
-    let mut one = vec![0.0; m * n];
-    matmul_chunked(
+    let one = run_chunked(
         &pool,
         &x,
         m,
         k,
         WeightRef::F32(&w),
         n,
-        None,
         1024,
         ChunkOutput::Fold,
-        &mut one,
-    )
-    .unwrap();
+    );
     assert_eq!(bits(&one), bits(&plain));
-    let mut nine = vec![0.0; m * n];
-    matmul_chunked(
+    let nine = run_chunked(
         &pool,
         &x,
         m,
         k,
         WeightRef::F32(&w),
         n,
-        None,
         64,
         ChunkOutput::Fold,
-        &mut nine,
-    )
-    .unwrap();
+    );
     // Same math, other association: close, but not the same bits everywhere.
     assert_ne!(bits(&nine), bits(&plain));
     for (a, b) in nine.iter().zip(&plain) {
@@ -383,20 +396,16 @@ fn ranks_holding_chunk_ranges_fold_to_the_bits_of_one_rank_holding_all() {
     let (m, k, n, chunk) = (5, 9 * 64, 24, 64);
     let x = uniform(&mut r, m * k);
     let w = uniform(&mut r, n * k);
-    let mut whole = vec![0.0; m * n];
-    matmul_chunked(
+    let whole = run_chunked(
         &pool,
         &x,
         m,
         k,
         WeightRef::F32(&w),
         n,
-        None,
         chunk,
         ChunkOutput::Fold,
-        &mut whole,
-    )
-    .unwrap();
+    );
     for cuts in [
         vec![0, 5, 9],
         vec![0, 3, 6, 9],
@@ -418,39 +427,29 @@ fn ranks_holding_chunk_ranges_fold_to_the_bits_of_one_rank_holding_all() {
                 .collect();
             match acc.as_mut() {
                 None => {
-                    let mut y = vec![0.0; m * n];
-                    let wr = WeightRef::F32(&ws);
-                    matmul_chunked(
+                    let y = run_chunked(
                         &pool,
                         &xs,
                         m,
                         kk,
-                        wr,
+                        WeightRef::F32(&ws),
                         n,
-                        None,
                         chunk,
                         ChunkOutput::Fold,
-                        &mut y,
-                    )
-                    .unwrap();
+                    );
                     acc = Some(y);
                 }
                 Some(total) => {
-                    let mut parts = vec![0.0; (kk / chunk) * m * n];
-                    let wr = WeightRef::F32(&ws);
-                    matmul_chunked(
+                    let parts = run_chunked(
                         &pool,
                         &xs,
                         m,
                         kk,
-                        wr,
+                        WeightRef::F32(&ws),
                         n,
-                        None,
                         chunk,
                         ChunkOutput::Partials,
-                        &mut parts,
-                    )
-                    .unwrap();
+                    );
                     for part in parts.chunks_exact(m * n) {
                         for (t, p) in total.iter_mut().zip(part) {
                             *t += *p;
