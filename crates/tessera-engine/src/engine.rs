@@ -23,10 +23,10 @@ use tessera_model::{LogitRows, TextTokenizer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::coordinator::{Coordinator, EngineError, StepSeq};
+use crate::histogram::Histogram;
 use crate::prompt_scores::PromptScores;
 use crate::sampling::{Sampled, Sampler, SamplingParams, StopMatcher};
 use crate::scheduler::{AppendOutcome, SchedRequest, Scheduler, SchedulerConfig};
-use crate::step_histogram::StepHistogram;
 
 /// Why a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -125,7 +125,7 @@ pub struct EngineStats {
     /// Per rank: seconds spent inside collectives during the last forward step.
     pub collective_last_step_seconds: Vec<f64>,
     /// Per rank: histogram of the seconds spent inside collectives per forward step.
-    pub collective_step_seconds: Vec<StepHistogram>,
+    pub collective_step_seconds: Vec<Histogram>,
 }
 
 /// Engine tuning knobs.
@@ -650,7 +650,7 @@ impl Worker {
             .resize(ranks, 0.0);
         self.counters
             .collective_step_seconds
-            .resize_with(ranks, StepHistogram::default);
+            .resize_with(ranks, Histogram::default);
         for (rank, &total) in totals.iter().enumerate() {
             let step = (total - self.collective_seconds[rank]).max(0.0);
             self.collective_seconds[rank] = total;

@@ -9,12 +9,12 @@ pub mod block_pool;
 mod coordinator;
 mod engine;
 mod generate;
+mod histogram;
 pub mod node;
 mod prompt_scores;
 pub mod rank;
 pub mod sampling;
 pub mod scheduler;
-mod step_histogram;
 
 pub use coordinator::{Coordinator, EngineError, EngineOptions, StepSeq};
 pub use engine::{
@@ -22,5 +22,5 @@ pub use engine::{
     TokenLogprobs, Usage,
 };
 pub use generate::{GenerateOutput, GenerateRequest};
+pub use histogram::{Histogram, COLLECTIVE_STEP_BUCKETS};
 pub use rank::{CpuLoader, RankLoader, RankSetup, RankStarter, RankWorker};
-pub use step_histogram::{StepHistogram, COLLECTIVE_STEP_BUCKETS};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use tessera_engine::{EngineStats, FinishReason, COLLECTIVE_STEP_BUCKETS};
+use tessera_engine::{EngineStats, FinishReason, Histogram};
 
 /// Bucket bounds (seconds) of the time-to-first-token histogram.
 const TTFT_BUCKETS: &[f64] = &[
@@ -20,34 +20,10 @@ const ITL_BUCKETS: &[f64] = &[
     10.0,
 ];
 
-/// A cumulative histogram with fixed buckets.
-#[derive(Debug)]
-struct Histogram {
-    bounds: &'static [f64],
-    /// Observations per bucket (not cumulative); the last one is `+Inf`.
-    counts: Vec<u64>,
-    sum: f64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-        }
-    }
-
-    fn observe(&mut self, seconds: f64) {
-        let i = self.bounds.partition_point(|&b| b < seconds);
-        self.counts[i] += 1;
-        self.sum += seconds;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        render_series(out, name, "", self.bounds, &self.counts, self.sum);
-    }
+/// Writes `h` as a Prometheus histogram named `name`.
+fn render_histogram(out: &mut String, h: &Histogram, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    render_series(out, name, "", h.bounds, &h.counts, h.sum);
 }
 
 /// The sample lines of one histogram series: `labels` (empty, or `key="value"` pairs each
@@ -62,7 +38,7 @@ fn render_series(
 ) {
     let mut cumulative = 0;
     for (i, bound) in bounds.iter().enumerate() {
-        cumulative += counts.get(i).copied().unwrap_or(0);
+        cumulative += counts[i];
         let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
     }
     let total: u64 = counts.iter().sum();
@@ -96,14 +72,7 @@ fn render_collective_steps(out: &mut String, stats: &EngineStats) {
     );
     for (rank, h) in stats.collective_step_seconds.iter().enumerate() {
         let labels = format!("rank=\"{rank}\",");
-        render_series(
-            out,
-            name,
-            &labels,
-            COLLECTIVE_STEP_BUCKETS,
-            &h.counts,
-            h.sum,
-        );
+        render_series(out, name, &labels, h.bounds, &h.counts, h.sum);
     }
 }
 
@@ -264,13 +233,15 @@ impl Metrics {
             let v = self.finished[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}{{reason=\"{label}\"}} {v}");
         }
-        lock(&self.ttft).render(
+        render_histogram(
             &mut out,
+            &lock(&self.ttft),
             "tessera_time_to_first_token_seconds",
             "Time from request arrival to its first generated token.",
         );
-        lock(&self.itl).render(
+        render_histogram(
             &mut out,
+            &lock(&self.itl),
             "tessera_inter_token_latency_seconds",
             "Time between consecutive tokens of one choice.",
         );
@@ -300,8 +271,8 @@ mod tests {
         assert!(text.contains("tessera_time_to_first_token_seconds_count 3\n"));
     }
 
-    fn step_histogram(seconds: &[f64]) -> tessera_engine::StepHistogram {
-        let mut h = tessera_engine::StepHistogram::default();
+    fn step_histogram(seconds: &[f64]) -> Histogram {
+        let mut h = Histogram::default();
         for &s in seconds {
             h.observe(s);
         }

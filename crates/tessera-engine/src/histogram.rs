@@ -1,5 +1,6 @@
-//! A fixed-bucket histogram of a per-step duration (each rank's collective time per step),
-//! kept by the engine and rendered by whoever exports metrics.
+//! A fixed-bucket histogram of durations: the engine keeps one per rank for the collective
+//! time per step, and the server its latency histograms; whoever exports metrics renders
+//! them.
 
 use serde::Serialize;
 
@@ -9,22 +10,37 @@ pub const COLLECTIVE_STEP_BUCKETS: &[f64] = &[
     1.0,
 ];
 
-/// Observations of a per-step duration, counted in [`COLLECTIVE_STEP_BUCKETS`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct StepHistogram {
+/// Observations of a duration, counted in fixed buckets.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Histogram {
+    /// Upper bounds of the buckets (seconds, inclusive), ascending.
+    pub bounds: &'static [f64],
     /// Observations per bucket (not cumulative); one more than the bounds, the last `+Inf`.
     pub counts: Vec<u64>,
     /// Sum of the observations in seconds.
     pub sum: f64,
 }
 
-impl StepHistogram {
+impl Default for Histogram {
+    /// A histogram of collective time per step ([`COLLECTIVE_STEP_BUCKETS`]).
+    fn default() -> Self {
+        Self::new(COLLECTIVE_STEP_BUCKETS)
+    }
+}
+
+impl Histogram {
+    /// An empty histogram over `bounds`.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
     /// Counts one observation of `seconds`.
     pub fn observe(&mut self, seconds: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; COLLECTIVE_STEP_BUCKETS.len() + 1];
-        }
-        let bucket = COLLECTIVE_STEP_BUCKETS.partition_point(|&b| b < seconds);
+        let bucket = self.bounds.partition_point(|&b| b < seconds);
         self.counts[bucket] += 1;
         self.sum += seconds;
     }
@@ -41,7 +57,7 @@ mod tests {
 
     #[test]
     fn observations_land_in_the_first_bucket_whose_bound_holds_them() {
-        let mut h = StepHistogram::default();
+        let mut h = Histogram::default();
         for s in [0.0, 1e-5, 2e-5, 0.3, 7.0] {
             h.observe(s);
         }
