@@ -103,6 +103,29 @@ def table(a, raw):
     return summary
 
 
+def param_counts(model_dir):
+    """Non-embedding matmul parameters of the layers, and of the output head."""
+    with open(f"{model_dir}/config.json") as f:
+        c = json.load(f)
+    h, inter, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    hd = c.get("head_dim", h // c["num_attention_heads"])
+    kv = c.get("num_key_value_heads", c["num_attention_heads"]) * hd
+    q = c["num_attention_heads"] * hd
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * inter
+    return layers * per_layer, h * vocab
+
+
+def mfu(a, raw, peak):
+    """MFU of the 64-request runs: prompt tokens count 2 x layer parameters (they skip the
+    output head), generated tokens 2 x (layer + head) parameters; over the GEMM peak measured
+    in the same run (`tessera bench bandwidth`'s `gemm_gflop_s_max`)."""
+    layers, head = param_counts(a.model)
+    flops = 64 * (128 * 2 * layers + 128 * 2 * (layers + head))
+    for p in a.precisions:
+        t = statistics.median([r["throughput"]["wall_s"] for r in raw["tessera"][p]])
+        print(f"MFU {p}: Tessera {flops / t / 1e9 / peak:.2f} (of {peak:.0f} GFLOP/s)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tessera", default="target/release/tessera")
@@ -124,10 +147,13 @@ def main():
     for rnd in range(a.rounds):
         print(f"round {rnd + 1}/{a.rounds}", file=sys.stderr)
         one_round(a, raw)
-    bw = statistics.median([b["read_gb_s_median"] for b in raw["bandwidth"]])
+    bw = max(b["bound_gb_s"] for b in raw["bandwidth"])
+    peak = max(b["gemm_gflop_s_max"] for b in raw["bandwidth"])
     print(f"CPU: {cpu}; machine ISA {machine_isa}; Tessera kernels {a.isa or machine_isa}; "
-          f"llama.cpp {a.llama_bin}; {a.threads} threads; read bandwidth (median) {bw:.1f} GB/s\n")
+          f"llama.cpp {a.llama_bin}; {a.threads} threads; read bandwidth bound (best probe) {bw:.1f} GB/s; "
+          f"GEMM peak {peak:.0f} GFLOP/s\n")
     summary = table(a, raw)
+    mfu(a, raw, peak)
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "machine_isa": machine_isa,
