@@ -198,7 +198,8 @@ fn bandwidth(a: &BandwidthArgs) -> Result<()> {
     let pool = CpuPool::new(a.threads.max(1))?;
     let len = (a.mib * 1024 * 1024 / 4).max(2048 * 2048);
     let buf: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
-    let (mut stream, mut gemv, mut best, mut gemm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut stream, mut gemv, mut best, mut gemm) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.repeats {
         let s = stream_read_rate(&pool, &buf);
         let g = gemv_read_rate(&pool, &buf)?;

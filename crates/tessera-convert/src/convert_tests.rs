@@ -304,3 +304,31 @@ fn replacing_an_existing_conversion_swaps_the_directory() {
     assert!(out.join("tokenizer.json").is_file());
     assert_no_staging_left(dir.path());
 }
+
+#[test]
+fn quantized_matrices_are_kept_in_their_blocks_beside_the_f32_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    tiny_llama(false).write(&gguf);
+    let out = dir.path().join("out");
+    convert_gguf_to_hf(&gguf, &out).unwrap();
+
+    let bytes = std::fs::read(out.join(crate::BLOCKS_FILE)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // Only the Q8_0 embedding is block-quantized in the tiny model; F32 tensors stay out.
+    assert_eq!(st.names(), ["model.embed_tokens.weight"]);
+    let t = st.tensor("model.embed_tokens.weight").unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::U8);
+    assert_eq!(t.shape(), [VOCAB as usize, 34]);
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        meta.metadata().as_ref().unwrap()["model.embed_tokens.weight"],
+        "q8_0"
+    );
+    // The blocks dequantize to exactly the f32 copy.
+    let f32_bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let f32_st = safetensors::SafeTensors::deserialize(&f32_bytes).unwrap();
+    let (_, embd) = tensor_values(&f32_st, "model.embed_tokens.weight");
+    let decoded = crate::dequantize("embd", GgmlType::Q8_0, t.data(), embd.len()).unwrap();
+    assert_eq!(decoded, embd);
+}
