@@ -41,14 +41,9 @@ fn hf_and_permuted(rows: u64, heads: u64, seed: f32) -> (Vec<f32>, Vec<f32>) {
     (hf, gguf)
 }
 
-/// A two-layer GQA Llama with a Q8_0 embedding; everything else F32.
-fn tiny_llama(with_output: bool) -> GgufWriter {
-    let mut embd = Vec::new();
-    for row in 0..VOCAB {
-        embd.extend(half::f16::from_f32(0.5).to_le_bytes());
-        embd.extend((0..32).map(|i| (i as i8 - row as i8) as u8));
-    }
-    let mut w = GgufWriter::new()
+/// The tiny model's architecture and tokenizer metadata.
+fn tiny_llama_metadata() -> GgufWriter {
+    GgufWriter::new()
         .str("general.architecture", "llama")
         .u32("llama.block_count", LAYERS as u32)
         .u32("llama.context_length", 256)
@@ -77,7 +72,17 @@ fn tiny_llama(with_output: bool) -> GgufWriter {
         .u32("tokenizer.ggml.bos_token_id", 0)
         .u32("tokenizer.ggml.eos_token_id", 0)
         .str("tokenizer.chat_template", "{{ messages }}")
-        .tensor("token_embd.weight", &[HIDDEN, VOCAB], GgmlType::Q8_0, embd);
+}
+
+/// A two-layer GQA Llama with a Q8_0 embedding; everything else F32.
+fn tiny_llama(with_output: bool) -> GgufWriter {
+    let mut embd = Vec::new();
+    for row in 0..VOCAB {
+        embd.extend(half::f16::from_f32(0.5).to_le_bytes());
+        embd.extend((0..32).map(|i| (i as i8 - row as i8) as u8));
+    }
+    let mut w =
+        tiny_llama_metadata().tensor("token_embd.weight", &[HIDDEN, VOCAB], GgmlType::Q8_0, embd);
     for i in 0..LAYERS {
         let (_, q) = hf_and_permuted(HEADS * HEAD_DIM, HEADS, 1000.0 * i as f32);
         let (_, k) = hf_and_permuted(KV_HEADS * HEAD_DIM, KV_HEADS, -1000.0 * i as f32);
