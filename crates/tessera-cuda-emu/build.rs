@@ -29,7 +29,8 @@ fn main() {
         .flag_if_supported("-Wno-sign-compare")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-fno-fast-math")
-        .file(emu.join("runtime.cpp"));
+        .file(emu.join("runtime.cpp"))
+        .file(emu.join("selftest.cpp"));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
         let stem = f.file_stem().expect("a .cu file").to_string_lossy();

@@ -146,3 +146,10 @@ extern "C" {
         out: *mut i32,
     );
 }
+
+extern "C" {
+    // emu/selftest.cpp: checks of the emulation itself.
+    pub fn emu_selftest_reverse(data: *mut i32);
+    pub fn emu_selftest_shuffles(input: *const i32, sum: *mut i32, next: *mut i32);
+    pub fn emu_selftest_divergent_barrier(out: *mut i32);
+}
