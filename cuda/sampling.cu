@@ -15,7 +15,7 @@ __device__ __forceinline__ unsigned int order_key(float x) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-extern "C" __global__ void argmax_f32(const float* logits, int vocab, int* out) {
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) argmax_f32(const float* logits, int vocab, int* out) {
     __shared__ float bv[SAMPLE_THREADS];
     __shared__ int bi[SAMPLE_THREADS];
     const float* x = logits + (long)blockIdx.x * vocab;
@@ -66,7 +66,7 @@ __device__ unsigned int bisect(const float* x, int vocab, float goal, float mx, 
     return lo;
 }
 
-extern "C" __global__ void sample_f32(const float* logits, int vocab, float temperature,
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_f32(const float* logits, int vocab, float temperature,
                                       int top_k, float top_p, const float* uniforms, int* out) {
     __shared__ float scratch[32];
     __shared__ float chunk_sum[SAMPLE_THREADS];

@@ -54,9 +54,9 @@ pub struct Compiled {
     pub log: String,
 }
 
-/// The `nvidia/cu13/lib` folders of Python's site-packages (where the pip wheels
-/// `nvidia-cuda-nvrtc`, `nvidia-cublas` and PyTorch's CUDA libraries land). Runs
-/// `python3`; returns nothing when it is missing.
+/// The `nvidia/cu13/lib` and `nvidia/nccl/lib` folders of Python's site-packages (where
+/// the pip wheels `nvidia-cuda-nvrtc`, `nvidia-cublas`, `nvidia-nccl-cu13` and PyTorch's
+/// CUDA libraries land). Runs `python3`; returns nothing when it is missing.
 pub fn python_cuda_lib_dirs() -> Vec<PathBuf> {
     let script = "import site,sys\nfor p in site.getsitepackages()+[site.getusersitepackages()]+sys.path: print(p)";
     let Ok(out) = std::process::Command::new("python3")
@@ -67,9 +67,11 @@ pub fn python_cuda_lib_dirs() -> Vec<PathBuf> {
     };
     let mut dirs: Vec<PathBuf> = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let dir = Path::new(line.trim()).join("nvidia/cu13/lib");
-        if dir.is_dir() && !dirs.contains(&dir) {
-            dirs.push(dir);
+        for sub in ["nvidia/cu13/lib", "nvidia/nccl/lib"] {
+            let dir = Path::new(line.trim()).join(sub);
+            if dir.is_dir() && !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
         }
     }
     dirs
@@ -144,6 +146,15 @@ pub fn compile_cubin(file: &str, src: &str, arch: Arch) -> Result<Compiled, Cuda
     compile_to(file, src, arch, true)
 }
 
+/// NVRTC's options for `target` (`compute_XY` or `sm_XY`); part of the PTX cache key.
+fn nvrtc_options(target: &str) -> [String; 3] {
+    [
+        format!("--gpu-architecture={target}"),
+        "--std=c++17".to_string(),
+        "--device-as-default-execution-space".to_string(),
+    ]
+}
+
 fn compile_to(file: &str, src: &str, arch: Arch, cubin: bool) -> Result<Compiled, CudaError> {
     let target = if cubin {
         format!("sm_{}{}", arch.major, arch.minor)
@@ -160,11 +171,7 @@ fn compile_to(file: &str, src: &str, arch: Arch, cubin: bool) -> Result<Compiled
     let c_name = CString::new(file).map_err(|_| err("file name holds a NUL byte".into()))?;
     let prog = cudarc::nvrtc::result::create_program(&c_src, Some(&c_name))
         .map_err(|e| err(format!("create: {e:?}")))?;
-    let options = [
-        format!("--gpu-architecture={target}"),
-        "--std=c++17".to_string(),
-        "--device-as-default-execution-space".to_string(),
-    ];
+    let options = nvrtc_options(&target);
     // SAFETY: `prog` was created above and is destroyed once, at the end.
     let status = unsafe { cudarc::nvrtc::result::compile_program(prog, &options) };
     // SAFETY: as above.
@@ -202,8 +209,8 @@ fn c_chars_to_string(raw: &[std::ffi::c_char]) -> String {
     }
 }
 
-/// Compiles `file`, or reads its PTX from `cache_dir` when the same source, architecture
-/// and NVRTC version were compiled before. Warnings are logged, not fatal, at run time.
+/// Compiles `file`, or reads its PTX from `cache_dir` when the same source, architecture,
+/// NVRTC options and NVRTC version were compiled before. Warnings are logged, not fatal, at run time.
 pub fn compile_cached(
     file: &str,
     src: &str,
@@ -212,10 +219,12 @@ pub fn compile_cached(
 ) -> Result<String, CudaError> {
     let (major, minor) = nvrtc_version()?;
     let mut hasher = Sha256::new();
+    let options = nvrtc_options(&arch.target()).join(" ");
     for part in [
         COMMON,
         src,
         &arch.target(),
+        &options,
         &format!("nvrtc {major}.{minor}"),
     ] {
         hasher.update(part.as_bytes());

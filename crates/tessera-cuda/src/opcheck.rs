@@ -31,6 +31,9 @@ pub struct OpReport {
     pub bound: f64,
     /// Whether it passed (finite everywhere and under the bound).
     pub passed: bool,
+    /// The error that stopped the op, if it did not run to the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The ops checked.
@@ -97,6 +100,7 @@ fn report(op: &str, dtype: &str, rel_err: f64, bound: f64) -> OpReport {
         rel_err,
         bound,
         passed: rel_err.is_finite() && rel_err <= bound,
+        error: None,
     }
 }
 
@@ -128,11 +132,23 @@ pub fn check_op(gpu: &Gpu, op: Op, seed: u64) -> Result<Vec<OpReport>, CudaError
     }
 }
 
-/// Every op.
+/// Every op, each on its own: an op that fails with an error is reported as a failed
+/// case holding the error, and the next op still runs (after a sticky CUDA error they
+/// all report it, which still says which op hit it first).
 pub fn check_all(gpu: &Gpu, seed: u64) -> Result<Vec<OpReport>, CudaError> {
     let mut out = Vec::new();
     for op in Op::ALL {
-        out.extend(check_op(gpu, op, seed)?);
+        match check_op(gpu, op, seed) {
+            Ok(reports) => out.extend(reports),
+            Err(e) => out.push(OpReport {
+                op: format!("{op:?}"),
+                dtype: String::new(),
+                rel_err: f64::INFINITY,
+                bound: 0.0,
+                passed: false,
+                error: Some(e.to_string()),
+            }),
+        }
     }
     Ok(out)
 }
