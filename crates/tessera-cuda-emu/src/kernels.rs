@@ -153,3 +153,51 @@ extern "C" {
     pub fn emu_selftest_shuffles(input: *const i32, sum: *mut i32, next: *mut i32);
     pub fn emu_selftest_divergent_barrier(out: *mut i32);
 }
+
+extern "C" {
+    // decode_attention.cu
+    pub fn kv_write_bf16(
+        qkv: *const f32,
+        stride: i32,
+        k_col: i32,
+        v_col: i32,
+        kvw: i32,
+        slots: *const i32,
+        k_cache: *mut u16,
+        v_cache: *mut u16,
+    );
+    pub fn decode_attention_bf16(
+        q: *const f32,
+        q_stride: i32,
+        q_col: i32,
+        k_cache: *const u16,
+        v_cache: *const u16,
+        tables: *const i32,
+        table_off: *const i32,
+        positions: *const i32,
+        row_ids: *const i32,
+        row_splits: *const i32,
+        part_off: *const i32,
+        group_heads: *const i32,
+        group: i32,
+        d: i32,
+        kv_heads: i32,
+        block_size: i32,
+        window: i32,
+        scale: f32,
+        part_m: *mut f32,
+        part_l: *mut f32,
+        part_acc: *mut f32,
+    );
+    pub fn decode_attention_combine_f32(
+        part_m: *const f32,
+        part_l: *const f32,
+        part_acc: *const f32,
+        row_ids: *const i32,
+        row_splits: *const i32,
+        part_off: *const i32,
+        group_heads: *const i32,
+        d: i32,
+        out: *mut f32,
+    );
+}

@@ -16,7 +16,7 @@ use crate::error::CudaError;
 pub const COMMON: &str = include_str!("../../../cuda/common.cuh");
 
 /// Every kernel file of `cuda/`: (file name, source).
-pub const KERNEL_FILES: [(&str, &str); 7] = [
+pub const KERNEL_FILES: [(&str, &str); 8] = [
     ("norm.cu", include_str!("../../../cuda/norm.cu")),
     ("rope.cu", include_str!("../../../cuda/rope.cu")),
     ("activation.cu", include_str!("../../../cuda/activation.cu")),
@@ -27,6 +27,10 @@ pub const KERNEL_FILES: [(&str, &str); 7] = [
         include_str!("../../../cuda/paged_attention.cu"),
     ),
     ("sampling.cu", include_str!("../../../cuda/sampling.cu")),
+    (
+        "decode_attention.cu",
+        include_str!("../../../cuda/decode_attention.cu"),
+    ),
 ];
 
 /// A compute capability, e.g. 9.0 for Hopper.
