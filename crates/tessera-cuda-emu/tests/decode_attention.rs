@@ -212,8 +212,8 @@ fn a_long_row_next_to_short_ones_splits_alone() {
 fn a_write_into_the_bf16_cache_rounds_to_nearest_even() {
     let v = [
         1.0f32,
-        1.00390625,
-        1.01171875,
+        1.0 + 1.0 / 256.0, // halfway: to even (down)
+        1.0 + 3.0 / 256.0, // halfway: to even (up)
         -3.3e38,
         f32::MIN_POSITIVE,
         65504.0,
