@@ -136,6 +136,15 @@ extern "C" {
 
     // sampling.cu
     pub fn argmax_f32(logits: *const f32, vocab: i32, out: *mut i32);
+    pub fn sample_rows_f32(
+        logits: *const f32,
+        vocab: i32,
+        temperature: *const f32,
+        top_k: *const i32,
+        top_p: *const f32,
+        uniforms: *const f32,
+        out: *mut i32,
+    );
     pub fn sample_f32(
         logits: *const f32,
         vocab: i32,
