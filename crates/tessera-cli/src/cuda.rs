@@ -136,7 +136,7 @@ pub(crate) fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let ops = tessera_cuda::opcheck::check_all(&gpu, seed);
+    let ops = tessera_gpu_check::opcheck::check_all(&gpu, seed);
     match &ops {
         Ok(reports) => {
             let failed: Vec<&str> = reports
