@@ -111,7 +111,15 @@ struct Block {
 };
 
 thread_local Block* block = nullptr;
-thread_local std::vector<char*> stacks;
+
+// Fiber stacks of this OS thread, reused by every launch and unmapped when it ends.
+struct Stacks {
+    std::vector<char*> v;
+    ~Stacks() {
+        for (char* p : v) munmap(p, STACK_BYTES);
+    }
+};
+thread_local Stacks stacks;
 
 void fail(const char* what) {
     if (!block->failed) {
@@ -170,14 +178,14 @@ void entry() {
 }
 
 char* stack_at(size_t i) {
-    while (stacks.size() <= i) {
+    while (stacks.v.size() <= i) {
         void* p = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED) return nullptr;
         mprotect(p, PAGE, PROT_NONE);  // a stack overflow faults
-        stacks.push_back((char*)p);
+        stacks.v.push_back((char*)p);
     }
-    return stacks[i];
+    return stacks.v[i];
 }
 
 // Runs one block; false (with the message in b.message) on misuse.
