@@ -15,9 +15,13 @@ __device__ __forceinline__ float load_f(const bf16_t* p, long i) {
     return __uint_as_float(((unsigned int)p[i].bits) << 16);
 }
 __device__ __forceinline__ float load_f(const f16_t* p, long i) {
+#ifdef TESSERA_EMU
+    return emu_f16_to_f32(p[i].bits);  // the CPU emulation (crates/tessera-cuda-emu)
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i].bits));
     return f;
+#endif
 }
 
 // Round-to-nearest-even f32 -> bf16 (NaN kept quiet).
@@ -34,7 +38,11 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
 }
 __device__ __forceinline__ f16_t f32_to_f16(float f) {
     f16_t h;
+#ifdef TESSERA_EMU
+    h.bits = emu_f32_to_f16(f);
+#else
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+#endif
     return h;
 }
 

@@ -1,4 +1,5 @@
 // RMSNorm and the fused residual add + RMSNorm (one block per row, f32 accumulation).
+// Blocks of up to 1024 threads: __launch_bounds__ keeps registers within what that needs.
 // Reference: tessera_kernels::rms_norm / add_rms_norm.
 
 __device__ __forceinline__ void norm_row(const float* x, const float* w, float* out, int dim,
@@ -10,7 +11,7 @@ __device__ __forceinline__ void norm_row(const float* x, const float* w, float* 
     for (int i = threadIdx.x; i < dim; i += blockDim.x) out[i] = x[i] * inv * w[i];
 }
 
-extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* out, int dim,
+extern "C" __global__ void __launch_bounds__(1024) rms_norm_f32(const float* x, const float* w, float* out, int dim,
                                         float eps) {
     __shared__ float scratch[32];
     long row = blockIdx.x;
@@ -18,7 +19,7 @@ extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* o
 }
 
 // residual += delta; out = rmsnorm(residual) * w.
-extern "C" __global__ void add_rms_norm_f32(float* residual, const float* delta, const float* w,
+extern "C" __global__ void __launch_bounds__(1024) add_rms_norm_f32(float* residual, const float* delta, const float* w,
                                             float* out, int dim, float eps) {
     __shared__ float scratch[32];
     long row = blockIdx.x;

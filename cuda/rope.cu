@@ -4,7 +4,7 @@
 // tessera_kernels::RopeTable (Llama 3 scaling is folded into its frequencies).
 // Grid: (rows, heads); block: head_dim / 2 threads (any count works).
 
-extern "C" __global__ void rope_f32(float* x, int stride, int col, int head_dim,
+extern "C" __global__ void __launch_bounds__(1024) rope_f32(float* x, int stride, int col, int head_dim,
                                     const int* positions, const float* cos_table,
                                     const float* sin_table) {
     int row = blockIdx.x, head = blockIdx.y, half = head_dim / 2;

@@ -15,10 +15,10 @@ __device__ __forceinline__ unsigned int order_key(float x) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-extern "C" __global__ void argmax_f32(const float* logits, int vocab, int* out) {
+// First maximum of row x (NaN skipped; -1 without a number), returned to every thread.
+__device__ int argmax_row(const float* x, int vocab) {
     __shared__ float bv[SAMPLE_THREADS];
     __shared__ int bi[SAMPLE_THREADS];
-    const float* x = logits + (long)blockIdx.x * vocab;
     float best = -INFINITY;
     int idx = -1;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
@@ -41,7 +41,13 @@ extern "C" __global__ void argmax_f32(const float* logits, int vocab, int* out) 
         }
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[blockIdx.x] = bi[0];
+    return bi[0];
+}
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+argmax_f32(const float* logits, int vocab, int* out) {
+    int pick = argmax_row(logits + (long)blockIdx.x * vocab, vocab);
+    if (threadIdx.x == 0) out[blockIdx.x] = pick;
 }
 
 // Count (or mass) of logits whose key is >= t.
@@ -66,13 +72,13 @@ __device__ unsigned int bisect(const float* x, int vocab, float goal, float mx, 
     return lo;
 }
 
-extern "C" __global__ void sample_f32(const float* logits, int vocab, float temperature,
-                                      int top_k, float top_p, const float* uniforms, int* out) {
+// The draw of row x for uniform u (see the top of the file), returned to every thread.
+__device__ int sample_row(const float* x, int vocab, float temperature, int top_k, float top_p,
+                          float u) {
     __shared__ float scratch[32];
     __shared__ float chunk_sum[SAMPLE_THREADS];
     __shared__ int last_kept[SAMPLE_THREADS];
     __shared__ int found;
-    const float* x = logits + (long)blockIdx.x * vocab;
     float mx = -INFINITY;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x)
         if (x[i] == x[i]) mx = fmaxf(mx, x[i]);
@@ -105,7 +111,7 @@ extern "C" __global__ void sample_f32(const float* logits, int vocab, float temp
             total += chunk_sum[t];
             if (last_kept[t] >= 0) last = last_kept[t];
         }
-        float target = uniforms[blockIdx.x] * total;
+        float target = u * total;
         float run = 0.0f;
         int pick = last;
         for (int t = 0; t < blockDim.x && pick == last; t++) {
@@ -125,5 +131,27 @@ extern "C" __global__ void sample_f32(const float* logits, int vocab, float temp
         found = pick;
     }
     __syncthreads();
-    if (threadIdx.x == 0) out[blockIdx.x] = found;
+    return found;
+}
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_f32(const float* logits, int vocab, float temperature, int top_k, float top_p,
+           const float* uniforms, int* out) {
+    long row = blockIdx.x;
+    int pick = sample_row(logits + row * vocab, vocab, temperature, top_k, top_p, uniforms[row]);
+    if (threadIdx.x == 0) out[row] = pick;
+}
+
+// A decode step's batch with its own parameters per row: temperature[r] <= 0 picks the
+// first maximum (greedy), else the draw of sample_row with top_k[r] (0 = all), top_p[r]
+// (1 = all) and uniforms[r]. One id per row is all the host downloads.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_rows_f32(const float* logits, int vocab, const float* temperature, const int* top_k,
+                const float* top_p, const float* uniforms, int* out) {
+    long row = blockIdx.x;
+    const float* x = logits + row * vocab;
+    float t = temperature[row];
+    int pick = t > 0.0f ? sample_row(x, vocab, t, top_k[row], top_p[row], uniforms[row])
+                        : argmax_row(x, vocab);
+    if (threadIdx.x == 0) out[row] = pick;
 }

@@ -6,59 +6,82 @@
 #   cargo build --release --features cuda && mkdir -p target/gpu && strip -o target/gpu/tessera target/release/tessera
 #   device run: command "bash tools/gpu/check.sh", carry ["target/gpu/tessera"], timeout_s 330
 #
-# Stages (each writes $OUT/gpu_check.json whole, so a timeout still returns results):
+# Stages (each writes its JSON whole, so a timeout still returns results):
 #   device (NVRTC compiles cuda/ for the GPU), ops (every kernel vs its CPU reference on
 #   fresh random inputs, outputs poisoned; cuBLASLt GEMMs; tiled prefill and split decode
-#   attention), random_model (SmolLM2-shaped random model at f32 vs the carried CPU
-#   logits and greedy tokens), graphs (decode replayed from CUDA graphs vs eager, bit for
-#   bit, batch 1 and batch 3 padded to 4), engine (the coordinator with CUDA ranks, as
-#   generate/serve --device cuda run it, vs the carried tokens), nccl (one rank),
-#   bandwidth (device copy), bench (Llama-3-8B-shaped random model in bf16: prefill and
-#   decode tokens/s at batch 1, 8, 64, 256, with and without graphs at small batch, next
-#   to the HBM bound). Prints a short table last.
+#   attention; one result per op, an op that errors does not hide the others),
+#   random_model (SmolLM2-shaped random model at f32 vs the carried CPU logits and greedy
+#   tokens), graphs (decode replayed from CUDA graphs vs eager, bit for bit, batch 1 and
+#   batch 3 padded to 4), engine (the coordinator with CUDA ranks, as generate/serve
+#   --device cuda run it, vs the carried tokens), bandwidth (device copy), bench
+#   (Llama-3-8B-shaped random model in bf16: prefill and decode tokens/s at batch 1, 8, 64,
+#   256, with and without graphs at small batch, next to the HBM bound) in
+#   $OUT/gpu_check.json; then, last and in its own process with its own deadline (a hang
+#   in ncclCommInitAll loses nothing else), nccl (one rank) in $OUT/nccl_check.json.
+#   Prints a short table of both last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/tessera-gpu-check}"
 mkdir -p "$OUT"
 BIN="${TESSERA_BIN:-target/gpu/tessera}"
 LIMIT="${CHECK_SECONDS:-240}"
+NCCL_LIMIT="${NCCL_SECONDS:-45}"
 REFERENCE="tools/gpu/reference_smollm2_seed7.json"
-exec > >(tee "$OUT/log.txt") 2>&1
 
-echo "== machine"
-date -u
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
-if [ ! -x "$BIN" ]; then
-    echo "no binary at $BIN: build and strip it here (see the top of this script) and carry it"
-    exit 2
-fi
-
-echo "== CUDA libraries from Python's site-packages (PyTorch's nvidia wheels)"
-NV=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
-LIBDIRS=""
-for lib in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
-    f=$( [ -n "$NV" ] && find "$NV" -name "$lib" 2>/dev/null | head -1 )
-    if [ -n "$f" ]; then
-        d=$(dirname "$f")
-        case ":$LIBDIRS:" in *":$d:"*) ;; *) LIBDIRS="$LIBDIRS:$d" ;; esac
-        echo "$lib: $f"
-    else
-        echo "$lib: not found under ${NV:-<no nvidia package>}"
+libraries() {
+    echo "== CUDA libraries from Python's site-packages (PyTorch's nvidia wheels)"
+    NV=$(python3 -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
+    LIBDIRS=""
+    for lib in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+        f=$( [ -n "$NV" ] && find "$NV" -name "$lib" 2>/dev/null | head -1 )
+        if [ -n "$f" ]; then
+            d=$(dirname "$f")
+            case ":$LIBDIRS:" in *":$d:"*) ;; *) LIBDIRS="$LIBDIRS:$d" ;; esac
+            echo "$lib: $f"
+        else
+            echo "$lib: not found under ${NV:-<no nvidia package>}"
+        fi
+    done
+    # cudarc opens libnccl.so; the nvidia-nccl wheels ship libnccl.so.2 only.
+    NCCL2=$( [ -n "$NV" ] && find "$NV" -name libnccl.so.2 2>/dev/null | head -1 )
+    if [ -n "$NCCL2" ]; then
+        mkdir -p /tmp/tessera-nccl && ln -sf "$NCCL2" /tmp/tessera-nccl/libnccl.so
+        LIBDIRS="$LIBDIRS:/tmp/tessera-nccl"
     fi
-done
-# cudarc opens libnccl.so; the nvidia-nccl wheels ship libnccl.so.2 only.
-NCCL2=$( [ -n "$NV" ] && find "$NV" -name libnccl.so.2 2>/dev/null | head -1 )
-if [ -n "$NCCL2" ]; then
-    mkdir -p /tmp/tessera-nccl && ln -sf "$NCCL2" /tmp/tessera-nccl/libnccl.so
-    LIBDIRS="$LIBDIRS:/tmp/tessera-nccl"
-fi
-export LD_LIBRARY_PATH="${LIBDIRS#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-export RUST_LOG="${RUST_LOG:-info}"
+    export LD_LIBRARY_PATH="${LIBDIRS#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+}
 
-echo "== tessera gpu-check (limit ${LIMIT}s)"
-timeout "$LIMIT" "$BIN" gpu-check --reference "$REFERENCE" --out "$OUT/gpu_check.json" \
-    --model-dir /tmp/tessera-random-model
-rc=$?
-echo "== gpu-check exit status $rc (124: stopped at the ${LIMIT}s limit; partial JSON in $OUT)"
-exit $rc
+main() {
+    echo "== machine"
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
+    if [ ! -x "$BIN" ]; then
+        echo "no binary at $BIN: build and strip it here (see the top of this script) and carry it"
+        return 2
+    fi
+    libraries
+    export RUST_LOG="${RUST_LOG:-info}"
+
+    echo "== tessera gpu-check (limit ${LIMIT}s)"
+    timeout "$LIMIT" "$BIN" gpu-check --no-nccl --reference "$REFERENCE" \
+        --out "$OUT/gpu_check.json" --model-dir /tmp/tessera-random-model | tee "$OUT/main.txt"
+    local rc=${PIPESTATUS[0]}
+    echo "== gpu-check exit status $rc (124: stopped at the ${LIMIT}s limit; partial JSON in $OUT)"
+
+    echo "== tessera gpu-check --only-nccl (limit ${NCCL_LIMIT}s)"
+    timeout -k 5 "$NCCL_LIMIT" "$BIN" gpu-check --only-nccl --reference "$REFERENCE" \
+        --out "$OUT/nccl_check.json" | tee "$OUT/nccl.txt"
+    local nrc=${PIPESTATUS[0]}
+    echo "== nccl exit status $nrc (124/137: stopped at the ${NCCL_LIMIT}s limit)"
+
+    echo
+    echo "== summary (gpu-check $rc, nccl $nrc)"
+    sed -n '/^== tessera gpu-check (/,$p' "$OUT/main.txt" | tail -n +2
+    grep '^nccl 1 rank' "$OUT/nccl.txt" || echo "nccl 1 rank  NO RESULT (exit $nrc)"
+    [ "$rc" -eq 0 ] && [ "$nrc" -eq 0 ]
+}
+
+# A plain pipe (not process substitution): the shell waits for tee, so the log is whole.
+main 2>&1 | tee "$OUT/log.txt"
+exit "${PIPESTATUS[0]}"

@@ -75,6 +75,12 @@ pub(crate) struct GpuCheckArgs {
     /// Skip the benchmark stage.
     #[arg(long)]
     no_bench: bool,
+    /// Skip the NCCL stage (tools/gpu/check.sh runs it last, alone, with its own deadline).
+    #[arg(long, conflicts_with = "only_nccl")]
+    no_nccl: bool,
+    /// Run the device and NCCL stages only.
+    #[arg(long)]
+    only_nccl: bool,
 }
 
 /// Results so far, written whole after every stage (a timeout still leaves them).
@@ -120,12 +126,17 @@ pub(crate) fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
         gpu.arch().target()
     )];
 
+    if a.only_nccl {
+        nccl_stage(&gpu, &options, &mut res, &mut table)?;
+        return print_table(&mut res, started, &table);
+    }
+
     let seed = a.op_seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let ops = tessera_cuda::opcheck::check_all(&gpu, seed);
+    let ops = tessera_gpu_check::opcheck::check_all(&gpu, seed);
     match &ops {
         Ok(reports) => {
             let failed: Vec<&str> = reports
@@ -182,22 +193,8 @@ pub(crate) fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
         }
     }
 
-    match check_nccl(&gpu, &options) {
-        Ok(v) => {
-            table.push(format!(
-                "nccl 1 rank  {}",
-                if v["passed"] == json!(true) {
-                    "passed"
-                } else {
-                    "FAILED"
-                }
-            ));
-            res.stage("nccl", v)?;
-        }
-        Err(e) => {
-            table.push(format!("nccl 1 rank  ERROR {e:#}"));
-            res.stage("nccl", json!({"error": format!("{e:#}")}))?;
-        }
+    if !a.no_nccl {
+        nccl_stage(&gpu, &options, &mut res, &mut table)?;
     }
 
     let bandwidth = measure_bandwidth(&gpu);
@@ -223,15 +220,44 @@ pub(crate) fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
             }
         }
     }
+    print_table(&mut res, started, &table)
+}
+
+/// Records the total time and prints the short table.
+fn print_table(res: &mut Results, started: Instant, table: &[String]) -> Result<()> {
     res.stage("total_s", json!(started.elapsed().as_secs_f64()))?;
     println!(
         "\n== tessera gpu-check ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
-    for line in &table {
+    for line in table {
         println!("{line}");
     }
     Ok(())
+}
+
+/// NCCL with one rank, recorded as stage `nccl`.
+fn nccl_stage(
+    gpu: &Gpu,
+    options: &GpuOptions,
+    res: &mut Results,
+    table: &mut Vec<String>,
+) -> Result<()> {
+    match check_nccl(gpu, options) {
+        Ok(v) => {
+            let verdict = if v["passed"] == json!(true) {
+                "passed"
+            } else {
+                "FAILED"
+            };
+            table.push(format!("nccl 1 rank  {verdict}"));
+            res.stage("nccl", v)
+        }
+        Err(e) => {
+            table.push(format!("nccl 1 rank  ERROR {e:#}"));
+            res.stage("nccl", json!({"error": format!("{e:#}")}))
+        }
+    }
 }
 
 /// The carried reference, with its random model written to `a.model_dir` and planned for

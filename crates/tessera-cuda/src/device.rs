@@ -117,7 +117,7 @@ impl Gpu {
         if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
             return Err(CudaError::MissingLibrary {
                 lib: "libcublasLt.so.13",
-                hint: "install `nvidia-cublas` (pip) or add its site-packages/nvidia/cu13/lib to LD_LIBRARY_PATH",
+                hint: "install `nvidia-cublas` (pip) or add its site-packages/nvidia/cu13/lib to LD_LIBRARY_PATH".to_string(),
             });
         }
         // NVIDIA's advice for cuBLASLt workspaces: 32 MiB on Hopper, 4 MiB before.

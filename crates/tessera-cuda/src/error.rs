@@ -23,7 +23,7 @@ pub enum CudaError {
         /// The library's name.
         lib: &'static str,
         /// What to do about it.
-        hint: &'static str,
+        hint: String,
     },
     /// NVRTC rejected a kernel source or warned about it.
     #[error("NVRTC failed on cuda/{file} for {arch}: {log}")]

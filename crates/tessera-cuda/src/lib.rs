@@ -14,7 +14,6 @@ mod lt;
 pub mod model;
 pub mod nccl;
 pub mod nvrtc;
-pub mod opcheck;
 pub mod ops;
 pub mod reference;
 

@@ -6,6 +6,8 @@
 //! first node and handed to other nodes over TCP (`tessera_engine::node`);
 //! [`NcclCommunicator::init_all`] (`ncclCommInitAll`) makes a whole group at once.
 
+use std::mem::ManuallyDrop;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -17,31 +19,58 @@ use crate::collective::DeviceComm;
 use crate::device::{preload, Gpu};
 use crate::error::CudaError;
 
-/// Makes libnccl loadable, or says what to do. cudarc loads `libnccl.so` (or
-/// `libnccl.so.13`...); the `nvidia-nccl` wheels ship `libnccl.so.2` only.
+/// Makes libnccl loadable, or says what to do. cudarc opens `libnccl.so` (or
+/// `libnccl.so.13`...) by name; the `nvidia-nccl-cu13` wheel ships only `libnccl.so.2`
+/// (in `site-packages/nvidia/nccl/lib`, one of [`crate::nvrtc::python_cuda_lib_dirs`]).
+/// The loader matches an open library by its soname, so loading `libnccl.so.2` from
+/// here cannot satisfy cudarc: a name it tries must be on the loader's path, and the
+/// error names the file found and the two commands that do it.
 pub fn ensure_nccl(dirs: &[PathBuf]) -> Result<(), CudaError> {
     preload(dirs, &["libnccl.so"]);
     // SAFETY: only probes dlopen of libnccl's names.
     if unsafe { cudarc::nccl::sys::is_culib_present() } {
         return Ok(());
     }
+    let wheel = dirs.iter().find(|d| d.join("libnccl.so.2").is_file());
     // SAFETY: as above, for the versioned name the wheels ship.
-    let versioned = unsafe { libloading::Library::new("libnccl.so.2") }.is_ok()
-        || dirs.iter().any(|d| d.join("libnccl.so.2").is_file());
+    let on_path = unsafe { libloading::Library::new("libnccl.so.2") }.is_ok();
+    let hint = match (wheel, on_path) {
+        (Some(dir), _) => format!(
+            "found {}/libnccl.so.2 (the NCCL wheel has no libnccl.so): run `mkdir -p ~/.cache/tessera/nccl && ln -sf {}/libnccl.so.2 ~/.cache/tessera/nccl/libnccl.so` and `export LD_LIBRARY_PATH=~/.cache/tessera/nccl:$LD_LIBRARY_PATH` (tools/gpu/check.sh does the same)",
+            dir.display(),
+            dir.display()
+        ),
+        (None, true) => "libnccl.so.2 is on the loader's path but libnccl.so is not: link `ln -s .../libnccl.so.2 DIR/libnccl.so` and put DIR on LD_LIBRARY_PATH".to_string(),
+        (None, false) => "install NCCL (`python3 -m pip install nvidia-nccl-cu13`; it lands in site-packages/nvidia/nccl/lib) and link libnccl.so as this message then says".to_string(),
+    };
     Err(CudaError::MissingLibrary {
         lib: "libnccl.so",
-        hint: if versioned {
-            "only libnccl.so.2 is there (the nvidia-nccl wheels ship no libnccl.so): link `ln -s libnccl.so.2 DIR/libnccl.so` and put DIR on LD_LIBRARY_PATH (tools/gpu/check.sh does this)"
-        } else {
-            "install NCCL (`pip install nvidia-nccl-cu13`) and put its lib folder on LD_LIBRARY_PATH"
-        },
+        hint,
     })
 }
 
 /// One rank's NCCL communicator.
 pub struct NcclCommunicator {
-    comm: Comm,
+    /// Dropped by hand (see `Drop`): cudarc's own drop panics when `ncclCommAbort` fails.
+    comm: ManuallyDrop<Comm>,
     stats: CommStats,
+}
+
+impl Drop for NcclCommunicator {
+    fn drop(&mut self) {
+        // SAFETY: `comm` is taken once, here, and `self` is never used again.
+        let comm = unsafe { ManuallyDrop::take(&mut self.comm) };
+        if std::thread::panicking() {
+            // A second panic would abort the process: leak the communicator instead.
+            std::mem::forget(comm);
+            return;
+        }
+        // cudarc's `Comm::drop` `expect`s on `ncclCommAbort`: a failing abort (a group
+        // whose init failed, a sandbox without peer access) is logged, not fatal.
+        if std::panic::catch_unwind(AssertUnwindSafe(|| drop(comm))).is_err() {
+            tracing::warn!("ncclCommAbort failed while dropping a communicator");
+        }
+    }
 }
 
 // SAFETY: an NCCL communicator may be used from any thread as long as calls on it are not
@@ -58,7 +87,7 @@ impl NcclCommunicator {
         Ok(comms
             .into_iter()
             .map(|comm| Self {
-                comm,
+                comm: ManuallyDrop::new(comm),
                 stats: CommStats::default(),
             })
             .collect())
@@ -83,7 +112,7 @@ impl NcclCommunicator {
         let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
         let comm = Comm::from_rank(gpu.stream().clone(), rank, world, id)?;
         Ok(Self {
-            comm,
+            comm: ManuallyDrop::new(comm),
             stats: CommStats::default(),
         })
     }

@@ -16,7 +16,7 @@ use crate::error::CudaError;
 pub const COMMON: &str = include_str!("../../../cuda/common.cuh");
 
 /// Every kernel file of `cuda/`: (file name, source).
-pub const KERNEL_FILES: [(&str, &str); 7] = [
+pub const KERNEL_FILES: [(&str, &str); 8] = [
     ("norm.cu", include_str!("../../../cuda/norm.cu")),
     ("rope.cu", include_str!("../../../cuda/rope.cu")),
     ("activation.cu", include_str!("../../../cuda/activation.cu")),
@@ -27,6 +27,10 @@ pub const KERNEL_FILES: [(&str, &str); 7] = [
         include_str!("../../../cuda/paged_attention.cu"),
     ),
     ("sampling.cu", include_str!("../../../cuda/sampling.cu")),
+    (
+        "decode_attention.cu",
+        include_str!("../../../cuda/decode_attention.cu"),
+    ),
 ];
 
 /// A compute capability, e.g. 9.0 for Hopper.
@@ -54,9 +58,9 @@ pub struct Compiled {
     pub log: String,
 }
 
-/// The `nvidia/cu13/lib` folders of Python's site-packages (where the pip wheels
-/// `nvidia-cuda-nvrtc`, `nvidia-cublas` and PyTorch's CUDA libraries land). Runs
-/// `python3`; returns nothing when it is missing.
+/// The `nvidia/cu13/lib` and `nvidia/nccl/lib` folders of Python's site-packages (where
+/// the pip wheels `nvidia-cuda-nvrtc`, `nvidia-cublas`, `nvidia-nccl-cu13` and PyTorch's
+/// CUDA libraries land). Runs `python3`; returns nothing when it is missing.
 pub fn python_cuda_lib_dirs() -> Vec<PathBuf> {
     let script = "import site,sys\nfor p in site.getsitepackages()+[site.getusersitepackages()]+sys.path: print(p)";
     let Ok(out) = std::process::Command::new("python3")
@@ -67,9 +71,11 @@ pub fn python_cuda_lib_dirs() -> Vec<PathBuf> {
     };
     let mut dirs: Vec<PathBuf> = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let dir = Path::new(line.trim()).join("nvidia/cu13/lib");
-        if dir.is_dir() && !dirs.contains(&dir) {
-            dirs.push(dir);
+        for sub in ["nvidia/cu13/lib", "nvidia/nccl/lib"] {
+            let dir = Path::new(line.trim()).join(sub);
+            if dir.is_dir() && !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
         }
     }
     dirs
@@ -144,6 +150,15 @@ pub fn compile_cubin(file: &str, src: &str, arch: Arch) -> Result<Compiled, Cuda
     compile_to(file, src, arch, true)
 }
 
+/// NVRTC's options for `target` (`compute_XY` or `sm_XY`); part of the PTX cache key.
+fn nvrtc_options(target: &str) -> [String; 3] {
+    [
+        format!("--gpu-architecture={target}"),
+        "--std=c++17".to_string(),
+        "--device-as-default-execution-space".to_string(),
+    ]
+}
+
 fn compile_to(file: &str, src: &str, arch: Arch, cubin: bool) -> Result<Compiled, CudaError> {
     let target = if cubin {
         format!("sm_{}{}", arch.major, arch.minor)
@@ -160,11 +175,7 @@ fn compile_to(file: &str, src: &str, arch: Arch, cubin: bool) -> Result<Compiled
     let c_name = CString::new(file).map_err(|_| err("file name holds a NUL byte".into()))?;
     let prog = cudarc::nvrtc::result::create_program(&c_src, Some(&c_name))
         .map_err(|e| err(format!("create: {e:?}")))?;
-    let options = [
-        format!("--gpu-architecture={target}"),
-        "--std=c++17".to_string(),
-        "--device-as-default-execution-space".to_string(),
-    ];
+    let options = nvrtc_options(&target);
     // SAFETY: `prog` was created above and is destroyed once, at the end.
     let status = unsafe { cudarc::nvrtc::result::compile_program(prog, &options) };
     // SAFETY: as above.
@@ -202,8 +213,8 @@ fn c_chars_to_string(raw: &[std::ffi::c_char]) -> String {
     }
 }
 
-/// Compiles `file`, or reads its PTX from `cache_dir` when the same source, architecture
-/// and NVRTC version were compiled before. Warnings are logged, not fatal, at run time.
+/// Compiles `file`, or reads its PTX from `cache_dir` when the same source, architecture,
+/// NVRTC options and NVRTC version were compiled before. Warnings are logged, not fatal, at run time.
 pub fn compile_cached(
     file: &str,
     src: &str,
@@ -212,10 +223,12 @@ pub fn compile_cached(
 ) -> Result<String, CudaError> {
     let (major, minor) = nvrtc_version()?;
     let mut hasher = Sha256::new();
+    let options = nvrtc_options(&arch.target()).join(" ");
     for part in [
         COMMON,
         src,
         &arch.target(),
+        &options,
         &format!("nvrtc {major}.{minor}"),
     ] {
         hasher.update(part.as_bytes());

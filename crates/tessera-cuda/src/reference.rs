@@ -6,14 +6,6 @@ use std::path::Path;
 use crate::error::CudaError;
 use crate::ops::SampleParams;
 
-/// A kernel error from a reference call, as a shape error.
-pub(crate) fn kernel_err(e: tessera_kernels::KernelError) -> CudaError {
-    CudaError::Shape {
-        op: "cpu reference",
-        reason: e.to_string(),
-    }
-}
-
 /// `y[m, n] = x[m, k] · w[n, k]^T` summed in f64.
 pub fn matmul_f64(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
     let mut y = vec![0.0f32; m * n];

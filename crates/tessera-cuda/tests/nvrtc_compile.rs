@@ -1,16 +1,31 @@
 //! Every kernel of `cuda/` compiles with NVRTC for sm_80 and sm_90 without an error or a
 //! warning. Needs no GPU: NVRTC comes from the loader's path or from the pip wheel
 //! `nvidia-cuda-nvrtc==13.0.88` (site-packages/nvidia/cu13/lib, found through python3).
+//! Without NVRTC these tests say so on stderr and do nothing, except in CI (`CI=true`),
+//! where a missing wheel fails them.
 
 use tessera_cuda::nvrtc::{
     compile, compile_cubin, ensure_nvrtc, python_cuda_lib_dirs, Arch, KERNEL_FILES,
 };
 
+/// Whether NVRTC loads. Without it: a failure in CI (`CI=true`), else a note that `test`
+/// did not run.
+fn nvrtc_or_not_run(test: &str) -> bool {
+    let Err(e) = ensure_nvrtc(&python_cuda_lib_dirs()) else {
+        return true;
+    };
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "{test}: CI=true but NVRTC is missing ({e}); install nvidia-cuda-nvrtc==13.0.88"
+    );
+    eprintln!("NOT RUN {test}: {e}");
+    false
+}
+
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
-    let dirs = python_cuda_lib_dirs();
-    if let Err(e) = ensure_nvrtc(&dirs) {
-        eprintln!("SKIPPED every_kernel_compiles_for_sm80_and_sm90_without_warnings: {e}");
+    if !nvrtc_or_not_run("every_kernel_compiles_for_sm80_and_sm90_without_warnings") {
         return;
     }
     // Every file of cuda/ is in KERNEL_FILES, so none is left out of the binary.
@@ -52,8 +67,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_warnings() {
 /// name would only fail on a GPU, at launch).
 #[test]
 fn every_launched_kernel_name_is_compiled() {
-    if ensure_nvrtc(&python_cuda_lib_dirs()).is_err() {
-        eprintln!("SKIPPED every_launched_kernel_name_is_compiled: no NVRTC");
+    if !nvrtc_or_not_run("every_launched_kernel_name_is_compiled") {
         return;
     }
     let arch = Arch { major: 9, minor: 0 };
@@ -82,8 +96,7 @@ fn every_launched_kernel_name_is_compiled() {
 
 #[test]
 fn a_kernel_with_an_error_or_a_warning_is_reported() {
-    if ensure_nvrtc(&python_cuda_lib_dirs()).is_err() {
-        eprintln!("SKIPPED a_kernel_with_an_error_or_a_warning_is_reported: no NVRTC");
+    if !nvrtc_or_not_run("a_kernel_with_an_error_or_a_warning_is_reported") {
         return;
     }
     let arch = Arch { major: 9, minor: 0 };

@@ -11,12 +11,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tessera_kernels::{CpuPool, PagedSeq, PagedShape, RopeTable};
 
-use crate::device::Gpu;
-use crate::error::CudaError;
-use crate::ops::{
+use tessera_cuda::ops::{
     self, AttentionRows, AttentionShape, DeviceDtype, DeviceMatrix, DeviceRope, SampleParams,
 };
-use crate::reference;
+use tessera_cuda::reference;
+use tessera_cuda::{CudaError, Gpu};
 
 /// One op's comparison with its reference.
 #[derive(Clone, Debug, Serialize)]
@@ -31,6 +30,9 @@ pub struct OpReport {
     pub bound: f64,
     /// Whether it passed (finite everywhere and under the bound).
     pub passed: bool,
+    /// The error that stopped the op, if it did not run to the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The ops checked.
@@ -97,6 +99,15 @@ fn report(op: &str, dtype: &str, rel_err: f64, bound: f64) -> OpReport {
         rel_err,
         bound,
         passed: rel_err.is_finite() && rel_err <= bound,
+        error: None,
+    }
+}
+
+/// A kernel error from a reference call, as a shape error.
+fn kernel_err(e: tessera_kernels::KernelError) -> CudaError {
+    CudaError::Shape {
+        op: "cpu reference",
+        reason: e.to_string(),
     }
 }
 
@@ -128,11 +139,23 @@ pub fn check_op(gpu: &Gpu, op: Op, seed: u64) -> Result<Vec<OpReport>, CudaError
     }
 }
 
-/// Every op.
+/// Every op, each on its own: an op that fails with an error is reported as a failed
+/// case holding the error, and the next op still runs (after a sticky CUDA error they
+/// all report it, which still says which op hit it first).
 pub fn check_all(gpu: &Gpu, seed: u64) -> Result<Vec<OpReport>, CudaError> {
     let mut out = Vec::new();
     for op in Op::ALL {
-        out.extend(check_op(gpu, op, seed)?);
+        match check_op(gpu, op, seed) {
+            Ok(reports) => out.extend(reports),
+            Err(e) => out.push(OpReport {
+                op: format!("{op:?}"),
+                dtype: String::new(),
+                rel_err: f64::INFINITY,
+                bound: 0.0,
+                passed: false,
+                error: Some(e.to_string()),
+            }),
+        }
     }
     Ok(out)
 }
@@ -187,7 +210,7 @@ fn check_norm(gpu: &Gpu, rng: &mut ChaCha8Rng, fused: bool) -> Result<Vec<OpRepo
             ops::add_rms_norm(gpu, &mut dx, &dd, &dw, eps, rows, &mut dout)?;
             let mut res = x.clone();
             tessera_kernels::add_rms_norm(&mut res, &delta, &w, eps, &mut want)
-                .map_err(reference::kernel_err)?;
+                .map_err(kernel_err)?;
             let got_res = host(gpu, &dx, rows * dim)?;
             reports.push(report(
                 &format!("add_rms_norm residual {rows}x{dim}"),
@@ -203,7 +226,7 @@ fn check_norm(gpu: &Gpu, rng: &mut ChaCha8Rng, fused: bool) -> Result<Vec<OpRepo
             ));
         } else {
             ops::rms_norm(gpu, &dx, &dw, eps, rows, &mut dout)?;
-            tessera_kernels::rms_norm(&x, &w, eps, &mut want).map_err(reference::kernel_err)?;
+            tessera_kernels::rms_norm(&x, &w, eps, &mut want).map_err(kernel_err)?;
             reports.push(report(
                 &format!("rms_norm {rows}x{dim}"),
                 "f32",
@@ -218,7 +241,7 @@ fn check_norm(gpu: &Gpu, rng: &mut ChaCha8Rng, fused: bool) -> Result<Vec<OpRepo
 fn check_rope(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<OpReport>, CudaError> {
     let (heads, kv_heads, d, max_pos) = (8, 2, 128, 4096);
     let inv_freq = reference::llama3_inv_freq(d)?;
-    let table = RopeTable::new(d, max_pos, &inv_freq).map_err(reference::kernel_err)?;
+    let table = RopeTable::new(d, max_pos, &inv_freq).map_err(kernel_err)?;
     let dtable = DeviceRope::new(gpu, d, max_pos, &inv_freq)?;
     let rows = 19;
     let stride = (heads + 2 * kv_heads) * d;
@@ -249,8 +272,7 @@ fn check_rope(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<OpReport>, CudaErro
             .chunks_exact(stride)
             .flat_map(|r| r[cols.clone()].to_vec())
             .collect();
-        tessera_kernels::rope(&mut part, h, d, &positions, &table)
-            .map_err(reference::kernel_err)?;
+        tessera_kernels::rope(&mut part, h, d, &positions, &table).map_err(kernel_err)?;
         for (row, p) in want.chunks_exact_mut(stride).zip(part.chunks_exact(h * d)) {
             row[cols.clone()].copy_from_slice(p);
         }
@@ -272,7 +294,7 @@ fn check_silu(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<OpReport>, CudaErro
     let mut want = Vec::with_capacity(rows * inter);
     for r in gu.chunks_exact(2 * inter) {
         let mut g = r[..inter].to_vec();
-        tessera_kernels::silu_mul(&mut g, &r[inter..]).map_err(reference::kernel_err)?;
+        tessera_kernels::silu_mul(&mut g, &r[inter..]).map_err(kernel_err)?;
         want.extend(g);
     }
     Ok(vec![report(
@@ -449,10 +471,10 @@ fn check_attention(
             window,
             block_size,
         };
-        let pool = CpuPool::new(1).map_err(reference::kernel_err)?;
+        let pool = CpuPool::new(1).map_err(kernel_err)?;
         let mut want = vec![0.0f32; rows * hq * d];
         tessera_kernels::paged_attention(&pool, &q, &kc, &vc, &paged, &pshape, &mut want)
-            .map_err(reference::kernel_err)?;
+            .map_err(kernel_err)?;
         let name = format!(
             "paged_attention {} d{d} hq{hq} hkv{hkv}{}",
             if prefill { "prefill" } else { "decode" },

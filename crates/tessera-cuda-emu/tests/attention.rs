@@ -1,0 +1,216 @@
+//! cuda/paged_attention.cu (kv_write, split decode + reduce, tiled prefill) on the CPU
+//! emulation against `tessera_kernels::paged_attention`: GQA groups, odd head counts, a
+//! sliding window, partial blocks and tiles, several splits, a context past 64 splits,
+//! chunked prefill after a cached prefix, decode and prefill rows in one batch.
+
+mod common;
+
+use common::paged::{Batch, Heads};
+use common::*;
+use tessera_cuda_emu::{kernels as k, launch, Placement};
+
+/// Runs kv_write then the attention kernels the way `tessera_cuda::ops` launches them;
+/// returns (output, key pool after the writes).
+fn run(b: &Batch, place: Placement) -> (Vec<f32>, Vec<f32>) {
+    let h = b.host_rows();
+    let Heads { d, hq, hkv, window } = b.heads;
+    let kvw = (hkv * d) as i32;
+    let (dqkv, mut dk, mut dv) = (
+        dev(&b.qkv, place),
+        dev(&b.k_pool, place),
+        dev(&b.v_pool, place),
+    );
+    let (pos, toff, tabs) = (
+        dev(&h.positions, place),
+        dev(&h.table_off, place),
+        dev(&h.tables, place),
+    );
+    let (slots, kvi) = (dev(&h.slots, place), dev(&b.kv_index, place));
+    let (kp, vp) = (dk.mut_ptr(), dv.mut_ptr());
+    let (stride, qd) = (b.stride as i32, (hq * d) as i32);
+    launch([b.rows as u32, 1, 1], [128, 1, 1], || unsafe {
+        k::kv_write_f32(dqkv.ptr(), stride, qd, qd + kvw, kvw, slots.ptr(), kp, vp)
+    })
+    .expect("kv_write");
+    let mut out = poisoned(b.rows * hq * d, place);
+    let o = out.mut_ptr();
+    let (bs, win, scale) = (
+        b.block_size as i32,
+        window.unwrap_or(0) as i32,
+        1.0 / (d as f32).sqrt(),
+    );
+    if !h.tile_first.is_empty() {
+        let (tf, tr) = (dev(&h.tile_first, place), dev(&h.tile_rows, place));
+        launch(
+            [h.tile_first.len() as u32, hq as u32, 1],
+            [128, 1, 1],
+            || unsafe {
+                k::prefill_attention_f32(
+                    dqkv.ptr(),
+                    stride,
+                    0,
+                    dk.ptr(),
+                    dv.ptr(),
+                    tabs.ptr(),
+                    toff.ptr(),
+                    pos.ptr(),
+                    tf.ptr(),
+                    tr.ptr(),
+                    kvi.ptr(),
+                    d as i32,
+                    hkv as i32,
+                    bs,
+                    win,
+                    scale,
+                    o,
+                )
+            },
+        )
+        .expect("prefill_attention");
+    }
+    if !h.decode_rows.is_empty() {
+        let parts = h.decode_rows.len() * hq * h.splits;
+        let rows = dev(&h.decode_rows, place);
+        let (mut pm, mut pl, mut pa) = (
+            poisoned(parts, place),
+            poisoned(parts, place),
+            poisoned(parts * d, place),
+        );
+        let (pmp, plp, pap) = (pm.mut_ptr(), pl.mut_ptr(), pa.mut_ptr());
+        let grid = [h.decode_rows.len() as u32, hq as u32, h.splits as u32];
+        launch(grid, [128, 1, 1], || unsafe {
+            k::paged_attention_split_f32(
+                dqkv.ptr(),
+                stride,
+                0,
+                dk.ptr(),
+                dv.ptr(),
+                tabs.ptr(),
+                toff.ptr(),
+                pos.ptr(),
+                rows.ptr(),
+                kvi.ptr(),
+                d as i32,
+                hkv as i32,
+                bs,
+                win,
+                h.split_len as i32,
+                scale,
+                pmp,
+                plp,
+                pap,
+            )
+        })
+        .expect("split");
+        let threads = (d.div_ceil(32) * 32) as u32;
+        launch([grid[0], grid[1], 1], [threads, 1, 1], || unsafe {
+            k::paged_attention_reduce_f32(
+                pm.ptr(),
+                pl.ptr(),
+                pa.ptr(),
+                rows.ptr(),
+                d as i32,
+                h.splits as i32,
+                o,
+            )
+        })
+        .expect("reduce");
+    }
+    (out.to_vec(), dk.to_vec())
+}
+
+fn check(heads: Heads, seqs: Vec<(usize, usize)>, seed: u64) {
+    for (i, place) in PLACES.into_iter().enumerate() {
+        let b = Batch::new(&mut rng(seed + i as u64), heads, seqs.clone(), 16);
+        let (got, k_after) = run(&b, place);
+        let (kc, vc, q) = b.written();
+        assert_eq!(k_after, kc, "kv_write {heads:?}");
+        assert_close(
+            &format!("attention {heads:?} {seqs:?}"),
+            &got,
+            &b.reference(&q, &kc, &vc),
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn decode_with_gqa_groups_and_several_splits_matches_cpu() {
+    let seqs = vec![(700, 1), (3, 1), (255, 1), (256, 1), (0, 1), (517, 1)];
+    check(
+        Heads {
+            d: 64,
+            hq: 9,
+            hkv: 3,
+            window: None,
+        },
+        seqs.clone(),
+        100,
+    );
+    check(
+        Heads {
+            d: 128,
+            hq: 8,
+            hkv: 2,
+            window: None,
+        },
+        seqs,
+        110,
+    );
+}
+
+#[test]
+fn decode_with_odd_head_width_and_window_matches_cpu() {
+    check(
+        Heads {
+            d: 80,
+            hq: 5,
+            hkv: 5,
+            window: Some(300),
+        },
+        vec![(700, 1), (100, 1), (299, 1)],
+        120,
+    );
+}
+
+#[test]
+fn decode_past_64_splits_grows_the_splits_and_matches_cpu() {
+    // 16_900 keys: 67 splits wanted, so 64 splits of 512 keys.
+    check(
+        Heads {
+            d: 32,
+            hq: 2,
+            hkv: 1,
+            window: None,
+        },
+        vec![(16_900, 1), (40, 1)],
+        130,
+    );
+}
+
+#[test]
+fn prefill_tiles_and_chunked_prefill_match_cpu() {
+    // Tiles of 16 rows over several key tiles, a chunk after a cached prefix, a one-token
+    // prompt and a decode row, in one batch.
+    let seqs = vec![(0, 45), (20, 30), (0, 1), (0, 100), (300, 1)];
+    check(
+        Heads {
+            d: 64,
+            hq: 9,
+            hkv: 3,
+            window: None,
+        },
+        seqs,
+        140,
+    );
+    check(
+        Heads {
+            d: 128,
+            hq: 4,
+            hkv: 2,
+            window: Some(37),
+        },
+        vec![(0, 70), (50, 33), (5, 1)],
+        150,
+    );
+}
