@@ -192,26 +192,31 @@ fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
         }
         return;
     }
-    let direct_gemm = matches!(job.w, Panels::F32(_) | Panels::Bf16(_));
-    let mut scratch = if direct_gemm {
-        Vec::new()
-    } else {
-        vec![0.0f32; sh.np * PANEL * k]
-    };
-    let block = (X_BLOCK_BYTES / (4 * k.max(1)) / sh.mr * sh.mr).max(sh.mr);
-    for i0 in (0..job.m).step_by(block) {
-        let i1 = job.m.min(i0 + block);
-        for p0 in panels.clone().step_by(sh.np) {
-            let np = sh.np.min(panels.end - p0);
-            let src = if direct_gemm {
-                direct(job, p0)
-            } else {
-                fill_scratch(job, p0, np, &mut scratch);
-                Src::F32(scratch.as_ptr())
-            };
-            for i in (i0..i1).step_by(sh.mr) {
-                tile_chunks(isa, job, i, sh.mr.min(i1 - i), p0, np, src);
+    if matches!(job.w, Panels::F32(_) | Panels::Bf16(_)) {
+        // Packed panels: row blocks of x stay in L2 while the panels stream past them.
+        let block = (X_BLOCK_BYTES / (4 * k.max(1)) / sh.mr * sh.mr).max(sh.mr);
+        for i0 in (0..job.m).step_by(block) {
+            let i1 = job.m.min(i0 + block);
+            for p0 in panels.clone().step_by(sh.np) {
+                let np = sh.np.min(panels.end - p0);
+                for i in (i0..i1).step_by(sh.mr) {
+                    tile_chunks(isa, job, i, sh.mr.min(i1 - i), p0, np, direct(job, p0));
+                }
             }
+        }
+        return;
+    }
+    // Row-major or quantized weights: each panel group is packed (decoded) once into
+    // scratch, then every row of x runs through it.
+    // One row (GEMV) keeps more panels, so more fma chains, in flight.
+    let step = if job.m == 1 { sh.np_gemv } else { sh.np };
+    let mut scratch = vec![0.0f32; step * PANEL * k];
+    for p0 in panels.clone().step_by(step) {
+        let np = step.min(panels.end - p0);
+        fill_scratch(job, p0, np, &mut scratch);
+        for i in (0..job.m).step_by(sh.mr) {
+            let src = Src::F32(scratch.as_ptr());
+            tile_chunks(isa, job, i, sh.mr.min(job.m - i), p0, np, src);
         }
     }
 }
@@ -259,19 +264,66 @@ pub(crate) fn pack_rows<E: Elem>(
     out: &mut [f32],
 ) {
     for (p, panel) in out.chunks_exact_mut(PANEL * k).take(np).enumerate() {
-        for o in 0..PANEL {
-            let row = (p0 + p) * PANEL + o;
-            if row < n {
-                for (kk, &v) in w[row * k..(row + 1) * k].iter().enumerate() {
-                    panel[kk * PANEL + o] = v.to_f32();
-                }
-            } else {
-                for kk in 0..k {
-                    panel[kk * PANEL + o] = 0.0;
-                }
+        let first = (p0 + p) * PANEL;
+        let live = n.saturating_sub(first).min(PANEL);
+        if live == PANEL {
+            // The next panel's rows, to prefetch while this one is packed (16 short row
+            // streams are too many for the hardware prefetcher to pick up from DRAM).
+            let next = w.get((first + PANEL) * k..(first + 2 * PANEL) * k);
+            pack_full_panel(&w[first * k..(first + PANEL) * k], k, next, panel);
+            continue;
+        }
+        for (kk, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
+            for (o, d) in dst.iter_mut().enumerate() {
+                *d = if o < live {
+                    w[(first + o) * k + kk].to_f32()
+                } else {
+                    0.0
+                };
             }
         }
     }
+}
+
+/// Packs 16 full rows (`rows`, row-major `16 x k`) into one f32 panel, through 16 x 16
+/// tiles so that both the reads and the writes are contiguous runs.
+fn pack_full_panel<E: Elem>(rows: &[E], k: usize, next: Option<&[E]>, panel: &mut [f32]) {
+    let mut tile = [[0.0f32; PANEL]; PANEL];
+    for k0 in (0..k).step_by(PANEL) {
+        let kw = PANEL.min(k - k0);
+        if let Some(next) = next {
+            for o in 0..PANEL {
+                prefetch(&next[o * k + k0]);
+            }
+        }
+        for (o, t) in tile.iter_mut().enumerate() {
+            for (d, v) in t[..kw].iter_mut().zip(&rows[o * k + k0..o * k + k0 + kw]) {
+                *d = v.to_f32();
+            }
+        }
+        for (kk, dst) in panel[k0 * PANEL..(k0 + kw) * PANEL]
+            .chunks_exact_mut(PANEL)
+            .enumerate()
+        {
+            for (d, t) in dst.iter_mut().zip(&tile) {
+                *d = t[kk];
+            }
+        }
+    }
+}
+
+/// Asks the CPU to bring the cache line holding `v` closer (a hint; no effect elsewhere).
+#[inline(always)]
+fn prefetch<T>(v: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, and `v` is a valid reference anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (v as *const T).cast(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
 }
 
 /// Runs one tile over every reduction chunk and writes its outputs: rows `i .. i + mr`,
