@@ -44,6 +44,10 @@ pub(crate) enum Src {
     Bf16(*const bf16),
     /// Quantized panels, `pstride` bytes apart.
     Blocks(BlockFormat, *const u8),
+    /// 16 full row-major f32 rows, `pstride` floats apart (one-row GEMV only).
+    RowsF32(*const f32),
+    /// 16 full row-major bf16 rows, `pstride` elements apart (one-row GEMV only).
+    RowsBf16(*const bf16),
 }
 
 /// Operands of one register tile and one reduction chunk: rows `0..mr` of x (at `x`,
@@ -192,6 +196,10 @@ fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
         }
         return;
     }
+    if let (1, Panels::Rows(w), false) = (job.m, job.w, isa == Isa::Scalar) {
+        gemv_rows(isa, job, w, panels);
+        return;
+    }
     if matches!(job.w, Panels::F32(_) | Panels::Bf16(_)) {
         // Packed panels: row blocks of x stay in L2 while the panels stream past them.
         let block = (X_BLOCK_BYTES / (4 * k.max(1)) / sh.mr * sh.mr).max(sh.mr);
@@ -218,6 +226,27 @@ fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
             let src = Src::F32(scratch.as_ptr());
             tile_chunks(isa, job, i, sh.mr.min(job.m - i), p0, np, src);
         }
+    }
+}
+
+/// One-row matmul straight from row-major weights: full panels transpose in registers,
+/// a last partial panel goes through scratch.
+fn gemv_rows(isa: Isa, job: &Job<'_>, w: WeightRef<'_>, panels: Range<usize>) {
+    let k = job.k;
+    for p in panels {
+        let first = p * PANEL;
+        let src = if first + PANEL <= job.n {
+            match w {
+                WeightRef::F32(w) => Src::RowsF32(w[first * k..].as_ptr()),
+                WeightRef::Bf16(w) => Src::RowsBf16(w[first * k..].as_ptr()),
+            }
+        } else {
+            let mut scratch = vec![0.0f32; PANEL * k];
+            fill_scratch(job, p, 1, &mut scratch);
+            tile_chunks(isa, job, 0, 1, p, 1, Src::F32(scratch.as_ptr()));
+            continue;
+        };
+        tile_chunks(isa, job, 0, 1, p, 1, src);
     }
 }
 
@@ -337,6 +366,7 @@ fn tile_chunks(isa: Isa, job: &Job<'_>, i: usize, mr: usize, p0: usize, np: usiz
     let pstride = match src {
         Src::Blocks(f, _) => quant::panel_bytes(f, k),
         Src::F32(_) | Src::Bf16(_) => PANEL * k,
+        Src::RowsF32(_) | Src::RowsBf16(_) => k,
     };
     let (mut c0, mut ci) = (0usize, 0usize);
     loop {
@@ -422,19 +452,25 @@ unsafe fn kernel(isa: Isa, src: Src, args: &TileArgs) {
         Isa::Scalar => match src {
             Src::F32(w) => unsafe { scalar::tile(w, args) },
             Src::Bf16(w) => unsafe { scalar::tile(w, args) },
-            Src::Blocks(..) => unreachable!("the portable path decodes blocks to scratch"),
+            Src::Blocks(..) | Src::RowsF32(_) | Src::RowsBf16(_) => {
+                unreachable!("the portable path reads blocks and rows through scratch")
+            }
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match src {
             Src::F32(w) => unsafe { super::x86_avx2::tile(w, args) },
             Src::Bf16(w) => unsafe { super::x86_avx2::tile(w, args) },
             Src::Blocks(f, w) => unsafe { super::x86_avx2::gemv_blocks(f, w, args) },
+            Src::RowsF32(w) => unsafe { super::rows_x86::gemv_rows_avx2(w, args) },
+            Src::RowsBf16(w) => unsafe { super::rows_x86::gemv_rows_avx2(w, args) },
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => match src {
             Src::F32(w) => unsafe { super::x86_avx512::tile(w, args) },
             Src::Bf16(w) => unsafe { super::x86_avx512::tile(w, args) },
             Src::Blocks(f, w) => unsafe { super::x86_avx512::gemv_blocks(f, w, args) },
+            Src::RowsF32(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
+            Src::RowsBf16(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
         },
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 | Isa::Avx512 => unreachable!("x86 paths are never available here"),

@@ -21,6 +21,8 @@
 mod drive;
 mod packed;
 mod reference;
+#[cfg(target_arch = "x86_64")]
+mod rows_x86;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
