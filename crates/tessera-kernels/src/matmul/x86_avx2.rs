@@ -165,10 +165,12 @@ unsafe fn load_quants<const F: u8>(q: *const u8, j: usize) -> [__m256i; 2] {
     };
     let mut v = [_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(hi)];
     for h in &mut v {
-        if j >= 16 {
-            *h = _mm256_srli_epi32::<4>(*h);
-        }
-        *h = _mm256_and_si256(*h, _mm256_set1_epi32(0xF));
+        // Zero-extended bytes: the high nibble needs only the shift.
+        *h = if j >= 16 {
+            _mm256_srli_epi32::<4>(*h)
+        } else {
+            _mm256_and_si256(*h, _mm256_set1_epi32(0xF))
+        };
         if F == 1 {
             *h = _mm256_sub_epi32(*h, _mm256_set1_epi32(8));
         }
@@ -213,10 +215,14 @@ unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
                 // SAFETY: q[p] points at block b's quants of panel p.
                 let iv = unsafe { load_quants::<F>(q[p], j) };
                 for h in 0..2 {
-                    let mut wv = _mm256_mul_ps(_mm256_cvtepi32_ps(iv[h]), d[p][h]);
-                    if F == 2 {
-                        wv = _mm256_add_ps(wv, m[p][h]);
-                    }
+                    let q = _mm256_cvtepi32_ps(iv[h]);
+                    // q * d is exact, so the fused form rounds (and signs zeros) exactly
+                    // as multiply-then-add.
+                    let wv = if F == 2 {
+                        _mm256_fmadd_ps(q, d[p][h], m[p][h])
+                    } else {
+                        _mm256_mul_ps(q, d[p][h])
+                    };
                     acc[p][h] = _mm256_fmadd_ps(xv, wv, acc[p][h]);
                 }
             }

@@ -174,16 +174,20 @@ unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
                 } else {
                     // SAFETY: 16 rows of 16 nibble pairs follow the scales (and mins).
                     let raw = unsafe { _mm_loadu_si128(q[p].add((j % 16) * 16).cast()) };
-                    let mut v = _mm512_cvtepu8_epi32(raw);
-                    if j >= 16 {
-                        v = _mm512_srli_epi32::<4>(v);
-                    }
-                    v = _mm512_and_si512(v, _mm512_set1_epi32(0xF));
+                    let v = _mm512_cvtepu8_epi32(raw);
+                    // Zero-extended bytes: the high nibble needs only the shift.
+                    let mut v = if j >= 16 {
+                        _mm512_srli_epi32::<4>(v)
+                    } else {
+                        _mm512_and_si512(v, _mm512_set1_epi32(0xF))
+                    };
                     if F == 1 {
                         v = _mm512_sub_epi32(v, _mm512_set1_epi32(8));
                         _mm512_mul_ps(_mm512_cvtepi32_ps(v), d[p])
                     } else {
-                        _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), d[p]), m[p])
+                        // q * d is exact, so the fused form rounds (and signs zeros)
+                        // exactly as multiply-then-add.
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), d[p], m[p])
                     }
                 };
                 acc[p] = _mm512_fmadd_ps(xv, wv, acc[p]);
