@@ -28,6 +28,9 @@ use crate::sse::{self, frame, ChunkFormat};
 use crate::state::{unix_now, AppState};
 use crate::{json_response, RequestId};
 
+/// `max_tokens` when a request leaves it out (OpenAI's and vLLM's default here).
+const DEFAULT_MAX_TOKENS: usize = 16;
+
 /// One prompt, tokenized, with its text (for `echo`).
 struct Prompt {
     ids: Vec<u32>,
@@ -49,7 +52,18 @@ pub async fn handle(
     let echo = request.echo.unwrap_or(false);
     let logprobs = check_options(&request, &common)?;
     let limits = state.limits();
-    let mut sampling = crate::params::sampling(&common, common.max_tokens, logprobs, &limits)?;
+    let mut sampling = crate::params::sampling(
+        &common,
+        common.max_tokens,
+        logprobs,
+        &limits,
+        &state.config.sampling_defaults,
+    )?;
+    sampling.default_max_tokens = Some(DEFAULT_MAX_TOKENS);
+    let constraint = match crate::structured::requested(&common)? {
+        Some(r) => Some(crate::structured::compile(&state, &r)?),
+        None => None,
+    };
     if echo {
         sampling.params.prompt_logprobs = logprobs;
     }
@@ -62,7 +76,7 @@ pub async fn handle(
         requests.extend(sampling.requests(&p.ids, "prompt", &limits)?);
     }
     let prompt_tokens: usize = prompts.iter().map(|p| p.ids.len()).sum();
-    let generation = Generation::start(Arc::clone(&state), requests, arrived)
+    let generation = Generation::start(Arc::clone(&state), requests, constraint.as_ref(), arrived)
         .instrument(span.clone())
         .await?;
     let stream = common.stream.unwrap_or(false);
