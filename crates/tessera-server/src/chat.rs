@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tessera_engine::constraint::TokenConstraint;
 use tessera_engine::sampling::MAX_TOP_LOGPROBS;
 use tessera_engine::TokenLogprobs;
@@ -18,15 +18,16 @@ use tracing::Instrument;
 
 use crate::error::ServerError;
 use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN};
-use crate::request::{read_json, ChatRequest, InputMessage, MessageContent};
+use crate::request::{read_json, ChatRequest};
+use crate::respond::{respond, Respond, Shape};
 use crate::response::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatLogprobs, ChatTokenLogprob,
     ChoiceOutput, ChunkUsage, Delta, FunctionDelta, ResponseMessage, ToolCallDelta, UsageOut,
 };
-use crate::sse::{self, frame, ChunkFormat};
+use crate::sse::{frame, ChunkFormat};
 use crate::state::{unix_now, AppState};
 use crate::tools::{self, ToolPlan};
-use crate::{json_response, RequestId};
+use crate::RequestId;
 
 /// Handles one chat completion request.
 pub async fn handle(
@@ -50,7 +51,7 @@ pub async fn handle(
         .as_ref()
         .filter(|_| !native)
         .map(ToolPlan::system_block);
-    let messages = messages(&request.messages, native, system_block)?;
+    let messages = crate::conversation::messages(&request.messages, native, system_block)?;
     let ending = ending(&request)?;
     let logprobs = logprobs(request.logprobs, request.top_logprobs)?;
     let max_tokens = max_tokens(&request, &common)?;
@@ -88,36 +89,26 @@ pub async fn handle(
         model: state.config.model_name.clone(),
         system_fingerprint: state.config.system_fingerprint.clone(),
     };
-    if common.stream.unwrap_or(false) {
-        let include_usage = common
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-        let format = ChatChunks {
-            meta,
-            state: Arc::clone(&state),
-            choices: generation.len(),
-            usage: ChunkUsage::pending(include_usage),
-            held: vec![plan.as_ref().map(|_| String::new()); generation.len()],
-        };
-        return Ok(sse::response(
-            generation,
-            format,
-            prompt.len(),
-            include_usage,
-            span,
-        ));
-    }
-    let outputs = crate::collect(generation).instrument(span.clone()).await;
-    let body = whole(
-        &state,
+    let stream = common.stream.unwrap_or(false);
+    let include_usage = common
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let format = ChatChunks {
         meta,
-        outputs,
-        prompt.len(),
-        logprobs.is_some(),
-        plan.is_some(),
-    )?;
-    Ok(json_response(StatusCode::OK, &body))
+        state: Arc::clone(&state),
+        choices: generation.len(),
+        usage: ChunkUsage::pending(stream && include_usage),
+        held: vec![plan.as_ref().map(|_| String::new()); generation.len()],
+        with_logprobs: logprobs.is_some(),
+        with_tools: plan.is_some(),
+    };
+    let shape = Shape {
+        prompt_tokens: prompt.len(),
+        stream,
+        include_usage,
+    };
+    respond(generation, format, shape, span).await
 }
 
 /// The matcher the reply follows: the tool plan's grammar, or the structured output the
@@ -211,116 +202,6 @@ fn logprobs(logprobs: Option<bool>, top: Option<u64>) -> Result<Option<usize>, S
     }
 }
 
-/// The text of a message's content; content parts are joined (text parts only).
-fn content_text(i: usize, content: Option<&MessageContent>) -> Result<String, ServerError> {
-    match content {
-        None => Ok(String::new()),
-        Some(MessageContent::Text(t)) => Ok(t.clone()),
-        Some(MessageContent::Parts(parts)) => {
-            let mut text = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                match (p.kind.as_str(), &p.text) {
-                    ("text", Some(t)) => text.push_str(t),
-                    _ => {
-                        return Err(ServerError::invalid(
-                            Some(format!("messages[{i}].content[{j}]")),
-                            format!("Unsupported content part of type {:?}: only text parts with a `text` field are supported.", p.kind),
-                        ))
-                    }
-                }
-            }
-            Ok(text)
-        }
-    }
-}
-
-/// The request's messages as template input (JSON objects). With `native` tools the
-/// template gets `tool_calls` and `tool_call_id` as they are; otherwise calls and results
-/// are written in the fallback format ([`crate::tools`]) and `system_block` (the tool
-/// specs) is added to the system message.
-fn messages(
-    input: &[InputMessage],
-    native: bool,
-    system_block: Option<String>,
-) -> Result<Vec<Value>, ServerError> {
-    if input.is_empty() {
-        return Err(ServerError::invalid(
-            Some("messages".to_string()),
-            "messages must hold at least one message.",
-        ));
-    }
-    let mut out = Vec::with_capacity(input.len() + 1);
-    for (i, m) in input.iter().enumerate() {
-        let role = match m.role.as_str() {
-            "developer" => "system",
-            r @ ("system" | "user" | "assistant" | "tool") => r,
-            other => {
-                return Err(ServerError::invalid(
-                    Some(format!("messages[{i}].role")),
-                    format!(
-                    "Unsupported role {other:?}: use system, developer, user, assistant or tool."
-                ),
-                ))
-            }
-        };
-        let mut content = content_text(i, m.content.as_ref())?;
-        let calls = m.tool_calls.as_deref().filter(|c| !c.is_empty());
-        if calls.is_some() && role != "assistant" {
-            return Err(ServerError::invalid(
-                Some(format!("messages[{i}].tool_calls")),
-                "Only assistant messages carry tool_calls.",
-            ));
-        }
-        let message = if native {
-            let mut msg = json!({"role": role, "content": content});
-            if let Some(calls) = calls {
-                msg["tool_calls"] = native_calls(calls);
-            }
-            if let Some(id) = &m.tool_call_id {
-                msg["tool_call_id"] = json!(id);
-            }
-            msg
-        } else if role == "tool" {
-            json!({"role": "user", "content": tools::render_result(m.tool_call_id.as_deref(), &content)})
-        } else {
-            if let Some(calls) = calls {
-                if !content.is_empty() {
-                    content.push('\n');
-                }
-                content.push_str(&tools::render_calls(calls));
-            }
-            json!({"role": role, "content": content})
-        };
-        out.push(message);
-    }
-    if let Some(block) = system_block {
-        match out.first_mut() {
-            Some(first) if first["role"] == "system" => {
-                let text = format!(
-                    "{}\n\n{block}",
-                    first["content"].as_str().unwrap_or_default()
-                );
-                first["content"] = json!(text);
-            }
-            _ => out.insert(0, json!({"role": "system", "content": block})),
-        }
-    }
-    Ok(out)
-}
-
-/// Calls for a template that renders them itself: arguments as objects, as Hugging Face
-/// templates expect.
-fn native_calls(calls: &[tools::InputToolCall]) -> Value {
-    calls
-        .iter()
-        .map(|c| {
-            let args: Value = serde_json::from_str(&c.function.arguments)
-                .unwrap_or_else(|_| Value::String(c.function.arguments.clone()));
-            json!({"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": args}})
-        })
-        .collect()
-}
-
 /// Renders and tokenizes the conversation off the async workers.
 async fn render(
     state: &Arc<AppState>,
@@ -387,54 +268,57 @@ struct Meta {
     system_fingerprint: String,
 }
 
-fn whole(
-    state: &AppState,
-    meta: Meta,
-    outputs: Vec<ChoiceOutput>,
-    prompt_tokens: usize,
-    with_logprobs: bool,
-    with_tools: bool,
-) -> Result<ChatCompletion, ServerError> {
-    let mut choices = Vec::with_capacity(outputs.len());
-    let mut completion_tokens = 0;
-    for (index, out) in outputs.into_iter().enumerate() {
-        let reason = out.finish.unwrap_or(tessera_engine::FinishReason::Error);
-        if let Some(e) = finish_error(reason, out.error.as_deref()) {
-            return Err(e);
+impl Respond for ChatChunks {
+    type Body = ChatCompletion;
+
+    fn whole(
+        &self,
+        outputs: Vec<ChoiceOutput>,
+        prompt_tokens: usize,
+    ) -> Result<ChatCompletion, ServerError> {
+        let (state, meta) = (&self.state, &self.meta);
+        let (with_logprobs, with_tools) = (self.with_logprobs, self.with_tools);
+        let mut choices = Vec::with_capacity(outputs.len());
+        let mut completion_tokens = 0;
+        for (index, out) in outputs.into_iter().enumerate() {
+            let reason = out.finish.unwrap_or(tessera_engine::FinishReason::Error);
+            if let Some(e) = finish_error(reason, out.error.as_deref()) {
+                return Err(e);
+            }
+            completion_tokens += out.usage.completion_tokens;
+            let logprobs = with_logprobs.then(|| ChatLogprobs {
+                content: out
+                    .tokens
+                    .iter()
+                    .map(|(id, lp)| ChatTokenLogprob::new(&state.tokenizer, *id, lp))
+                    .collect(),
+            });
+            let calls = with_tools.then(|| tools::parse_calls(&out.text)).flatten();
+            let finish_reason = match &calls {
+                Some(_) => "tool_calls",
+                None => finish_reason_str(reason),
+            };
+            choices.push(ChatChoice {
+                index,
+                message: ResponseMessage {
+                    role: "assistant",
+                    content: calls.is_none().then_some(out.text),
+                    tool_calls: calls,
+                },
+                logprobs,
+                finish_reason,
+            });
         }
-        completion_tokens += out.usage.completion_tokens;
-        let logprobs = with_logprobs.then(|| ChatLogprobs {
-            content: out
-                .tokens
-                .iter()
-                .map(|(id, lp)| ChatTokenLogprob::new(&state.tokenizer, *id, lp))
-                .collect(),
-        });
-        let calls = with_tools.then(|| tools::parse_calls(&out.text)).flatten();
-        let finish_reason = match &calls {
-            Some(_) => "tool_calls",
-            None => finish_reason_str(reason),
-        };
-        choices.push(ChatChoice {
-            index,
-            message: ResponseMessage {
-                role: "assistant",
-                content: calls.is_none().then_some(out.text),
-                tool_calls: calls,
-            },
-            logprobs,
-            finish_reason,
-        });
+        Ok(ChatCompletion {
+            id: meta.id.clone(),
+            object: "chat.completion",
+            created: meta.created,
+            model: meta.model.clone(),
+            system_fingerprint: meta.system_fingerprint.clone(),
+            choices,
+            usage: UsageOut::new(prompt_tokens, completion_tokens),
+        })
     }
-    Ok(ChatCompletion {
-        id: meta.id,
-        object: "chat.completion",
-        created: meta.created,
-        model: meta.model,
-        system_fingerprint: meta.system_fingerprint,
-        choices,
-        usage: UsageOut::new(prompt_tokens, completion_tokens),
-    })
 }
 
 /// Chat chunk shapes for [`sse::response`].
@@ -447,6 +331,10 @@ struct ChatChunks {
     /// Per choice, with tools: the text held back while it may still be a tool call
     /// (`None` once it is known to be text, or without tools).
     held: Vec<Option<String>>,
+    /// Whether whole responses carry logprobs.
+    with_logprobs: bool,
+    /// Whether replies are read back as tool calls.
+    with_tools: bool,
 }
 
 /// How a tool call starts in the reply.

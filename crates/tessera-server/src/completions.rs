@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
 use tessera_engine::sampling::MAX_TOP_LOGPROBS;
@@ -21,12 +21,13 @@ use tracing::Instrument;
 use crate::error::ServerError;
 use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN};
 use crate::request::{read_json, CommonParams, CompletionRequest, PromptInput};
+use crate::respond::{respond, Respond, Shape};
 use crate::response::{
     ChoiceOutput, ChunkUsage, CompletionLogprobs, TextChoice, TextCompletion, UsageOut,
 };
-use crate::sse::{self, frame, ChunkFormat};
+use crate::sse::{frame, ChunkFormat};
 use crate::state::{unix_now, AppState};
-use crate::{json_response, RequestId};
+use crate::RequestId;
 
 /// `max_tokens` when a request leaves it out (OpenAI's and vLLM's default here).
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -124,18 +125,12 @@ pub async fn handle(
         state: Arc::clone(&state),
         with_logprobs: logprobs.is_some(),
     };
-    if stream {
-        return Ok(sse::response(
-            generation,
-            meta,
-            prompt_tokens,
-            include_usage,
-            span,
-        ));
-    }
-    let outputs = crate::collect(generation).instrument(span.clone()).await;
-    let body = meta.whole(outputs, prompt_tokens)?;
-    Ok(json_response(StatusCode::OK, &body))
+    let shape = Shape {
+        prompt_tokens,
+        stream,
+        include_usage,
+    };
+    respond(generation, meta, shape, span).await
 }
 
 /// Checks the fields only text completions have; returns the engine's logprobs setting.
@@ -238,6 +233,18 @@ struct TextChunks {
     usage: ChunkUsage,
 }
 
+impl Respond for TextChunks {
+    type Body = TextCompletion;
+
+    fn whole(
+        &self,
+        outputs: Vec<ChoiceOutput>,
+        prompt_tokens: usize,
+    ) -> Result<TextCompletion, ServerError> {
+        self.whole_body(outputs, prompt_tokens)
+    }
+}
+
 impl TextChunks {
     fn body(&self, choices: Vec<TextChoice>, usage: ChunkUsage) -> TextCompletion {
         TextCompletion {
@@ -251,7 +258,7 @@ impl TextChunks {
         }
     }
 
-    fn whole(
+    fn whole_body(
         &self,
         outputs: Vec<ChoiceOutput>,
         prompt_tokens: usize,

@@ -13,11 +13,13 @@
 
 mod chat;
 mod completions;
+mod conversation;
 pub mod error;
 mod generation;
 mod metrics;
 mod params;
 mod request;
+mod respond;
 mod response;
 mod routes;
 mod sse;
