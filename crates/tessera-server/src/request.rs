@@ -405,6 +405,28 @@ mod tests {
     }
 
     #[test]
+    fn unsupported_fields_are_refused_by_name_and_harmless_ones_accepted() {
+        for (extra, field) in [
+            (r#""audio":{"voice":"alloy"}"#, "audio"),
+            (r#""modalities":["text","audio"]"#, "modalities"),
+            (r#""functions":[]"#, "functions"),
+            (r#""prediction":{"type":"content"}"#, "prediction"),
+        ] {
+            let e = err(&format!(r#"{{"model":"m","messages":[],{extra}}}"#));
+            match e {
+                ServerError::InvalidRequest { param, .. } => {
+                    assert_eq!(param.as_deref(), Some(field))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let ok = parse_json::<ChatRequest>(
+            br#"{"model":"m","messages":[],"user":"u","metadata":{"a":"b"},"store":true,"modalities":["text"],"audio":null}"#,
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
     fn missing_model_is_reported() {
         let e = err(r#"{"messages":[]}"#);
         assert!(e.to_string().contains("model"), "{e}");
