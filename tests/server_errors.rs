@@ -251,9 +251,10 @@ fn every_invalid_request_gets_its_openai_status_and_error_type() {
             Expect(400, "invalid_request_error", Some("messages")),
         ),
         (
+            // `tool` is supported now (issue 12); the legacy `function` role is not.
             "unsupported role",
             CHAT,
-            chat(json!({"messages": [{"role": "tool", "content": "x"}]})),
+            chat(json!({"messages": [{"role": "function", "content": "x"}]})),
             Expect(400, "invalid_request_error", Some("messages[0].role")),
         ),
         (

@@ -165,6 +165,7 @@ pub(crate) fn run(a: &ServeArgs) -> Result<()> {
         max_queue: a.max_queue,
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         system_fingerprint: format!("tessera-{}-tp{tp}-{strategy}", env!("CARGO_PKG_VERSION")),
+        sampling_defaults: tessera_server::SamplingDefaults::from_model_dir(&a.model.resolve()?)?,
         ..ServerConfig::new(model_name.clone(), max_model_len)
     };
     tracing::info!(model = %model_name, tp, max_model_len, "model loaded");

@@ -22,6 +22,7 @@ use serde::Serialize;
 use tessera_model::{LogitRows, TextTokenizer};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::constraint::{masks_beside, TokenConstraint};
 use crate::coordinator::{Coordinator, EngineError, StepSeq};
 use crate::histogram::Histogram;
 use crate::prompt_scores::PromptScores;
@@ -149,6 +150,7 @@ impl Default for EngineConfig {
 struct Submit {
     id: u64,
     request: Request,
+    constraint: Option<TokenConstraint>,
     events: mpsc::UnboundedSender<Event>,
     reply: oneshot::Sender<Result<(), EngineError>>,
     /// The submitter's span, so engine-thread lines about the request carry its fields.
@@ -256,7 +258,17 @@ impl EngineHandle {
     /// Submits a request; errors (invalid parameters, a request that can never fit) come
     /// back at once. Waits only for the engine thread to accept it, never for a step.
     pub async fn submit(&self, request: Request) -> Result<Submission, EngineError> {
-        let (reply_rx, submission) = self.send(request)?;
+        self.submit_constrained(request, None).await
+    }
+
+    /// [`EngineHandle::submit`] with the matcher its output must follow (constrained
+    /// decoding; one matcher per request).
+    pub async fn submit_constrained(
+        &self,
+        request: Request,
+        constraint: Option<TokenConstraint>,
+    ) -> Result<Submission, EngineError> {
+        let (reply_rx, submission) = self.send(request, constraint)?;
         match reply_rx.await {
             Ok(Ok(())) => Ok(submission),
             Ok(Err(e)) => Err(e),
@@ -266,7 +278,7 @@ impl EngineHandle {
 
     /// Blocking form of [`EngineHandle::submit`] for non-async callers.
     pub fn submit_blocking(&self, request: Request) -> Result<Submission, EngineError> {
-        let (reply_rx, submission) = self.send(request)?;
+        let (reply_rx, submission) = self.send(request, None)?;
         match reply_rx.blocking_recv() {
             Ok(Ok(())) => Ok(submission),
             Ok(Err(e)) => Err(e),
@@ -278,6 +290,7 @@ impl EngineHandle {
     fn send(
         &self,
         request: Request,
+        constraint: Option<TokenConstraint>,
     ) -> Result<(oneshot::Receiver<Result<(), EngineError>>, Submission), EngineError> {
         request
             .params
@@ -289,6 +302,7 @@ impl EngineHandle {
         let msg = Msg::Submit(Box::new(Submit {
             id,
             request,
+            constraint,
             events: events_tx,
             reply: reply_tx,
             span: tracing::Span::current(),
@@ -388,6 +402,8 @@ struct Live {
     stops: StopMatcher,
     stop_ids: Vec<u32>,
     generated: usize,
+    /// The grammar's matcher, for a constrained request.
+    constraint: Option<TokenConstraint>,
 }
 
 struct Worker {
@@ -440,6 +456,7 @@ impl Worker {
                 let Submit {
                     id,
                     request,
+                    constraint,
                     events,
                     reply,
                     span,
@@ -486,6 +503,7 @@ impl Worker {
                                 },
                                 stop_ids,
                                 generated: 0,
+                                constraint,
                             },
                         );
                         let _ = reply.send(Ok(()));
@@ -554,7 +572,7 @@ impl Worker {
             && plan.seqs.iter().filter(|s| s.needs_logits).all(|s| {
                 self.requests
                     .get(&s.id)
-                    .is_some_and(|r| r.sampler.is_plain_greedy())
+                    .is_some_and(|r| r.sampler.is_plain_greedy() && r.constraint.is_none())
             });
         if greedy_only {
             let ids = self.coordinator.step_greedy(seqs)?;
@@ -578,7 +596,14 @@ impl Worker {
             }
             return Ok(());
         }
-        let logits = self.coordinator.step(seqs)?;
+        // Constrained rows' masks are computed while the ranks run the forward pass.
+        let constraints = self
+            .requests
+            .values_mut()
+            .filter_map(|r| r.constraint.as_mut())
+            .collect();
+        let coordinator = &mut self.coordinator;
+        let logits = masks_beside(constraints, || coordinator.step(seqs))?;
         self.counters.steps += 1;
         self.observe_collectives();
         let vocab = self.coordinator.config().shape.vocab;
@@ -676,14 +701,23 @@ impl Worker {
             token,
             logprob,
             top_logprobs,
-        } = match pick {
-            Pick::Logits(logits) => live.sampler.sample(logits),
-            Pick::Token(token) => live.sampler.accept(token),
+        } = match (pick, live.constraint.as_mut()) {
+            (Pick::Logits(logits), None) => live.sampler.sample(logits),
+            (Pick::Logits(logits), Some(c)) => match c.masked(logits) {
+                Ok(masked) => live.sampler.sample(&masked),
+                Err(e) => return self.end(id, FinishReason::Error, Some(e.to_string())),
+            },
+            (Pick::Token(token), _) => live.sampler.accept(token),
         };
         if live.stop_ids.contains(&token) {
             self.end(id, FinishReason::Stop, None);
             return;
         }
+        let grammar_done = match live.constraint.as_mut().map(|c| c.accept(token)) {
+            None | Some(Ok(false)) => false,
+            Some(Ok(true)) => true,
+            Some(Err(e)) => return self.end(id, FinishReason::Error, Some(e.to_string())),
+        };
         live.generated += 1;
         self.counters.generated_tokens += 1;
         let mut text = match &self.tokenizer {
@@ -705,7 +739,7 @@ impl Worker {
             text,
             logprobs,
         });
-        if stopped {
+        if stopped || grammar_done {
             self.end(id, FinishReason::Stop, None);
             return;
         }

@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod block_pool;
+pub mod constraint;
 mod coordinator;
 mod engine;
 mod generate;

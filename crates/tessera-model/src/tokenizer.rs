@@ -112,10 +112,40 @@ impl TextTokenizer {
         &self.eos_ids
     }
 
+    /// The tokenizer as `tokenizer.json` text (for token tables built elsewhere, such as
+    /// constrained decoding's token trie).
+    pub fn to_json(&self) -> Result<String, ModelError> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// Whether the chat template reads a `tools` variable (renders tool specs itself).
+    pub fn template_uses_tools(&self) -> bool {
+        self.chat_template
+            .as_deref()
+            .is_some_and(|t| t.contains("tools"))
+    }
+
     /// Renders `messages` with the model's chat template (generation prompt appended when asked).
     pub fn render_chat(
         &self,
         messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
+        self.render_chat_json(
+            &serde_json::to_value(messages).map_err(|e| ModelError::ChatTemplate(e.to_string()))?,
+            None,
+            add_generation_prompt,
+        )
+    }
+
+    /// Renders messages given as JSON (any fields, such as `tool_calls`) with the chat
+    /// template, passing `tools` to templates that render tool specs.
+    pub fn render_chat_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String, ModelError> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
@@ -141,6 +171,7 @@ impl TextTokenizer {
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),

@@ -7,24 +7,27 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
+use serde_json::Value;
+use tessera_engine::constraint::TokenConstraint;
 use tessera_engine::sampling::MAX_TOP_LOGPROBS;
 use tessera_engine::TokenLogprobs;
-use tessera_model::ChatMessage;
 use tracing::Instrument;
 
 use crate::error::ServerError;
 use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN};
-use crate::request::{read_json, ChatRequest, InputMessage, MessageContent};
+use crate::request::{read_json, ChatRequest};
+use crate::respond::{respond, Respond, Shape};
 use crate::response::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatLogprobs, ChatTokenLogprob,
-    ChoiceOutput, ChunkUsage, Delta, ResponseMessage, UsageOut,
+    ChoiceOutput, ChunkUsage, Delta, FunctionDelta, ResponseMessage, ToolCallDelta, UsageOut,
 };
-use crate::sse::{self, frame, ChunkFormat};
+use crate::sse::{frame, ChunkFormat};
 use crate::state::{unix_now, AppState};
-use crate::{json_response, RequestId};
+use crate::tools::{self, ToolPlan};
+use crate::RequestId;
 
 /// Handles one chat completion request.
 pub async fn handle(
@@ -38,18 +41,38 @@ pub async fn handle(
     let (request, common): (ChatRequest, _) =
         read_json(&headers, body, state.config.body_limit).await?;
     state.check_model(&common.model)?;
-    let messages = messages(&request.messages)?;
+    let plan = tools::plan(
+        request.tools.as_deref(),
+        request.tool_choice.as_ref(),
+        request.parallel_tool_calls,
+    )?;
+    let native = plan.is_some() && state.tokenizer.template_uses_tools();
+    let system_block = plan
+        .as_ref()
+        .filter(|_| !native)
+        .map(ToolPlan::system_block);
+    let messages = crate::conversation::messages(&request.messages, native, system_block)?;
     let ending = ending(&request)?;
     let logprobs = logprobs(request.logprobs, request.top_logprobs)?;
     let max_tokens = max_tokens(&request, &common)?;
     let limits = state.limits();
-    let sampling = crate::params::sampling(&common, max_tokens, logprobs, &limits)?;
+    let sampling = crate::params::sampling(
+        &common,
+        max_tokens,
+        logprobs,
+        &limits,
+        &state.config.sampling_defaults,
+    )?;
     state.check_capacity(sampling.n)?;
-    let prompt = render(&state, messages, ending)
+    let constraint = constraint(&state, &common, plan.as_ref())?;
+    let template_tools = native
+        .then(|| serde_json::to_value(request.tools.as_deref().unwrap_or_default()).ok())
+        .flatten();
+    let prompt = render(&state, messages, template_tools, ending)
         .instrument(span.clone())
         .await?;
     let requests = sampling.requests(&prompt, "messages", &limits)?;
-    let generation = Generation::start(Arc::clone(&state), requests, arrived)
+    let generation = Generation::start(Arc::clone(&state), requests, constraint.as_ref(), arrived)
         .instrument(span.clone())
         .await?;
     span.in_scope(|| {
@@ -66,28 +89,54 @@ pub async fn handle(
         model: state.config.model_name.clone(),
         system_fingerprint: state.config.system_fingerprint.clone(),
     };
-    if common.stream.unwrap_or(false) {
-        let include_usage = common
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-        let format = ChatChunks {
-            meta,
-            state: Arc::clone(&state),
-            choices: generation.len(),
-            usage: ChunkUsage::pending(include_usage),
-        };
-        return Ok(sse::response(
-            generation,
-            format,
-            prompt.len(),
-            include_usage,
-            span,
-        ));
-    }
-    let outputs = crate::collect(generation).instrument(span.clone()).await;
-    let body = whole(&state, meta, outputs, prompt.len(), logprobs.is_some())?;
-    Ok(json_response(StatusCode::OK, &body))
+    let stream = common.stream.unwrap_or(false);
+    let include_usage = common
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let format = ChatChunks {
+        meta,
+        state: Arc::clone(&state),
+        choices: generation.len(),
+        usage: ChunkUsage::pending(stream && include_usage),
+        held: vec![plan.as_ref().map(|_| String::new()); generation.len()],
+        with_logprobs: logprobs.is_some(),
+        with_tools: plan.is_some(),
+    };
+    let shape = Shape {
+        prompt_tokens: prompt.len(),
+        stream,
+        include_usage,
+    };
+    respond(generation, format, shape, span).await
+}
+
+/// The matcher the reply follows: the tool plan's grammar, or the structured output the
+/// request asks for.
+fn constraint(
+    state: &AppState,
+    common: &crate::request::CommonParams,
+    plan: Option<&ToolPlan>,
+) -> Result<Option<TokenConstraint>, ServerError> {
+    let requested = crate::structured::requested(common)?;
+    let requested = match (plan, requested) {
+        (Some(_), Some(r)) => {
+            return Err(ServerError::invalid(
+                Some(r.field.to_string()),
+                format!(
+                    "{} cannot be combined with tools unless tool_choice is \"none\".",
+                    r.field
+                ),
+            ))
+        }
+        (Some(p), None) => crate::structured::Requested {
+            grammar: p.grammar(),
+            field: "tools",
+        },
+        (None, Some(r)) => r,
+        (None, None) => return Ok(None),
+    };
+    crate::structured::compile(state, &requested).map(Some)
 }
 
 /// The effective `max_tokens`: `max_completion_tokens` (the newer name) wins over
@@ -153,65 +202,21 @@ fn logprobs(logprobs: Option<bool>, top: Option<u64>) -> Result<Option<usize>, S
     }
 }
 
-/// The request's messages as template input; content parts are joined.
-fn messages(input: &[InputMessage]) -> Result<Vec<ChatMessage>, ServerError> {
-    if input.is_empty() {
-        return Err(ServerError::invalid(
-            Some("messages".to_string()),
-            "messages must hold at least one message.",
-        ));
-    }
-    input
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = match m.role.as_str() {
-                "developer" => "system",
-                r @ ("system" | "user" | "assistant") => r,
-                other => {
-                    return Err(ServerError::invalid(
-                        Some(format!("messages[{i}].role")),
-                        format!("Unsupported role {other:?}: use system, developer, user or assistant."),
-                    ))
-                }
-            };
-            let content = match &m.content {
-                None => String::new(),
-                Some(MessageContent::Text(t)) => t.clone(),
-                Some(MessageContent::Parts(parts)) => {
-                    let mut text = String::new();
-                    for (j, p) in parts.iter().enumerate() {
-                        match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => text.push_str(t),
-                            _ => {
-                                return Err(ServerError::invalid(
-                                    Some(format!("messages[{i}].content[{j}]")),
-                                    format!("Unsupported content part of type {:?}: only text parts with a `text` field are supported.", p.kind),
-                                ))
-                            }
-                        }
-                    }
-                    text
-                }
-            };
-            Ok(ChatMessage {
-                role: role.to_string(),
-                content,
-            })
-        })
-        .collect()
-}
-
 /// Renders and tokenizes the conversation off the async workers.
 async fn render(
     state: &Arc<AppState>,
-    messages: Vec<ChatMessage>,
+    messages: Vec<Value>,
+    tools: Option<Value>,
     ending: Ending,
 ) -> Result<Vec<u32>, ServerError> {
     let tokenizer = Arc::clone(&state.tokenizer);
     let job = tokio::task::spawn_blocking(move || {
         let rendered = tokenizer
-            .render_chat(&messages, ending == Ending::GenerationPrompt)
+            .render_chat_json(
+                &Value::Array(messages.clone()),
+                tools.as_ref(),
+                ending == Ending::GenerationPrompt,
+            )
             .map_err(|e| {
                 ServerError::invalid(
                     Some("messages".to_string()),
@@ -235,10 +240,7 @@ async fn render(
 
 /// Cuts `rendered` right after the final message's content, dropping the end-of-turn
 /// markup the template puts after it, so that generation continues that message.
-fn open_final_message(
-    mut rendered: String,
-    messages: &[ChatMessage],
-) -> Result<String, ServerError> {
+fn open_final_message(mut rendered: String, messages: &[Value]) -> Result<String, ServerError> {
     let bad = |m: &str| {
         ServerError::invalid(
             Some("continue_final_message".to_string()),
@@ -247,7 +249,8 @@ fn open_final_message(
     };
     let content = messages
         .last()
-        .map(|m| m.content.trim())
+        .and_then(|m| m["content"].as_str())
+        .map(str::trim)
         .filter(|c| !c.is_empty())
         .ok_or_else(|| bad("the final message has no content to continue."))?;
     let at = rendered
@@ -265,47 +268,57 @@ struct Meta {
     system_fingerprint: String,
 }
 
-fn whole(
-    state: &AppState,
-    meta: Meta,
-    outputs: Vec<ChoiceOutput>,
-    prompt_tokens: usize,
-    with_logprobs: bool,
-) -> Result<ChatCompletion, ServerError> {
-    let mut choices = Vec::with_capacity(outputs.len());
-    let mut completion_tokens = 0;
-    for (index, out) in outputs.into_iter().enumerate() {
-        let reason = out.finish.unwrap_or(tessera_engine::FinishReason::Error);
-        if let Some(e) = finish_error(reason, out.error.as_deref()) {
-            return Err(e);
+impl Respond for ChatChunks {
+    type Body = ChatCompletion;
+
+    fn whole(
+        &self,
+        outputs: Vec<ChoiceOutput>,
+        prompt_tokens: usize,
+    ) -> Result<ChatCompletion, ServerError> {
+        let (state, meta) = (&self.state, &self.meta);
+        let (with_logprobs, with_tools) = (self.with_logprobs, self.with_tools);
+        let mut choices = Vec::with_capacity(outputs.len());
+        let mut completion_tokens = 0;
+        for (index, out) in outputs.into_iter().enumerate() {
+            let reason = out.finish.unwrap_or(tessera_engine::FinishReason::Error);
+            if let Some(e) = finish_error(reason, out.error.as_deref()) {
+                return Err(e);
+            }
+            completion_tokens += out.usage.completion_tokens;
+            let logprobs = with_logprobs.then(|| ChatLogprobs {
+                content: out
+                    .tokens
+                    .iter()
+                    .map(|(id, lp)| ChatTokenLogprob::new(&state.tokenizer, *id, lp))
+                    .collect(),
+            });
+            let calls = with_tools.then(|| tools::parse_calls(&out.text)).flatten();
+            let finish_reason = match &calls {
+                Some(_) => "tool_calls",
+                None => finish_reason_str(reason),
+            };
+            choices.push(ChatChoice {
+                index,
+                message: ResponseMessage {
+                    role: "assistant",
+                    content: calls.is_none().then_some(out.text),
+                    tool_calls: calls,
+                },
+                logprobs,
+                finish_reason,
+            });
         }
-        completion_tokens += out.usage.completion_tokens;
-        let logprobs = with_logprobs.then(|| ChatLogprobs {
-            content: out
-                .tokens
-                .iter()
-                .map(|(id, lp)| ChatTokenLogprob::new(&state.tokenizer, *id, lp))
-                .collect(),
-        });
-        choices.push(ChatChoice {
-            index,
-            message: ResponseMessage {
-                role: "assistant",
-                content: out.text,
-            },
-            logprobs,
-            finish_reason: finish_reason_str(reason),
-        });
+        Ok(ChatCompletion {
+            id: meta.id.clone(),
+            object: "chat.completion",
+            created: meta.created,
+            model: meta.model.clone(),
+            system_fingerprint: meta.system_fingerprint.clone(),
+            choices,
+            usage: UsageOut::new(prompt_tokens, completion_tokens),
+        })
     }
-    Ok(ChatCompletion {
-        id: meta.id,
-        object: "chat.completion",
-        created: meta.created,
-        model: meta.model,
-        system_fingerprint: meta.system_fingerprint,
-        choices,
-        usage: UsageOut::new(prompt_tokens, completion_tokens),
-    })
 }
 
 /// Chat chunk shapes for [`sse::response`].
@@ -315,9 +328,67 @@ struct ChatChunks {
     choices: usize,
     /// The `usage` field of every chunk but the usage chunk.
     usage: ChunkUsage,
+    /// Per choice, with tools: the text held back while it may still be a tool call
+    /// (`None` once it is known to be text, or without tools).
+    held: Vec<Option<String>>,
+    /// Whether whole responses carry logprobs.
+    with_logprobs: bool,
+    /// Whether replies are read back as tool calls.
+    with_tools: bool,
+}
+
+/// How a tool call starts in the reply.
+const TOOL_CALL_OPEN: &str = "<tool_call>";
+
+/// Characters of arguments per streamed fragment.
+const ARGUMENT_FRAGMENT: usize = 16;
+
+/// The streamed form of `calls`: per call, its index, id and name, then its arguments in
+/// fragments.
+fn tool_call_deltas(calls: &[tools::ToolCall]) -> Vec<Delta> {
+    let mut deltas = Vec::new();
+    for (index, call) in calls.iter().enumerate() {
+        let one = |d: ToolCallDelta| Delta {
+            role: None,
+            content: None,
+            tool_calls: Some(vec![d]),
+        };
+        deltas.push(one(ToolCallDelta {
+            index,
+            id: Some(call.id.clone()),
+            kind: Some("function"),
+            function: FunctionDelta {
+                name: Some(call.function.name.clone()),
+                arguments: String::new(),
+            },
+        }));
+        let chars: Vec<char> = call.function.arguments.chars().collect();
+        for piece in chars.chunks(ARGUMENT_FRAGMENT) {
+            deltas.push(one(ToolCallDelta {
+                index,
+                id: None,
+                kind: None,
+                function: FunctionDelta {
+                    name: None,
+                    arguments: piece.iter().collect(),
+                },
+            }));
+        }
+    }
+    deltas
 }
 
 impl ChatChunks {
+    fn delta_chunk(&self, index: usize, delta: Delta) -> String {
+        let choice = ChatChunkChoice {
+            index,
+            delta,
+            logprobs: None,
+            finish_reason: None,
+        };
+        self.chunk(vec![choice], self.usage)
+    }
+
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: ChunkUsage) -> String {
         frame(&ChatChunk {
             id: self.meta.id.clone(),
@@ -338,6 +409,7 @@ impl ChunkFormat for ChatChunks {
                 let delta = Delta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    tool_calls: None,
                 };
                 self.chunk(
                     vec![ChatChunkChoice {
@@ -364,12 +436,28 @@ impl ChunkFormat for ChatChunks {
             .map(|lp| ChatLogprobs {
                 content: vec![ChatTokenLogprob::new(&self.state.tokenizer, id, lp)],
             });
+        let text = match self.held.get_mut(index).and_then(Option::as_mut) {
+            None => text,
+            Some(held) => {
+                held.push_str(&text);
+                let head = held.trim_start();
+                if head.is_empty()
+                    || TOOL_CALL_OPEN.starts_with(head)
+                    || head.starts_with(TOOL_CALL_OPEN)
+                {
+                    return None;
+                }
+                // Known to be text: send what was held and stream the rest.
+                self.held[index].take().unwrap_or_default()
+            }
+        };
         if text.is_empty() && logprobs.is_none() {
             return None;
         }
         let delta = Delta {
             role: None,
             content: Some(text),
+            tool_calls: None,
         };
         Some(self.chunk(
             vec![ChatChunkChoice {
@@ -383,13 +471,34 @@ impl ChunkFormat for ChatChunks {
     }
 
     fn finished(&mut self, index: usize, reason: &'static str) -> String {
+        let mut frames = String::new();
+        let mut reason = reason;
+        if let Some(held) = self.held.get_mut(index).and_then(Option::take) {
+            let delta = match tools::parse_calls(&held) {
+                Some(calls) => {
+                    reason = "tool_calls";
+                    for d in tool_call_deltas(&calls) {
+                        frames += &self.delta_chunk(index, d);
+                    }
+                    None
+                }
+                None => Some(Delta {
+                    role: None,
+                    content: Some(held),
+                    tool_calls: None,
+                }),
+            };
+            if let Some(d) = delta.filter(|d| d.content.as_deref() != Some("")) {
+                frames += &self.delta_chunk(index, d);
+            }
+        }
         let choice = ChatChunkChoice {
             index,
             delta: Delta::default(),
             logprobs: None,
             finish_reason: Some(reason),
         };
-        self.chunk(vec![choice], self.usage)
+        frames + &self.chunk(vec![choice], self.usage)
     }
 
     fn usage(&mut self, usage: UsageOut) -> String {

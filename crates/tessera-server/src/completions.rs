@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
 use tessera_engine::sampling::MAX_TOP_LOGPROBS;
@@ -21,12 +21,16 @@ use tracing::Instrument;
 use crate::error::ServerError;
 use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN};
 use crate::request::{read_json, CommonParams, CompletionRequest, PromptInput};
+use crate::respond::{respond, Respond, Shape};
 use crate::response::{
     ChoiceOutput, ChunkUsage, CompletionLogprobs, TextChoice, TextCompletion, UsageOut,
 };
-use crate::sse::{self, frame, ChunkFormat};
+use crate::sse::{frame, ChunkFormat};
 use crate::state::{unix_now, AppState};
-use crate::{json_response, RequestId};
+use crate::RequestId;
+
+/// `max_tokens` when a request leaves it out (OpenAI's and vLLM's default here).
+const DEFAULT_MAX_TOKENS: usize = 16;
 
 /// One prompt, tokenized, with its text (for `echo`).
 struct Prompt {
@@ -49,7 +53,18 @@ pub async fn handle(
     let echo = request.echo.unwrap_or(false);
     let logprobs = check_options(&request, &common)?;
     let limits = state.limits();
-    let mut sampling = crate::params::sampling(&common, common.max_tokens, logprobs, &limits)?;
+    let mut sampling = crate::params::sampling(
+        &common,
+        common.max_tokens,
+        logprobs,
+        &limits,
+        &state.config.sampling_defaults,
+    )?;
+    sampling.default_max_tokens = Some(DEFAULT_MAX_TOKENS);
+    let constraint = match crate::structured::requested(&common)? {
+        Some(r) => Some(crate::structured::compile(&state, &r)?),
+        None => None,
+    };
     if echo {
         sampling.params.prompt_logprobs = logprobs;
     }
@@ -62,7 +77,7 @@ pub async fn handle(
         requests.extend(sampling.requests(&p.ids, "prompt", &limits)?);
     }
     let prompt_tokens: usize = prompts.iter().map(|p| p.ids.len()).sum();
-    let generation = Generation::start(Arc::clone(&state), requests, arrived)
+    let generation = Generation::start(Arc::clone(&state), requests, constraint.as_ref(), arrived)
         .instrument(span.clone())
         .await?;
     let stream = common.stream.unwrap_or(false);
@@ -110,18 +125,12 @@ pub async fn handle(
         state: Arc::clone(&state),
         with_logprobs: logprobs.is_some(),
     };
-    if stream {
-        return Ok(sse::response(
-            generation,
-            meta,
-            prompt_tokens,
-            include_usage,
-            span,
-        ));
-    }
-    let outputs = crate::collect(generation).instrument(span.clone()).await;
-    let body = meta.whole(outputs, prompt_tokens)?;
-    Ok(json_response(StatusCode::OK, &body))
+    let shape = Shape {
+        prompt_tokens,
+        stream,
+        include_usage,
+    };
+    respond(generation, meta, shape, span).await
 }
 
 /// Checks the fields only text completions have; returns the engine's logprobs setting.
@@ -224,6 +233,18 @@ struct TextChunks {
     usage: ChunkUsage,
 }
 
+impl Respond for TextChunks {
+    type Body = TextCompletion;
+
+    fn whole(
+        &self,
+        outputs: Vec<ChoiceOutput>,
+        prompt_tokens: usize,
+    ) -> Result<TextCompletion, ServerError> {
+        self.whole_body(outputs, prompt_tokens)
+    }
+}
+
 impl TextChunks {
     fn body(&self, choices: Vec<TextChoice>, usage: ChunkUsage) -> TextCompletion {
         TextCompletion {
@@ -237,7 +258,7 @@ impl TextChunks {
         }
     }
 
-    fn whole(
+    fn whole_body(
         &self,
         outputs: Vec<ChoiceOutput>,
         prompt_tokens: usize,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use tessera_engine::constraint::TokenConstraint;
 use tessera_engine::{EngineError, Event, FinishReason, Request, Usage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -32,10 +33,12 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Reserves queue slots and submits `requests` (one per choice, in choice order).
+    /// Reserves queue slots and submits `requests` (one per choice, in choice order), each
+    /// with its own copy of `constraint`'s matcher.
     pub async fn start(
         state: Arc<AppState>,
         requests: Vec<Request>,
+        constraint: Option<&TokenConstraint>,
         arrived: Instant,
     ) -> Result<Self, ServerError> {
         state.reserve(requests.len())?;
@@ -53,7 +56,7 @@ impl Generation {
             let submission = generation
                 .state
                 .engine
-                .submit(request)
+                .submit_constrained(request, constraint.cloned())
                 .await
                 .map_err(|e| engine_error(&generation.state, e))?;
             generation.ids.push(submission.id);

@@ -13,15 +13,19 @@
 
 mod chat;
 mod completions;
+mod conversation;
 pub mod error;
 mod generation;
 mod metrics;
 mod params;
 mod request;
+mod respond;
 mod response;
 mod routes;
 mod sse;
 mod state;
+mod structured;
+mod tools;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,6 +41,7 @@ use tessera_model::TextTokenizer;
 use tokio::net::TcpListener;
 
 pub use error::ServerError;
+pub use params::SamplingDefaults;
 pub use routes::RequestId;
 pub use state::{AppState, ServerConfig};
 

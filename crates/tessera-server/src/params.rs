@@ -1,8 +1,10 @@
 //! From OpenAI request fields to the engine's [`SamplingParams`], with every check that
 //! needs the model: context length, vocabulary, `n`.
 //!
-//! The rules: `max_tokens` defaults to the rest of the context after the prompt (like
-//! vLLM); a prompt that leaves no room, or `max_tokens` past the context, is refused;
+//! The rules: `max_tokens` defaults to the rest of the context after the prompt on chat
+//! (like vLLM) and to 16 on text completions (like OpenAI and vLLM), capped by the room
+//! left; sampling fields a request leaves out take the model's `generation_config.json`
+//! values ([`SamplingDefaults`], as vLLM does), then Tessera's; a prompt that leaves no room, or `max_tokens` past the context, is refused;
 //! `max_tokens: 0` asks for no token (the prompt alone, which may then fill the context);
 //! `n` copies of a seeded request get seeds `seed, seed + 1, ...` so that they differ but
 //! each stays reproducible.
@@ -24,6 +26,36 @@ pub struct Limits {
     pub max_n: usize,
 }
 
+/// Sampling defaults of the served model (`generation_config.json`), used for the fields
+/// a request leaves out.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+pub struct SamplingDefaults {
+    /// Default temperature.
+    pub temperature: Option<f32>,
+    /// Default nucleus mass.
+    pub top_p: Option<f32>,
+    /// Default top-k (0 is off).
+    pub top_k: Option<i64>,
+    /// Default min-p.
+    pub min_p: Option<f32>,
+    /// Default repetition penalty.
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingDefaults {
+    /// The defaults in `dir/generation_config.json`; none when the file is absent.
+    pub fn from_model_dir(dir: &std::path::Path) -> Result<Self, ServerError> {
+        let path = dir.join("generation_config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(ServerError::Engine(format!("{}: {e}", path.display()))),
+        };
+        serde_json::from_str(&text)
+            .map_err(|e| ServerError::Engine(format!("{}: {e}", path.display())))
+    }
+}
+
 /// The sampling part of a request, checked, before any prompt is known.
 #[derive(Clone, Debug)]
 pub struct Sampling {
@@ -31,6 +63,9 @@ pub struct Sampling {
     pub params: SamplingParams,
     /// The requested `max_tokens`, if any.
     pub max_tokens: Option<usize>,
+    /// `max_tokens` when the request leaves it out (capped by the room left; `None`: all
+    /// the room left).
+    pub default_max_tokens: Option<usize>,
     /// Completions per prompt.
     pub n: usize,
 }
@@ -44,6 +79,7 @@ pub fn sampling(
     max_tokens: Option<u64>,
     logprobs: Option<usize>,
     limits: &Limits,
+    model: &SamplingDefaults,
 ) -> Result<Sampling, ServerError> {
     let n = common.n.unwrap_or(1);
     if n == 0 || n > limits.max_n as u64 {
@@ -66,7 +102,7 @@ pub fn sampling(
         }
         Some(m) => Some(m as usize),
     };
-    let top_k = match common.top_k {
+    let top_k = match common.top_k.or(model.top_k) {
         None | Some(0) | Some(-1) => None,
         Some(k) if k > 0 => Some(k as usize),
         Some(k) => {
@@ -89,12 +125,16 @@ pub fn sampling(
     logit_bias.sort_by_key(|&(id, _)| id);
     let defaults = SamplingParams::default();
     let params = SamplingParams {
-        temperature: common.temperature.unwrap_or(defaults.temperature),
+        temperature: common
+            .temperature
+            .or(model.temperature)
+            .unwrap_or(defaults.temperature),
         top_k,
-        top_p: common.top_p.unwrap_or(defaults.top_p),
-        min_p: common.min_p.unwrap_or(defaults.min_p),
+        top_p: common.top_p.or(model.top_p).unwrap_or(defaults.top_p),
+        min_p: common.min_p.or(model.min_p).unwrap_or(defaults.min_p),
         repetition_penalty: common
             .repetition_penalty
+            .or(model.repetition_penalty)
             .unwrap_or(defaults.repetition_penalty),
         presence_penalty: common.presence_penalty.unwrap_or(defaults.presence_penalty),
         frequency_penalty: common
@@ -117,6 +157,7 @@ pub fn sampling(
     Ok(Sampling {
         params,
         max_tokens,
+        default_max_tokens: None,
         n: n as usize,
     })
 }
@@ -149,7 +190,7 @@ impl Sampling {
         }
         let room = limits.max_model_len - len;
         let max_tokens = match self.max_tokens {
-            None => room,
+            None => self.default_max_tokens.map_or(room, |d| d.min(room)),
             Some(m) if m <= room => m,
             Some(m) => {
                 return Err(ServerError::invalid(
@@ -204,11 +245,67 @@ mod tests {
 
     #[test]
     fn defaults_fill_the_rest_of_the_context() {
-        let s = sampling(&CommonParams::default(), None, None, &LIMITS).unwrap();
+        let s = sampling(
+            &CommonParams::default(),
+            None,
+            None,
+            &LIMITS,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         let r = s.requests(&[1, 2, 3, 4], "prompt", &LIMITS).unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].params.max_tokens, 60);
         assert_eq!(r[0].params.temperature, 1.0);
+    }
+
+    #[test]
+    fn model_defaults_fill_unset_fields_and_requests_win() {
+        let model = SamplingDefaults {
+            temperature: Some(0.2),
+            top_p: Some(0.9),
+            top_k: Some(50),
+            min_p: None,
+            repetition_penalty: Some(1.1),
+        };
+        let s = sampling(&CommonParams::default(), None, None, &LIMITS, &model).unwrap();
+        assert_eq!(s.params.temperature, 0.2);
+        assert_eq!(s.params.top_p, 0.9);
+        assert_eq!(s.params.top_k, Some(50));
+        assert_eq!(s.params.repetition_penalty, 1.1);
+        let common = CommonParams {
+            temperature: Some(1.0),
+            top_k: Some(-1),
+            ..CommonParams::default()
+        };
+        let s = sampling(&common, None, None, &LIMITS, &model).unwrap();
+        assert_eq!(s.params.temperature, 1.0);
+        assert_eq!(s.params.top_k, None);
+    }
+
+    #[test]
+    fn a_default_max_tokens_is_capped_by_the_room_left() {
+        let mut s = sampling(
+            &CommonParams::default(),
+            None,
+            None,
+            &LIMITS,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
+        s.default_max_tokens = Some(16);
+        assert_eq!(
+            s.requests(&[1; 4], "prompt", &LIMITS).unwrap()[0]
+                .params
+                .max_tokens,
+            16
+        );
+        assert_eq!(
+            s.requests(&[1; 54], "prompt", &LIMITS).unwrap()[0]
+                .params
+                .max_tokens,
+            10
+        );
     }
 
     #[test]
@@ -218,7 +315,14 @@ mod tests {
             seed: Some(7),
             ..CommonParams::default()
         };
-        let s = sampling(&common, Some(5), None, &LIMITS).unwrap();
+        let s = sampling(
+            &common,
+            Some(5),
+            None,
+            &LIMITS,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         let seeds: Vec<_> = s
             .requests(&[1], "prompt", &LIMITS)
             .unwrap()
@@ -230,7 +334,9 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_their_parameter() {
-        let bad = |c: CommonParams| param_of(sampling(&c, None, None, &LIMITS).unwrap_err());
+        let bad = |c: CommonParams| {
+            param_of(sampling(&c, None, None, &LIMITS, &SamplingDefaults::default()).unwrap_err())
+        };
         let t = |t: f32| CommonParams {
             temperature: Some(t),
             ..CommonParams::default()
@@ -249,21 +355,49 @@ mod tests {
         };
         assert_eq!(bad(bias("x")), "logit_bias");
         assert_eq!(bad(bias("100")), "logit_bias");
-        let e = sampling(&CommonParams::default(), Some(64), None, &LIMITS).unwrap_err();
+        let e = sampling(
+            &CommonParams::default(),
+            Some(64),
+            None,
+            &LIMITS,
+            &SamplingDefaults::default(),
+        )
+        .unwrap_err();
         assert_eq!(param_of(e), "max_tokens");
     }
 
     #[test]
     fn prompt_and_max_tokens_must_fit_the_context() {
-        let s = sampling(&CommonParams::default(), Some(10), None, &LIMITS).unwrap();
+        let s = sampling(
+            &CommonParams::default(),
+            Some(10),
+            None,
+            &LIMITS,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         assert!(s.requests(&[1; 54], "prompt", &LIMITS).is_ok());
         let e = s.requests(&[1; 55], "prompt", &LIMITS).unwrap_err();
         assert_eq!(param_of(e), "max_tokens");
-        let s = sampling(&CommonParams::default(), None, None, &LIMITS).unwrap();
+        let s = sampling(
+            &CommonParams::default(),
+            None,
+            None,
+            &LIMITS,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         let e = s.requests(&[1; 64], "messages", &LIMITS).unwrap_err();
         assert_eq!(param_of(e), "messages");
         // No token asked for: the prompt alone may fill the context.
-        let s = sampling(&CommonParams::default(), Some(0), None, &LIMITS).unwrap();
+        let s = sampling(
+            &CommonParams::default(),
+            Some(0),
+            None,
+            &LIMITS,
+            &SamplingDefaults::default(),
+        )
+        .unwrap();
         assert_eq!(
             s.requests(&[1; 64], "prompt", &LIMITS).unwrap()[0]
                 .params

@@ -2,8 +2,10 @@
 //!
 //! Reading goes bytes -> UTF-8 -> JSON value -> typed struct, so each failure gets its own
 //! message: a body over the limit (413), invalid UTF-8, malformed JSON, and a known field
-//! of the wrong type (400, with the field's path as `param`). Unknown fields are ignored,
-//! like OpenAI's API does.
+//! of the wrong type (400, with the field's path as `param`). Unknown fields that change
+//! nothing Tessera computes (`user`, `metadata`, `store`, ...) are accepted, like OpenAI's
+//! API does; fields whose meaning Tessera cannot honour are refused by name
+//! ([`refuse_unsupported`]).
 
 use std::collections::HashMap;
 
@@ -73,6 +75,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, CommonParams)
             "The request body must be a JSON object.",
         ));
     }
+    refuse_unsupported(&value)?;
     let common = typed(&value)?;
     Ok((typed(&value)?, common))
 }
@@ -156,6 +159,65 @@ pub struct CommonParams {
     /// End-user id (accepted and ignored).
     #[allow(dead_code)] // Parsed so that a mistyped value is refused like OpenAI does.
     pub user: Option<String>,
+    /// OpenAI structured output: `{"type": "text" | "json_object" | "json_schema", ...}`.
+    pub response_format: Option<serde_json::Value>,
+    /// vLLM extension: the output is JSON valid under this schema (object or JSON text).
+    pub guided_json: Option<serde_json::Value>,
+    /// vLLM extension: the output matches this regular expression.
+    pub guided_regex: Option<String>,
+    /// vLLM extension: the output is exactly one of these strings.
+    pub guided_choice: Option<Vec<String>>,
+    /// vLLM extension: the output follows this grammar (llguidance's Lark syntax).
+    pub guided_grammar: Option<String>,
+}
+
+/// Request fields whose meaning Tessera cannot honour: refused (400, naming the field)
+/// rather than silently ignored. `modalities` is allowed when it asks for text only.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("audio", "audio output is not supported"),
+    ("prediction", "predicted outputs are not supported"),
+    ("web_search_options", "web search is not supported"),
+    (
+        "functions",
+        "the legacy `functions` field is not supported; use `tools`",
+    ),
+    (
+        "function_call",
+        "the legacy `function_call` field is not supported; use `tool_choice`",
+    ),
+    (
+        "reasoning_effort",
+        "the served model does not reason; reasoning_effort is not supported",
+    ),
+    (
+        "guided_decoding_backend",
+        "only the llguidance backend is available",
+    ),
+    (
+        "guided_whitespace_pattern",
+        "guided_whitespace_pattern is not supported",
+    ),
+];
+
+/// Refuses the fields of `body` that ask for something Tessera cannot do.
+pub fn refuse_unsupported(body: &serde_json::Value) -> Result<(), ServerError> {
+    for (field, why) in UNSUPPORTED {
+        if body.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(ServerError::invalid(
+                Some((*field).to_string()),
+                format!("{field}: {why}."),
+            ));
+        }
+    }
+    if let Some(m) = body.get("modalities").filter(|v| !v.is_null()) {
+        if m != &serde_json::json!(["text"]) {
+            return Err(ServerError::invalid(
+                Some("modalities".to_string()),
+                "modalities: only [\"text\"] output is supported.",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A part of a message's content list.
@@ -188,6 +250,10 @@ pub struct InputMessage {
     /// A participant name (accepted and ignored).
     #[allow(dead_code)] // Parsed so that a mistyped value is refused like OpenAI does.
     pub name: Option<String>,
+    /// The calls an `assistant` message made.
+    pub tool_calls: Option<Vec<crate::tools::InputToolCall>>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
 }
 
 /// `POST /v1/chat/completions` (besides [`CommonParams`]).
@@ -206,6 +272,12 @@ pub struct ChatRequest {
     /// Leave the final message open so that the model continues it (default false;
     /// excludes `add_generation_prompt`).
     pub continue_final_message: Option<bool>,
+    /// Functions the model may call.
+    pub tools: Option<Vec<crate::tools::ToolSpec>>,
+    /// `none`, `auto`, `required` or `{"type":"function","function":{"name":..}}`.
+    pub tool_choice: Option<serde_json::Value>,
+    /// Whether one reply may hold several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// A prompt of a text completion.
@@ -329,6 +401,28 @@ mod tests {
         assert_eq!(e.status(), 413);
         let ok =
             read_json::<ChatRequest>(&none, Body::from(r#"{"model":"m","messages":[]}"#), 99).await;
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn unsupported_fields_are_refused_by_name_and_harmless_ones_accepted() {
+        for (extra, field) in [
+            (r#""audio":{"voice":"alloy"}"#, "audio"),
+            (r#""modalities":["text","audio"]"#, "modalities"),
+            (r#""functions":[]"#, "functions"),
+            (r#""prediction":{"type":"content"}"#, "prediction"),
+        ] {
+            let e = err(&format!(r#"{{"model":"m","messages":[],{extra}}}"#));
+            match e {
+                ServerError::InvalidRequest { param, .. } => {
+                    assert_eq!(param.as_deref(), Some(field))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let ok = parse_json::<ChatRequest>(
+            br#"{"model":"m","messages":[],"user":"u","metadata":{"a":"b"},"store":true,"modalities":["text"],"audio":null}"#,
+        );
         assert!(ok.is_ok());
     }
 

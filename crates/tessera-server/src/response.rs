@@ -239,8 +239,11 @@ impl ChoiceOutput {
 pub struct ResponseMessage {
     /// Always `assistant`.
     pub role: &'static str,
-    /// The generated text.
-    pub content: String,
+    /// The generated text (`null` when the reply is tool calls).
+    pub content: Option<String>,
+    /// The calls the reply makes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<crate::tools::ToolCall>>,
 }
 
 /// One choice of a chat completion.
@@ -284,6 +287,34 @@ pub struct Delta {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Tool calls: each call's index, id and name first, then its argument fragments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// One tool call's part in a chat chunk.
+#[derive(Clone, Debug, Serialize)]
+pub struct ToolCallDelta {
+    /// Which call of the reply.
+    pub index: usize,
+    /// The call's id (first fragment only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function` (first fragment only).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// The function's name and an arguments fragment.
+    pub function: FunctionDelta,
+}
+
+/// The function part of a [`ToolCallDelta`].
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionDelta {
+    /// The name (first fragment only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The next piece of the arguments' JSON text.
+    pub arguments: String,
 }
 
 /// One choice of a chat chunk.

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tessera_engine::constraint::ConstraintCompiler;
 use tessera_engine::EngineHandle;
 use tessera_model::TextTokenizer;
 
@@ -38,6 +39,9 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Reported as `system_fingerprint` (version and sharding).
     pub system_fingerprint: String,
+    /// Sampling defaults for fields a request leaves out (the model's
+    /// `generation_config.json`).
+    pub sampling_defaults: crate::params::SamplingDefaults,
 }
 
 impl ServerConfig {
@@ -55,6 +59,7 @@ impl ServerConfig {
             body_limit: 4 << 20,
             shutdown_timeout: Duration::from_secs(30),
             system_fingerprint: format!("tessera-{}", env!("CARGO_PKG_VERSION")),
+            sampling_defaults: crate::params::SamplingDefaults::default(),
         }
     }
 }
@@ -71,6 +76,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Unix time the server started (the model's `created`).
     pub started: u64,
+    /// Compiles grammars for constrained decoding (the reason, when the vocabulary
+    /// cannot be read as a token trie).
+    pub constraints: Result<Arc<ConstraintCompiler>, String>,
     in_engine: AtomicUsize,
     healthy: AtomicBool,
 }
@@ -78,7 +86,19 @@ pub struct AppState {
 impl AppState {
     /// State over a started engine.
     pub fn new(engine: EngineHandle, tokenizer: Arc<TextTokenizer>, config: ServerConfig) -> Self {
+        let constraints = tokenizer
+            .to_json()
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                ConstraintCompiler::new(&json, engine.vocab(), engine.default_stop_ids())
+                    .map_err(|e| e.to_string())
+            })
+            .map(Arc::new);
+        if let Err(e) = &constraints {
+            tracing::warn!(error = %e, "constrained decoding is unavailable");
+        }
         Self {
+            constraints,
             engine,
             tokenizer,
             config,
