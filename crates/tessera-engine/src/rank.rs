@@ -101,32 +101,6 @@ pub(crate) fn threads_per_rank(threads: Option<usize>, ranks: usize) -> usize {
     (cores / ranks.max(1)).max(1)
 }
 
-/// Keeps freed activation buffers in the heap instead of returning them to the kernel.
-///
-/// A step allocates buffers of megabytes (activations of a 512-token prefill chunk); glibc
-/// serves those with `mmap` and unmaps them on free, so every step paid page faults and
-/// kernel zeroing again (5% of a batched run's time in `clear_page`). Raising the mmap and
-/// trim thresholds once makes later steps reuse the same pages; the resident set then
-/// stays at the high-water mark of one step, which the engine needs anyway.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            const THRESHOLD: libc::c_int = 512 << 20;
-            // SAFETY: mallopt only changes allocator tunables; it is safe to call at any
-            // time, and a refused setting (return 0) leaves the defaults in place.
-            let ok = unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) == 1
-                    && libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD) == 1
-            };
-            if !ok {
-                tracing::debug!("malloc thresholds left at their defaults");
-            }
-        });
-    }
-}
-
 /// Tessera's CPU ranks: threads with a shared-memory communicator.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuLoader;
@@ -169,9 +143,12 @@ struct CpuStarter {
 
 impl RankStarter for CpuStarter {
     fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
-        keep_freed_memory();
+        // The model keeps its step buffers between steps (`tessera_model::Workspace`), so
+        // steps do not map and unmap megabytes of activations.
+        let backend = CpuBackend::new(setup.threads)?;
         let files = WeightFiles::open(&setup.dir)?;
-        let model = RankModel::load(
+        let model = RankModel::load_on(
+            &backend,
             &setup.config,
             &files,
             &setup.plan,
@@ -179,7 +156,6 @@ impl RankStarter for CpuStarter {
             setup.dtype,
             setup.reduce,
         )?;
-        let backend = CpuBackend::new(setup.threads)?;
         let cache = PagedKvCache::new(model.kv_widths(), setup.num_blocks, setup.block_size);
         Ok(Box::new(CpuWorker {
             model,
