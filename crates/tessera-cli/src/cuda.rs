@@ -402,6 +402,8 @@ fn check_engine(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String
     let started = Instant::now();
     let engine_options = tessera_engine::EngineOptions {
         kv_cache_bytes: 64 << 20,
+        // The CUDA ranks sum with NCCL's own order (they refuse the deterministic mode).
+        reduce: tessera_plan::ReduceMode::Fast,
         ..tessera_engine::EngineOptions::default()
     };
     let mut coord =

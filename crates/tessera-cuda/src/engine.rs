@@ -1,4 +1,4 @@
-//! The engine's CUDA ranks: a `tessera_engine::RankLoader` whose ranks each own one GPU
+//! The engine's CUDA ranks: a `tessera_model::worker::RankLoader` whose ranks each own one GPU
 //! (a process's i-th rank on device `first_device + i`), load their shard there, and meet
 //! in NCCL (`ncclCommInitRank` with the group's unique id, also across processes).
 //!
@@ -11,8 +11,9 @@ use std::ops::Range;
 
 use cudarc::driver::CudaContext;
 use tessera_comm::CommStats;
-use tessera_engine::{RankLoader, RankSetup, RankStarter, RankWorker};
+use tessera_model::worker::{RankLoader, RankSetup, RankStarter, RankWorker};
 use tessera_model::{ModelError, SeqInput, WeightFiles};
+use tessera_plan::ReduceMode;
 
 use crate::collective::{DeviceComm, SingleGpu};
 use crate::device::{driver_present, Gpu, GpuOptions};
@@ -113,6 +114,7 @@ struct CudaStarter {
 
 impl RankStarter for CudaStarter {
     fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
+        refuse_unsupported(setup, self.world)?;
         let gpu = Gpu::new(self.ordinal, &self.loader.options)?;
         // The group is made before the weights load, so a rank that cannot open its GPU
         // fails before the others wait on it in NCCL's init.
@@ -148,6 +150,27 @@ impl RankStarter for CudaStarter {
             rank: setup.rank,
         }))
     }
+}
+
+/// Refuses, before any GPU work, what the CUDA forward does not run: sequence parallelism
+/// (it has no reduce-scatter) and the deterministic chunked reduction across ranks (NCCL
+/// sums in its own order).
+fn refuse_unsupported(setup: &RankSetup, world: usize) -> Result<(), ModelError> {
+    if world > 1 && setup.plan.sequence_parallel {
+        return Err(ModelError::Unsupported {
+            backend: "cuda",
+            what: "a sequence-parallel plan (megatron-sp)".into(),
+            hint: "use --strategy megatron (or another plan without sequence parallelism)",
+        });
+    }
+    if world > 1 && setup.reduce == ReduceMode::Deterministic {
+        return Err(ModelError::Unsupported {
+            backend: "cuda",
+            what: "the deterministic reduction across ranks".into(),
+            hint: "pass --fast-reduce (NCCL sums partial sums in its own order)",
+        });
+    }
+    Ok(())
 }
 
 struct CudaWorker {

@@ -489,12 +489,8 @@ impl CudaRankModel {
                     )
                 },
             )?;
-            for &id in s.tokens {
-                ensure((id as usize) < vocab, "forward", || {
-                    format!("token id {id} is not below the vocabulary size {vocab}")
-                })?;
-                ids.push(id as i32);
-            }
+            tessera_model::check_tokens(s.tokens, vocab)?;
+            ids.extend(s.tokens.iter().map(|&id| id as i32));
             spec.push((s.start, s.tokens.len(), s.block_table));
         }
         let t = ids.len();

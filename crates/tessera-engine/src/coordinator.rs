@@ -352,13 +352,7 @@ impl Coordinator {
         }
         let shape = &self.config.shape;
         for s in &seqs {
-            if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= shape.vocab) {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    vocab: shape.vocab,
-                }
-                .into());
-            }
+            tessera_model::check_tokens(&s.tokens, shape.vocab)?;
             let end = s.start + s.tokens.len();
             if end > self.config.max_position_embeddings {
                 return Err(ModelError::ContextOverflow {

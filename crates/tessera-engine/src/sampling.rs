@@ -389,18 +389,6 @@ impl Sampler {
     }
 }
 
-/// NaN logits can never be chosen; +inf becomes the largest finite value so that
-/// `logit - max` stays finite; -0 becomes +0 so that total ordering sees one zero.
-fn sanitize(l: f32) -> f32 {
-    if l.is_nan() {
-        f32::NEG_INFINITY
-    } else if l == f32::INFINITY {
-        f32::MAX
-    } else {
-        l + 0.0
-    }
-}
-
 /// Sort key of a token: ascending keys rank tokens by descending value, then ascending
 /// id. Plain integer keys make the selections below several times faster than
 /// comparing floats through indices.
@@ -417,21 +405,9 @@ fn rank_key(value: f64, id: u32) -> RankKey {
     (!ascending, id)
 }
 
-/// The greedy token of raw logits: what a greedy [`Sampler`] without bias or penalties
-/// picks (NaN never, +inf as the largest finite value, -0 as +0; then the lowest id among
-/// the largest; 0 for empty or all-NaN logits).
-pub fn greedy_token(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    let mut best_value = logits.first().map_or(0.0, |&l| sanitize(l));
-    for (i, &l) in logits.iter().enumerate().skip(1) {
-        let v = sanitize(l);
-        if v.total_cmp(&best_value) == Ordering::Greater {
-            best = i;
-            best_value = v;
-        }
-    }
-    best as u32
-}
+/// The greedy token of raw logits (lives beside the model, where rank workers use it).
+pub use tessera_model::greedy_token;
+use tessera_model::sanitize_logit as sanitize;
 
 /// The first token by [`rank_key`]; 0 for empty logits.
 fn argmax(logits: &[f32]) -> u32 {

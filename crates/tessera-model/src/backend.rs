@@ -1,11 +1,19 @@
-//! The ops a Llama block needs, behind one trait, and their CPU implementation.
+//! The ops a Llama block needs, behind one trait.
 //!
-//! The forward pass ([`crate::RankModel`]) is written against [`Backend`] only. Buffers are
-//! host slices today; the CUDA backend generalizes them to device buffers.
+//! The forward pass ([`crate::RankModel`]) is written against [`Backend`] only, the way
+//! candle's `BackendStorage` describes one tensor over many devices: a backend owns its
+//! buffer type (host `Vec<f32>` for the CPU, device slices for CUDA), its weight storage,
+//! its key/value cache and its communicator, and the model drives them through the ops
+//! below. Every op works on the first rows of a buffer, so the buffers of a step can be
+//! kept and reused by later, smaller steps (see [`crate::Workspace`]).
 
-use tessera_kernels::{ChunkOutput, CpuPool, PagedSeq, PagedShape, RopeTable, WeightRef};
+use std::ops::Range;
+
+use tessera_kernels::{ChunkOutput, WeightRef};
+use tessera_plan::{ReduceMode, Span};
 
 use crate::error::ModelError;
+use crate::rank::SeqInput;
 
 /// Weight storage precision on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,193 +108,246 @@ impl Matrix {
     }
 }
 
-/// The ops of a Llama block on one device.
+/// A weight matrix on a backend with its shape (`rows` output features of `cols` inputs).
+pub struct Weight<B: Backend + ?Sized> {
+    /// The backend's storage of the matrix.
+    pub data: B::Matrix,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+}
+
+/// What a plan asks of a backend, checked once at load ([`Backend::supports`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanNeeds {
+    /// How row-parallel partial sums are combined.
+    pub reduce: ReduceMode,
+    /// Whether token rows are sharded between the split layers.
+    pub sequence_parallel: bool,
+    /// Ranks in the group.
+    pub world: usize,
+}
+
+/// One layer's attention heads on this rank, as the attention op reads them.
+pub struct HeadLayout<'a, B: Backend + ?Sized> {
+    /// Layer index (which cache layer to write and read).
+    pub layer: usize,
+    /// Local query heads.
+    pub q_heads: usize,
+    /// Local key/value heads.
+    pub kv_heads: usize,
+    /// Width of every head.
+    pub head_dim: usize,
+    /// For each local query head, its local key/value head (host copy).
+    pub kv_index: &'a [usize],
+    /// The same map in the backend's storage.
+    pub kv_index_dev: &'a B::Index,
+    /// Sliding attention window, if any.
+    pub window: Option<usize>,
+    /// Rotary table.
+    pub rope: &'a B::Rope,
+}
+
+/// The ops of a Llama block on one device, over buffers the backend owns.
+///
+/// Buffer arguments are at least as long as the rows an op is told to touch; ops read and
+/// write only those rows. Collectives take the backend's communicator.
 pub trait Backend: Send + Sync {
-    /// `y[m, n] = x[m, k] · w^T (+ bias)`, with the fixed reduction order over k.
+    /// An f32 activation buffer.
+    type Buf: Send;
+    /// A weight matrix in its storage dtype.
+    type Matrix: Send + Sync;
+    /// An f32 weight vector (norm weights, biases).
+    type Vector: Send + Sync;
+    /// A per-layer head map (local query head -> local key/value head).
+    type Index: Send + Sync;
+    /// A rotary embedding table.
+    type Rope: Send + Sync;
+    /// The paged key/value cache of every layer.
+    type Cache;
+    /// The communicator the collectives run on.
+    type Comm: ?Sized;
+    /// A step's inputs (token ids, positions, block tables, picked rows) as the device
+    /// reads them, refilled by [`Backend::prepare`] each step.
+    type Step: Default + Send;
+
+    /// The backend's name, for errors ("cpu", "cuda").
+    fn name(&self) -> &'static str;
+    /// Refuses, at load, a plan this backend cannot run (a reduce mode, sequence
+    /// parallelism) with [`ModelError::Unsupported`].
+    fn supports(&self, needs: &PlanNeeds) -> Result<(), ModelError>;
+    /// Stores `data` (`rows * cols` row-major f32) as a weight matrix of `dtype`.
+    fn matrix(
+        &self,
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+    ) -> Result<Self::Matrix, ModelError>;
+    /// Bytes a matrix holds.
+    fn matrix_bytes(m: &Self::Matrix) -> usize;
+    /// Stores an f32 vector.
+    fn vector(&self, data: Vec<f32>) -> Result<Self::Vector, ModelError>;
+    /// Stores a head map.
+    fn index(&self, map: &[usize]) -> Result<Self::Index, ModelError>;
+    /// Builds the rotary table for `head_dim` and `positions` positions.
+    fn rope_table(
+        &self,
+        head_dim: usize,
+        positions: usize,
+        inv_freq: &[f32],
+    ) -> Result<Self::Rope, ModelError>;
+    /// A buffer of `len` f32 values (contents unspecified until an op writes them).
+    fn alloc(&self, len: usize) -> Result<Self::Buf, ModelError>;
+    /// Capacity of a buffer in f32 values.
+    fn capacity(buf: &Self::Buf) -> usize;
+    /// The first `len` values of a buffer, on the host.
+    fn download(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>, ModelError>;
+
+    /// Loads a step's inputs into `step`: the token ids, positions and block tables of
+    /// `seqs`, and `picks`, the local rows whose logits the step returns.
+    fn prepare(
+        &self,
+        step: &mut Self::Step,
+        cache: &Self::Cache,
+        seqs: &[SeqInput<'_>],
+        picks: &[usize],
+    ) -> Result<(), ModelError>;
+    /// Embedding rows of the step's tokens `rows` (`span` is this rank's vocabulary slice
+    /// of `table`; other tokens get zero rows) into `out`.
+    fn embed(
+        &self,
+        step: &Self::Step,
+        rows: Range<usize>,
+        table: &Weight<Self>,
+        span: Span,
+        out: &mut Self::Buf,
+    ) -> Result<(), ModelError>;
+    /// `y[m, w.rows] = x[m, w.cols] · wᵀ (+ bias)`, with the fixed reduction order over k.
+    fn matmul(
+        &self,
+        x: &Self::Buf,
+        m: usize,
+        w: &Weight<Self>,
+        bias: Option<&Self::Vector>,
+        y: &mut Self::Buf,
+    ) -> Result<(), ModelError>;
+    /// `y = x · wᵀ` with the reduction cut into fixed chunks of `chunk` columns (see
+    /// [`tessera_kernels::matmul_chunked`]).
+    fn matmul_chunked(
+        &self,
+        x: &Self::Buf,
+        m: usize,
+        w: &Weight<Self>,
+        chunk: usize,
+        output: ChunkOutput,
+        y: &mut Self::Buf,
+    ) -> Result<(), ModelError>;
+    /// `out = rmsnorm(x) * weight` for `rows` rows of the weight's width.
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        weight: &Self::Vector,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<(), ModelError>;
+    /// `residual += delta`, then `out = rmsnorm(residual) * weight`, for `rows` rows.
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Buf,
+        delta: &Self::Buf,
+        rows: usize,
+        weight: &Self::Vector,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<(), ModelError>;
+    /// The attention of one layer over `qkv` (`rows` rows of `[q | k | v]` of this rank's
+    /// heads): rotary embedding of q and k, keys and values written into the cache at the
+    /// step's positions, causal attention of each sequence over its blocks into `out`
+    /// (`rows` rows of `q_heads * head_dim`).
     #[allow(clippy::too_many_arguments)]
-    fn matmul(
+    fn attention(
         &self,
-        x: &[f32],
-        m: usize,
-        w: &Matrix,
-        bias: Option<&[f32]>,
-        y: &mut [f32],
+        qkv: &mut Self::Buf,
+        rows: usize,
+        heads: &HeadLayout<'_, Self>,
+        cache: &mut Self::Cache,
+        step: &Self::Step,
+        seqs: &[SeqInput<'_>],
+        out: &mut Self::Buf,
     ) -> Result<(), ModelError>;
-    /// `y = x · w^T` with the reduction over the columns of `w` cut into fixed chunks of
-    /// `chunk` columns: the chunk sums folded in order, or each chunk's sums for another
-    /// rank to continue the fold (see [`tessera_kernels::matmul_chunked`]).
-    fn matmul_chunked(
+    /// `out[r] = silu(gate[r]) * up[r]` for `rows` rows of `gate_up = [gate | up]`, each
+    /// half `inter` wide.
+    fn silu_mul(
         &self,
-        x: &[f32],
-        m: usize,
-        w: &Matrix,
-        chunk: usize,
-        output: ChunkOutput,
-        y: &mut [f32],
+        gate_up: &Self::Buf,
+        rows: usize,
+        inter: usize,
+        out: &mut Self::Buf,
     ) -> Result<(), ModelError>;
-    /// `out = rmsnorm(x) * weight` per row.
-    fn rms_norm(
+    /// `x[..len] += delta[..len]`.
+    fn add(&self, x: &mut Self::Buf, delta: &Self::Buf, len: usize) -> Result<(), ModelError>;
+    /// Copies the rows `picks` (given to [`Backend::prepare`]) of `x` (`width` wide) into
+    /// `out`, in order.
+    fn pick_rows(
         &self,
-        x: &[f32],
-        weight: &[f32],
-        eps: f32,
-        out: &mut [f32],
+        x: &Self::Buf,
+        width: usize,
+        picks: &[usize],
+        step: &Self::Step,
+        out: &mut Self::Buf,
     ) -> Result<(), ModelError>;
-    /// `residual += delta`, then `out = rmsnorm(residual) * weight` per row.
-    fn add_rms_norm(
+
+    /// Sums `buf[..len]` over the ranks (any order).
+    fn all_reduce_sum(
         &self,
-        residual: &mut [f32],
-        delta: &[f32],
-        weight: &[f32],
-        eps: f32,
-        out: &mut [f32],
+        comm: &mut Self::Comm,
+        buf: &mut Self::Buf,
+        len: usize,
     ) -> Result<(), ModelError>;
-    /// Rotary embedding in place for rows of `heads * head_dim` at `positions`.
-    fn rope(
+    /// Folds every rank's partials (`partials[..len]`) in the fixed order into
+    /// `out[..out_len]` (see `Communicator::all_reduce_ordered`).
+    fn all_reduce_ordered(
         &self,
-        x: &mut [f32],
-        heads: usize,
-        positions: &[usize],
-        table: &RopeTable,
+        comm: &mut Self::Comm,
+        partials: &Self::Buf,
+        len: usize,
+        out: &mut Self::Buf,
+        out_len: usize,
     ) -> Result<(), ModelError>;
-    /// Causal attention of each sequence's new queries over its paged cache (see [`PagedShape`]).
-    fn paged_attention(
+    /// Folds every rank's partials of a `full`-long result in the fixed order and keeps
+    /// `keep` of it in `out` (see `Communicator::reduce_scatter_ordered`).
+    fn reduce_scatter_ordered(
         &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        seqs: &[PagedSeq<'_>],
-        shape: &PagedShape<'_>,
-        out: &mut [f32],
+        comm: &mut Self::Comm,
+        partials: &Self::Buf,
+        len: usize,
+        full: usize,
+        keep: Range<usize>,
+        out: &mut Self::Buf,
     ) -> Result<(), ModelError>;
-    /// `gate = silu(gate) * up`.
-    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<(), ModelError>;
-}
-
-/// The CPU backend: Tessera's own kernels on one rank's thread pool.
-pub struct CpuBackend {
-    pool: CpuPool,
-}
-
-impl CpuBackend {
-    /// A backend running on `threads` threads (the caller's thread included).
-    pub fn new(threads: usize) -> Result<Self, ModelError> {
-        Ok(Self {
-            pool: CpuPool::new(threads.max(1))?,
-        })
-    }
-
-    /// The backend's thread pool.
-    pub fn pool(&self) -> &CpuPool {
-        &self.pool
-    }
-}
-
-impl Backend for CpuBackend {
-    fn matmul(
+    /// Concatenates every rank's `local[..len]` (lengths may differ) in rank order into
+    /// `out[..out_len]`.
+    fn all_gather(
         &self,
-        x: &[f32],
-        m: usize,
-        w: &Matrix,
-        bias: Option<&[f32]>,
-        y: &mut [f32],
-    ) -> Result<(), ModelError> {
-        if w.cols == 0 {
-            // A rank holding no columns (more ranks than heads) contributes zeros.
-            for (i, v) in y.iter_mut().enumerate() {
-                *v = bias.map_or(0.0, |b| b[i % w.rows.max(1)]);
-            }
-            return Ok(());
-        }
-        if w.rows == 0 || m == 0 {
-            return Ok(());
-        }
-        tessera_kernels::matmul(&self.pool, x, m, w.cols, w.as_ref(), w.rows, bias, y)?;
-        Ok(())
-    }
-
-    fn matmul_chunked(
+        comm: &mut Self::Comm,
+        local: &Self::Buf,
+        len: usize,
+        out: &mut Self::Buf,
+        out_len: usize,
+    ) -> Result<(), ModelError>;
+    /// Gathers every rank's logits (`rows` rows of its vocabulary slice, `spans` in rank
+    /// order) into `rows` full-vocabulary rows in `out`; `scratch` holds the exchange.
+    #[allow(clippy::too_many_arguments)]
+    fn gather_vocab(
         &self,
-        x: &[f32],
-        m: usize,
-        w: &Matrix,
-        chunk: usize,
-        output: ChunkOutput,
-        y: &mut [f32],
-    ) -> Result<(), ModelError> {
-        if w.rows == 0 || m == 0 {
-            return Ok(());
-        }
-        tessera_kernels::matmul_chunked(
-            &self.pool,
-            x,
-            m,
-            w.cols,
-            w.as_ref(),
-            w.rows,
-            None,
-            chunk,
-            output,
-            y,
-        )?;
-        Ok(())
-    }
-
-    fn rms_norm(
-        &self,
-        x: &[f32],
-        weight: &[f32],
-        eps: f32,
-        out: &mut [f32],
-    ) -> Result<(), ModelError> {
-        tessera_kernels::rms_norm(x, weight, eps, out)?;
-        Ok(())
-    }
-
-    fn add_rms_norm(
-        &self,
-        residual: &mut [f32],
-        delta: &[f32],
-        weight: &[f32],
-        eps: f32,
-        out: &mut [f32],
-    ) -> Result<(), ModelError> {
-        tessera_kernels::add_rms_norm(residual, delta, weight, eps, out)?;
-        Ok(())
-    }
-
-    fn rope(
-        &self,
-        x: &mut [f32],
-        heads: usize,
-        positions: &[usize],
-        table: &RopeTable,
-    ) -> Result<(), ModelError> {
-        if heads == 0 {
-            return Ok(());
-        }
-        tessera_kernels::rope(x, heads, table.head_dim(), positions, table)?;
-        Ok(())
-    }
-
-    fn paged_attention(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        seqs: &[PagedSeq<'_>],
-        shape: &PagedShape<'_>,
-        out: &mut [f32],
-    ) -> Result<(), ModelError> {
-        if shape.kv_index.is_empty() {
-            return Ok(());
-        }
-        tessera_kernels::paged_attention(&self.pool, q, k, v, seqs, shape, out)?;
-        Ok(())
-    }
-
-    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<(), ModelError> {
-        tessera_kernels::silu_mul(gate, up)?;
-        Ok(())
-    }
+        comm: &mut Self::Comm,
+        local: &Self::Buf,
+        rows: usize,
+        spans: &[Span],
+        scratch: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<(), ModelError>;
 }

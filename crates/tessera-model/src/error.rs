@@ -107,6 +107,16 @@ pub enum ModelError {
     /// A collective failed.
     #[error(transparent)]
     Comm(#[from] tessera_comm::CommError),
+    /// A backend cannot run what the plan asks for (refused at load).
+    #[error("the {backend} backend cannot run {what}; {hint}")]
+    Unsupported {
+        /// The backend ("cuda").
+        backend: &'static str,
+        /// What the plan asks for.
+        what: String,
+        /// What to do instead.
+        hint: &'static str,
+    },
     /// A device backend (CUDA) failed; the message names the operation.
     #[error("{backend}: {message}")]
     Device {

@@ -4,17 +4,24 @@
 
 mod backend;
 mod config;
+mod cpu;
 mod error;
+mod forward;
+mod greedy;
 mod paged;
 mod rank;
 pub mod synthetic;
 mod tokenizer;
 mod weights;
+pub mod worker;
 
-pub use backend::{Backend, CpuBackend, Matrix, WeightDtype};
+pub use backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype};
 pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use cpu::{CpuBackend, CpuStep};
 pub use error::ModelError;
+pub use forward::Workspace;
+pub use greedy::{greedy_token, sanitize_logit};
 pub use paged::PagedKvCache;
-pub use rank::{logit_rows, LogitRows, RankModel, SeqInput};
+pub use rank::{check_tokens, logit_rows, LogitRows, RankModel, SeqInput};
 pub use tokenizer::{ChatMessage, TextTokenizer};
 pub use weights::WeightFiles;

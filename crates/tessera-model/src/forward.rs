@@ -1,0 +1,411 @@
+//! The forward pass of one rank, written once over [`Backend`]: the layer loop, the
+//! collective sites the plan put there, sequence parallelism, both reduce modes and the
+//! logit-row selection. A step's buffers live in a [`Workspace`] kept in the model and
+//! reused by the next step, so a steady stream of steps allocates no activations.
+//!
+//! ```text
+//!   embed --(reduce)--> x ─┬─ norm ─(gather)─ qkv ─ attention ─ o ─(reduce)─┐
+//!                          │<──────────────────── add + norm ───────────────┘
+//!                          └─ (gather) ─ gate_up ─ silu·mul ─ down ─(reduce)─> next layer
+//! ```
+
+use std::ops::Range;
+
+use tessera_kernels::{chunk_count, ChunkOutput};
+use tessera_plan::{even_spans, ReduceMode};
+
+use crate::backend::{Backend, HeadLayout, Weight};
+use crate::error::ModelError;
+use crate::rank::{check_tokens, logit_rows, Layer, RankModel, SeqInput};
+
+/// The buffers of one step, each grown to the largest step seen and reused after that.
+pub struct Workspace<B: Backend> {
+    step: B::Step,
+    /// Residual stream of this rank's rows.
+    x: B::Buf,
+    normed: B::Buf,
+    /// Every rank's normed rows (sequence parallelism).
+    gathered: B::Buf,
+    qkv: B::Buf,
+    attn: B::Buf,
+    /// A row-parallel projection's combined output.
+    delta: B::Buf,
+    /// A row-parallel projection's local partial sums.
+    parts: B::Buf,
+    gate_up: B::Buf,
+    act: B::Buf,
+    picked: B::Buf,
+    picked_all: B::Buf,
+    local_logits: B::Buf,
+    exchange: B::Buf,
+    logits: B::Buf,
+}
+
+/// Grows `buf` to hold `len` values (its contents are not kept).
+fn grow<B: Backend>(backend: &B, buf: &mut B::Buf, len: usize) -> Result<(), ModelError> {
+    if B::capacity(buf) < len {
+        *buf = backend.alloc(len)?;
+    }
+    Ok(())
+}
+
+impl<B: Backend> Workspace<B> {
+    fn new(backend: &B) -> Result<Self, ModelError> {
+        let empty = || backend.alloc(0);
+        Ok(Self {
+            step: B::Step::default(),
+            x: empty()?,
+            normed: empty()?,
+            gathered: empty()?,
+            qkv: empty()?,
+            attn: empty()?,
+            delta: empty()?,
+            parts: empty()?,
+            gate_up: empty()?,
+            act: empty()?,
+            picked: empty()?,
+            picked_all: empty()?,
+            local_logits: empty()?,
+            exchange: empty()?,
+            logits: empty()?,
+        })
+    }
+}
+
+/// One row-parallel projection's place in the reduction.
+#[derive(Clone, Copy)]
+struct ReduceSite {
+    /// Whether ranks hold parts of it (the plan put a collective after it).
+    split: bool,
+    /// Where this rank's columns start in the global reduction dimension.
+    start: usize,
+    /// Width of the fixed reduction chunks.
+    chunk: usize,
+}
+
+/// The rows of a step: all `t` of them, and the `mine` this rank keeps between layers.
+struct Rows {
+    t: usize,
+    mine: Range<usize>,
+}
+
+impl<B: Backend> RankModel<B> {
+    /// Runs a batch of sequences' new tokens through the model, writing their keys and
+    /// values into `cache`, and returns full-vocabulary logits for the rows each sequence
+    /// asks for, sequence after sequence (every rank returns them).
+    ///
+    /// All tokens of the batch go through each matmul together; since every kernel computes
+    /// each output row with one fixed reduction order, a row's result does not depend on
+    /// which other rows share the batch.
+    pub fn forward_batch(
+        &self,
+        backend: &B,
+        comm: &mut B::Comm,
+        cache: &mut B::Cache,
+        seqs: &[SeqInput<'_>],
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(Workspace::new(backend)?);
+        }
+        let Some(ws) = guard.as_mut() else {
+            return Err(ModelError::BadBatch("workspace missing".into()));
+        };
+        let Some(rows) = self.check_batch(seqs)? else {
+            return Ok(Vec::new());
+        };
+        let all_picks = logit_rows(seqs);
+        let picks: Vec<usize> = all_picks
+            .iter()
+            .filter(|r| rows.mine.contains(r))
+            .map(|r| r - rows.mine.start)
+            .collect();
+        backend.prepare(&mut ws.step, cache, seqs, &picks)?;
+        self.embed(backend, comm, ws, &rows)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.layer(backend, comm, cache, seqs, ws, &rows, l, layer)?;
+        }
+        let h = self.config.shape.hidden;
+        if !self.layers.is_empty() {
+            backend.add(&mut ws.x, &ws.delta, rows.mine.len() * h)?;
+        }
+        if all_picks.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.logits(backend, comm, ws, &picks, all_picks.len())
+    }
+
+    /// Checks positions, block tables and token ids; `None` for an empty batch.
+    fn check_batch(&self, seqs: &[SeqInput<'_>]) -> Result<Option<Rows>, ModelError> {
+        let context = self.config.max_position_embeddings;
+        let mut t = 0;
+        for s in seqs {
+            let end = s.start + s.tokens.len();
+            if end > context {
+                return Err(ModelError::ContextOverflow {
+                    tokens: end,
+                    context,
+                });
+            }
+            check_tokens(s.tokens, self.config.shape.vocab)?;
+            t += s.tokens.len();
+        }
+        if t == 0 {
+            return Ok(None);
+        }
+        // Under sequence parallelism this rank keeps only `mine` of the token rows between
+        // the split layers; otherwise it keeps them all.
+        let mine = if self.sequence_parallel {
+            let span = even_spans(t, self.world)[self.rank];
+            span.start..span.end
+        } else {
+            0..t
+        };
+        Ok(Some(Rows { t, mine }))
+    }
+
+    /// The embedding rows of this rank's tokens into `ws.x`, summed over a split
+    /// vocabulary (exactly one rank holds each token's row, so any order is exact).
+    fn embed(
+        &self,
+        backend: &B,
+        comm: &mut B::Comm,
+        ws: &mut Workspace<B>,
+        rows: &Rows,
+    ) -> Result<(), ModelError> {
+        let h = self.config.shape.hidden;
+        let (t, mine) = (rows.t, rows.mine.clone());
+        grow(backend, &mut ws.x, mine.len() * h)?;
+        if !self.reduce_embedding {
+            return backend.embed(&ws.step, mine, &self.embed, self.embed_span, &mut ws.x);
+        }
+        if self.sequence_parallel {
+            grow(backend, &mut ws.parts, t * h)?;
+            backend.embed(&ws.step, 0..t, &self.embed, self.embed_span, &mut ws.parts)?;
+            let keep = mine.start * h..mine.end * h;
+            return backend.reduce_scatter_ordered(comm, &ws.parts, t * h, t * h, keep, &mut ws.x);
+        }
+        backend.embed(&ws.step, 0..t, &self.embed, self.embed_span, &mut ws.x)?;
+        backend.all_reduce_sum(comm, &mut ws.x, t * h)
+    }
+
+    /// Block `l`: attention and MLP, leaving the MLP's output in `ws.delta` for the next
+    /// block's norm to add.
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        backend: &B,
+        comm: &mut B::Comm,
+        cache: &mut B::Cache,
+        seqs: &[SeqInput<'_>],
+        ws: &mut Workspace<B>,
+        rows: &Rows,
+        l: usize,
+        layer: &Layer<B>,
+    ) -> Result<(), ModelError> {
+        let shape = &self.config.shape;
+        let (h, d, eps) = (shape.hidden, shape.head_dim, self.config.rms_norm_eps);
+        let (t, local_t) = (rows.t, rows.mine.len());
+        grow(backend, &mut ws.normed, local_t * h)?;
+        if l == 0 {
+            backend.rms_norm(&ws.x, local_t, &layer.input_norm, eps, &mut ws.normed)?;
+        } else {
+            let x = &mut ws.x;
+            backend.add_rms_norm(
+                x,
+                &ws.delta,
+                local_t,
+                &layer.input_norm,
+                eps,
+                &mut ws.normed,
+            )?;
+        }
+        self.gather_rows(backend, comm, ws, rows)?;
+        let width = (layer.q_heads + 2 * layer.kv_heads) * d;
+        grow(backend, &mut ws.qkv, t * width)?;
+        grow(backend, &mut ws.attn, t * layer.q_heads * d)?;
+        let input = if self.sequence_parallel {
+            &ws.gathered
+        } else {
+            &ws.normed
+        };
+        backend.matmul(input, t, &layer.qkv, layer.qkv_bias.as_ref(), &mut ws.qkv)?;
+        let heads = HeadLayout {
+            layer: l,
+            q_heads: layer.q_heads,
+            kv_heads: layer.kv_heads,
+            head_dim: d,
+            kv_index: &layer.kv_index,
+            kv_index_dev: &layer.kv_index_dev,
+            window: self.config.sliding_window,
+            rope: &self.rope,
+        };
+        backend.attention(&mut ws.qkv, t, &heads, cache, &ws.step, seqs, &mut ws.attn)?;
+        let site = ReduceSite {
+            split: layer.reduce_attention,
+            start: layer.head_span.start * d,
+            chunk: shape.attention_reduce_chunk(),
+        };
+        self.row_parallel(backend, comm, ws, Input::Attn, rows, &layer.o, site)?;
+        let x = &mut ws.x;
+        backend.add_rms_norm(x, &ws.delta, local_t, &layer.post_norm, eps, &mut ws.normed)?;
+        self.gather_rows(backend, comm, ws, rows)?;
+        let inter = layer.inter;
+        grow(backend, &mut ws.gate_up, t * 2 * inter)?;
+        grow(backend, &mut ws.act, t * inter)?;
+        let input = if self.sequence_parallel {
+            &ws.gathered
+        } else {
+            &ws.normed
+        };
+        backend.matmul(input, t, &layer.gate_up, None, &mut ws.gate_up)?;
+        backend.silu_mul(&ws.gate_up, t, inter, &mut ws.act)?;
+        let site = ReduceSite {
+            split: layer.reduce_mlp,
+            start: layer.inter_span.start,
+            chunk: shape.mlp_reduce_chunk(),
+        };
+        self.row_parallel(backend, comm, ws, Input::Act, rows, &layer.down, site)
+    }
+
+    /// Under sequence parallelism, every rank's `ws.normed` rows gathered into
+    /// `ws.gathered` in row order; otherwise nothing (the layer reads `ws.normed`).
+    fn gather_rows(
+        &self,
+        backend: &B,
+        comm: &mut B::Comm,
+        ws: &mut Workspace<B>,
+        rows: &Rows,
+    ) -> Result<(), ModelError> {
+        if !self.sequence_parallel {
+            return Ok(());
+        }
+        let h = self.config.shape.hidden;
+        grow(backend, &mut ws.gathered, rows.t * h)?;
+        let local = rows.mine.len() * h;
+        backend.all_gather(comm, &ws.normed, local, &mut ws.gathered, rows.t * h)
+    }
+
+    /// A row-parallel projection `input · wᵀ` of all rows, combined across ranks into
+    /// `ws.delta` (this rank's rows of it).
+    ///
+    /// Fast mode: one matmul, then an all-reduce of the partial sums. Deterministic mode
+    /// (see [`tessera_plan::ReduceMode`]): the rank whose columns start the reduction
+    /// dimension folds its chunks and publishes one vector, later ranks publish one vector
+    /// per chunk, and the ordered all-reduce continues the fold; an unsplit projection is
+    /// folded locally.
+    #[allow(clippy::too_many_arguments)]
+    fn row_parallel(
+        &self,
+        backend: &B,
+        comm: &mut B::Comm,
+        ws: &mut Workspace<B>,
+        input: Input,
+        rows: &Rows,
+        w: &Weight<B>,
+        site: ReduceSite,
+    ) -> Result<(), ModelError> {
+        let h = self.config.shape.hidden;
+        let (t, mine) = (rows.t, &rows.mine);
+        let full = t * h;
+        let x = match input {
+            Input::Attn => &ws.attn,
+            Input::Act => &ws.act,
+        };
+        let deterministic = self.reduce == ReduceMode::Deterministic;
+        if !site.split {
+            grow(backend, &mut ws.delta, full)?;
+            return if deterministic {
+                backend.matmul_chunked(x, t, w, site.chunk, ChunkOutput::Fold, &mut ws.delta)
+            } else {
+                backend.matmul(x, t, w, None, &mut ws.delta)
+            };
+        }
+        let local_len = match self.reduce {
+            ReduceMode::Deterministic if w.cols == 0 => 0,
+            ReduceMode::Deterministic if site.start > 0 => chunk_count(w.cols, site.chunk) * full,
+            _ => full,
+        };
+        // Fast mode without sequence parallelism reduces in place in `delta`.
+        let in_place = !deterministic && !self.sequence_parallel;
+        let local = if in_place {
+            &mut ws.delta
+        } else {
+            &mut ws.parts
+        };
+        grow(backend, local, local_len)?;
+        match self.reduce {
+            ReduceMode::Fast => backend.matmul(x, t, w, None, local)?,
+            ReduceMode::Deterministic if local_len == 0 => {}
+            ReduceMode::Deterministic => {
+                let output = if site.start == 0 {
+                    ChunkOutput::Fold
+                } else {
+                    ChunkOutput::Partials
+                };
+                backend.matmul_chunked(x, t, w, site.chunk, output, local)?
+            }
+        }
+        if in_place {
+            return backend.all_reduce_sum(comm, &mut ws.delta, full);
+        }
+        if self.sequence_parallel {
+            grow(backend, &mut ws.delta, mine.len() * h)?;
+            let keep = mine.start * h..mine.end * h;
+            let out = &mut ws.delta;
+            return backend.reduce_scatter_ordered(comm, &ws.parts, local_len, full, keep, out);
+        }
+        grow(backend, &mut ws.delta, full)?;
+        backend.all_reduce_ordered(comm, &ws.parts, local_len, &mut ws.delta, full)
+    }
+
+    /// The logits of the picked rows (`picks`: this rank's rows, `n_rows` over all ranks):
+    /// final norm, output head, and the vocabulary gather the plan asks for.
+    fn logits(
+        &self,
+        backend: &B,
+        comm: &mut B::Comm,
+        ws: &mut Workspace<B>,
+        picks: &[usize],
+        n_rows: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        let shape = &self.config.shape;
+        let (h, eps) = (shape.hidden, self.config.rms_norm_eps);
+        grow(backend, &mut ws.picked, picks.len() * h)?;
+        backend.pick_rows(&ws.x, h, picks, &ws.step, &mut ws.picked)?;
+        let picked = if self.sequence_parallel {
+            // Every rank needs every picked row for the vocabulary-parallel head; rows are
+            // in order and shares are contiguous in rank order, so a gather keeps the order.
+            grow(backend, &mut ws.picked_all, n_rows * h)?;
+            let (local, out) = (&ws.picked, &mut ws.picked_all);
+            backend.all_gather(comm, local, picks.len() * h, out, n_rows * h)?;
+            &ws.picked_all
+        } else {
+            &ws.picked
+        };
+        grow(backend, &mut ws.normed, n_rows * h)?;
+        backend.rms_norm(picked, n_rows, &self.final_norm, eps, &mut ws.normed)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let local_vocab = self.lm_span.len();
+        grow(backend, &mut ws.local_logits, n_rows * local_vocab)?;
+        backend.matmul(&ws.normed, n_rows, head, None, &mut ws.local_logits)?;
+        if !self.gather_logits {
+            return backend.download(&ws.local_logits, n_rows * local_vocab);
+        }
+        let vocab = shape.vocab;
+        grow(backend, &mut ws.exchange, n_rows * vocab)?;
+        grow(backend, &mut ws.logits, n_rows * vocab)?;
+        let (local, spans) = (&ws.local_logits, &self.lm_spans);
+        backend.gather_vocab(comm, local, n_rows, spans, &mut ws.exchange, &mut ws.logits)?;
+        backend.download(&ws.logits, n_rows * vocab)
+    }
+}
+
+/// Which workspace buffer feeds a row-parallel projection.
+#[derive(Clone, Copy)]
+enum Input {
+    /// The attention output (`o_proj`).
+    Attn,
+    /// The MLP activation (`down_proj`).
+    Act,
+}

@@ -1,0 +1,268 @@
+//! What a rank thread runs: a [`RankLoader`] prepares the ranks of one engine (their
+//! communicators), and each rank's [`RankStarter`] loads its shard on the rank's own
+//! thread into a [`RankWorker`] that runs batched steps.
+//!
+//! [`CpuLoader`] is Tessera's CPU path (shared-memory communicator, CPU kernels); a device
+//! backend (the `tessera-cuda` crate) supplies its own loader, so the coordinator, the
+//! scheduler and the server above it do not change with the device. These types live
+//! beside the model, below the engine, so a device backend needs no engine to supply one.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::backend::WeightDtype;
+use crate::config::ModelConfig;
+use crate::cpu::CpuBackend;
+use crate::error::ModelError;
+use crate::paged::PagedKvCache;
+use crate::rank::{RankModel, SeqInput};
+use crate::weights::WeightFiles;
+use tessera_comm::{CommError, CommStats, Communicator, SingleRank, ThreadGroup};
+use tessera_plan::{ReduceMode, ShardPlan};
+
+/// Everything one rank needs to load its shard.
+#[derive(Clone, Debug)]
+pub struct RankSetup {
+    /// This rank's index.
+    pub rank: usize,
+    /// The model directory.
+    pub dir: PathBuf,
+    /// The model's config.
+    pub config: ModelConfig,
+    /// The plan every rank runs.
+    pub plan: Arc<ShardPlan>,
+    /// Weight storage precision asked for.
+    pub dtype: WeightDtype,
+    /// How row-parallel partial sums are combined.
+    pub reduce: ReduceMode,
+    /// CPU threads this rank may use.
+    pub threads: usize,
+    /// Blocks of its KV cache (the same ids on every rank).
+    pub num_blocks: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+}
+
+/// One loaded rank: its shard, KV cache and communicator.
+pub trait RankWorker {
+    /// Bytes of weights it holds.
+    fn weight_bytes(&self) -> usize;
+    /// Runs one batched step; rank 0 returns the full-vocabulary logits rows the
+    /// sequences ask for (other ranks may return them too), with its collective counters.
+    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError>;
+    /// Like [`RankWorker::step`], with each logits row (of `vocab`) replaced by its greedy
+    /// token ([`crate::greedy_token`]); a device backend picks it on the device.
+    fn step_greedy(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        vocab: usize,
+    ) -> Result<(Vec<u32>, CommStats), ModelError> {
+        let (logits, stats) = self.step(seqs)?;
+        let tokens = logits
+            .chunks_exact(vocab.max(1))
+            .map(crate::greedy_token)
+            .collect();
+        Ok((tokens, stats))
+    }
+}
+
+/// Loads one rank on the thread that will run it (device contexts are per thread).
+pub trait RankStarter: Send {
+    /// Loads the shard `setup` describes.
+    fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError>;
+}
+
+/// Prepares the ranks of one engine on some kind of device.
+pub trait RankLoader: Send + Sync {
+    /// The device kind, for logs ("cpu", "cuda").
+    fn device(&self) -> &'static str;
+    /// What every rank of a group of `world` needs to join it, made once by the first
+    /// node (NCCL's unique id; nothing for the CPU).
+    fn group_token(&self, _world: usize) -> Result<Vec<u8>, ModelError> {
+        Ok(Vec::new())
+    }
+    /// Starters of ranks `ranks` (global indices, in order) of a group of `world` whose
+    /// token is `token`; the other ranks run in other processes.
+    fn starters(
+        &self,
+        world: usize,
+        ranks: Range<usize>,
+        token: &[u8],
+    ) -> Result<Vec<Box<dyn RankStarter>>, ModelError>;
+    /// Makes all `world` starters, rank order, in this process.
+    fn prepare(&self, world: usize) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
+        let token = self.group_token(world)?;
+        self.starters(world, 0..world, &token)
+    }
+}
+
+/// Keeps freed buffers in the heap instead of returning them to the kernel.
+///
+/// The model's activations are reused between steps ([`crate::Workspace`]), but a step
+/// still allocates megabytes above it: the logits rows handed to the engine (64 rows of a
+/// 49k vocabulary are 12 MB) and the sampler's per-row scratch. glibc serves those with
+/// `mmap` and unmaps them on free, so every step paid page faults and kernel zeroing
+/// again. Without this tuning `tessera bench throughput` ran 7-9% slower in two of three
+/// alternating runs (9% faster in the third, on a machine at load 10; raw JSON in
+/// benches/results/2026-12-04-workspace), so it stays until those buffers are reused too.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            const THRESHOLD: libc::c_int = 512 << 20;
+            // SAFETY: mallopt only changes allocator tunables; it is safe to call at any
+            // time, and a refused setting (return 0) leaves the defaults in place.
+            let ok = unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) == 1
+                    && libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD) == 1
+            };
+            if !ok {
+                tracing::debug!("malloc thresholds left at their defaults");
+            }
+        });
+    }
+}
+
+/// Tessera's CPU ranks: threads with a shared-memory communicator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuLoader;
+
+impl RankLoader for CpuLoader {
+    fn device(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn starters(
+        &self,
+        world: usize,
+        ranks: Range<usize>,
+        _token: &[u8],
+    ) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
+        let comms: Vec<Box<dyn Communicator>> = if world == 1 {
+            vec![Box::new(SingleRank::new())]
+        } else if ranks == (0..world) {
+            ThreadGroup::create(world)
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Communicator>)
+                .collect()
+        } else {
+            // The shared-memory communicator does not reach other processes: these ranks
+            // can only run plans without collectives (checked before start).
+            ranks
+                .map(|rank| Box::new(Detached { rank, world }) as Box<dyn Communicator>)
+                .collect()
+        };
+        Ok(comms
+            .into_iter()
+            .map(|comm| Box::new(CpuStarter { comm }) as Box<dyn RankStarter>)
+            .collect())
+    }
+}
+
+struct CpuStarter {
+    comm: Box<dyn Communicator>,
+}
+
+impl RankStarter for CpuStarter {
+    fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
+        keep_freed_memory();
+        let backend = CpuBackend::new(setup.threads)?;
+        let files = WeightFiles::open(&setup.dir)?;
+        let model = RankModel::load_on(
+            &backend,
+            &setup.config,
+            &files,
+            &setup.plan,
+            setup.rank,
+            setup.dtype,
+            setup.reduce,
+        )?;
+        let cache = PagedKvCache::new(model.kv_widths(), setup.num_blocks, setup.block_size);
+        Ok(Box::new(CpuWorker {
+            model,
+            backend,
+            cache,
+            comm: self.comm,
+        }))
+    }
+}
+
+struct CpuWorker {
+    model: RankModel,
+    backend: CpuBackend,
+    cache: PagedKvCache,
+    comm: Box<dyn Communicator>,
+}
+
+impl RankWorker for CpuWorker {
+    fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
+    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError> {
+        let logits =
+            self.model
+                .forward_batch(&self.backend, self.comm.as_mut(), &mut self.cache, seqs)?;
+        Ok((logits, self.comm.stats()))
+    }
+}
+
+/// The communicator of a CPU rank whose group spans processes: shared memory does not
+/// reach the others, so every collective is an error (plans without collectives run).
+struct Detached {
+    rank: usize,
+    world: usize,
+}
+
+impl Detached {
+    fn refuse(&self) -> CommError {
+        CommError::Backend(format!(
+            "rank {} of {}: CPU ranks in several processes have no communicator; only a plan without collectives (replicated) runs across nodes on CPU",
+            self.rank, self.world
+        ))
+    }
+}
+
+impl Communicator for Detached {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&mut self, _buf: &mut [f32]) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn reduce_scatter_ordered(
+        &mut self,
+        _partials: &[f32],
+        _len: usize,
+        _keep: Range<usize>,
+        _out: &mut [f32],
+    ) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn all_gather(&mut self, _local: &[f32], _out: &mut [f32]) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn broadcast(&mut self, _buf: &mut [f32], _root: usize) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn barrier(&mut self) -> Result<(), CommError> {
+        Err(self.refuse())
+    }
+
+    fn stats(&self) -> CommStats {
+        CommStats::default()
+    }
+
+    fn reset_stats(&mut self) {}
+}
