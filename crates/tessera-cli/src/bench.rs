@@ -68,6 +68,9 @@ pub(crate) struct BandwidthArgs {
     /// Repeats; the median is reported.
     #[arg(long, default_value_t = 7)]
     repeats: usize,
+    /// CPU kernel instruction set for the GEMV and GEMM probes (default: the fastest).
+    #[arg(long)]
+    isa: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -195,7 +198,10 @@ fn latency(a: &LatencyArgs) -> Result<()> {
 /// decode kernels reach. `bound_gb_s` is the largest sample of either probe: a bound no
 /// measured rate of this machine may exceed.
 fn bandwidth(a: &BandwidthArgs) -> Result<()> {
-    let pool = CpuPool::new(a.threads.max(1))?;
+    let pool = match crate::parse_isa(a.isa.as_deref())? {
+        Some(isa) => CpuPool::with_isa(a.threads.max(1), isa)?,
+        None => CpuPool::new(a.threads.max(1))?,
+    };
     let len = (a.mib * 1024 * 1024 / 4).max(2048 * 2048);
     let buf: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
     let (mut stream, mut gemv, mut best, mut gemm) =

@@ -48,6 +48,9 @@ pub(crate) struct GenerateArgs {
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// CPU kernel instruction set: avx512, avx2 or scalar (default: the fastest).
+    #[arg(long)]
+    isa: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -70,7 +73,7 @@ struct Output {
 pub(crate) fn run(args: &GenerateArgs) -> Result<()> {
     let device = check_device(&args.device)?;
     let dtype = weight_dtype(device, &args.dtype)?;
-    let loader = rank_loader(device, &args.dtype)?;
+    let loader = rank_loader(device, &args.dtype, crate::parse_isa(args.isa.as_deref())?)?;
     if args.shard.tp == Some(0) {
         bail!("--tp must be at least 1");
     }

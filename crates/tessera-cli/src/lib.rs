@@ -205,6 +205,10 @@ pub(crate) struct EngineArgs {
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// CPU kernel instruction set: avx512, avx2 or scalar (default: the fastest this CPU
+    /// has). Forcing a slower one measures another machine class on this one.
+    #[arg(long)]
+    pub(crate) isa: Option<String>,
 }
 
 /// What the engine flags resolve to.
@@ -225,7 +229,7 @@ impl EngineArgs {
     pub(crate) fn resolve(&self, shard: &ShardArgs) -> Result<EngineSetup> {
         let device = check_device(&self.device)?;
         let dtype = weight_dtype(device, &self.dtype)?;
-        let loader = rank_loader(device, &self.dtype)?;
+        let loader = rank_loader(device, &self.dtype, parse_isa(self.isa.as_deref())?)?;
         let options = tessera_engine::EngineOptions {
             dtype,
             reduce: shard.reduce(),
@@ -394,15 +398,31 @@ pub(crate) fn weight_dtype(device: Device, dtype: &str) -> Result<WeightDtype> {
     }
 }
 
+/// The `--isa` flag: `None` for the fastest path, or the named one if this CPU has it.
+pub(crate) fn parse_isa(isa: Option<&str>) -> Result<Option<tessera_kernels::Isa>> {
+    let Some(name) = isa else { return Ok(None) };
+    let Some(isa) = tessera_kernels::Isa::parse(name) else {
+        bail!("unknown --isa '{name}' (avx512, avx2 or scalar)");
+    };
+    if !isa.is_available() {
+        bail!("--isa {name}: this CPU does not have it");
+    }
+    Ok(Some(isa))
+}
+
 /// The ranks' loader for `device` (after [`weight_dtype`] accepted `dtype` for it): CPU
 /// threads, or one GPU per rank.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub(crate) fn rank_loader(
     device: Device,
     dtype: &str,
+    isa: Option<tessera_kernels::Isa>,
 ) -> Result<Box<dyn tessera_engine::RankLoader>> {
+    if isa.is_some() && device != Device::Cpu {
+        bail!("--isa chooses CPU kernels; it has no meaning with --device cuda");
+    }
     match device {
-        Device::Cpu => Ok(Box::new(tessera_engine::CpuLoader)),
+        Device::Cpu => Ok(Box::new(tessera_engine::CpuLoader { isa })),
         #[cfg(feature = "cuda")]
         Device::Cuda => Ok(Box::new(cuda::loader(dtype)?)),
         #[cfg(not(feature = "cuda"))]

@@ -129,7 +129,7 @@ impl Coordinator {
         plan: ShardPlan,
         options: &EngineOptions,
     ) -> Result<Self, EngineError> {
-        Self::start_on(model_dir, plan, options, &CpuLoader)
+        Self::start_on(model_dir, plan, options, &CpuLoader::default())
     }
 
     /// Like [`Coordinator::start`], with the ranks `loader` makes (a device backend).

@@ -12,6 +12,16 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// Parses `avx512`, `avx2` or `scalar` (the `--isa` flag).
+    pub fn parse(s: &str) -> Option<Isa> {
+        match s {
+            "avx512" | "avx-512" => Some(Isa::Avx512),
+            "avx2" => Some(Isa::Avx2),
+            "scalar" => Some(Isa::Scalar),
+            _ => None,
+        }
+    }
+
     /// The fastest path this CPU supports (runs CPUID; call once, not per kernel).
     pub fn detect() -> Isa {
         if Isa::Avx512.is_available() {
@@ -28,7 +38,11 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 is_x86_feature_detected!("avx512f")

@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use tessera_comm::Communicator;
-use tessera_kernels::{chunk_count, ChunkOutput, CpuPool, PagedSeq, PagedShape, RopeTable};
+use tessera_kernels::{chunk_count, ChunkOutput, CpuPool, Isa, PagedSeq, PagedShape, RopeTable};
 use tessera_plan::Span;
 
 use crate::backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype};
@@ -32,6 +32,19 @@ impl CpuBackend {
     pub fn new(threads: usize) -> Result<Self, ModelError> {
         Ok(Self {
             pool: CpuPool::new(threads.max(1))?,
+            scratch: Mutex::new((Vec::new(), Vec::new())),
+        })
+    }
+
+    /// A backend whose kernels use `isa` (`None`: the fastest this CPU has); fails if the
+    /// CPU lacks it. Forcing a slower path is how one machine measures another's.
+    pub fn with_isa(threads: usize, isa: Option<Isa>) -> Result<Self, ModelError> {
+        let pool = match isa {
+            Some(isa) => CpuPool::with_isa(threads.max(1), isa)?,
+            None => CpuPool::new(threads.max(1))?,
+        };
+        Ok(Self {
+            pool,
             scratch: Mutex::new((Vec::new(), Vec::new())),
         })
     }

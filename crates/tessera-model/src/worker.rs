@@ -19,6 +19,7 @@ use crate::paged::PagedKvCache;
 use crate::rank::{RankModel, SeqInput};
 use crate::weights::WeightFiles;
 use tessera_comm::{CommError, CommStats, Communicator, SingleRank, ThreadGroup};
+use tessera_kernels::Isa;
 use tessera_plan::{ReduceMode, ShardPlan};
 
 /// Everything one rank needs to load its shard.
@@ -127,7 +128,10 @@ fn keep_freed_memory() {
 
 /// Tessera's CPU ranks: threads with a shared-memory communicator.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct CpuLoader;
+pub struct CpuLoader {
+    /// Kernel instruction set to force (`None`: the fastest this CPU has).
+    pub isa: Option<Isa>,
+}
 
 impl RankLoader for CpuLoader {
     fn device(&self) -> &'static str {
@@ -156,19 +160,25 @@ impl RankLoader for CpuLoader {
         };
         Ok(comms
             .into_iter()
-            .map(|comm| Box::new(CpuStarter { comm }) as Box<dyn RankStarter>)
+            .map(|comm| {
+                Box::new(CpuStarter {
+                    comm,
+                    isa: self.isa,
+                }) as Box<dyn RankStarter>
+            })
             .collect())
     }
 }
 
 struct CpuStarter {
     comm: Box<dyn Communicator>,
+    isa: Option<Isa>,
 }
 
 impl RankStarter for CpuStarter {
     fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
         keep_freed_memory();
-        let backend = CpuBackend::new(setup.threads)?;
+        let backend = CpuBackend::with_isa(setup.threads, self.isa)?;
         let files = WeightFiles::open(&setup.dir)?;
         let model = RankModel::load_on(
             &backend,
