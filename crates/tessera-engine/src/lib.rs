@@ -19,7 +19,7 @@ pub mod scheduler;
 pub use coordinator::{Coordinator, EngineError, EngineOptions, StepSeq};
 pub use engine::{
     EngineConfig, EngineHandle, EngineStats, Event, FinishReason, Request, Submission,
-    TokenLogprobs, Usage,
+    TokenLogprobs, Usage, FLUSH_TOKEN,
 };
 pub use generate::{GenerateOutput, GenerateRequest};
 pub use histogram::{Histogram, COLLECTIVE_STEP_BUCKETS};

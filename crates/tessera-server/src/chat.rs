@@ -11,12 +11,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use tessera_engine::sampling::MAX_TOP_LOGPROBS;
-use tessera_engine::TokenLogprobs;
+use tessera_engine::{TokenLogprobs, FLUSH_TOKEN};
 use tessera_model::ChatMessage;
 use tracing::Instrument;
 
 use crate::error::ServerError;
-use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN};
+use crate::generation::{finish_error, finish_reason_str, Generation};
 use crate::request::{read_json, ChatRequest, InputMessage, MessageContent};
 use crate::response::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatLogprobs, ChatTokenLogprob,
