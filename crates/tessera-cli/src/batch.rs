@@ -63,6 +63,7 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         loader,
         options,
         config: engine_config,
+        itl,
         ..
     } = a.engine.resolve(&a.shard)?;
     let Some(overflow) = OverflowPolicy::parse(&a.on_overflow) else {
@@ -104,6 +105,7 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         &a.shard,
         &options,
         &engine_config,
+        itl,
         loader.as_ref(),
     )?;
     let max_context = a

@@ -13,13 +13,15 @@
 //! id, which later engine-thread lines (preemption, cancellation) carry.
 //!
 //! Parts: [`handle`] (the caller's API), [`request`] (what goes in and comes out, and
-//! the state of a live request), [`step`] (the engine thread's loop), [`detok`] (token
-//! ids to text deltas).
+//! the state of a live request), [`step`] (the engine thread's loop), [`pace`] (prefill
+//! budgets that keep the inter-token time), [`detok`] (token ids to text deltas).
 
 mod detok;
 mod handle;
+pub mod pace;
 mod request;
 mod step;
 
 pub use handle::{EngineConfig, EngineHandle, EngineStats, Submission};
+pub use pace::ItlTarget;
 pub use request::{Event, FinishReason, Request, TokenLogprobs, Usage, FLUSH_TOKEN};

@@ -587,8 +587,8 @@ fn raw_logprobs(raw: &[f32], token: u32, n: usize) -> (Option<f32>, Vec<(u32, f3
 }
 
 #[cfg(test)]
-#[path = "sampling_tests.rs"]
-mod tests;
-#[cfg(test)]
 #[path = "sampling_logprobs_tests.rs"]
 mod logprobs_tests;
+#[cfg(test)]
+#[path = "sampling_tests.rs"]
+mod tests;

@@ -91,4 +91,3 @@ fn logprobs_are_only_returned_when_requested() {
     let chosen_only = Sampler::new(&zero, &[]).sample(&logits);
     assert!(chosen_only.logprob.is_some() && chosen_only.top_logprobs.is_empty());
 }
-

@@ -556,4 +556,3 @@ fn missing_json_fields_take_their_defaults() {
     };
     assert_eq!(params, expected);
 }
-

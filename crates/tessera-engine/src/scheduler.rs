@@ -24,6 +24,12 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::block_pool::{BlockId, BlockPool, BlockTable, PoolError, PrefixStats};
 
+mod draft;
+mod plan;
+
+use draft::{Chunk, StepDraft};
+pub use plan::{AppendOutcome, ScheduledSeq, StepPlan, StepShape};
+
 /// Scheduler limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -111,51 +117,6 @@ pub enum SchedError {
     NotAwaitingToken(u64),
 }
 
-/// One sequence's share of a forward pass.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScheduledSeq {
-    /// The sequence's id.
-    pub id: u64,
-    /// Position of `tokens[0]`.
-    pub start_pos: usize,
-    /// Token ids to feed, at positions `start_pos..start_pos + tokens.len()`.
-    pub tokens: Vec<u32>,
-    /// The whole block table, covering at least `start_pos + tokens.len()` positions.
-    pub block_table: Vec<BlockId>,
-    /// The chunk ends at the last known token: sample one token from its last row.
-    pub needs_logits: bool,
-}
-
-/// What to run in one forward pass.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StepPlan {
-    /// Sequences to run: decodes first, then prefill chunks, then new admissions.
-    pub seqs: Vec<ScheduledSeq>,
-    /// Sequences preempted by this step: their blocks are freed and they wait again.
-    pub preempted: Vec<u64>,
-}
-
-impl StepPlan {
-    /// Tokens fed in this step.
-    pub fn num_tokens(&self) -> usize {
-        self.seqs.iter().map(|seq| seq.tokens.len()).sum()
-    }
-
-    /// Nothing to run.
-    pub fn is_empty(&self) -> bool {
-        self.seqs.is_empty()
-    }
-}
-
-/// What [`Scheduler::append_token`] did with a sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// The sequence goes on.
-    Continue,
-    /// The sequence has its max_tokens: it is finished and its blocks are freed.
-    ReachedMaxTokens,
-}
-
 #[derive(Debug)]
 struct Sequence {
     /// Prompt followed by the tokens generated so far.
@@ -175,21 +136,6 @@ impl Sequence {
     fn remaining(&self) -> usize {
         self.tokens.len() - self.num_computed
     }
-}
-
-/// A chunk decided while planning; applied to the sequence once planning is over.
-#[derive(Debug)]
-struct Chunk {
-    id: u64,
-    start: usize,
-    len: usize,
-}
-
-#[derive(Debug)]
-struct StepDraft {
-    budget: usize,
-    chunks: Vec<Chunk>,
-    preempted: Vec<u64>,
 }
 
 /// Continuous-batching scheduler over a paged KV cache.
@@ -281,8 +227,37 @@ impl Scheduler {
     /// can share them. Apply every plan before the next `schedule`; if a forward pass
     /// fails, the cache holds garbage and the scheduler must be dropped.
     pub fn schedule(&mut self) -> StepPlan {
+        self.schedule_paced(|_| usize::MAX)
+    }
+
+    /// Plans the next forward pass like [`Scheduler::schedule`], with a separate budget
+    /// for prefill tokens (chunks of more than the one token a decode feeds, and every
+    /// admission) while decodes run.
+    ///
+    /// The pacing rule: when this step decodes at least one running sequence, its prefill
+    /// chunks together take at most `prefill_cap(shape)` tokens (and the step at most
+    /// `max_batch_tokens`), so a decode never waits behind a whole prefill chunk; the
+    /// caller derives the cap from a target inter-token time and a cost model (the
+    /// engine's [`crate::engine`] pacing). With no decode running, prefill takes the whole
+    /// `max_batch_tokens`, since no one is waiting for a token. Only chunk sizes change,
+    /// never what a sequence computes, so outputs do not depend on the cap.
+    pub fn schedule_paced(&mut self, prefill_cap: impl FnOnce(StepShape) -> usize) -> StepPlan {
+        let max = self.config.max_batch_tokens;
+        let decodes = self
+            .running
+            .iter()
+            .filter(|id| self.seqs.get(id).is_some_and(|seq| seq.remaining() == 1))
+            .count()
+            .min(self.config.max_seqs);
+        let prefill_budget = if decodes == 0 {
+            max
+        } else {
+            let batch = (self.running.len() + self.waiting.len()).min(self.config.max_seqs);
+            prefill_cap(StepShape { decodes, batch }).min(max)
+        };
         let mut draft = StepDraft {
-            budget: self.config.max_batch_tokens,
+            budget: max,
+            prefill_budget,
             chunks: Vec::new(),
             preempted: Vec::new(),
         };
@@ -398,13 +373,21 @@ impl Scheduler {
             let Some(seq) = self.seqs.get_mut(&id) else {
                 return;
             };
-            let want = seq.remaining().min(draft.budget);
+            let prefill = seq.remaining() > 1;
+            let want = draft.room(seq.remaining(), prefill);
+            if want == 0 {
+                return; // out of prefill budget: it waits for a later step, keeping its blocks
+            }
             let len = want.min(seq.table.max_new_tokens(self.pool.num_free()));
             if len > 0 {
                 let start = seq.num_computed;
                 if seq.table.append(&mut self.pool, len) {
-                    draft.budget -= len;
-                    draft.chunks.push(Chunk { id, start, len });
+                    draft.take(Chunk {
+                        id,
+                        start,
+                        len,
+                        prefill,
+                    });
                 }
                 return;
             }
@@ -421,7 +404,7 @@ impl Scheduler {
     fn preempt(&mut self, id: u64, draft: &mut StepDraft) {
         self.running.retain(|&r| r != id);
         if let Some(at) = draft.chunks.iter().position(|chunk| chunk.id == id) {
-            draft.budget += draft.chunks.remove(at).len;
+            draft.give_back(at);
         }
         if let Some(seq) = self.seqs.get_mut(&id) {
             free_blocks(&mut self.pool, seq);
@@ -432,7 +415,7 @@ impl Scheduler {
     }
 
     fn admit_waiting(&mut self, draft: &mut StepDraft) {
-        while draft.budget > 0 && draft.chunks.len() < self.config.max_seqs {
+        while draft.room(1, true) > 0 && draft.chunks.len() < self.config.max_seqs {
             let Some(&id) = self.waiting.front() else {
                 return;
             };
@@ -462,7 +445,7 @@ impl Scheduler {
             .filter(|&&block| self.pool.ref_count(block) == Some(0))
             .count();
         let cached = hits.len() * block_size;
-        let want = (seq.tokens.len() - cached).min(draft.budget);
+        let want = draft.room(seq.tokens.len() - cached, true);
         let len = want.min((self.pool.num_free() - revived) * block_size);
         if len == 0 {
             return false;
@@ -485,11 +468,11 @@ impl Scheduler {
         }
         self.waiting.pop_front();
         self.running.push(id);
-        draft.budget -= len;
-        draft.chunks.push(Chunk {
+        draft.take(Chunk {
             id,
             start: cached,
             len,
+            prefill: true,
         });
         tracing::trace!(id, cached, len, "sequence admitted");
         true
@@ -499,7 +482,7 @@ impl Scheduler {
     fn apply(&mut self, draft: StepDraft) -> StepPlan {
         let block_size = self.pool.block_size();
         let mut seqs = Vec::with_capacity(draft.chunks.len());
-        for Chunk { id, start, len } in draft.chunks {
+        for Chunk { id, start, len, .. } in draft.chunks {
             let Some(seq) = self.seqs.get_mut(&id) else {
                 continue;
             };

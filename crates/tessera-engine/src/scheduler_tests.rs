@@ -51,6 +51,8 @@ struct Sim {
     finished: HashMap<u64, Vec<u32>>,
     preemptions: usize,
     steps: usize,
+    /// Prefill cap for [`Scheduler::schedule_paced`]; `None` plans with `schedule`.
+    cap: Option<usize>,
 }
 
 impl Sim {
@@ -65,6 +67,7 @@ impl Sim {
             finished: HashMap::new(),
             preemptions: 0,
             steps: 0,
+            cap: None,
         }
     }
 
@@ -92,7 +95,10 @@ impl Sim {
     }
 
     fn step(&mut self) -> StepPlan {
-        let plan = self.sched.schedule();
+        let plan = match self.cap {
+            Some(cap) => self.sched.schedule_paced(|_| cap),
+            None => self.sched.schedule(),
+        };
         self.steps += 1;
         self.preemptions += plan.preempted.len();
         self.check_plan(&plan);
@@ -576,3 +582,6 @@ proptest! {
         sim.check_books();
     }
 }
+
+#[path = "scheduler_pacing_tests.rs"]
+mod pacing;

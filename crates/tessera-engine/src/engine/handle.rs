@@ -10,6 +10,7 @@ use serde::Serialize;
 use tessera_model::TextTokenizer;
 use tokio::sync::{mpsc, oneshot};
 
+use super::pace::ItlTarget;
 use super::request::{Event, Request};
 use super::step::Worker;
 use crate::coordinator::{Coordinator, EngineError};
@@ -110,11 +111,22 @@ pub struct Submission {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread over `coordinator`; `tokenizer` turns tokens into text deltas.
+    /// Starts the engine thread over `coordinator`; `tokenizer` turns tokens into text
+    /// deltas. Prefill is paced for the default [`ItlTarget`] (`auto`).
     pub fn start(
         coordinator: Coordinator,
         tokenizer: Option<Arc<TextTokenizer>>,
         config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
+        Self::start_paced(coordinator, tokenizer, config, ItlTarget::default())
+    }
+
+    /// Like [`EngineHandle::start`], pacing prefill for the inter-token time `itl`.
+    pub fn start_paced(
+        coordinator: Coordinator,
+        tokenizer: Option<Arc<TextTokenizer>>,
+        config: &EngineConfig,
+        itl: ItlTarget,
     ) -> Result<Self, EngineError> {
         let model = coordinator.config().clone();
         let sched = Scheduler::new(SchedulerConfig {
@@ -142,6 +154,7 @@ impl EngineHandle {
             tokenizer,
             Arc::clone(&stats),
             default_stop.clone(),
+            itl,
         );
         let join = std::thread::Builder::new()
             .name("tessera-engine".into())

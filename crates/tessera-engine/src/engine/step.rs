@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 use tessera_model::{LogitRows, TextTokenizer};
 
 use super::handle::{EngineStats, Msg, Submit};
+use super::pace::{self, ItlTarget, StepCostModel};
 use super::request::{Event, FinishReason, LiveRequest, Pick, TokenLogprobs, Usage, FLUSH_TOKEN};
 use crate::coordinator::{Coordinator, EngineError, StepSeq};
 use crate::histogram::Histogram;
 use crate::sampling::Sampled;
-use crate::scheduler::{AppendOutcome, SchedError, SchedRequest, ScheduledSeq, Scheduler, StepPlan};
+use crate::scheduler::{
+    AppendOutcome, SchedError, SchedRequest, ScheduledSeq, Scheduler, StepPlan,
+};
 
 /// The engine thread's state: the ranks, the scheduler and every live request.
 pub(crate) struct Worker {
@@ -27,15 +30,19 @@ pub(crate) struct Worker {
     default_stop: Vec<u32>,
     /// Each rank's cumulative collective seconds after the previous step.
     collective_seconds: Vec<f64>,
+    /// Step times measured so far, as a cost model.
+    cost: StepCostModel,
+    /// The inter-token time prefill budgets aim for.
+    itl: ItlTarget,
 }
 
 /// The error a submission gets when the scheduler refuses it: the request's own fault
 /// (empty, too long for the context or the cache) or the engine's.
 fn refusal(e: SchedError) -> EngineError {
     match e {
-        SchedError::EmptyPrompt(_) | SchedError::TooLong { .. } | SchedError::ExceedsCache { .. } => {
-            EngineError::BadRequest(e.to_string())
-        }
+        SchedError::EmptyPrompt(_)
+        | SchedError::TooLong { .. }
+        | SchedError::ExceedsCache { .. } => EngineError::BadRequest(e.to_string()),
         other => EngineError::Internal(other.to_string()),
     }
 }
@@ -48,6 +55,7 @@ impl Worker {
         tokenizer: Option<Arc<TextTokenizer>>,
         stats: Arc<Mutex<EngineStats>>,
         default_stop: Vec<u32>,
+        itl: ItlTarget,
     ) -> Self {
         Self {
             coordinator,
@@ -58,6 +66,8 @@ impl Worker {
             counters: EngineStats::default(),
             default_stop,
             collective_seconds: Vec::new(),
+            cost: StepCostModel::default(),
+            itl,
         }
     }
 
@@ -149,7 +159,10 @@ impl Worker {
     }
 
     fn step(&mut self) -> Result<(), EngineError> {
-        let plan = self.sched.schedule();
+        let (cost, itl) = (&self.cost, self.itl);
+        let plan = self
+            .sched
+            .schedule_paced(|shape| pace::prefill_budget(cost, itl, shape));
         self.counters.preemptions += plan.preempted.len() as u64;
         for id in &plan.preempted {
             if let Some(live) = self.requests.get(id) {
@@ -167,12 +180,11 @@ impl Worker {
         }
         let started = Instant::now();
         self.run_plan(&plan)?;
-        tracing::trace!(
-            tokens = plan.num_tokens(),
-            seqs = plan.seqs.len(),
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "step"
-        );
+        let seconds = started.elapsed().as_secs_f64();
+        let decodes = plan.seqs.iter().filter(|s| s.tokens.len() == 1).count();
+        let prefill = plan.num_tokens() - decodes;
+        self.cost.observe(prefill, decodes, seconds);
+        tracing::trace!(prefill, decodes, ms = seconds * 1e3, "step");
         Ok(())
     }
 
