@@ -63,6 +63,7 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         loader,
         options,
         config: engine_config,
+        itl,
         ..
     } = a.engine.resolve(&a.shard)?;
     let (overflow, summarize, template) = job_settings(a)?;
@@ -80,6 +81,7 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         &a.shard,
         &options,
         &engine_config,
+        itl,
         loader.as_ref(),
     )?;
     let max_context = a

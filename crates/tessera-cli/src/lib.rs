@@ -202,6 +202,11 @@ pub(crate) struct EngineArgs {
     /// Most sequences per engine step.
     #[arg(long, default_value_t = 64)]
     pub(crate) max_seqs: usize,
+    /// Inter-token time to keep while prompts are prefilled: `auto` (1.5x the predicted
+    /// decode-only step of the queued batch), a number of milliseconds, or `off` (every
+    /// step may carry a whole --max-batch-tokens prefill chunk).
+    #[arg(long, default_value = "auto", value_name = "MS|auto|off")]
+    pub(crate) max_itl_ms: tessera_engine::ItlTarget,
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
@@ -221,6 +226,8 @@ pub(crate) struct EngineSetup {
     pub(crate) options: tessera_engine::EngineOptions,
     /// The scheduler's limits.
     pub(crate) config: tessera_engine::EngineConfig,
+    /// The inter-token time prefill is paced for.
+    pub(crate) itl: tessera_engine::ItlTarget,
 }
 
 impl EngineArgs {
@@ -246,6 +253,7 @@ impl EngineArgs {
             loader,
             options,
             config,
+            itl: self.max_itl_ms,
         })
     }
 }
@@ -336,6 +344,7 @@ pub(crate) fn start_serving(
     shard: &ShardArgs,
     options: &tessera_engine::EngineOptions,
     engine_config: &tessera_engine::EngineConfig,
+    itl: tessera_engine::ItlTarget,
     loader: &dyn tessera_engine::RankLoader,
 ) -> Result<ServingModel> {
     let dir = model.resolve()?;
@@ -353,10 +362,11 @@ pub(crate) fn start_serving(
     // A request alone must fit the KV cache as well as the context.
     let cache_tokens = coord.num_blocks() * coord.block_size();
     let max_model_len = config.max_position_embeddings.min(cache_tokens);
-    let engine = tessera_engine::EngineHandle::start(
+    let engine = tessera_engine::EngineHandle::start_paced(
         coord,
         Some(std::sync::Arc::clone(&tokenizer)),
         engine_config,
+        itl,
     )?;
     Ok(ServingModel {
         name,

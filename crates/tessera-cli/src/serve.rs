@@ -101,6 +101,7 @@ pub(crate) fn run(a: &ServeArgs) -> Result<()> {
         mut loader,
         options,
         config: engine_config,
+        itl,
     } = a.engine.resolve(&a.shard)?;
     if a.shard.tp == Some(0) {
         bail!("--tp must be at least 1");
@@ -156,6 +157,7 @@ pub(crate) fn run(a: &ServeArgs) -> Result<()> {
         &a.shard,
         &options,
         &engine_config,
+        itl,
         loader.as_ref(),
     )?;
     let server = ServerConfig {

@@ -147,6 +147,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
         loader,
         options,
         config: engine_config,
+        itl,
         ..
     } = a.engine.resolve(&a.shard)?;
     if a.requests == 0 || a.input_len == 0 || a.output_len == 0 || a.engine.kv_cache_mib == 0 {
@@ -158,7 +159,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
     let (tp, strategy) = (plan.world_size, plan.strategy.clone());
     let coord = Coordinator::start_on(&dir, plan.clone(), &options, loader.as_ref())
         .context("starting the engine")?;
-    let engine = EngineHandle::start(coord, None, &engine_config)?;
+    let engine = EngineHandle::start_paced(coord, None, &engine_config, itl)?;
     let prompts: Arc<Vec<Vec<u32>>> = Arc::new(crate::bench::pseudo_prompts(
         a.requests,
         a.input_len,

@@ -24,9 +24,18 @@ pub enum EngineError {
     /// The plan was made for another rank count or model.
     #[error(transparent)]
     Plan(#[from] tessera_plan::PlanError),
-    /// A request is invalid before it reaches the ranks.
+    /// A request is invalid before it reaches the ranks (the caller's fault).
     #[error("{0}")]
     BadRequest(String),
+    /// The engine's configuration cannot work (fix the settings and restart).
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+    /// The engine broke one of its own rules (a bug, not the request's fault).
+    #[error("internal engine error: {0}")]
+    Internal(String),
+    /// The engine thread has stopped; no request can be served until it is restarted.
+    #[error("the engine has stopped")]
+    Stopped,
 }
 
 /// How to start the ranks.
@@ -162,7 +171,7 @@ impl Coordinator {
             "starting ranks"
         );
         if options.block_size == 0 {
-            return Err(EngineError::BadRequest(
+            return Err(EngineError::Config(
                 "the KV block size must be at least 1".into(),
             ));
         }
@@ -182,7 +191,7 @@ impl Coordinator {
         let useful = 256 * config.max_position_embeddings.div_ceil(options.block_size);
         let num_blocks = (options.kv_cache_bytes / widest).min(useful);
         if num_blocks == 0 {
-            return Err(EngineError::BadRequest(format!(
+            return Err(EngineError::Config(format!(
                 "a KV cache of {} bytes per rank holds no block of {widest} bytes",
                 options.kv_cache_bytes
             )));
@@ -191,7 +200,7 @@ impl Coordinator {
         let plan_arc = Arc::new(plan.clone());
         let starters = loader.prepare(world)?;
         if starters.len() != world {
-            return Err(EngineError::BadRequest(format!(
+            return Err(EngineError::Internal(format!(
                 "the {} loader prepared {} ranks for a plan of {world}",
                 loader.device(),
                 starters.len()
@@ -332,7 +341,9 @@ impl Coordinator {
     pub fn step(&mut self, seqs: Vec<StepSeq>) -> Result<Vec<f32>, EngineError> {
         match self.run_step(seqs, Want::Logits)? {
             Got::Logits(l) => Ok(l),
-            Got::Tokens(_) => Err(EngineError::RankLost(0)),
+            Got::Tokens(_) => Err(EngineError::Internal(
+                "rank 0 returned token ids for a logits step".into(),
+            )),
         }
     }
 
@@ -342,7 +353,9 @@ impl Coordinator {
     pub fn step_greedy(&mut self, seqs: Vec<StepSeq>) -> Result<Vec<u32>, EngineError> {
         match self.run_step(seqs, Want::Greedy)? {
             Got::Tokens(t) => Ok(t),
-            Got::Logits(_) => Err(EngineError::RankLost(0)),
+            Got::Logits(_) => Err(EngineError::Internal(
+                "rank 0 returned logits for a greedy step".into(),
+            )),
         }
     }
 
@@ -364,7 +377,7 @@ impl Coordinator {
             if s.block_table.len() * self.block_size < end
                 || s.block_table.iter().any(|&b| b as usize >= self.num_blocks)
             {
-                return Err(EngineError::BadRequest(format!(
+                return Err(EngineError::Internal(format!(
                     "block table {:?} cannot hold {end} positions in a pool of {} blocks",
                     s.block_table, self.num_blocks
                 )));

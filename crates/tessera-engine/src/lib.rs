@@ -18,9 +18,10 @@ pub mod sampling;
 pub mod scheduler;
 
 pub use coordinator::{Coordinator, EngineError, EngineOptions, StepSeq};
+pub use engine::pace;
 pub use engine::{
-    EngineConfig, EngineHandle, EngineStats, Event, FinishReason, Request, Submission,
-    TokenLogprobs, Usage,
+    EngineConfig, EngineHandle, EngineStats, Event, FinishReason, ItlTarget, Request, Submission,
+    TokenLogprobs, Usage, FLUSH_TOKEN,
 };
 pub use generate::{GenerateOutput, GenerateRequest};
 pub use histogram::{Histogram, COLLECTIVE_STEP_BUCKETS};

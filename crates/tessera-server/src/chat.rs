@@ -13,11 +13,11 @@ use axum::Extension;
 use serde_json::Value;
 use tessera_engine::constraint::TokenConstraint;
 use tessera_engine::sampling::MAX_TOP_LOGPROBS;
-use tessera_engine::TokenLogprobs;
+use tessera_engine::{TokenLogprobs, FLUSH_TOKEN};
 use tracing::Instrument;
 
 use crate::error::ServerError;
-use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN};
+use crate::generation::{finish_error, finish_reason_str, Generation};
 use crate::request::{read_json, ChatRequest};
 use crate::respond::{respond, Respond, Shape};
 use crate::response::{

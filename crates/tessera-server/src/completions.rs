@@ -15,11 +15,11 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
 use tessera_engine::sampling::MAX_TOP_LOGPROBS;
-use tessera_engine::{FinishReason, TokenLogprobs};
+use tessera_engine::{FinishReason, TokenLogprobs, FLUSH_TOKEN};
 use tracing::Instrument;
 
 use crate::error::ServerError;
-use crate::generation::{finish_error, finish_reason_str, Generation, FLUSH_TOKEN};
+use crate::generation::{finish_error, finish_reason_str, Generation};
 use crate::request::{read_json, CommonParams, CompletionRequest, PromptInput};
 use crate::respond::{respond, Respond, Shape};
 use crate::response::{

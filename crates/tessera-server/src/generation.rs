@@ -11,14 +11,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tessera_engine::constraint::TokenConstraint;
-use tessera_engine::{EngineError, Event, FinishReason, Request, Usage};
+use tessera_engine::{EngineError, Event, FinishReason, Request, Usage, FLUSH_TOKEN};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::ServerError;
 use crate::state::AppState;
-
-/// The id the engine uses for text flushed at the end of a request (no token of its own).
-pub const FLUSH_TOKEN: u32 = u32::MAX;
 
 /// The engine requests behind one HTTP request.
 pub struct Generation {
@@ -156,15 +153,19 @@ fn engine_gone() -> Event {
     }
 }
 
-/// Maps a refused submission to an HTTP error.
+/// Maps a refused submission to an HTTP error: the request's fault 400, a stopped engine
+/// or lost rank 503 (and unhealthy), any other engine fault 500.
 pub fn engine_error(state: &AppState, e: EngineError) -> ServerError {
     match e {
         EngineError::BadRequest(message) => ServerError::invalid(None, message),
-        EngineError::RankLost(_) => {
+        EngineError::RankLost(_) | EngineError::Stopped => {
             state.mark_unhealthy();
             ServerError::Unavailable(format!("{e}"))
         }
-        other => ServerError::Engine(other.to_string()),
+        EngineError::Internal(_)
+        | EngineError::Config(_)
+        | EngineError::Model(_)
+        | EngineError::Plan(_) => ServerError::Engine(e.to_string()),
     }
 }
 

@@ -3,10 +3,8 @@
 
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
-use tessera_engine::{FinishReason, TokenLogprobs, Usage};
+use tessera_engine::{FinishReason, TokenLogprobs, Usage, FLUSH_TOKEN};
 use tessera_model::TextTokenizer;
-
-use crate::generation::FLUSH_TOKEN;
 
 /// Token counts of a whole request.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
