@@ -19,9 +19,9 @@
 use std::ops::Range;
 
 use crate::axpy::axpy;
+use crate::dot16::{gemm_cols, Operands};
 use crate::error::{check_len, mul, KernelError};
 use crate::isa::Isa;
-use crate::matmul::{gemm_cols, Operands};
 use crate::pool::CpuPool;
 
 /// Below this many score multiply-adds, attention runs on the caller's thread alone.

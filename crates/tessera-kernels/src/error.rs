@@ -29,6 +29,16 @@ pub enum KernelError {
         /// What was wrong with it.
         reason: String,
     },
+    /// A quantized dimension or column range does not fall on block boundaries.
+    #[error("{what} is {value}, not a multiple of the block size {block}")]
+    Misaligned {
+        /// Which dimension or range end is misaligned.
+        what: &'static str,
+        /// The value that was passed.
+        value: usize,
+        /// The block size it must be a multiple of.
+        block: usize,
+    },
     /// The pool was asked for an instruction set this CPU does not have.
     #[error("instruction set {0:?} is not available on this CPU")]
     IsaUnavailable(Isa),

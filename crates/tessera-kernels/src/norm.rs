@@ -1,10 +1,10 @@
 //! RMSNorm and the fused residual add + RMSNorm that precedes every Llama sub-layer.
 //!
-//! The mean square of a row is summed in 16 lanes with the same tree as the matmul
+//! The mean square of a row is summed in 16 lanes with the same tree as attention scores
 //! (plain multiply and add, no fma), so it depends on the row alone.
 
+use crate::dot16::tree_sum;
 use crate::error::{check_len, KernelError};
-use crate::matmul::tree_sum;
 
 /// out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight for each row r of width `weight.len()`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! For every (row, head) the keys are visited in position order, each score is the same
-//! fixed-order dot product as the matmul's, and the softmax and value sums run in key order.
+//! fixed-order 16-lane dot product (`dot16`), and the softmax and value sums run in key order.
 //! Keys are read block by block, but no sum spans a block boundary differently: a row's
 //! output is bit-identical to the contiguous [`crate::attention`] on the same keys, and
 //! independent of the other sequences in the batch, its position in it, how its prompt was
@@ -17,9 +17,9 @@
 use std::ops::Range;
 
 use crate::axpy::{weighted_sum, weighted_sum_heads};
+use crate::dot16::{gemm_cols, Operands};
 use crate::error::{check_len, mul, KernelError};
 use crate::isa::Isa;
-use crate::matmul::{gemm_cols, Operands};
 use crate::pool::CpuPool;
 
 /// Below this many score multiply-adds, attention runs on the caller's thread alone.
@@ -284,23 +284,35 @@ unsafe fn attend_units(
         while j < hi {
             let run = (bs - j % bs).min(hi - j);
             let base = offs[j - lo_min];
+            // Prefill rows whose keys in this run are all masked (later keys, or keys
+            // behind the window) are not scored: their softmax never reads those scores.
+            let live = if u.heads > 1 {
+                0..rows
+            } else {
+                live_rows(first_pos, rows, j, run, shape.window)
+            };
+            if live.is_empty() {
+                j += run;
+                continue;
+            }
             let op = Operands {
-                x: q[q_base..].as_ptr(),
+                x: q[q_base + live.start * q_stride..].as_ptr(),
                 ldx: q_stride,
-                m: rows,
+                m: live.len(),
                 w: k[base..].as_ptr(),
                 ldw: slot_width,
                 k: d,
                 bias: std::ptr::null(),
-                y: scores[j - lo_min..].as_mut_ptr(),
+                y: scores[live.start * nkeys + j - lo_min..].as_mut_ptr(),
                 ldy: nkeys,
                 chunk: usize::MAX,
                 partial_stride: 0,
             };
-            // SAFETY: query row i reads q[q_base + i*q_stride ..][..d]: the unit's token rows
-            // of one head, or one token's adjacent heads, inside q (checked rows); key c < run
-            // reads k[base + c*slot_width ..][..d], inside block table[j / bs]; output (i, c)
-            // lands in scores[i*nkeys + (j - lo_min) + c] < rows * nkeys.
+            // SAFETY: query row i (in `live`, inside 0..rows) reads q[q_base + i*q_stride
+            // ..][..d]: the unit's token rows of one head, or one token's adjacent heads,
+            // inside q (checked rows); key c < run reads k[base + c*slot_width ..][..d],
+            // inside block table[j / bs]; output (i, c) lands in
+            // scores[i*nkeys + (j - lo_min) + c] < rows * nkeys.
             unsafe { gemm_cols(isa, &op, 0..run) };
             j += run;
         }
@@ -361,6 +373,24 @@ unsafe fn attend_units(
     }
 }
 
+/// The rows of a one-head prefill unit (row i at position `first_pos + i`) that attend to
+/// at least one key of positions `j .. j + run`: position >= j, and (with a window) the
+/// window's first key `pos + 1 - window` <= j + run - 1. Rows are in position order, so
+/// these form one range.
+fn live_rows(
+    first_pos: usize,
+    rows: usize,
+    j: usize,
+    run: usize,
+    window: Option<usize>,
+) -> Range<usize> {
+    let start = j.saturating_sub(first_pos).min(rows);
+    let end = window.map_or(rows, |w| {
+        (j + run + w - 1).saturating_sub(first_pos).min(rows)
+    });
+    start..end.max(start)
+}
+
 /// Scales a row of scores, then replaces each by `exp(score - max)` in key order; returns
 /// their sum (the softmax denominator), also accumulated in key order.
 pub(crate) fn softmax_numerators(row: &mut [f32], scale: f32) -> f32 {
@@ -389,6 +419,30 @@ mod tests {
         for (p, row) in contig.chunks_exact(slot).enumerate() {
             let at = (table[p / bs] as usize * bs + p % bs) * slot;
             pool[at..at + slot].copy_from_slice(row);
+        }
+    }
+
+    #[test]
+    fn live_rows_are_exactly_the_rows_that_see_a_key_of_the_run() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for _ in 0..2000 {
+            let first_pos: usize = rng.random_range(0..100);
+            let rows: usize = rng.random_range(1..70);
+            let j = rng.random_range(0..first_pos + rows);
+            let run = rng.random_range(1..=(first_pos + rows - j).min(20));
+            let window = [None, Some(1), Some(rng.random_range(1..50))][rng.random_range(0..3)];
+            let want: Vec<usize> = (0..rows)
+                .filter(|&i| {
+                    let pos = first_pos + i;
+                    let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    (j..j + run).any(|key| lo <= key && key <= pos)
+                })
+                .collect();
+            let got: Vec<usize> = live_rows(first_pos, rows, j, run, window).collect();
+            assert_eq!(
+                got, want,
+                "first_pos={first_pos} rows={rows} j={j} run={run} {window:?}"
+            );
         }
     }
 

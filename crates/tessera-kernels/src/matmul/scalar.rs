@@ -1,70 +1,38 @@
-//! Portable tile kernel: 16 `f32` lanes per accumulator, `f32::mul_add` per lane.
+//! Portable tile kernel: a `f32::mul_add` chain over k per output, 16 outputs per panel.
 
-use super::{tree_sum, Elem, Operands, Tile, TileShape};
+use super::drive::{Shape, TileArgs, PANEL};
+use super::Elem;
 
 /// Tile shape of the portable path.
-pub(crate) const SHAPE: TileShape = TileShape {
+pub(crate) const SHAPE: Shape = Shape {
     mr: 4,
-    nr: 4,
-    nr_gemv: 4,
+    np: 1,
+    np_gemv: 4,
 };
 
-const MAX_MR: usize = 4;
-const MAX_NR: usize = 4;
-
-/// Computes the `mr x nr` outputs at (row `i`, column `j`) of `op`.
+/// Computes one tile's chunk: `out[r][p][o] = chain over k0..k1 of fma(x[r][k], w_p[k][o], acc)`.
 ///
 /// # Safety
-/// Rows `i..i+mr` and columns `j..j+nr` must lie inside what `op`'s contract covers, and
-/// `mr <= 4`, `nr <= 4`.
-pub(crate) unsafe fn tile<E: Elem>(op: &Operands<E>, t: Tile) {
-    let Tile { i, mr, j, nr, .. } = t;
-    let k = op.k;
-    let mut xs: [&[f32]; MAX_MR] = [&[]; MAX_MR];
-    for (r, row) in xs.iter_mut().take(mr).enumerate() {
-        // SAFETY: row i+r < m has k readable floats at (i+r)*ldx by the Operands contract.
-        *row = unsafe { std::slice::from_raw_parts(op.x.add((i + r) * op.ldx), k) };
-    }
-    let mut ws: [&[E]; MAX_NR] = [&[]; MAX_NR];
-    for (c, row) in ws.iter_mut().take(nr).enumerate() {
-        // SAFETY: weight row j+c is in the covered column range, k elements at (j+c)*ldw.
-        *row = unsafe { std::slice::from_raw_parts(op.w.add((j + c) * op.ldw), k) };
-    }
-    let mut total = [[0.0f32; MAX_NR]; MAX_MR];
-    let (mut c0, mut ci) = (0, 0);
-    loop {
-        let c1 = super::chunk_end(op.chunk, k, c0);
-        let mut acc = [[[0.0f32; 16]; MAX_NR]; MAX_MR];
-        for k0 in (c0..c1).step_by(16) {
-            let lanes = 16.min(c1 - k0);
-            for (acc_row, x) in acc.iter_mut().zip(&xs).take(mr) {
-                let x = &x[k0..k0 + lanes];
-                for (a, w) in acc_row.iter_mut().zip(&ws).take(nr) {
-                    let w = &w[k0..k0 + lanes];
-                    for (lane, (&xv, &wv)) in x.iter().zip(w).enumerate() {
-                        a[lane] = xv.mul_add(wv.to_f32(), a[lane]);
-                    }
+/// Rows `0..mr` of x (`ldx` apart) hold `k1` floats, panels `0..np` at `w` (`pstride`
+/// elements apart) hold `16 k1` elements, and `out` has room for `mr * np * 16` floats.
+pub(crate) unsafe fn tile<E: Elem>(w: *const E, a: &TileArgs) {
+    let ld = a.np * PANEL;
+    // SAFETY: `out` has mr * np * 16 floats (contract).
+    let out = unsafe { std::slice::from_raw_parts_mut(a.out, a.mr * ld) };
+    for r in 0..a.mr {
+        // SAFETY: row r holds k1 floats (contract).
+        let x = unsafe { std::slice::from_raw_parts(a.x.add(r * a.ldx), a.k1) };
+        for p in 0..a.np {
+            // SAFETY: panel p holds 16 * k1 elements (contract).
+            let wp = unsafe { std::slice::from_raw_parts(w.add(p * a.pstride), PANEL * a.k1) };
+            let mut acc = [0.0f32; PANEL];
+            for kk in a.k0..a.k1 {
+                let xv = x[kk];
+                for (o, v) in acc.iter_mut().enumerate() {
+                    *v = xv.mul_add(wp[kk * PANEL + o].to_f32(), *v);
                 }
             }
-        }
-        for (r, (acc_row, total_row)) in acc.iter().zip(total.iter_mut()).enumerate().take(mr) {
-            for (c, (a, tot)) in acc_row
-                .iter()
-                .zip(total_row.iter_mut())
-                .enumerate()
-                .take(nr)
-            {
-                let s = tree_sum(a);
-                // SAFETY: (i + r, j + c) is inside this tile, which our caller covers.
-                unsafe { super::take_chunk_sum(op, ci, i + r, j + c, s, tot) };
-            }
-        }
-        ci += 1;
-        c0 = c1;
-        if c0 >= k {
-            break;
+            out[r * ld + p * PANEL..][..PANEL].copy_from_slice(&acc);
         }
     }
-    // SAFETY: the tile is inside what our caller covers.
-    unsafe { super::store_folded(op, i, j, &total, mr, nr) };
 }

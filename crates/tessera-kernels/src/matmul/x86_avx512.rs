@@ -1,54 +1,67 @@
-//! AVX-512 tile kernel: one `zmm` (16 lanes) per output element, 4 x 4 tiles, 1 x 4 for
-//! GEMV (1 x 8 read 10-30% slower with two threads: its prefetch ran twice as far ahead).
+//! AVX-512 tile kernels: one `zmm` per panel (16 outputs at one k), 8 rows x 2 panels for
+//! GEMM (16 accumulators), 1 row x 8 panels for GEMV (8 fma chains in flight), and the
+//! GEMV over quantized panels that decodes 16 weights per k in registers.
 
 use std::arch::x86_64::*;
 
-use super::{Elem, Operands, Tile, TileShape};
+use super::drive::{Shape, TileArgs, PANEL};
+use super::Elem;
+use crate::quant::{BlockFormat, BLOCK};
 
-/// Tile shape of the AVX-512 path (16 accumulators + 4 x rows + 4 w rows = 24 of 32 zmm).
-pub(crate) const SHAPE: TileShape = TileShape {
-    mr: 4,
-    nr: 4,
-    nr_gemv: 4,
+/// Tile shape of the AVX-512 path.
+pub(crate) const SHAPE: Shape = Shape {
+    mr: 8,
+    np: 2,
+    np_gemv: 8,
 };
 
-/// Computes the `mr x nr` outputs at (row `i`, column `j`) of `op`.
+/// How far ahead (in k) a GEMV prefetches each weight stream.
+const PREFETCH_K: usize = 24;
+
+/// Computes one tile's chunk (see [`TileArgs`]).
 ///
 /// # Safety
-/// Rows `i..i+mr` and columns `j..j+nr` must lie inside what `op`'s contract covers,
-/// (mr, nr) must be a tile of [`SHAPE`], and the CPU must have AVX-512 F/BW/VL + FMA.
+/// Rows `0..mr` of x hold `k1` floats, panels `0..np` at `w` (`pstride` elements apart)
+/// hold `16 k1` elements, `out` has room for `mr * np * 16` floats, `(mr, np)` is within
+/// [`SHAPE`], and the CPU has AVX-512 F/BW/VL + FMA.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-pub(crate) unsafe fn tile<E: Elem>(op: &Operands<E>, t: Tile) {
+pub(crate) unsafe fn tile<E: Elem>(w: *const E, a: &TileArgs) {
     macro_rules! dispatch {
-        ($(($a:literal, $b:literal)),* $(,)?) => {
-            match (t.mr, t.nr) {
+        ($(($r:literal, $p:literal)),* $(,)?) => {
+            match (a.mr, a.np) {
                 // SAFETY: forwarded from our own contract.
-                $(($a, $b) => unsafe { tile_fixed::<E, $a, $b>(op, t) },)*
-                _ => unreachable!("tile {}x{} is not an AVX-512 tile shape", t.mr, t.nr),
+                $(($r, $p) => unsafe { tile_fixed::<E, $r, $p>(w, a) },)*
+                _ => unreachable!("tile {}x{} is not an AVX-512 tile shape", a.mr, a.np),
             }
         };
     }
     dispatch!(
         (1, 1),
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (5, 1),
+        (6, 1),
+        (7, 1),
+        (8, 1),
         (1, 2),
+        (2, 2),
+        (3, 2),
+        (4, 2),
+        (5, 2),
+        (6, 2),
+        (7, 2),
+        (8, 2),
         (1, 3),
         (1, 4),
-        (2, 1),
-        (2, 2),
-        (2, 3),
-        (2, 4),
-        (3, 1),
-        (3, 2),
-        (3, 3),
-        (3, 4),
-        (4, 1),
-        (4, 2),
-        (4, 3),
-        (4, 4),
+        (1, 5),
+        (1, 6),
+        (1, 7),
+        (1, 8),
     );
 }
 
-/// Loads 16 weights at `p` as f32 (bf16 is zero-extended and shifted into the high half).
+/// Loads the 16 weights at `p` as f32 (bf16 is zero-extended and shifted into the high half).
 ///
 /// # Safety
 /// 16 elements at `p` must be readable.
@@ -65,179 +78,121 @@ unsafe fn load_w<E: Elem>(p: *const E) -> __m512 {
     }
 }
 
-/// Like [`load_w`] for the lanes in `mask`; other lanes read nothing and are zero.
-///
-/// # Safety
-/// The masked-in elements at `p` must be readable.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn load_w_masked<E: Elem>(p: *const E, mask: __mmask16) -> __m512 {
-    if E::IS_BF16 {
-        // SAFETY: masked loads do not touch (or fault on) masked-off elements.
-        let raw = unsafe { _mm256_maskz_loadu_epi16(mask, p.cast()) };
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
-    } else {
-        // SAFETY: as above.
-        unsafe { _mm512_maskz_loadu_ps(mask, p.cast()) }
-    }
-}
-
-/// The fixed tree over one accumulator: lanes l+8, then l+4, l+2, l+1 (low lane first).
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-pub(crate) fn tree_sum(v: __m512) -> f32 {
-    let lo = _mm512_castps512_ps256(v);
-    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-    super::x86_avx2::tree_sum8(_mm256_add_ps(lo, hi))
-}
-
-/// [`tree_sum`] of 16 accumulators at once: lane `c * 4 + r` of the result is the tree sum
-/// of `acc[r * 4 + c]`, with exactly the adds of the one-accumulator tree (lanes l and l+8,
-/// then l+4, l+2, l+1), only their operands travel together through shuffles.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn tree_sum16(acc: &[__m512; 16]) -> __m512 {
-    // l + (l+8): pairs of accumulators, 128-bit quarters 0,1 against 2,3.
-    let mut s8 = [_mm512_setzero_ps(); 8];
-    for (k, out) in s8.iter_mut().enumerate() {
-        let (a, b) = (acc[2 * k], acc[2 * k + 1]);
-        *out = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-        );
-    }
-    // l + (l+4): quarters 0,2 against 1,3 of two such vectors.
-    let mut s4 = [_mm512_setzero_ps(); 4];
-    for (k, out) in s4.iter_mut().enumerate() {
-        let (a, b) = (s8[2 * k], s8[2 * k + 1]);
-        *out = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-        );
-    }
-    // l + (l+2) inside each quarter.
-    let mut s2 = [_mm512_setzero_ps(); 2];
-    for (k, out) in s2.iter_mut().enumerate() {
-        let (a, b) = (s4[2 * k], s4[2 * k + 1]);
-        *out = _mm512_add_ps(
-            _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
-            _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
-        );
-    }
-    // l + (l+1).
-    _mm512_add_ps(
-        _mm512_shuffle_ps::<0b10_00_10_00>(s2[0], s2[1]),
-        _mm512_shuffle_ps::<0b11_01_11_01>(s2[0], s2[1]),
-    )
-}
-
-/// The `MR x NR` tile at (row `i`, column `j`).
+/// The `MR x NP` tile.
 ///
 /// # Safety
 /// As [`tile`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn tile_fixed<E: Elem, const MR: usize, const NR: usize>(op: &Operands<E>, t: Tile) {
-    let (k, i, j) = (op.k, t.i, t.j);
-    // SAFETY: row i and weight row j are inside the covered ranges (caller's contract).
-    let (x, w) = unsafe { (op.x.add(i * op.ldx), op.w.add(j * op.ldw)) };
-    // Prefetching never faults, and `wrapping_add` keeps the address computation defined
-    // even past the end of the weights.
-    let next = w.wrapping_add(NR * op.ldw);
-    let mut total = [[0.0f32; NR]; MR];
-    let mut total16 = _mm512_setzero_ps();
-    let mut wv = [_mm512_setzero_ps(); NR];
-    let (mut c0, mut ci) = (0, 0);
-    loop {
-        let c1 = super::chunk_end(op.chunk, k, c0);
-        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-        let mut k0 = c0;
-        while k0 + 16 <= c1 {
-            if t.prefetch {
-                for c in 0..NR {
-                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(c * op.ldw + k0).cast());
-                }
+unsafe fn tile_fixed<E: Elem, const MR: usize, const NP: usize>(w: *const E, a: &TileArgs) {
+    let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+    for kk in a.k0..a.k1 {
+        let mut wv = [_mm512_setzero_ps(); NP];
+        for (p, v) in wv.iter_mut().enumerate() {
+            let at = w.wrapping_add(p * a.pstride + kk * PANEL);
+            if MR == 1 {
+                // Prefetching never faults; `wrapping_add` keeps the address defined.
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_K * PANEL).cast());
             }
-            for (c, v) in wv.iter_mut().enumerate() {
-                // SAFETY: k0 + 16 <= k, so 16 elements of weight row j+c are readable.
-                *v = unsafe { load_w(w.add(c * op.ldw + k0)) };
-            }
-            for (r, acc_row) in acc.iter_mut().enumerate() {
-                // SAFETY: as above, for x row i+r.
-                let xv = unsafe { _mm512_loadu_ps(x.add(r * op.ldx + k0)) };
-                for (a, wc) in acc_row.iter_mut().zip(&wv) {
-                    *a = _mm512_fmadd_ps(xv, *wc, *a);
-                }
-            }
-            k0 += 16;
+            // SAFETY: kk < k1, so the 16 weights of panel p at kk are readable.
+            *v = unsafe { load_w(at) };
         }
-        if k0 < c1 {
-            // The short last chunk: masked-off lanes keep their accumulator bits exactly.
-            let mask: __mmask16 = ((1u32 << (c1 - k0)) - 1) as __mmask16;
-            for (c, v) in wv.iter_mut().enumerate() {
-                // SAFETY: the c1 - k0 masked-in elements are inside weight row j+c.
-                *v = unsafe { load_w_masked(w.add(c * op.ldw + k0), mask) };
-            }
-            for (r, acc_row) in acc.iter_mut().enumerate() {
-                // SAFETY: as above, for x row i+r.
-                let xv = unsafe { _mm512_maskz_loadu_ps(mask, x.add(r * op.ldx + k0)) };
-                for (a, wc) in acc_row.iter_mut().zip(&wv) {
-                    *a = _mm512_mask3_fmadd_ps(xv, *wc, *a, mask);
-                }
+        for (r, acc_row) in acc.iter_mut().enumerate() {
+            // SAFETY: kk < k1 is inside x row r.
+            let xv = _mm512_set1_ps(unsafe { *a.x.add(r * a.ldx + kk) });
+            for (s, wc) in acc_row.iter_mut().zip(&wv) {
+                *s = _mm512_fmadd_ps(xv, *wc, *s);
             }
         }
-        if MR == 4 && NR == 4 {
-            // A full tile reduces its 16 accumulators together (same adds, fewer shuffles).
-            let mut flat = [_mm512_setzero_ps(); 16];
-            for (r, acc_row) in acc.iter().enumerate() {
-                for (c, a) in acc_row.iter().enumerate() {
-                    flat[r * 4 + c] = *a;
-                }
+    }
+    for (r, acc_row) in acc.iter().enumerate() {
+        for (p, s) in acc_row.iter().enumerate() {
+            // SAFETY: out has mr * np * 16 floats.
+            unsafe { _mm512_storeu_ps(a.out.add((r * NP + p) * PANEL), *s) };
+        }
+    }
+}
+
+/// GEMV chunk over quantized panels (`a.mr == 1`, `pstride` in bytes), decoding each k's
+/// 16 weights in registers exactly as [`crate::quant::decode_panel`] does.
+///
+/// # Safety
+/// As [`tile`] with quantized panels of format `f` (k1 within the panels' k), mr = 1.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub(crate) unsafe fn gemv_blocks(f: BlockFormat, w: *const u8, a: &TileArgs) {
+    macro_rules! dispatch {
+        ($($p:literal),*) => {
+            match (f, a.np) {
+                // SAFETY (all arms): forwarded from our own contract.
+                $((BlockFormat::Q8_0, $p) => unsafe { gemv_fixed::<0, $p>(w, a) },
+                  (BlockFormat::Q4_0, $p) => unsafe { gemv_fixed::<1, $p>(w, a) },
+                  (BlockFormat::Q4_1, $p) => unsafe { gemv_fixed::<2, $p>(w, a) },)*
+                _ => unreachable!("{} panels is not an AVX-512 GEMV shape", a.np),
             }
-            let sums = tree_sum16(&flat);
-            if op.partial_stride != 0 {
-                let mut out = [0.0f32; 16];
-                // SAFETY: 16 floats fit in `out`.
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums) };
-                for r in 0..4 {
-                    for c in 0..4 {
-                        // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
-                        unsafe {
-                            *op.y.add(ci * op.partial_stride + (i + r) * op.ldy + j + c) =
-                                out[c * 4 + r]
-                        };
+        };
+    }
+    dispatch!(1, 2, 3, 4, 5, 6, 7, 8);
+}
+
+/// [`gemv_blocks`] for format `F` (0: Q8_0, 1: Q4_0, 2: Q4_1) and `NP` panels.
+///
+/// # Safety
+/// As [`gemv_blocks`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
+    let fmt = [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1][F as usize];
+    let (block_bytes, quants_at) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
+    let mut acc = [_mm512_setzero_ps(); NP];
+    let mut kk = a.k0;
+    while kk < a.k1 {
+        let b = kk / BLOCK;
+        let end = a.k1.min((b + 1) * BLOCK);
+        let mut d = [_mm512_setzero_ps(); NP];
+        let mut m = [_mm512_setzero_ps(); NP];
+        let mut q = [std::ptr::null::<u8>(); NP];
+        for p in 0..NP {
+            let base = w.wrapping_add(p * a.pstride + b * block_bytes);
+            // SAFETY: block b of panel p is inside the panels (b < k1 / 32 rounded up).
+            d[p] = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base.cast()) });
+            if F == 2 {
+                // SAFETY: Q4_1 blocks hold 16 mins after the 16 scales.
+                m[p] = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base.add(32).cast()) });
+            }
+            q[p] = base.wrapping_add(quants_at);
+            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(2 * block_bytes).cast());
+        }
+        for kk in kk..end {
+            let j = kk % BLOCK;
+            // SAFETY: kk < k1 is inside x's row.
+            let xv = _mm512_set1_ps(unsafe { *a.x.add(kk) });
+            for p in 0..NP {
+                let wv = if F == 0 {
+                    // SAFETY: 32 rows of 16 quants follow the scales.
+                    let raw = unsafe { _mm_loadu_si128(q[p].add(j * 16).cast()) };
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), d[p])
+                } else {
+                    // SAFETY: 16 rows of 16 nibble pairs follow the scales (and mins).
+                    let raw = unsafe { _mm_loadu_si128(q[p].add((j % 16) * 16).cast()) };
+                    let mut v = _mm512_cvtepu8_epi32(raw);
+                    if j >= 16 {
+                        v = _mm512_srli_epi32::<4>(v);
                     }
-                }
-            } else if ci == 0 {
-                total16 = sums;
-            } else {
-                total16 = _mm512_add_ps(total16, sums);
-            }
-        } else {
-            for (r, (acc_row, total_row)) in acc.iter().zip(total.iter_mut()).enumerate() {
-                for (c, (a, tot)) in acc_row.iter().zip(total_row.iter_mut()).enumerate() {
-                    let s = tree_sum(*a);
-                    // SAFETY: (i + r, j + c) is inside this tile, which our caller covers.
-                    unsafe { super::take_chunk_sum(op, ci, i + r, j + c, s, tot) };
-                }
+                    v = _mm512_and_si512(v, _mm512_set1_epi32(0xF));
+                    if F == 1 {
+                        v = _mm512_sub_epi32(v, _mm512_set1_epi32(8));
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(v), d[p])
+                    } else {
+                        _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), d[p]), m[p])
+                    }
+                };
+                acc[p] = _mm512_fmadd_ps(xv, wv, acc[p]);
             }
         }
-        ci += 1;
-        c0 = c1;
-        if c0 >= k {
-            break;
-        }
+        kk = end;
     }
-    if MR == 4 && NR == 4 && op.partial_stride == 0 {
-        let mut out = [0.0f32; 16];
-        // SAFETY: 16 floats fit in `out`.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), total16) };
-        for (r, total_row) in total.iter_mut().enumerate() {
-            for (c, tot) in total_row.iter_mut().enumerate() {
-                *tot = out[c * 4 + r];
-            }
-        }
+    for (p, s) in acc.iter().enumerate() {
+        // SAFETY: out has np * 16 floats.
+        unsafe { _mm512_storeu_ps(a.out.add(p * PANEL), *s) };
     }
-    // SAFETY: the tile is inside what our caller covers.
-    unsafe { super::store_folded(op, i, j, &total, MR, NR) };
 }

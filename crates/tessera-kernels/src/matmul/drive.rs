@@ -1,0 +1,390 @@
+//! The panel walk shared by every instruction-set path: threads own contiguous panel
+//! ranges, row blocks of x stay in L2, register tiles run one reduction chunk at a time,
+//! and the chunks' sums are folded (or written as partials) in chunk order.
+
+use std::ops::Range;
+
+use half::bf16;
+
+use super::{scalar, Elem, WeightRef};
+use crate::isa::Isa;
+use crate::pool::CpuPool;
+use crate::quant::{self, BlockFormat};
+
+/// Output rows of one panel (one zmm, two ymm).
+pub(crate) const PANEL: usize = 16;
+/// Columns are handed to threads in multiples of this (one panel).
+pub(crate) const COLUMN_UNIT: usize = PANEL;
+/// Below this many multiply-adds a matmul runs on the caller's thread alone.
+const PARALLEL_MIN_FMAS: usize = 1 << 15;
+/// Bytes of x a row block may occupy, so the block stays in L2 while w streams past it.
+const X_BLOCK_BYTES: usize = 192 * 1024;
+/// Largest tile output (rows x panels x 16) of any path.
+const MAX_OUT: usize = 256;
+
+/// Where a matmul's weights come from.
+#[derive(Clone, Copy)]
+pub(crate) enum Panels<'a> {
+    /// Row-major weights, packed into panels on the fly, a panel group at a time.
+    Rows(WeightRef<'a>),
+    /// Packed f32 panels (`panels x k x 16`).
+    F32(&'a [f32]),
+    /// Packed bf16 panels (`panels x k x 16`).
+    Bf16(&'a [bf16]),
+    /// Packed quantized panels (see [`crate::quant`]).
+    Blocks(BlockFormat, &'a [u8]),
+}
+
+/// One panel group's weights as a tile kernel reads them.
+#[derive(Clone, Copy)]
+pub(crate) enum Src {
+    /// f32 panels, `pstride` floats apart.
+    F32(*const f32),
+    /// bf16 panels, `pstride` elements apart.
+    Bf16(*const bf16),
+    /// Quantized panels, `pstride` bytes apart.
+    Blocks(BlockFormat, *const u8),
+}
+
+/// Operands of one register tile and one reduction chunk: rows `0..mr` of x (at `x`,
+/// `ldx` apart) against panels `0..np` of `w`, over k in `k0..k1`; the tile's sums go to
+/// `out[r * np * 16 + p * 16 + o]`.
+#[derive(Clone, Copy)]
+pub(crate) struct TileArgs {
+    pub x: *const f32,
+    pub ldx: usize,
+    pub mr: usize,
+    pub pstride: usize,
+    pub np: usize,
+    pub k0: usize,
+    pub k1: usize,
+    pub out: *mut f32,
+}
+
+/// Register tile shape of one instruction-set path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// x rows per GEMM tile.
+    pub mr: usize,
+    /// Panels per GEMM tile.
+    pub np: usize,
+    /// Panels per GEMV tile (m = 1: more weight streams in flight).
+    pub np_gemv: usize,
+}
+
+/// `y` shared by the threads of one matmul.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(*mut f32);
+
+// SAFETY: each thread writes only the columns of its own panel range (and, for partials,
+// those columns of every chunk's slab), so no element is written by two threads; the
+// pointee is f32.
+unsafe impl Sync for OutPtr {}
+// SAFETY: as above.
+unsafe impl Send for OutPtr {}
+
+/// A checked matmul: `y[i*n + j] = x[i*k ..] · w_j (+ bias[j])`, chunked over k.
+pub(crate) struct Job<'a> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    w: Panels<'a>,
+    bias: Option<&'a [f32]>,
+    y: OutPtr,
+    /// Width of the fixed reduction chunks over k (`>= k` for one chunk).
+    chunk: usize,
+    /// 0: fold the chunks into y (plus bias); else chunk c's sums go to `y[c * stride ..]`.
+    partial_stride: usize,
+}
+
+impl<'a> Job<'a> {
+    /// Operands whose lengths the caller has checked against (m, k, n) and the output mode.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "BLAS-style operand list; each shape sits next to the buffer it describes"
+    )]
+    pub(crate) fn new(
+        x: &'a [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        w: Panels<'a>,
+        bias: Option<&'a [f32]>,
+        y: &'a mut [f32],
+        chunk: usize,
+        partial_stride: usize,
+    ) -> Self {
+        let y = OutPtr(y.as_mut_ptr());
+        Job {
+            x,
+            m,
+            k,
+            n,
+            w,
+            bias,
+            y,
+            chunk,
+            partial_stride,
+        }
+    }
+}
+
+/// The register tiles of `isa`.
+pub(crate) fn shape(isa: Isa) -> Shape {
+    match isa {
+        Isa::Scalar => scalar::SHAPE,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => super::x86_avx2::SHAPE,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => super::x86_avx512::SHAPE,
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 | Isa::Avx512 => scalar::SHAPE,
+    }
+}
+
+/// Runs every column of `job`, split over the pool's threads when the work is worth it.
+pub(crate) fn run(pool: &CpuPool, job: &Job<'_>) {
+    if job.m == 0 || job.n == 0 {
+        return;
+    }
+    let threads = pool.threads();
+    let isa = pool.isa();
+    let fmas = job.m.saturating_mul(job.n).saturating_mul(job.k);
+    if threads == 1 || fmas < PARALLEL_MIN_FMAS {
+        run_columns(isa, job, 0..job.n);
+        return;
+    }
+    pool.run(|thread| {
+        let cols = thread_columns(job.n, threads, thread);
+        if !cols.is_empty() {
+            run_columns(isa, job, cols);
+        }
+    });
+}
+
+/// Thread `thread`'s contiguous share of `0..n`, in units of [`COLUMN_UNIT`].
+pub(crate) fn thread_columns(n: usize, threads: usize, thread: usize) -> Range<usize> {
+    let units = n.div_ceil(COLUMN_UNIT);
+    let lo = units * thread / threads;
+    let hi = units * (thread + 1) / threads;
+    (lo * COLUMN_UNIT).min(n)..(hi * COLUMN_UNIT).min(n)
+}
+
+/// Whether a one-row matmul reads `w` straight from its panels (else through scratch).
+fn reads_direct(isa: Isa, w: &Panels<'_>) -> bool {
+    match w {
+        Panels::Rows(_) => false,
+        Panels::F32(_) | Panels::Bf16(_) => true,
+        Panels::Blocks(..) => isa != Isa::Scalar,
+    }
+}
+
+/// Computes columns `cols` (starting on a panel boundary) of every row of `job`.
+fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
+    let panels = cols.start / PANEL..cols.end.div_ceil(PANEL);
+    let sh = shape(isa);
+    let k = job.k;
+    if job.m == 1 && reads_direct(isa, &job.w) {
+        for p0 in panels.clone().step_by(sh.np_gemv) {
+            let np = sh.np_gemv.min(panels.end - p0);
+            tile_chunks(isa, job, 0, 1, p0, np, direct(job, p0));
+        }
+        return;
+    }
+    let direct_gemm = matches!(job.w, Panels::F32(_) | Panels::Bf16(_));
+    let mut scratch = if direct_gemm {
+        Vec::new()
+    } else {
+        vec![0.0f32; sh.np * PANEL * k]
+    };
+    let block = (X_BLOCK_BYTES / (4 * k.max(1)) / sh.mr * sh.mr).max(sh.mr);
+    for i0 in (0..job.m).step_by(block) {
+        let i1 = job.m.min(i0 + block);
+        for p0 in panels.clone().step_by(sh.np) {
+            let np = sh.np.min(panels.end - p0);
+            let src = if direct_gemm {
+                direct(job, p0)
+            } else {
+                fill_scratch(job, p0, np, &mut scratch);
+                Src::F32(scratch.as_ptr())
+            };
+            for i in (i0..i1).step_by(sh.mr) {
+                tile_chunks(isa, job, i, sh.mr.min(i1 - i), p0, np, src);
+            }
+        }
+    }
+}
+
+/// The packed weights of panel `p0` onwards (`job.w` must be packed).
+fn direct(job: &Job<'_>, p0: usize) -> Src {
+    let at = p0 * PANEL * job.k;
+    match job.w {
+        Panels::F32(d) => Src::F32(d[at..].as_ptr()),
+        Panels::Bf16(d) => Src::Bf16(d[at..].as_ptr()),
+        Panels::Blocks(f, d) => Src::Blocks(f, d[p0 * quant::panel_bytes(f, job.k)..].as_ptr()),
+        Panels::Rows(_) => unreachable!("row-major weights are never read directly"),
+    }
+}
+
+/// Writes panels `p0 .. p0 + np` of `job.w` as f32 panels (`16 k` floats apart) into
+/// `scratch`: packed on the fly from rows, or decoded from quantized blocks.
+fn fill_scratch(job: &Job<'_>, p0: usize, np: usize, scratch: &mut [f32]) {
+    let k = job.k;
+    if k == 0 {
+        return;
+    }
+    match job.w {
+        Panels::Rows(WeightRef::F32(w)) => pack_rows(w, job.n, k, p0, np, scratch),
+        Panels::Rows(WeightRef::Bf16(w)) => pack_rows(w, job.n, k, p0, np, scratch),
+        Panels::Blocks(f, d) => {
+            let bytes = quant::panel_bytes(f, k);
+            for (p, out) in scratch.chunks_exact_mut(PANEL * k).take(np).enumerate() {
+                let at = (p0 + p) * bytes;
+                quant::decode_panel(f, &d[at..at + bytes], out);
+            }
+        }
+        Panels::F32(_) | Panels::Bf16(_) => unreachable!("f32/bf16 panels are read directly"),
+    }
+}
+
+/// Packs rows `16 p0 ..` of a row-major `[n, k]` matrix into `np` f32 panels, zero rows
+/// past `n`.
+pub(crate) fn pack_rows<E: Elem>(
+    w: &[E],
+    n: usize,
+    k: usize,
+    p0: usize,
+    np: usize,
+    out: &mut [f32],
+) {
+    for (p, panel) in out.chunks_exact_mut(PANEL * k).take(np).enumerate() {
+        for o in 0..PANEL {
+            let row = (p0 + p) * PANEL + o;
+            if row < n {
+                for (kk, &v) in w[row * k..(row + 1) * k].iter().enumerate() {
+                    panel[kk * PANEL + o] = v.to_f32();
+                }
+            } else {
+                for kk in 0..k {
+                    panel[kk * PANEL + o] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one tile over every reduction chunk and writes its outputs: rows `i .. i + mr`,
+/// panels `p0 .. p0 + np`.
+fn tile_chunks(isa: Isa, job: &Job<'_>, i: usize, mr: usize, p0: usize, np: usize, src: Src) {
+    let k = job.k;
+    let ld = np * PANEL;
+    debug_assert!(mr * ld <= MAX_OUT);
+    let mut out = [0.0f32; MAX_OUT];
+    let mut total = [0.0f32; MAX_OUT];
+    let pstride = match src {
+        Src::Blocks(f, _) => quant::panel_bytes(f, k),
+        Src::F32(_) | Src::Bf16(_) => PANEL * k,
+    };
+    let (mut c0, mut ci) = (0usize, 0usize);
+    loop {
+        let c1 = c0.saturating_add(job.chunk).min(k);
+        let args = TileArgs {
+            x: job.x[i * k..].as_ptr(),
+            ldx: k,
+            mr,
+            pstride,
+            np,
+            k0: c0,
+            k1: c1,
+            out: out.as_mut_ptr(),
+        };
+        // SAFETY: rows i..i+mr of x hold k floats each (checked length m*k); panels
+        // p0..p0+np of `src` hold `pstride` elements (bytes) each (packed or scratch of
+        // that size); `out` holds mr * np * 16 <= MAX_OUT floats; `isa` came from a pool,
+        // which checked it is available.
+        unsafe { kernel(isa, src, &args) };
+        emit_chunk(job, ci, i, mr, p0 * PANEL, ld, &out, &mut total);
+        ci += 1;
+        c0 = c1;
+        if c0 >= k {
+            break;
+        }
+    }
+    if job.partial_stride == 0 {
+        let ncols = ld.min(job.n - p0 * PANEL);
+        for r in 0..mr {
+            for c in 0..ncols {
+                let j = p0 * PANEL + c;
+                let sum = job
+                    .bias
+                    .map_or(total[r * ld + c], |b| total[r * ld + c] + b[j]);
+                // SAFETY: (i + r, j) is inside y (i + r < m, j < n) and in this thread's columns.
+                unsafe { *job.y.0.add((i + r) * job.n + j) = sum };
+            }
+        }
+    }
+}
+
+/// Takes chunk `ci`'s sums of a tile: written to the chunk's slab in partials mode, else
+/// folded into `total` (the first chunk sets it).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a tile's position and both buffers; kept apart from the kernel call"
+)]
+fn emit_chunk(
+    job: &Job<'_>,
+    ci: usize,
+    i: usize,
+    mr: usize,
+    j0: usize,
+    ld: usize,
+    out: &[f32],
+    total: &mut [f32],
+) {
+    let ncols = ld.min(job.n - j0);
+    for r in 0..mr {
+        for c in 0..ncols {
+            let s = out[r * ld + c];
+            if job.partial_stride != 0 {
+                let at = ci * job.partial_stride + (i + r) * job.n + j0 + c;
+                // SAFETY: chunk ci's slab holds (i + r, j0 + c), a column of this thread's.
+                unsafe { *job.y.0.add(at) = s };
+            } else if ci == 0 {
+                total[r * ld + c] = s;
+            } else {
+                total[r * ld + c] += s;
+            }
+        }
+    }
+}
+
+/// Calls `isa`'s tile kernel for the element type of `src`.
+///
+/// # Safety
+/// `args` must describe readable x rows and panels and a writable `out` of
+/// `mr * np * 16` floats, `(mr, np)` must fit `isa`'s shape, and `isa` must be available.
+unsafe fn kernel(isa: Isa, src: Src, args: &TileArgs) {
+    match isa {
+        // SAFETY (all arms): forwarded from our own contract.
+        Isa::Scalar => match src {
+            Src::F32(w) => unsafe { scalar::tile(w, args) },
+            Src::Bf16(w) => unsafe { scalar::tile(w, args) },
+            Src::Blocks(..) => unreachable!("the portable path decodes blocks to scratch"),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match src {
+            Src::F32(w) => unsafe { super::x86_avx2::tile(w, args) },
+            Src::Bf16(w) => unsafe { super::x86_avx2::tile(w, args) },
+            Src::Blocks(f, w) => unsafe { super::x86_avx2::gemv_blocks(f, w, args) },
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => match src {
+            Src::F32(w) => unsafe { super::x86_avx512::tile(w, args) },
+            Src::Bf16(w) => unsafe { super::x86_avx512::tile(w, args) },
+            Src::Blocks(f, w) => unsafe { super::x86_avx512::gemv_blocks(f, w, args) },
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 | Isa::Avx512 => unreachable!("x86 paths are never available here"),
+    }
+}
