@@ -164,33 +164,37 @@ fn batched_requests_get_the_tokens_they_get_alone_at_tp_1_and_2() {
                 "tp {tp} request {i}: batched tokens differ from alone"
             );
         }
-        let stats = wait_idle(&batched_engine);
-        // Collective time and traffic are measured per rank (bytes differ where the
-        // vocabulary splits unevenly: each rank writes its own slice of the logits).
-        assert_eq!(stats.collective_seconds.len(), tp);
-        assert_eq!(stats.collective_bytes.len(), tp);
-        if tp > 1 {
-            assert!(
-                stats.collective_seconds.iter().all(|&s| s > 0.0),
-                "{stats:?}"
-            );
-            assert!(stats.collective_bytes.iter().all(|&b| b > 0), "{stats:?}");
-        }
-        // Per step too: every step is one observation per rank, and the observations add
-        // up to the cumulative time.
-        assert_eq!(stats.collective_last_step_seconds.len(), tp);
-        assert_eq!(stats.collective_step_seconds.len(), tp);
-        assert!(stats.steps > 0);
-        for (rank, h) in stats.collective_step_seconds.iter().enumerate() {
-            assert_eq!(h.count(), stats.steps, "rank {rank}: {stats:?}");
-            let total = stats.collective_seconds[rank];
-            assert!(
-                (h.sum - total).abs() <= 1e-9 + 1e-9 * total,
-                "rank {rank}: {stats:?}"
-            );
-            assert!(stats.collective_last_step_seconds[rank] <= total);
-        }
+        check_collective_stats(&wait_idle(&batched_engine), tp);
         batched_engine.shutdown();
+    }
+}
+
+/// Collective time and traffic are measured per rank, per step and in total, and agree.
+fn check_collective_stats(stats: &tessera_engine::EngineStats, tp: usize) {
+    // Collective time and traffic are measured per rank (bytes differ where the
+    // vocabulary splits unevenly: each rank writes its own slice of the logits).
+    assert_eq!(stats.collective_seconds.len(), tp);
+    assert_eq!(stats.collective_bytes.len(), tp);
+    if tp > 1 {
+        assert!(
+            stats.collective_seconds.iter().all(|&s| s > 0.0),
+            "{stats:?}"
+        );
+        assert!(stats.collective_bytes.iter().all(|&b| b > 0), "{stats:?}");
+    }
+    // Per step too: every step is one observation per rank, and the observations add
+    // up to the cumulative time.
+    assert_eq!(stats.collective_last_step_seconds.len(), tp);
+    assert_eq!(stats.collective_step_seconds.len(), tp);
+    assert!(stats.steps > 0);
+    for (rank, h) in stats.collective_step_seconds.iter().enumerate() {
+        assert_eq!(h.count(), stats.steps, "rank {rank}: {stats:?}");
+        let total = stats.collective_seconds[rank];
+        assert!(
+            (h.sum - total).abs() <= 1e-9 + 1e-9 * total,
+            "rank {rank}: {stats:?}"
+        );
+        assert!(stats.collective_last_step_seconds[rank] <= total);
     }
 }
 

@@ -50,14 +50,16 @@ def main():
     raw = {"bandwidth": [], "tp1": [], "tp2": [], "llama.cpp": [], "transformers": []}
     for rnd in range(a.rounds):
         print(f"round {rnd + 1}/{a.rounds}", file=sys.stderr)
-        raw["bandwidth"].append(run_json([a.tessera, "bench", "bandwidth", "--repeats", "5", "--mib", "1024"])["read_gb_s_median"])
+        raw["bandwidth"].append(run_json([a.tessera, "bench", "bandwidth", "--repeats", "5", "--mib", "1024"]))
         for tp in (1, 2):
             r = run_json([a.tessera, "bench", "latency", "--model", a.model, "--tp", str(tp), "--repeats", "3"])
             raw[f"tp{tp}"].append(r)
         raw["llama.cpp"].append(llama_bench(a.peers))
         raw["transformers"].append(run_json([a.python, "tools/peers/bench_transformers.py", "--model", a.model, "--repeats", "2"]))
 
-    bw = statistics.median(raw["bandwidth"])
+    # The bound is the largest bandwidth sample of any probe (streaming read or GEMV), so no
+    # measured decode rate can honestly exceed it; check that none does.
+    bw = max(b["bound_gb_s"] for b in raw["bandwidth"])
     wbytes = raw["tp1"][0]["weight_bytes_per_token"]
     bound = bw * 1e9 / wbytes
     med = lambda xs: statistics.median(xs)
@@ -68,8 +70,11 @@ def main():
         "transformers f32": (med([r["decode_tok_s_median"] for r in raw["transformers"]]), med([r["prefill_tok_s_median"] for r in raw["transformers"]])),
     }
     lc, tf = rows["llama.cpp F32"], rows["transformers f32"]
-    print(f"read bandwidth (2 threads, median): {bw:.1f} GB/s; weights per token {wbytes / 1e6:.0f} MB; "
-          f"batch-1 decode bound {bound:.1f} tok/s")
+    print(f"read bandwidth (2 threads, best of stream and GEMV probes): {bw:.1f} GB/s; weights per token "
+          f"{wbytes / 1e6:.0f} MB; batch-1 decode bound {bound:.1f} tok/s")
+    over = [s for tp in ("tp1", "tp2") for r in raw[tp] for s in r["decode_tok_s_all"] if s > bound]
+    if over:
+        print(f"WARNING: decode samples above the bound {bound:.1f}: {over} (the probe under-reads)")
     print()
     print("| engine | decode tok/s | of bound | vs llama.cpp | vs transformers | prefill-512 tok/s | vs llama.cpp | vs transformers |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

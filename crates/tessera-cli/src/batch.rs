@@ -65,31 +65,7 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
         config: engine_config,
         ..
     } = a.engine.resolve(&a.shard)?;
-    let Some(overflow) = OverflowPolicy::parse(&a.on_overflow) else {
-        bail!(
-            "unknown --on-overflow '{}' (truncate, map-reduce or error)",
-            a.on_overflow
-        );
-    };
-    let summarize = match a.task.as_deref() {
-        None => false,
-        Some("summarize") => true,
-        Some(other) => bail!("unknown --task '{other}' (summarize)"),
-    };
-    if a.shard.tp == Some(0) || a.max_concurrency == 0 || a.engine.kv_cache_mib == 0 {
-        bail!("--tp, --max-concurrency and --kv-cache-mib must be at least 1");
-    }
-    if !a.fsync_secs.is_finite() || a.fsync_secs < 0.0 {
-        bail!("--fsync-secs must be a non-negative number");
-    }
-    let template = match &a.prompt_template {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the prompt template {}", path.display()))?,
-        None => DEFAULT_TEMPLATE.to_string(),
-    };
-    if !template.contains("{text}") {
-        bail!("the prompt template must contain {{text}} where the document goes");
-    }
+    let (overflow, summarize, template) = job_settings(a)?;
     // Refuse a bad input (duplicate ids) before loading anything.
     tessera_batch::check_input(&a.input, summarize)?;
 
@@ -147,6 +123,37 @@ pub(crate) fn run(a: &BatchArgs) -> Result<()> {
     );
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
+}
+
+/// The job's settings from the flags, checked before anything is loaded: overflow policy,
+/// whether documents are summarized, and the prompt template.
+fn job_settings(a: &BatchArgs) -> Result<(OverflowPolicy, bool, String)> {
+    let Some(overflow) = OverflowPolicy::parse(&a.on_overflow) else {
+        bail!(
+            "unknown --on-overflow '{}' (truncate, map-reduce or error)",
+            a.on_overflow
+        );
+    };
+    let summarize = match a.task.as_deref() {
+        None => false,
+        Some("summarize") => true,
+        Some(other) => bail!("unknown --task '{other}' (summarize)"),
+    };
+    if a.shard.tp == Some(0) || a.max_concurrency == 0 || a.engine.kv_cache_mib == 0 {
+        bail!("--tp, --max-concurrency and --kv-cache-mib must be at least 1");
+    }
+    if !a.fsync_secs.is_finite() || a.fsync_secs < 0.0 {
+        bail!("--fsync-secs must be a non-negative number");
+    }
+    let template = match &a.prompt_template {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the prompt template {}", path.display()))?,
+        None => DEFAULT_TEMPLATE.to_string(),
+    };
+    if !template.contains("{text}") {
+        bail!("the prompt template must contain {{text}} where the document goes");
+    }
+    Ok((overflow, summarize, template))
 }
 
 /// `out.jsonl` -> `out.errors.jsonl`; other names get `.errors.jsonl` appended.

@@ -101,8 +101,36 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
     if a.tp.is_empty() || a.tp.contains(&0) {
         bail!("--tp needs rank counts of at least 1, e.g. --tp 1,2,4,8");
     }
-    let shape = crate::plan::builtin_shape(&a.shape)?;
     let hw = HardwareProfile::resolve(&a.hardware)?;
+    let mut manifest = Manifest::new("project", None, 0, hw.clone())?;
+    let rows = project_rows(a, &hw, &mut manifest)?;
+    let s = render(a, &hw, &rows);
+    manifest.parameters = serde_json::json!({
+        "shape": a.shape, "tp": a.tp, "strategies": a.strategy, "batch": a.batch,
+        "context": a.context, "bytes_per_param": a.bytes_per_param,
+        "activation_bytes": a.activation_bytes,
+    });
+    manifest.reduce = serde_json::json!({ "assumed": a.reduce.mode() });
+    match &a.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join("projection.md");
+            std::fs::write(&path, &s).with_context(|| format!("writing {}", path.display()))?;
+            manifest.write(dir)?;
+            println!("{}", path.display());
+        }
+        None => print!("{s}"),
+    }
+    Ok(())
+}
+
+/// One predicted row per strategy and rank count; each plan is recorded in `manifest`.
+fn project_rows(
+    a: &ProjectionArgs,
+    hw: &HardwareProfile,
+    manifest: &mut Manifest,
+) -> Result<Vec<Row>> {
+    let shape = crate::plan::builtin_shape(&a.shape)?;
     let reduce = a.reduce.mode();
     let decode_w = Workload {
         activation_bytes: a.activation_bytes,
@@ -113,7 +141,6 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
         batch: 1,
         ..decode_w
     };
-    let mut manifest = Manifest::new("project", None, 0, hw.clone())?;
     let mut rows = Vec::new();
     for name in &a.strategy {
         let strategy = Strategy::parse(name)?;
@@ -125,11 +152,16 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
                 strategy: plan.strategy.clone(),
                 tp,
                 weights_gb: (weights * a.bytes_per_param) as f64 / 1e9,
-                decode: predict(&plan, &hw, &decode_w, reduce)?,
-                prefill: predict(&plan, &hw, &prefill_w, reduce)?,
+                decode: predict(&plan, hw, &decode_w, reduce)?,
+                prefill: predict(&plan, hw, &prefill_w, reduce)?,
             });
         }
     }
+    Ok(rows)
+}
+
+/// The Markdown report: assumptions, then one table per phase.
+fn render(a: &ProjectionArgs, hw: &HardwareProfile, rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -152,31 +184,15 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
         hw.source,
         a.bytes_per_param,
         a.activation_bytes,
-        reduce.name()
+        a.reduce.mode().name()
     );
     let _ = writeln!(
         s,
         "## Decode: {} sequences, {} cached tokens each (one token per sequence per step)\n",
         a.batch, a.context
     );
-    phase_table(&mut s, &rows, |r| &r.decode);
+    phase_table(&mut s, rows, |r| &r.decode);
     let _ = writeln!(s, "\n## Prefill: one prompt of {} tokens\n", a.context);
-    phase_table(&mut s, &rows, |r| &r.prefill);
-    manifest.parameters = serde_json::json!({
-        "shape": a.shape, "tp": a.tp, "strategies": a.strategy, "batch": a.batch,
-        "context": a.context, "bytes_per_param": a.bytes_per_param,
-        "activation_bytes": a.activation_bytes,
-    });
-    manifest.reduce = serde_json::json!({ "assumed": reduce });
-    match &a.out {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let path = dir.join("projection.md");
-            std::fs::write(&path, &s).with_context(|| format!("writing {}", path.display()))?;
-            manifest.write(dir)?;
-            println!("{}", path.display());
-        }
-        None => print!("{s}"),
-    }
-    Ok(())
+    phase_table(&mut s, rows, |r| &r.prefill);
+    s
 }

@@ -153,64 +153,76 @@ pub(crate) fn plot(report: &ScalingReport, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (1100, 800)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    for (area, (title, unit, metric)) in root.split_evenly((2, 2)).iter().zip(metrics) {
-        let series: Vec<(usize, Vec<(f64, f64)>)> = strategies
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let pts = report
-                    .runs
-                    .iter()
-                    .filter(|r| r.strategy == *s)
-                    .filter_map(|r| metric(report, r).map(|v| (r.tp as f64, v)))
-                    .collect();
-                (i, pts)
-            })
-            .collect();
-        let y_max = series
-            .iter()
-            .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
-            .fold(0.0f64, f64::max)
-            .max(1e-9)
-            * 1.15;
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.5..max_tp + 0.5, 0.0..y_max)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc(format!("ranks (above {} oversubscribed)", report.cores))
-            .y_desc(unit)
-            .x_labels(max_tp as usize + 1)
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .draw()
-            .map_err(|e| err(&e))?;
-        for (i, pts) in series {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(|e| err(&e))?
-                .label(strategies[i])
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-                .map_err(|e| err(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| err(&e))?;
+    for (area, metric) in root.split_evenly((2, 2)).iter().zip(metrics) {
+        draw_panel(area, report, &strategies, max_tp, metric).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// One chart of the 2 x 2 grid: `metric` against rank count, a line per strategy.
+fn draw_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    report: &ScalingReport,
+    strategies: &[&str],
+    max_tp: f64,
+    (title, unit, metric): Metric,
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let series: Vec<(usize, Vec<(f64, f64)>)> = strategies
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let pts = report
+                .runs
+                .iter()
+                .filter(|r| r.strategy == *s)
+                .filter_map(|r| metric(report, r).map(|v| (r.tp as f64, v)))
+                .collect();
+            (i, pts)
+        })
+        .collect();
+    let y_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.5..max_tp + 0.5, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("ranks (above {} oversubscribed)", report.cores))
+        .y_desc(unit)
+        .x_labels(max_tp as usize + 1)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, pts) in series {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(strategies[i])
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| err(&e))
 }
 
 #[cfg(test)]

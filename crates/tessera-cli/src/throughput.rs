@@ -88,6 +88,60 @@ fn percentiles(mut v: Vec<f64>) -> Percentiles {
     }
 }
 
+/// One benchmark client: takes the next prompt until none is left, and returns its
+/// time-to-first-token and inter-token samples (ms) and the tokens it received.
+fn client(
+    engine: &EngineHandle,
+    prompts: &[Vec<u32>],
+    next: &AtomicUsize,
+    output_len: usize,
+) -> Result<(Vec<f64>, Vec<f64>, usize)> {
+    let (mut ttft, mut itl, mut tokens) = (Vec::new(), Vec::new(), 0usize);
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= prompts.len() {
+            return Ok((ttft, itl, tokens));
+        }
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_tokens: output_len,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        };
+        let sent = Instant::now();
+        let mut sub = engine.submit_blocking(Request {
+            prompt: prompts[i].clone(),
+            params,
+        })?;
+        let mut last: Option<Instant> = None;
+        while let Some(e) = sub.events.blocking_recv() {
+            match e {
+                Event::Token { .. } => {
+                    let now = Instant::now();
+                    match last {
+                        None => ttft.push(now.duration_since(sent).as_secs_f64() * 1e3),
+                        Some(t) => itl.push(now.duration_since(t).as_secs_f64() * 1e3),
+                    }
+                    last = Some(now);
+                    tokens += 1;
+                }
+                Event::Finished { .. } => break,
+                Event::PromptLogprobs(_) => {}
+            }
+        }
+    }
+}
+
+/// The human-readable summary of a run, on stderr.
+fn print_summary(r: &Report) {
+    eprintln!(
+        "tp {}: {} requests x ({} in, {} out), concurrency {}: {:.1} s, {:.1} output tok/s, {:.1} total tok/s\n  TTFT ms median {:.0} p90 {:.0} p99 {:.0}; ITL ms median {:.1} p90 {:.1} p99 {:.1}",
+        r.tp, r.requests, r.input_len, r.output_len, r.concurrency, r.wall_s, r.output_tok_s, r.total_tok_s,
+        r.ttft_ms.median, r.ttft_ms.p90, r.ttft_ms.p99,
+        r.itl_ms.median, r.itl_ms.p90, r.itl_ms.p99
+    );
+}
+
 pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
     let crate::EngineSetup {
         loader,
@@ -118,42 +172,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
         .map(|_| {
             let (engine, prompts, next) = (engine.clone(), Arc::clone(&prompts), Arc::clone(&next));
             let output_len = a.output_len;
-            std::thread::spawn(move || -> Result<(Vec<f64>, Vec<f64>, usize)> {
-                let (mut ttft, mut itl, mut tokens) = (Vec::new(), Vec::new(), 0usize);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= prompts.len() {
-                        return Ok((ttft, itl, tokens));
-                    }
-                    let params = SamplingParams {
-                        temperature: 0.0,
-                        max_tokens: output_len,
-                        ignore_eos: true,
-                        ..SamplingParams::default()
-                    };
-                    let sent = Instant::now();
-                    let mut sub = engine.submit_blocking(Request {
-                        prompt: prompts[i].clone(),
-                        params,
-                    })?;
-                    let mut last: Option<Instant> = None;
-                    while let Some(e) = sub.events.blocking_recv() {
-                        match e {
-                            Event::Token { .. } => {
-                                let now = Instant::now();
-                                match last {
-                                    None => ttft.push(now.duration_since(sent).as_secs_f64() * 1e3),
-                                    Some(t) => itl.push(now.duration_since(t).as_secs_f64() * 1e3),
-                                }
-                                last = Some(now);
-                                tokens += 1;
-                            }
-                            Event::Finished { .. } => break,
-                            Event::PromptLogprobs(_) => {}
-                        }
-                    }
-                }
-            })
+            std::thread::spawn(move || client(&engine, &prompts, &next, output_len))
         })
         .collect();
     let (mut ttft, mut itl, mut tokens) = (Vec::new(), Vec::new(), 0usize);
@@ -184,12 +203,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
         preemptions: stats.preemptions,
     };
     if !a.json {
-        eprintln!(
-            "tp {tp}: {} requests x ({} in, {} out), concurrency {concurrency}: {:.1} s, {:.1} output tok/s, {:.1} total tok/s\n  TTFT ms median {:.0} p90 {:.0} p99 {:.0}; ITL ms median {:.1} p90 {:.1} p99 {:.1}",
-            a.requests, a.input_len, a.output_len, wall, report.output_tok_s, report.total_tok_s,
-            report.ttft_ms.median, report.ttft_ms.p90, report.ttft_ms.p99,
-            report.itl_ms.median, report.itl_ms.p90, report.itl_ms.p99
-        );
+        print_summary(&report);
     }
     println!("{}", serde_json::to_string(&report)?);
     if let Some(out) = &a.out {

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::blocks_out::{write_blocks, BLOCKS_FILE};
 use crate::error::ConvertError;
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::llama_config::LlamaConfig;
@@ -18,7 +19,8 @@ use crate::safetensors_out::SafetensorsWriter;
 use crate::tokenizer::GgufVocab;
 
 /// Converts the Llama GGUF file `gguf` into a Hugging Face directory `out_dir` holding
-/// `model.safetensors` (f32), `config.json`, `generation_config.json`, `tokenizer.json`
+/// `model.safetensors` (f32), `model.blocks.safetensors` (the quantized matrices in their
+/// GGML blocks), `config.json`, `generation_config.json`, `tokenizer.json`
 /// and `tokenizer_config.json`.
 ///
 /// `out_dir` must not exist or be empty. Tensors are dequantized to f32, and the Q/K row
@@ -73,6 +75,7 @@ pub(crate) fn convert(
         ))?;
 
     write_safetensors(&gguf, &plan, &staging.path().join("model.safetensors"))?;
+    write_blocks(&gguf, &plan, &staging.path().join(BLOCKS_FILE))?;
     write_json(&staging.path().join("config.json"), &config)?;
     write_json(
         &staging.path().join("generation_config.json"),
@@ -97,13 +100,13 @@ pub(crate) fn convert(
 
 /// One output tensor: where it comes from and how it is reshaped.
 #[derive(Debug)]
-struct PlannedTensor<'a> {
-    source: &'a TensorInfo,
-    hf_name: String,
+pub(crate) struct PlannedTensor<'a> {
+    pub(crate) source: &'a TensorInfo,
+    pub(crate) hf_name: String,
     /// Hugging Face shape, outermost first.
-    shape: Vec<usize>,
+    pub(crate) shape: Vec<usize>,
     /// `Some(heads)` for Q and K weights, whose rows llama.cpp interleaved per head.
-    unpermute_heads: Option<usize>,
+    pub(crate) unpermute_heads: Option<usize>,
 }
 
 /// Maps every GGUF tensor to its Hugging Face name and checks shape, type and bounds.

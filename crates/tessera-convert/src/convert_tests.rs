@@ -41,14 +41,9 @@ fn hf_and_permuted(rows: u64, heads: u64, seed: f32) -> (Vec<f32>, Vec<f32>) {
     (hf, gguf)
 }
 
-/// A two-layer GQA Llama with a Q8_0 embedding; everything else F32.
-fn tiny_llama(with_output: bool) -> GgufWriter {
-    let mut embd = Vec::new();
-    for row in 0..VOCAB {
-        embd.extend(half::f16::from_f32(0.5).to_le_bytes());
-        embd.extend((0..32).map(|i| (i as i8 - row as i8) as u8));
-    }
-    let mut w = GgufWriter::new()
+/// The tiny model's architecture and tokenizer metadata.
+fn tiny_llama_metadata() -> GgufWriter {
+    GgufWriter::new()
         .str("general.architecture", "llama")
         .u32("llama.block_count", LAYERS as u32)
         .u32("llama.context_length", 256)
@@ -77,7 +72,17 @@ fn tiny_llama(with_output: bool) -> GgufWriter {
         .u32("tokenizer.ggml.bos_token_id", 0)
         .u32("tokenizer.ggml.eos_token_id", 0)
         .str("tokenizer.chat_template", "{{ messages }}")
-        .tensor("token_embd.weight", &[HIDDEN, VOCAB], GgmlType::Q8_0, embd);
+}
+
+/// A two-layer GQA Llama with a Q8_0 embedding; everything else F32.
+fn tiny_llama(with_output: bool) -> GgufWriter {
+    let mut embd = Vec::new();
+    for row in 0..VOCAB {
+        embd.extend(half::f16::from_f32(0.5).to_le_bytes());
+        embd.extend((0..32).map(|i| (i as i8 - row as i8) as u8));
+    }
+    let mut w =
+        tiny_llama_metadata().tensor("token_embd.weight", &[HIDDEN, VOCAB], GgmlType::Q8_0, embd);
     for i in 0..LAYERS {
         let (_, q) = hf_and_permuted(HEADS * HEAD_DIM, HEADS, 1000.0 * i as f32);
         let (_, k) = hf_and_permuted(KV_HEADS * HEAD_DIM, KV_HEADS, -1000.0 * i as f32);
@@ -303,4 +308,32 @@ fn replacing_an_existing_conversion_swaps_the_directory() {
     assert!(!out.join("stale.txt").exists());
     assert!(out.join("tokenizer.json").is_file());
     assert_no_staging_left(dir.path());
+}
+
+#[test]
+fn quantized_matrices_are_kept_in_their_blocks_beside_the_f32_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    tiny_llama(false).write(&gguf);
+    let out = dir.path().join("out");
+    convert_gguf_to_hf(&gguf, &out).unwrap();
+
+    let bytes = std::fs::read(out.join(crate::BLOCKS_FILE)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // Only the Q8_0 embedding is block-quantized in the tiny model; F32 tensors stay out.
+    assert_eq!(st.names(), ["model.embed_tokens.weight"]);
+    let t = st.tensor("model.embed_tokens.weight").unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::U8);
+    assert_eq!(t.shape(), [VOCAB as usize, 34]);
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        meta.metadata().as_ref().unwrap()["model.embed_tokens.weight"],
+        "q8_0"
+    );
+    // The blocks dequantize to exactly the f32 copy.
+    let f32_bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let f32_st = safetensors::SafeTensors::deserialize(&f32_bytes).unwrap();
+    let (_, embd) = tensor_values(&f32_st, "model.embed_tokens.weight");
+    let decoded = crate::dequantize("embd", GgmlType::Q8_0, t.data(), embd.len()).unwrap();
+    assert_eq!(decoded, embd);
 }

@@ -18,13 +18,14 @@ use crate::error::ConvertError;
 
 /// Turns GGUF-ordered Q or K weight rows (`rows x cols`, row-major) back into Hugging Face
 /// order. `n_head` is the number of attention heads for Q and of key/value heads for K.
-pub fn unpermute_qk_rows(
+/// Rows move whole, so `T` may be an f32 value or a byte of a quantized row (`cols` bytes).
+pub fn unpermute_qk_rows<T: Copy + Default>(
     tensor: &str,
-    weights: &[f32],
+    weights: &[T],
     rows: usize,
     cols: usize,
     n_head: usize,
-) -> Result<Vec<f32>, ConvertError> {
+) -> Result<Vec<T>, ConvertError> {
     if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return Err(ConvertError::layout(
             tensor,
@@ -42,7 +43,7 @@ pub fn unpermute_qk_rows(
     }
     let head_dim = rows / n_head;
     let half = head_dim / 2;
-    let mut out = vec![0.0f32; weights.len()];
+    let mut out = vec![T::default(); weights.len()];
     for (gguf_row, src) in weights.chunks_exact(cols.max(1)).enumerate().take(rows) {
         let (head, within) = (gguf_row / head_dim, gguf_row % head_dim);
         let (i, s) = (within / 2, within % 2);

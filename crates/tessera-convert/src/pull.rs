@@ -132,9 +132,14 @@ pub fn pull(manifest: &Manifest, models_dir: &Path, force: bool) -> Result<PathB
 
 /// True when `dir` holds a finished conversion of `manifest`'s file.
 fn is_complete(dir: &Path, manifest: &Manifest) -> bool {
-    let has_files = ["config.json", "model.safetensors", "tokenizer.json"]
-        .iter()
-        .all(|f| dir.join(f).is_file());
+    let has_files = [
+        "config.json",
+        "model.safetensors",
+        crate::BLOCKS_FILE,
+        "tokenizer.json",
+    ]
+    .iter()
+    .all(|f| dir.join(f).is_file());
     let marker_sha = std::fs::read_to_string(dir.join(PULL_MARKER))
         .ok()
         .and_then(|text| serde_json::from_str::<Manifest>(&text).ok())

@@ -1,4 +1,5 @@
-//! Streaming `.safetensors` writer for f32 tensors, so a model never sits in memory whole.
+//! Streaming `.safetensors` writer for f32 tensors (and raw byte tensors of quantized
+//! blocks, stored as `U8`), so a model never sits in memory whole.
 //!
 //! ```text
 //! | header length: u64 LE | JSON header, space-padded to 8 bytes | tensor bytes, in header order |
@@ -15,18 +16,31 @@ use crate::error::ConvertError;
 pub(crate) struct SafetensorsWriter {
     path: PathBuf,
     out: BufWriter<File>,
-    /// Names and element counts still to be written, in file order (reversed for `pop`).
+    /// Names and byte counts still to be written, in file order (reversed for `pop`).
     pending: Vec<(String, usize)>,
     bytes: Vec<u8>,
 }
 
 impl SafetensorsWriter {
-    /// Creates `path` and writes the header for `tensors` (name, shape), in that order.
+    /// Creates `path` and writes the header for f32 `tensors` (name, shape), in that order.
     pub(crate) fn create(
         path: &Path,
         tensors: &[(String, Vec<usize>)],
     ) -> Result<Self, ConvertError> {
-        let header = header_json(tensors);
+        let specs: Vec<(String, Vec<usize>, Dtype)> = tensors
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone(), Dtype::F32))
+            .collect();
+        Self::create_with(path, &specs, &[])
+    }
+
+    /// Creates `path` with tensors of either dtype and extra `__metadata__` entries.
+    pub(crate) fn create_with(
+        path: &Path,
+        tensors: &[(String, Vec<usize>, Dtype)],
+        metadata: &[(String, String)],
+    ) -> Result<Self, ConvertError> {
+        let header = header_json(tensors, metadata);
         let mut out = BufWriter::with_capacity(
             1 << 20,
             File::create(path).map_err(ConvertError::io("creating", path))?,
@@ -38,7 +52,9 @@ impl SafetensorsWriter {
         let pending = tensors
             .iter()
             .rev()
-            .map(|(name, shape)| (name.clone(), shape.iter().product()))
+            .map(|(name, shape, dtype)| {
+                (name.clone(), shape.iter().product::<usize>() * dtype.size())
+            })
             .collect();
         Ok(SafetensorsWriter {
             path: path.to_owned(),
@@ -50,15 +66,7 @@ impl SafetensorsWriter {
 
     /// Writes the next tensor's values; `name` and length must match the header.
     pub(crate) fn write_tensor(&mut self, name: &str, values: &[f32]) -> Result<(), ConvertError> {
-        match self.pending.pop() {
-            Some((expected, len)) if expected == name && len == values.len() => {}
-            other => {
-                return Err(ConvertError::layout(
-                    name,
-                    format!("written out of order or with the wrong size (expected {other:?}, got {} values)", values.len()),
-                ))
-            }
-        }
+        self.next(name, values.len() * 4)?;
         for chunk in values.chunks(1 << 16) {
             self.bytes.clear();
             self.bytes
@@ -68,6 +76,25 @@ impl SafetensorsWriter {
                 .map_err(ConvertError::io("writing", &self.path))?;
         }
         Ok(())
+    }
+
+    /// Writes the next `U8` tensor's bytes; `name` and length must match the header.
+    pub(crate) fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), ConvertError> {
+        self.next(name, bytes.len())?;
+        self.out
+            .write_all(bytes)
+            .map_err(ConvertError::io("writing", &self.path))
+    }
+
+    /// Checks that `name` with `bytes` bytes is the next tensor the header announced.
+    fn next(&mut self, name: &str, bytes: usize) -> Result<(), ConvertError> {
+        match self.pending.pop() {
+            Some((expected, len)) if expected == name && len == bytes => Ok(()),
+            other => Err(ConvertError::layout(
+                name,
+                format!("written out of order or with the wrong size (expected {other:?}, got {bytes} bytes)"),
+            )),
+        }
     }
 
     /// Checks that every announced tensor was written and flushes the file to disk.
@@ -87,14 +114,43 @@ impl SafetensorsWriter {
     }
 }
 
+/// Element type of a written tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dtype {
+    /// 32-bit float.
+    F32,
+    /// Raw bytes (quantized blocks).
+    U8,
+}
+
+impl Dtype {
+    fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::U8 => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::U8 => "U8",
+        }
+    }
+}
+
 /// The JSON header, padded with spaces to a multiple of 8 bytes.
-fn header_json(tensors: &[(String, Vec<usize>)]) -> String {
-    let mut header = String::from(r#"{"__metadata__":{"format":"pt"}"#);
+fn header_json(tensors: &[(String, Vec<usize>, Dtype)], metadata: &[(String, String)]) -> String {
+    let mut meta = serde_json::Map::new();
+    meta.insert("format".into(), "pt".into());
+    for (k, v) in metadata {
+        meta.insert(k.clone(), v.clone().into());
+    }
+    let mut header = format!(r#"{{"__metadata__":{}"#, serde_json::Value::Object(meta));
     let mut offset = 0usize;
-    for (name, shape) in tensors {
-        let end = offset + shape.iter().product::<usize>() * 4;
-        let entry =
-            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, end] });
+    for (name, shape, dtype) in tensors {
+        let end = offset + shape.iter().product::<usize>() * dtype.size();
+        let entry = serde_json::json!({ "dtype": dtype.name(), "shape": shape, "data_offsets": [offset, end] });
         header.push(',');
         header.push_str(&serde_json::Value::String(name.clone()).to_string());
         header.push(':');

@@ -80,7 +80,13 @@ fn smollm2_gguf_converts_to_exact_tokenizer_config_and_weights() {
     let out = out_parent.path().join("smollm2");
     convert_gguf_to_hf(gguf, &out).unwrap();
 
-    // Tokenizer: llama.cpp's ids for every reference case, special tokens parsed.
+    check_tokenizer(&out);
+    check_config(&out);
+    check_weights(&out);
+}
+
+/// Tokenizer: llama.cpp's ids for every reference case, special tokens parsed.
+fn check_tokenizer(out: &std::path::Path) {
     let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
     let cases: Cases = serde_json::from_str(include_str!("data/tokenizer_cases.json")).unwrap();
     assert_eq!(cases.cases.len(), 44);
@@ -110,8 +116,10 @@ fn smollm2_gguf_converts_to_exact_tokenizer_config_and_weights() {
         failures.len(),
         failures.join("\n")
     );
+}
 
-    // Config.
+/// config.json and tokenizer_config.json.
+fn check_config(out: &std::path::Path) {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     let expected = serde_json::json!({
@@ -136,8 +144,10 @@ fn smollm2_gguf_converts_to_exact_tokenizer_config_and_weights() {
         .as_str()
         .unwrap()
         .contains("<|im_start|>"));
+}
 
-    // Weights.
+/// Weights: exact values of the dequantized, unpermuted tensors.
+fn check_weights(out: &std::path::Path) {
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.len(), 30 * 9 + 2);

@@ -5,24 +5,25 @@
 //! applies a plan; the forward pass runs the collectives it names.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod collective;
 pub mod cost;
 mod error;
 mod hardware;
 mod plan;
 mod reduce;
 mod report;
+mod role;
 mod shape;
 mod span;
 mod strategy;
 
+pub use collective::{Collective, CollectiveOp, CollectiveSite, LayerHalf};
 pub use error::PlanError;
 pub use hardware::HardwareProfile;
-pub use plan::{
-    AttentionSharding, Collective, CollectiveOp, CollectiveSite, DimSharding, HeadShard, LayerHalf,
-    LayerPlan, Role, ShardPlan, WeightKind, PLAN_FORMAT,
-};
+pub use plan::{AttentionSharding, DimSharding, HeadShard, LayerPlan, ShardPlan, PLAN_FORMAT};
 pub use reduce::{even_unit_spans, published_vectors, ReduceMode};
 pub use report::render_table;
+pub use role::{Role, WeightKind};
 pub use shape::ModelShape;
 pub use span::{even_spans, kv_span_for, weighted_spans, Span};
 pub use strategy::Strategy;

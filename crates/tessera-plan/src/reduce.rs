@@ -20,9 +20,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::PlanError;
-use crate::plan::{DimSharding, ShardPlan};
 use crate::shape::ModelShape;
 use crate::span::Span;
+use crate::{DimSharding, ShardPlan};
 
 /// How the partial sums of a row-parallel layer are combined across ranks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::plan::{Collective, CollectiveOp, CollectiveSite, ShardPlan};
+use crate::{Collective, CollectiveOp, CollectiveSite, ShardPlan};
 
 /// Renders `plan` as a text table; `bytes_per_param` is the weight dtype's size (4 for f32).
 pub fn render_table(plan: &ShardPlan, bytes_per_param: usize) -> String {

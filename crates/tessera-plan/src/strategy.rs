@@ -1,10 +1,10 @@
 //! Strategies: functions from (model shape, rank count) to a [`ShardPlan`].
 
 use crate::error::PlanError;
-use crate::plan::{AttentionSharding, DimSharding, HeadShard, LayerPlan, ShardPlan, PLAN_FORMAT};
 use crate::reduce::even_unit_spans;
 use crate::shape::ModelShape;
 use crate::span::{kv_span_for, weighted_spans, Span};
+use crate::{AttentionSharding, DimSharding, HeadShard, LayerPlan, ShardPlan, PLAN_FORMAT};
 
 /// A named way to split a model across ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,9 +22,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{AttentionSharding, CollectiveOp, CollectiveSite, DimSharding, ShardPlan};
 use crate::reduce::{published_vectors, ReduceMode};
 use crate::span::{even_spans, Span};
+use crate::{AttentionSharding, CollectiveOp, CollectiveSite, DimSharding, ShardPlan};
 
 /// Bytes of one communicated element: the communicator moves f32.
 pub const COMM_ELEM_BYTES: u64 = 4;

@@ -33,7 +33,7 @@ pub use render::render_explain;
 pub use work::{rank_work, LayerType, Phase, Work, Workload};
 
 pub use crate::hardware::HardwareProfile;
-use crate::plan::{CollectiveSite, LayerHalf, ShardPlan};
+use crate::{CollectiveSite, LayerHalf, ShardPlan};
 
 /// Predicted cost of some work on one rank: what it does and how long it takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! Cost model tests: every strategy, 1..8 ranks, SmolLM2 and Llama-3-8B shapes.
 
 use super::*;
-use crate::plan::AttentionSharding;
+use crate::AttentionSharding;
 use crate::{ModelShape, Strategy, WeightKind};
 
 fn shapes() -> [ModelShape; 2] {

@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cost::error::CostError;
-use crate::plan::ShardPlan;
+use crate::ShardPlan;
 
 /// Which pass a workload measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

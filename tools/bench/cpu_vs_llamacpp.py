@@ -1,0 +1,165 @@
+"""Tessera against llama.cpp on the CPU, at the same precision, measured in one run.
+
+For each precision (f32, bf16, q4_1) it alternates rounds of:
+  - batch-1 decode and prefill-512: `tessera bench latency --dtype P` / `llama-bench -p 512 -n 128`
+  - 64 requests x (128 in + 128 out), total tok/s: `tessera bench throughput --dtype P` /
+    `llama-batched-bench -npp 128 -ntg 128 -npl 64`
+and the read-bandwidth probe (`tessera bench bandwidth`), then prints a Markdown table of
+medians and ratios and writes every raw number as JSON. It builds nothing: llama.cpp comes
+from `tools/peers/build_llamacpp.sh` (its `LB/bin`, or an AVX2-only build in another
+directory for `--isa avx2`), the GGUF files from the same script and `tessera pull`.
+
+Both sides run the same weights: llama.cpp's f32 and bf16 files are exact conversions of
+the shipped Q4_1 file, and Tessera's `--dtype q4_1` runs that file's blocks as they are.
+`--isa avx2` forces Tessera's AVX2 kernels (`tessera --isa avx2`) on an AVX-512 machine;
+pair it with a llama.cpp built without AVX-512 and say so wherever the numbers are used.
+
+Usage (idle machine, check `uptime`):
+  python3 tools/bench/cpu_vs_llamacpp.py --rounds 3 --out benches/results/cpu-vs-llamacpp.json
+  python3 tools/bench/cpu_vs_llamacpp.py --isa avx2 --llama-bin /opt/tessera-peers/LB-avx2/bin ...
+"""
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+PRECISIONS = ("f32", "bf16", "q4_1")
+
+
+def run(cmd):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def run_json(cmd):
+    return json.loads(run(cmd).strip().splitlines()[-1])
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        text = f.read()
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split())
+    isa = "avx512" if "avx512f" in flags else ("avx2" if "avx2" in flags and "fma" in flags else "scalar")
+    return (model.group(1) if model else "unknown"), isa
+
+
+def llama_bench(binp, gguf, threads):
+    cmd = [f"{binp}/llama-bench", "-m", gguf, "-p", "512", "-n", "128", "-t", str(threads), "-r", "3", "-o", "json"]
+    res = {}
+    for r in json.loads(run(cmd)):
+        res["prefill" if r["n_prompt"] > 0 else "decode"] = r["avg_ts"]
+    return res
+
+
+def llama_batched(binp, gguf, threads, n, inp, out):
+    cmd = [f"{binp}/llama-batched-bench", "-m", gguf, "-npp", str(inp), "-ntg", str(out), "-npl", str(n),
+           "-c", str(n * (inp + out)), "-t", str(threads)]
+    rows = [line for line in run(cmd).splitlines() if re.match(r"^\|\s*\d+", line)]
+    cells = [c.strip() for c in rows[-1].strip("|").split("|")]
+    return {"total_tok_s": float(cells[-1]), "row": cells}
+
+
+def tessera(a, *args):
+    cmd = [a.tessera]
+    if a.isa:
+        cmd += ["--isa", a.isa]
+    return run_json(cmd + list(args))
+
+
+def one_round(a, raw):
+    raw["bandwidth"].append(tessera(a, "bench", "bandwidth", "--repeats", "5", "--mib", "1024"))
+    for p in a.precisions:
+        lat = tessera(a, "bench", "latency", "--model", a.model, "--dtype", p, "--repeats", "3",
+                      "--threads", str(a.threads))
+        thr = tessera(a, "bench", "throughput", "--model", a.model, "--dtype", p, "--requests", "64",
+                      "--input-len", "128", "--output-len", "128", "--threads", str(a.threads), "--json")
+        raw["tessera"][p].append({"latency": lat, "throughput": thr})
+        gguf = a.gguf[p]
+        raw["llama.cpp"][p].append({"bench": llama_bench(a.llama_bin, gguf, a.threads),
+                                    "batched": llama_batched(a.llama_bin, gguf, a.threads, 64, 128, 128)})
+
+
+def table(a, raw):
+    med = statistics.median
+    print(f"| precision | decode tok/s (T / L) | ratio | prefill-512 tok/s (T / L) | ratio "
+          f"| 64 x (128+128) total tok/s (T / L) | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    summary = {}
+    for p in a.precisions:
+        t, l = raw["tessera"][p], raw["llama.cpp"][p]
+        td = med([r["latency"]["decode_tok_s_median"] for r in t])
+        tp = med([r["latency"]["prefill_tok_s_median"] for r in t])
+        tt = med([r["throughput"]["total_tok_s"] for r in t])
+        ld = med([r["bench"]["decode"] for r in l])
+        lp = med([r["bench"]["prefill"] for r in l])
+        lt = med([r["batched"]["total_tok_s"] for r in l])
+        summary[p] = {"decode": [td, ld], "prefill": [tp, lp], "throughput": [tt, lt]}
+        print(f"| {p} | {td:.1f} / {ld:.1f} | {td / ld:.2f} | {tp:.0f} / {lp:.0f} | {tp / lp:.2f} "
+              f"| {tt:.0f} / {lt:.0f} | {tt / lt:.2f} |")
+    return summary
+
+
+def param_counts(model_dir):
+    """Non-embedding matmul parameters of the layers, and of the output head."""
+    with open(f"{model_dir}/config.json") as f:
+        c = json.load(f)
+    h, inter, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    hd = c.get("head_dim", h // c["num_attention_heads"])
+    kv = c.get("num_key_value_heads", c["num_attention_heads"]) * hd
+    q = c["num_attention_heads"] * hd
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * inter
+    return layers * per_layer, h * vocab
+
+
+def mfu(a, raw, peak):
+    """MFU of the 64-request runs: prompt tokens count 2 x layer parameters (they skip the
+    output head), generated tokens 2 x (layer + head) parameters; over the GEMM peak measured
+    in the same run (`tessera bench bandwidth`'s `gemm_gflop_s_max`)."""
+    layers, head = param_counts(a.model)
+    flops = 64 * (128 * 2 * layers + 128 * 2 * (layers + head))
+    for p in a.precisions:
+        t = statistics.median([r["throughput"]["wall_s"] for r in raw["tessera"][p]])
+        print(f"MFU {p}: Tessera {flops / t / 1e9 / peak:.2f} (of {peak:.0f} GFLOP/s)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tessera", default="target/release/tessera")
+    ap.add_argument("--model", default="models/smollm2-135m-instruct")
+    ap.add_argument("--peers", default="/opt/tessera-peers")
+    ap.add_argument("--llama-bin", default=None, help="llama.cpp bin directory (default PEERS/LB/bin)")
+    ap.add_argument("--q4-1", default="models/.cache/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--isa", default=None, choices=["avx512", "avx2", "scalar"])
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    a.llama_bin = a.llama_bin or f"{a.peers}/LB/bin"
+    a.precisions = a.precisions.split(",")
+    a.gguf = {"f32": f"{a.peers}/smollm2-f32.gguf", "bf16": f"{a.peers}/smollm2-bf16.gguf", "q4_1": a.q4_1}
+    cpu, machine_isa = cpu_flags()
+    raw = {"bandwidth": [], "tessera": {p: [] for p in a.precisions}, "llama.cpp": {p: [] for p in a.precisions}}
+    for rnd in range(a.rounds):
+        print(f"round {rnd + 1}/{a.rounds}", file=sys.stderr)
+        one_round(a, raw)
+    bw = max(b["bound_gb_s"] for b in raw["bandwidth"])
+    peak = max(b["gemm_gflop_s_max"] for b in raw["bandwidth"])
+    print(f"CPU: {cpu}; machine ISA {machine_isa}; Tessera kernels {a.isa or machine_isa}; "
+          f"llama.cpp {a.llama_bin}; {a.threads} threads; read bandwidth bound (best probe) {bw:.1f} GB/s; "
+          f"GEMM peak {peak:.0f} GFLOP/s\n")
+    summary = table(a, raw)
+    mfu(a, raw, peak)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "machine_isa": machine_isa,
+                       "tessera_isa": a.isa or machine_isa, "llama_bin": a.llama_bin, "threads": a.threads,
+                       "bandwidth_gb_s": bw, "summary_T_over_L": summary, "raw": raw}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
