@@ -414,3 +414,21 @@ pub(crate) fn rank_loader(
         Device::Cuda => bail!("--device cuda: this tessera was built without CUDA support"),
     }
 }
+
+#[cfg(test)]
+mod dtype_tests {
+    use super::{weight_dtype, Device, WeightDtype};
+
+    #[test]
+    fn block_dtypes_run_on_cpu_and_are_refused_on_cuda() {
+        for name in ["q8_0", "q4_0", "q4_1"] {
+            let d = weight_dtype(Device::Cpu, name).unwrap();
+            assert_eq!(d.name(), name);
+            let err = weight_dtype(Device::Cuda, name).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("cpu only"), "{err}");
+        }
+        assert_eq!(weight_dtype(Device::Cuda, "bf16").unwrap(), WeightDtype::Bf16);
+        let err = weight_dtype(Device::Cpu, "q5_k").unwrap_err().to_string();
+        assert!(err.contains("q4_1"), "{err}");
+    }
+}
