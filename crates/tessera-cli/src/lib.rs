@@ -427,7 +427,10 @@ mod dtype_tests {
             let err = weight_dtype(Device::Cuda, name).unwrap_err().to_string();
             assert!(err.contains(name) && err.contains("cpu only"), "{err}");
         }
-        assert_eq!(weight_dtype(Device::Cuda, "bf16").unwrap(), WeightDtype::Bf16);
+        assert_eq!(
+            weight_dtype(Device::Cuda, "bf16").unwrap(),
+            WeightDtype::Bf16
+        );
         let err = weight_dtype(Device::Cpu, "q5_k").unwrap_err().to_string();
         assert!(err.contains("q4_1"), "{err}");
     }
