@@ -36,7 +36,7 @@ pub(crate) struct LatencyArgs {
     model: ModelArgs,
     #[command(flatten)]
     shard: ShardArgs,
-    /// Weight precision: f32 or bf16.
+    /// Weight precision: f32, bf16, q8_0, q4_0 or q4_1.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Prompt length for the prefill measurement.
@@ -125,7 +125,10 @@ pub(crate) fn median(v: &[f64]) -> f64 {
 
 fn latency(a: &LatencyArgs) -> Result<()> {
     let Some(dtype) = WeightDtype::parse(&a.dtype) else {
-        bail!("unknown --dtype '{}' (f32 or bf16)", a.dtype);
+        bail!(
+            "unknown --dtype '{}' (f32, bf16, q8_0, q4_0 or q4_1)",
+            a.dtype
+        );
     };
     if a.repeats == 0 || a.prompt_tokens == 0 {
         bail!("--repeats and --prompt-tokens must be at least 1");
@@ -167,7 +170,7 @@ fn latency(a: &LatencyArgs) -> Result<()> {
     }
     let s = &config.shape;
     // Every weight is read once per decode step (a tied embedding once, as the output head).
-    let weight_bytes_per_token = s.parameters() * dtype.size();
+    let weight_bytes_per_token = dtype.storage_bytes(s.parameters());
     let report = LatencyReport {
         tp,
         strategy,

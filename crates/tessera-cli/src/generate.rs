@@ -18,7 +18,7 @@ pub(crate) struct GenerateArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Weight precision: f32 or bf16 (and f16 on cuda).
+    /// Weight precision: f32 or bf16 (and f16 on cuda; q8_0, q4_0, q4_1 on cpu).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// The prompt text.

@@ -189,7 +189,7 @@ pub(crate) struct EngineArgs {
     /// cpu or cuda (a build with `--features cuda`; rank r runs on GPU r).
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
-    /// Weight precision: f32 or bf16 (and f16 on cuda).
+    /// Weight precision: f32 or bf16 (and f16 on cuda; q8_0, q4_0, q4_1 on cpu).
     #[arg(long, default_value = "f32")]
     pub(crate) dtype: String,
     /// KV-cache memory per rank, in MiB (allocated and touched once at start-up; 1 GiB
@@ -401,10 +401,15 @@ pub(crate) fn check_device(device: &str) -> Result<Device> {
 /// (f16 included) and the CPU value is unused.
 pub(crate) fn weight_dtype(device: Device, dtype: &str) -> Result<WeightDtype> {
     match (WeightDtype::parse(dtype), device) {
+        (Some(d), Device::Cuda) if d.block_format().is_some() => bail!(
+            "--dtype {dtype} (block-quantized weights) runs on --device cpu only; on cuda use f32, bf16 or f16"
+        ),
         (Some(d), _) => Ok(d),
         (None, Device::Cuda) if dtype == "f16" || dtype == "float16" => Ok(WeightDtype::F32),
         (None, Device::Cuda) => bail!("unknown --dtype '{dtype}' (f32, bf16 or f16)"),
-        (None, Device::Cpu) => bail!("unknown --dtype '{dtype}' (f32 or bf16)"),
+        (None, Device::Cpu) => {
+            bail!("unknown --dtype '{dtype}' (f32, bf16, q8_0, q4_0 or q4_1)")
+        }
     }
 }
 
@@ -437,5 +442,26 @@ pub(crate) fn rank_loader(
         Device::Cuda => Ok(Box::new(cuda::loader(dtype)?)),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda => bail!("--device cuda: this tessera was built without CUDA support"),
+    }
+}
+
+#[cfg(test)]
+mod dtype_tests {
+    use super::{weight_dtype, Device, WeightDtype};
+
+    #[test]
+    fn block_dtypes_run_on_cpu_and_are_refused_on_cuda() {
+        for name in ["q8_0", "q4_0", "q4_1"] {
+            let d = weight_dtype(Device::Cpu, name).unwrap();
+            assert_eq!(d.name(), name);
+            let err = weight_dtype(Device::Cuda, name).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("cpu only"), "{err}");
+        }
+        assert_eq!(
+            weight_dtype(Device::Cuda, "bf16").unwrap(),
+            WeightDtype::Bf16
+        );
+        let err = weight_dtype(Device::Cpu, "q5_k").unwrap_err().to_string();
+        assert!(err.contains("q4_1"), "{err}");
     }
 }

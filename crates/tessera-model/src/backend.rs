@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use tessera_kernels::{ChunkOutput, WeightRef};
+use tessera_kernels::{BlockFormat, BlockTensor, ChunkOutput, PackedMatrix, WeightRef, BLOCK};
 use tessera_plan::{ReduceMode, Span};
 
 use crate::error::ModelError;
@@ -22,90 +22,221 @@ pub enum WeightDtype {
     F32,
     /// bfloat16 (half the memory traffic; widened exactly to f32 in the kernels).
     Bf16,
+    /// GGML Q8_0 blocks (CPU only; 34 bytes per 32 weights).
+    Q8_0,
+    /// GGML Q4_0 blocks (CPU only; 18 bytes per 32 weights).
+    Q4_0,
+    /// GGML Q4_1 blocks (CPU only; 20 bytes per 32 weights, the shipped GGUF's format).
+    Q4_1,
 }
 
 impl WeightDtype {
-    /// Parses `f32` or `bf16`.
+    /// Parses `f32`, `bf16`, `q8_0`, `q4_0` or `q4_1`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "f32" | "float32" => Some(Self::F32),
             "bf16" | "bfloat16" => Some(Self::Bf16),
+            "q8_0" => Some(Self::Q8_0),
+            "q4_0" => Some(Self::Q4_0),
+            "q4_1" => Some(Self::Q4_1),
             _ => None,
         }
     }
 
-    /// Bytes per stored element.
+    /// The name `parse` reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
+        }
+    }
+
+    /// The GGML block format of a quantized dtype (`None` for f32 and bf16).
+    pub fn block_format(self) -> Option<BlockFormat> {
+        match self {
+            Self::F32 | Self::Bf16 => None,
+            Self::Q8_0 => Some(BlockFormat::Q8_0),
+            Self::Q4_0 => Some(BlockFormat::Q4_0),
+            Self::Q4_1 => Some(BlockFormat::Q4_1),
+        }
+    }
+
+    /// Bytes per stored element, rounded up (a block format's exact size is
+    /// [`WeightDtype::storage_bytes`]).
     pub fn size(self) -> usize {
         match self {
             Self::F32 => 4,
-            Self::Bf16 => 2,
+            Self::Bf16 | Self::Q8_0 => 2,
+            Self::Q4_0 | Self::Q4_1 => 1,
+        }
+    }
+
+    /// Bytes `elems` weights take in this dtype (blocks of 32 for the block formats).
+    pub fn storage_bytes(self, elems: usize) -> usize {
+        match self.block_format() {
+            Some(f) => elems.div_ceil(BLOCK) * f.block_bytes(),
+            None => elems * self.size(),
         }
     }
 }
 
-/// A weight matrix `[rows, cols]` (row-major, Hugging Face layout) in its storage dtype.
+/// A weight's values as the loader read them: f32 (stored as the load's dtype asks) or
+/// GGML blocks, used as stored.
+#[derive(Debug)]
+pub enum WeightValues {
+    /// Row-major f32 values.
+    F32(Vec<f32>),
+    /// Block-quantized rows.
+    Blocks(BlockTensor),
+}
+
+/// A CPU weight matrix `[rows, cols]` (Hugging Face layout): packed once at load into the
+/// kernels' panels, and, for an embedding table, its rows kept for lookups.
+///
+/// ```text
+///   matmul weight      packed: Some(panels)        table: None
+///   embedding          packed: None                table: Some(rows)
+///   tied embedding     packed: Some(block panels)  table: Some(block rows)   (block dtypes)
+///                      packed: None                table: Some(f32/bf16 rows, multiplied
+///                                                  row-major: same bits, no second copy)
+/// ```
 #[derive(Debug)]
 pub struct Matrix {
-    data: MatrixData,
+    packed: Option<PackedMatrix>,
+    table: Option<Table>,
     /// Output features.
     pub rows: usize,
     /// Input features.
     pub cols: usize,
 }
 
+/// Row-major storage of an embedding table.
 #[derive(Debug)]
-enum MatrixData {
+enum Table {
     F32(Vec<f32>),
     Bf16(Vec<half::bf16>),
+    Blocks(BlockTensor),
 }
 
 impl Matrix {
-    /// Stores `data` (`rows * cols` f32 values) as `dtype`.
-    pub fn new(data: Vec<f32>, rows: usize, cols: usize, dtype: WeightDtype) -> Self {
-        let data = match dtype {
-            WeightDtype::F32 => MatrixData::F32(data),
-            WeightDtype::Bf16 => {
-                MatrixData::Bf16(data.iter().map(|&v| half::bf16::from_f32(v)).collect())
+    /// Packs `data` (`rows * cols` f32 values) as `dtype` (a block dtype quantizes them
+    /// with ggml's reference rounding).
+    pub fn new(
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+    ) -> Result<Self, ModelError> {
+        let packed = match dtype.block_format() {
+            Some(f) => PackedMatrix::pack_blocks(&BlockTensor::quantize(f, &data, rows, cols)?),
+            None if dtype == WeightDtype::Bf16 => {
+                PackedMatrix::pack_bf16(&to_bf16(&data), rows, cols)?
             }
+            None => PackedMatrix::pack_f32(&data, rows, cols)?,
         };
-        Self { data, rows, cols }
+        Ok(Self::packed(packed))
     }
 
-    /// Stacks matrices of equal width on top of each other (fused q/k/v, gate/up).
-    pub fn stack(parts: Vec<Vec<f32>>, cols: usize, dtype: WeightDtype) -> Self {
-        let rows = parts.iter().map(|p| p.len() / cols.max(1)).sum();
-        let data: Vec<f32> = parts.into_iter().flatten().collect();
-        Self::new(data, rows, cols, dtype)
+    /// Packs GGML blocks as they are.
+    pub fn blocks(t: &BlockTensor) -> Self {
+        Self::packed(PackedMatrix::pack_blocks(t))
     }
 
-    /// The kernels' view of the matrix.
-    pub fn as_ref(&self) -> WeightRef<'_> {
-        match &self.data {
-            MatrixData::F32(v) => WeightRef::F32(v),
-            MatrixData::Bf16(v) => WeightRef::Bf16(v),
+    /// A matrix of packed panels.
+    fn packed(packed: PackedMatrix) -> Self {
+        let (rows, cols) = (packed.rows(), packed.cols());
+        Self {
+            packed: Some(packed),
+            table: None,
+            rows,
+            cols,
         }
     }
 
-    /// Row `r` widened to f32 into `out` (embedding lookups).
-    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+    /// An embedding table of `values` (`rows * cols`, f32 stored as `dtype`, or blocks
+    /// stored as they are); `head`: it is also multiplied as the tied output head.
+    pub fn table(
+        values: WeightValues,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        head: bool,
+    ) -> Result<Self, ModelError> {
+        let table = match (values, dtype.block_format()) {
+            (WeightValues::Blocks(t), _) => Table::Blocks(t),
+            (WeightValues::F32(v), Some(_)) => {
+                // A table from f32 values is kept as Q8_0, the GGUF embedding's format.
+                Table::Blocks(BlockTensor::quantize(BlockFormat::Q8_0, &v, rows, cols)?)
+            }
+            (WeightValues::F32(v), None) if dtype == WeightDtype::Bf16 => Table::Bf16(to_bf16(&v)),
+            (WeightValues::F32(v), None) => Table::F32(v),
+        };
+        let packed = match &table {
+            Table::Blocks(t) if head => Some(PackedMatrix::pack_blocks(t)),
+            _ => None,
+        };
+        Ok(Self {
+            packed,
+            table: Some(table),
+            rows,
+            cols,
+        })
+    }
+
+    /// The packed panels, if the matrix has them.
+    pub fn packed_ref(&self) -> Option<&PackedMatrix> {
+        self.packed.as_ref()
+    }
+
+    /// The row-major f32 or bf16 values of a table multiplied without packing.
+    pub fn as_ref(&self) -> Option<WeightRef<'_>> {
+        match &self.table {
+            Some(Table::F32(v)) => Some(WeightRef::F32(v)),
+            Some(Table::Bf16(v)) => Some(WeightRef::Bf16(v)),
+            Some(Table::Blocks(_)) | None => None,
+        }
+    }
+
+    /// Row `r` of a table widened to f32 into `out` (embedding lookups; a block row is
+    /// decoded alone).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
         let range = r * self.cols..(r + 1) * self.cols;
-        match &self.data {
-            MatrixData::F32(v) => out.copy_from_slice(&v[range]),
-            MatrixData::Bf16(v) => {
+        match &self.table {
+            Some(Table::F32(v)) => out.copy_from_slice(&v[range]),
+            Some(Table::Bf16(v)) => {
                 for (o, x) in out.iter_mut().zip(&v[range]) {
                     *o = x.to_f32();
                 }
             }
+            Some(Table::Blocks(t)) => out.copy_from_slice(&t.slice_rows(r..r + 1)?.dequantize()),
+            None => {
+                return Err(ModelError::Device {
+                    backend: "cpu",
+                    message: "an embedding lookup on a matrix loaded without its rows".into(),
+                })
+            }
         }
+        Ok(())
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        match &self.data {
-            MatrixData::F32(v) => v.len() * 4,
-            MatrixData::Bf16(v) => v.len() * 2,
-        }
+        let table = match &self.table {
+            Some(Table::F32(v)) => v.len() * 4,
+            Some(Table::Bf16(v)) => v.len() * 2,
+            Some(Table::Blocks(t)) => t.bytes().len(),
+            None => 0,
+        };
+        table + self.packed.as_ref().map_or(0, PackedMatrix::storage_bytes)
     }
+}
+
+/// Rounds f32 values to bf16.
+fn to_bf16(v: &[f32]) -> Vec<half::bf16> {
+    v.iter().map(|&x| half::bf16::from_f32(x)).collect()
 }
 
 /// A weight matrix on a backend with its shape (`rows` output features of `cols` inputs).
@@ -185,6 +316,31 @@ pub trait Backend: Send + Sync {
         cols: usize,
         dtype: WeightDtype,
     ) -> Result<Self::Matrix, ModelError>;
+    /// Stores GGML blocks as a weight matrix, used as stored (`--dtype q8_0|q4_0|q4_1`);
+    /// a backend without block kernels refuses them.
+    fn block_matrix(&self, t: BlockTensor) -> Result<Self::Matrix, ModelError> {
+        Err(ModelError::Unsupported {
+            backend: self.name(),
+            what: format!("{:?} block-quantized weights", t.format()),
+            hint: "quantized weights run on --device cpu; use --dtype f32 or bf16 here",
+        })
+    }
+    /// Stores an embedding table `[rows, cols]` whose rows [`Backend::embed`] looks up;
+    /// `head`: it is also the tied output head. By default an ordinary matrix.
+    fn table(
+        &self,
+        values: WeightValues,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        head: bool,
+    ) -> Result<Self::Matrix, ModelError> {
+        let _ = head;
+        match values {
+            WeightValues::F32(v) => self.matrix(v, rows, cols, dtype),
+            WeightValues::Blocks(t) => self.block_matrix(t),
+        }
+    }
     /// Bytes a matrix holds.
     fn matrix_bytes(m: &Self::Matrix) -> usize;
     /// Stores an f32 vector.

@@ -5,10 +5,12 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use tessera_comm::Communicator;
-use tessera_kernels::{chunk_count, ChunkOutput, CpuPool, Isa, PagedSeq, PagedShape, RopeTable};
+use tessera_kernels::{
+    chunk_count, BlockTensor, ChunkOutput, CpuPool, Isa, PagedSeq, PagedShape, RopeTable,
+};
 use tessera_plan::Span;
 
-use crate::backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype};
+use crate::backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype, WeightValues};
 use crate::error::ModelError;
 use crate::paged::PagedKvCache;
 use crate::rank::SeqInput;
@@ -53,6 +55,38 @@ impl CpuBackend {
     pub fn pool(&self) -> &CpuPool {
         &self.pool
     }
+
+    /// `y = x · wᵀ (+ bias)` in chunks of `chunk` columns: over the packed panels, or over
+    /// the rows of an f32/bf16 tied embedding (the kernels give both the same bits).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_chunked_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: &Weight<Self>,
+        bias: Option<&[f32]>,
+        chunk: usize,
+        output: ChunkOutput,
+        y: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let pool = &self.pool;
+        match (w.data.packed_ref(), w.data.as_ref()) {
+            (Some(p), _) => {
+                tessera_kernels::matmul_packed_chunked(pool, x, m, p, bias, chunk, output, y)?
+            }
+            (None, Some(rows)) => {
+                let (k, n) = (w.cols, w.rows);
+                tessera_kernels::matmul_chunked(pool, x, m, k, rows, n, bias, chunk, output, y)?
+            }
+            (None, None) => {
+                return Err(ModelError::Device {
+                    backend: "cpu",
+                    message: "a matmul over a lookup-only embedding table".into(),
+                })
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Output length of a chunked matmul of `m` rows.
@@ -88,7 +122,22 @@ impl Backend for CpuBackend {
         cols: usize,
         dtype: WeightDtype,
     ) -> Result<Matrix, ModelError> {
-        Ok(Matrix::new(data, rows, cols, dtype))
+        Matrix::new(data, rows, cols, dtype)
+    }
+
+    fn block_matrix(&self, t: BlockTensor) -> Result<Matrix, ModelError> {
+        Ok(Matrix::blocks(&t))
+    }
+
+    fn table(
+        &self,
+        values: WeightValues,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        head: bool,
+    ) -> Result<Matrix, ModelError> {
+        Matrix::table(values, rows, cols, dtype, head)
     }
 
     fn matrix_bytes(m: &Matrix) -> usize {
@@ -152,7 +201,7 @@ impl Backend for CpuBackend {
         let out = &mut out[..rows.len() * h];
         for (row, &id) in out.chunks_exact_mut(h.max(1)).zip(&step.tokens[rows]) {
             if span.contains(id as usize) {
-                table.data.row_into(id as usize - span.start, row);
+                table.data.row_into(id as usize - span.start, row)?;
             } else {
                 row.fill(0.0);
             }
@@ -181,9 +230,7 @@ impl Backend for CpuBackend {
         }
         let x = &x[..m * w.cols];
         let bias = bias.map(Vec::as_slice);
-        let (k, n) = (w.cols, w.rows);
-        tessera_kernels::matmul(&self.pool, x, m, k, w.data.as_ref(), n, bias, y)?;
-        Ok(())
+        self.matmul_chunked_into(x, m, w, bias, usize::MAX, ChunkOutput::Fold, y)
     }
 
     fn matmul_chunked(
@@ -200,19 +247,7 @@ impl Backend for CpuBackend {
         }
         let y = &mut y[..chunked_len(m, w, chunk, output)];
         let x = &x[..m * w.cols];
-        tessera_kernels::matmul_chunked(
-            &self.pool,
-            x,
-            m,
-            w.cols,
-            w.data.as_ref(),
-            w.rows,
-            None,
-            chunk,
-            output,
-            y,
-        )?;
-        Ok(())
+        self.matmul_chunked_into(x, m, w, None, chunk, output, y)
     }
 
     fn rms_norm(

@@ -73,6 +73,21 @@ pub enum ModelError {
         /// The dtype in the file.
         dtype: String,
     },
+    /// A weight stored in 32-column blocks (`--dtype q8_0|q4_0|q4_1`) would be cut inside
+    /// a block by this rank's slice (or is not a whole number of blocks wide).
+    #[error("weight '{name}' cannot be held as {dtype}: this rank's columns {start}..{end} of {total} do not fall on 32-column block boundaries; choose a rank count or plan whose column splits are multiples of 32, or use --dtype f32 or bf16")]
+    BlockSplit {
+        /// The Hugging Face tensor name.
+        name: String,
+        /// The block dtype asked for.
+        dtype: &'static str,
+        /// First column of the rank's slice.
+        start: usize,
+        /// End of the rank's slice.
+        end: usize,
+        /// Columns of the whole weight.
+        total: usize,
+    },
     /// The tokenizer files are missing or malformed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

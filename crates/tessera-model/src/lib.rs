@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod backend;
+mod blocks;
 mod config;
 mod cpu;
 mod error;
@@ -15,7 +16,7 @@ mod tokenizer;
 mod weights;
 pub mod worker;
 
-pub use backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype};
+pub use backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype, WeightValues};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use cpu::{CpuBackend, CpuStep};
 pub use error::ModelError;

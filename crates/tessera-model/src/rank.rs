@@ -22,7 +22,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use tessera_plan::{CollectiveSite, ReduceMode, ShardPlan, Span, WeightKind};
+use tessera_plan::{CollectiveSite, ReduceMode, Role, ShardPlan, Span, WeightKind};
 
 use crate::backend::{Backend, PlanNeeds, Weight, WeightDtype};
 use crate::config::ModelConfig;
@@ -143,20 +143,25 @@ pub struct RankModel<B: Backend = CpuBackend> {
 }
 
 /// Loads one weight of `rank`'s slice, cut by the plan; a tied head reads the embedding.
-struct Loader<'a> {
-    shape: &'a tessera_plan::ModelShape,
-    files: &'a WeightFiles,
-    plan: &'a ShardPlan,
-    rank: usize,
+pub(crate) struct Loader<'a> {
+    pub(crate) shape: &'a tessera_plan::ModelShape,
+    pub(crate) files: &'a WeightFiles,
+    pub(crate) plan: &'a ShardPlan,
+    pub(crate) rank: usize,
 }
 
 impl Loader<'_> {
-    fn load(&self, layer: usize, kind: WeightKind) -> Result<Vec<f32>, ModelError> {
+    /// The file name and this rank's role of a weight.
+    pub(crate) fn name_role(&self, layer: usize, kind: WeightKind) -> (String, Role) {
         let name = match (kind, self.shape.tied_embeddings) {
             (WeightKind::LmHead, true) => WeightKind::Embedding.hf_name(0),
             _ => kind.hf_name(layer),
         };
-        let role = self.plan.role(layer, kind, self.rank);
+        (name, self.plan.role(layer, kind, self.rank))
+    }
+
+    pub(crate) fn load(&self, layer: usize, kind: WeightKind) -> Result<Vec<f32>, ModelError> {
+        let (name, role) = self.name_role(layer, kind);
         self.files.load(&name, kind.full_shape(self.shape), role)
     }
 
@@ -169,6 +174,9 @@ impl Loader<'_> {
         cols: usize,
         dtype: WeightDtype,
     ) -> Result<Weight<B>, ModelError> {
+        if let Some(format) = dtype.block_format() {
+            return self.block_matrix(backend, parts, rows, cols, format);
+        }
         let mut data = Vec::with_capacity(rows * cols);
         for &(layer, kind) in parts {
             data.extend(self.load(layer, kind)?);
@@ -242,14 +250,9 @@ impl<B: Backend> RankModel<B> {
         let sites: Vec<CollectiveSite> = plan.collectives().iter().map(|c| c.site).collect();
         let embed_span = plan.embedding.span(rank, shape.vocab);
         let lm_span = plan.lm_head.span(rank, shape.vocab);
-        let embed = loader.matrix(
-            backend,
-            &[(0, WeightKind::Embedding)],
-            embed_span.len(),
-            h,
-            dtype,
-        )?;
-        let lm_head = if shape.tied_embeddings && lm_span == embed_span {
+        let tied = shape.tied_embeddings && lm_span == embed_span;
+        let embed = loader.table(backend, embed_span.len(), h, dtype, tied)?;
+        let lm_head = if tied {
             None
         } else {
             let head = [(0, WeightKind::LmHead)];

@@ -13,14 +13,18 @@ use safetensors::tensor::{Dtype, TensorInfo};
 use safetensors::SafeTensors;
 use tessera_plan::Role;
 
+use crate::blocks::BlockFile;
 use crate::error::ModelError;
 
-struct MappedFile {
-    path: PathBuf,
-    map: Mmap,
+/// One memory-mapped safetensors file.
+pub(crate) struct MappedFile {
+    pub(crate) path: PathBuf,
+    pub(crate) map: Mmap,
     /// Offset of the data section (8 + header length).
-    data_start: usize,
-    tensors: HashMap<String, TensorInfo>,
+    pub(crate) data_start: usize,
+    pub(crate) tensors: HashMap<String, TensorInfo>,
+    /// The header's `__metadata__` (empty when absent).
+    pub(crate) metadata: HashMap<String, String>,
 }
 
 /// The safetensors files of one model directory (single file or sharded with an index).
@@ -29,6 +33,8 @@ pub struct WeightFiles {
     files: Vec<MappedFile>,
     /// Tensor name -> index into `files`.
     index: HashMap<String, usize>,
+    /// `model.blocks.safetensors`, when the directory has it (quantized dtypes).
+    blocks: Option<BlockFile>,
 }
 
 impl WeightFiles {
@@ -80,7 +86,13 @@ impl WeightFiles {
             dir: dir.to_path_buf(),
             files,
             index,
+            blocks: BlockFile::open(dir)?,
         })
+    }
+
+    /// The block-quantized tensors of `model.blocks.safetensors`, if present.
+    pub(crate) fn blocks(&self) -> Option<&BlockFile> {
+        self.blocks.as_ref()
     }
 
     /// True when the files hold a tensor of this name.
@@ -175,7 +187,8 @@ fn convert(bytes: &[u8], dtype: Dtype, out: &mut Vec<f32>) {
     }
 }
 
-fn map_file(path: &Path) -> Result<MappedFile, ModelError> {
+/// Maps a safetensors file and reads its header.
+pub(crate) fn map_file(path: &Path) -> Result<MappedFile, ModelError> {
     let f = File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: the mapping is read-only and Tessera never writes model files while serving;
     // another process truncating the file under us is outside what we can defend against
@@ -211,6 +224,7 @@ fn map_file(path: &Path) -> Result<MappedFile, ModelError> {
         map,
         data_start,
         tensors,
+        metadata: metadata.metadata().clone().unwrap_or_default(),
     })
 }
 
