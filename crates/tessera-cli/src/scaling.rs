@@ -289,7 +289,9 @@ fn run_one(
         let seqs = prompts
             .iter()
             .zip(&tables)
-            .map(|(p, t)| StepSeq {
+            .enumerate()
+            .map(|(id, (p, t))| StepSeq {
+                id: id as u64,
                 tokens: p.clone(),
                 start: 0,
                 block_table: t.clone(),
@@ -302,7 +304,9 @@ fn run_one(
             let seqs = logits
                 .chunks_exact(vocab)
                 .zip(&tables)
-                .map(|(row, t)| StepSeq {
+                .enumerate()
+                .map(|(id, (row, t))| StepSeq {
+                    id: id as u64,
                     tokens: vec![tessera_kernels::argmax(row).unwrap_or(0) as u32],
                     start: a.prompt_tokens + i,
                     block_table: t.clone(),

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice};
-use tessera_model::{ModelConfig, SeqInput, WeightFiles};
+use tessera_model::{ModelConfig, StepSeq, WeightFiles};
 use tessera_plan::{AttentionSharding, ShardPlan, Span, WeightKind};
 
 use crate::collective::DeviceComm;
@@ -465,14 +465,14 @@ impl CudaRankModel {
         (self.graphs.len(), self.graph_replays)
     }
 
-    /// Runs a batch of sequences' new tokens (see `tessera_model::SeqInput`), writing their
+    /// Runs a batch of sequences' new tokens (see `tessera_model::StepSeq`), writing their
     /// keys and values into `cache`; returns the logits of the rows each sequence asks
     /// for, in sequence order, on the device.
     pub fn forward(
         &mut self,
         comm: &mut dyn DeviceComm,
         cache: &mut CudaKvCache,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
     ) -> Result<DeviceLogits, CudaError> {
         let vocab = self.config.shape.vocab;
         let mut ids = Vec::new();
@@ -489,9 +489,9 @@ impl CudaRankModel {
                     )
                 },
             )?;
-            tessera_model::check_tokens(s.tokens, vocab)?;
+            tessera_model::check_tokens(&s.tokens, vocab)?;
             ids.extend(s.tokens.iter().map(|&id| id as i32));
-            spec.push((s.start, s.tokens.len(), s.block_table));
+            spec.push((s.start, s.tokens.len(), &s.block_table[..]));
         }
         let t = ids.len();
         let picked: Vec<i32> = tessera_model::logit_rows(seqs)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tessera_comm::CommStats;
-use tessera_model::{LogitRows, ModelConfig, ModelError, PagedKvCache, SeqInput, WeightDtype};
+use tessera_model::{LogitRows, ModelConfig, ModelError, PagedKvCache, StepSeq, WeightDtype};
 use tessera_plan::{ReduceMode, ShardPlan};
 
 use crate::rank::{threads_per_rank, CpuLoader, RankLoader, RankSetup, RankStarter};
@@ -61,32 +61,6 @@ impl Default for EngineOptions {
             kv_cache_bytes: 256 << 20,
             block_size: 16,
             reduce: ReduceMode::Deterministic,
-        }
-    }
-}
-
-/// One sequence's part of a batched step (owned, so it can cross to the rank threads and
-/// to ranks on other nodes).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct StepSeq {
-    /// New token ids.
-    pub tokens: Vec<u32>,
-    /// Position of the first new token.
-    pub start: usize,
-    /// Cache blocks of the sequence, covering `start + tokens.len()` positions.
-    pub block_table: Vec<u32>,
-    /// Which rows need logits.
-    pub logits: LogitRows,
-}
-
-impl StepSeq {
-    /// The borrowed form the model takes.
-    pub fn input(&self) -> SeqInput<'_> {
-        SeqInput {
-            tokens: &self.tokens,
-            start: self.start,
-            block_table: &self.block_table,
-            logits: self.logits,
         }
     }
 }
@@ -326,6 +300,7 @@ impl Coordinator {
             )));
         }
         let seq = StepSeq {
+            id: 0,
             tokens: tokens.to_vec(),
             start: self.cached,
             block_table: (0..blocks as u32).collect(),
@@ -448,11 +423,10 @@ fn rank_main(
     ready(Ok(worker.weight_bytes()));
     let vocab = setup.config.shape.vocab;
     while let Ok(Command::Step(seqs, want)) = commands.recv() {
-        let inputs: Vec<SeqInput<'_>> = seqs.iter().map(StepSeq::input).collect();
         let out = match want {
-            Want::Logits => worker.step(&inputs).map(|(l, s)| (Got::Logits(l), s)),
+            Want::Logits => worker.step(&seqs).map(|(l, s)| (Got::Logits(l), s)),
             Want::Greedy => worker
-                .step_greedy(&inputs, vocab)
+                .step_greedy(&seqs, vocab)
                 .map(|(t, s)| (Got::Tokens(t), s)),
         };
         let failed = out.is_err();

@@ -17,7 +17,7 @@ pub mod rank;
 pub mod sampling;
 pub mod scheduler;
 
-pub use coordinator::{Coordinator, EngineError, EngineOptions, StepSeq};
+pub use coordinator::{Coordinator, EngineError, EngineOptions};
 pub use engine::pace;
 pub use engine::{
     EngineConfig, EngineHandle, EngineStats, Event, FinishReason, ItlTarget, Request, Submission,
@@ -26,3 +26,4 @@ pub use engine::{
 pub use generate::{GenerateOutput, GenerateRequest};
 pub use histogram::{Histogram, COLLECTIVE_STEP_BUCKETS};
 pub use rank::{CpuLoader, RankLoader, RankSetup, RankStarter, RankWorker};
+pub use tessera_model::{LogitRows, StepSeq};

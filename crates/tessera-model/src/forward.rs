@@ -16,7 +16,8 @@ use tessera_plan::{even_spans, ReduceMode};
 
 use crate::backend::{Backend, HeadLayout, Weight};
 use crate::error::ModelError;
-use crate::rank::{check_tokens, logit_rows, Layer, RankModel, SeqInput};
+use crate::rank::{check_tokens, Layer, RankModel};
+use crate::step::{logit_rows, StepSeq};
 
 /// The buffers of one step, each grown to the largest step seen and reused after that.
 pub struct Workspace<B: Backend> {
@@ -102,7 +103,7 @@ impl<B: Backend> RankModel<B> {
         backend: &B,
         comm: &mut B::Comm,
         cache: &mut B::Cache,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
     ) -> Result<Vec<f32>, ModelError> {
         let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
@@ -136,7 +137,7 @@ impl<B: Backend> RankModel<B> {
     }
 
     /// Checks positions, block tables and token ids; `None` for an empty batch.
-    fn check_batch(&self, seqs: &[SeqInput<'_>]) -> Result<Option<Rows>, ModelError> {
+    fn check_batch(&self, seqs: &[StepSeq]) -> Result<Option<Rows>, ModelError> {
         let context = self.config.max_position_embeddings;
         let mut t = 0;
         for s in seqs {
@@ -147,7 +148,7 @@ impl<B: Backend> RankModel<B> {
                     context,
                 });
             }
-            check_tokens(s.tokens, self.config.shape.vocab)?;
+            check_tokens(&s.tokens, self.config.shape.vocab)?;
             t += s.tokens.len();
         }
         if t == 0 {
@@ -197,7 +198,7 @@ impl<B: Backend> RankModel<B> {
         backend: &B,
         comm: &mut B::Comm,
         cache: &mut B::Cache,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
         ws: &mut Workspace<B>,
         rows: &Rows,
         l: usize,
