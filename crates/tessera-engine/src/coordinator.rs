@@ -123,17 +123,7 @@ impl Coordinator {
         loader: &dyn RankLoader,
     ) -> Result<Self, EngineError> {
         let config = ModelConfig::from_dir(model_dir)?;
-        if plan.model != config.shape {
-            return Err(tessera_plan::PlanError::ModelMismatch {
-                plan: format!("{:?}", plan.model),
-                model: format!("{:?}", config.shape),
-            }
-            .into());
-        }
-        plan.validate()?;
-        if options.reduce == ReduceMode::Deterministic {
-            plan.check_deterministic()?;
-        }
+        check_plan(&config, &plan, options)?;
         let world = plan.world_size;
         let threads_per_rank = threads_per_rank(options.threads, world);
         tracing::info!(
@@ -144,32 +134,7 @@ impl Coordinator {
             reduce = options.reduce.name(),
             "starting ranks"
         );
-        if options.block_size == 0 {
-            return Err(EngineError::Config(
-                "the KV block size must be at least 1".into(),
-            ));
-        }
-        // Every rank holds the same block ids; the rank with the widest key/value slice
-        // (replicated kv heads) decides how many blocks fit the budget.
-        let widest = (0..world)
-            .map(|rank| {
-                let widths: Vec<usize> = (0..config.shape.layers)
-                    .map(|l| plan.heads(l, rank).kv_heads.len() * config.shape.head_dim)
-                    .collect();
-                PagedKvCache::block_bytes(&widths, options.block_size)
-            })
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        // No more blocks than 256 sequences of full context could use (tiny models).
-        let useful = 256 * config.max_position_embeddings.div_ceil(options.block_size);
-        let num_blocks = (options.kv_cache_bytes / widest).min(useful);
-        if num_blocks == 0 {
-            return Err(EngineError::Config(format!(
-                "a KV cache of {} bytes per rank holds no block of {widest} bytes",
-                options.kv_cache_bytes
-            )));
-        }
+        let num_blocks = fit_blocks(&config, &plan, options)?;
         tracing::info!(num_blocks, block_size = options.block_size, "KV cache");
         let plan_arc = Arc::new(plan.clone());
         let starters = loader.prepare(world)?;
@@ -216,16 +181,7 @@ impl Coordinator {
             });
         }
         drop(ready_tx);
-        for _ in 0..world {
-            match ready_rx.recv() {
-                Ok((rank, Ok(bytes))) => {
-                    tracing::info!(rank, mib = bytes / (1 << 20), "rank loaded");
-                }
-                Ok((_, Err(e))) => return Err(e.into()),
-                // Every sender is gone with a rank still unreported: a rank thread died.
-                Err(_) => return Err(EngineError::RankLost(0)),
-            }
-        }
+        wait_loaded(&ready_rx, world)?;
         Ok(Self {
             ranks,
             config,
@@ -404,6 +360,80 @@ impl Drop for Coordinator {
             }
         }
     }
+}
+
+/// Checks that `plan` is valid, made for `config`'s shape and, when the sums must be
+/// deterministic, splits nothing that would reorder them.
+fn check_plan(
+    config: &ModelConfig,
+    plan: &ShardPlan,
+    options: &EngineOptions,
+) -> Result<(), EngineError> {
+    if plan.model != config.shape {
+        return Err(tessera_plan::PlanError::ModelMismatch {
+            plan: format!("{:?}", plan.model),
+            model: format!("{:?}", config.shape),
+        }
+        .into());
+    }
+    plan.validate()?;
+    if options.reduce == ReduceMode::Deterministic {
+        plan.check_deterministic()?;
+    }
+    Ok(())
+}
+
+/// How many KV blocks every rank holds within `options.kv_cache_bytes`.
+fn fit_blocks(
+    config: &ModelConfig,
+    plan: &ShardPlan,
+    options: &EngineOptions,
+) -> Result<usize, EngineError> {
+    if options.block_size == 0 {
+        return Err(EngineError::Config(
+            "the KV block size must be at least 1".into(),
+        ));
+    }
+    // Every rank holds the same block ids; the rank with the widest key/value slice
+    // (replicated kv heads) decides how many blocks fit the budget.
+    let widest = (0..plan.world_size)
+        .map(|rank| {
+            let widths: Vec<usize> = (0..config.shape.layers)
+                .map(|l| plan.heads(l, rank).kv_heads.len() * config.shape.head_dim)
+                .collect();
+            PagedKvCache::block_bytes(&widths, options.block_size)
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    // No more blocks than 256 sequences of full context could use (tiny models).
+    let useful = 256 * config.max_position_embeddings.div_ceil(options.block_size);
+    let num_blocks = (options.kv_cache_bytes / widest).min(useful);
+    if num_blocks == 0 {
+        return Err(EngineError::Config(format!(
+            "a KV cache of {} bytes per rank holds no block of {widest} bytes",
+            options.kv_cache_bytes
+        )));
+    }
+    Ok(num_blocks)
+}
+
+/// Waits until each of `world` ranks reports its load; the first failure ends the wait.
+fn wait_loaded(
+    ready: &Receiver<(usize, Result<usize, ModelError>)>,
+    world: usize,
+) -> Result<(), EngineError> {
+    for _ in 0..world {
+        match ready.recv() {
+            Ok((rank, Ok(bytes))) => {
+                tracing::info!(rank, mib = bytes / (1 << 20), "rank loaded");
+            }
+            Ok((_, Err(e))) => return Err(e.into()),
+            // Every sender is gone with a rank still unreported: a rank thread died.
+            Err(_) => return Err(EngineError::RankLost(0)),
+        }
+    }
+    Ok(())
 }
 
 fn rank_main(
