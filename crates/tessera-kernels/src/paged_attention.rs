@@ -262,60 +262,24 @@ unsafe fn attend_units(
     for u in units {
         let s = &seqs[u.seq];
         let g = shape.kv_index[u.head];
-        // Query rows of the unit: its token rows (one head), or one token's `heads` heads.
-        let rows = (u.r1 - u.r0) * u.heads;
-        let q_stride = if u.heads > 1 { d } else { hq * d };
-        let first_pos = s.start + u.r0;
-        let lo_min = shape
-            .window
-            .map_or(0, |w| (first_pos + 1).saturating_sub(w));
-        let hi = s.start + u.r1; // keys lo_min..hi
+        let keys = UnitKeys::of(u, s, shape);
+        let UnitKeys {
+            rows,
+            first_pos,
+            lo_min,
+            hi,
+            ..
+        } = keys;
         let nkeys = hi - lo_min;
         scores.clear();
         scores.resize(rows * nkeys, 0.0);
-        let q_base = ((s.row + u.r0) * hq + u.head) * d;
         offs.clear();
         offs.extend(
             (lo_min..hi)
                 .map(|p| (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d),
         );
-        // Scores block by block: keys in one block are evenly strided.
-        let mut j = lo_min;
-        while j < hi {
-            let run = (bs - j % bs).min(hi - j);
-            let base = offs[j - lo_min];
-            // Prefill rows whose keys in this run are all masked (later keys, or keys
-            // behind the window) are not scored: their softmax never reads those scores.
-            let live = if u.heads > 1 {
-                0..rows
-            } else {
-                live_rows(first_pos, rows, j, run, shape.window)
-            };
-            if live.is_empty() {
-                j += run;
-                continue;
-            }
-            let op = Operands {
-                x: q[q_base + live.start * q_stride..].as_ptr(),
-                ldx: q_stride,
-                m: live.len(),
-                w: k[base..].as_ptr(),
-                ldw: slot_width,
-                k: d,
-                bias: std::ptr::null(),
-                y: scores[live.start * nkeys + j - lo_min..].as_mut_ptr(),
-                ldy: nkeys,
-                chunk: usize::MAX,
-                partial_stride: 0,
-            };
-            // SAFETY: query row i (in `live`, inside 0..rows) reads q[q_base + i*q_stride
-            // ..][..d]: the unit's token rows of one head, or one token's adjacent heads,
-            // inside q (checked rows); key c < run reads k[base + c*slot_width ..][..d],
-            // inside block table[j / bs]; output (i, c) lands in
-            // scores[i*nkeys + (j - lo_min) + c] < rows * nkeys.
-            unsafe { gemm_cols(isa, &op, 0..run) };
-            j += run;
-        }
+        // SAFETY: the offsets come from the checked block table; see `score_keys`.
+        unsafe { score_keys(isa, q, k, shape, &keys, &offs, &mut scores) };
         if u.heads > 1 {
             // One decode token, several heads over the same keys: softmax each head's row,
             // then one pass over the value rows for all of them.
@@ -370,6 +334,100 @@ unsafe fn attend_units(
                 *o = a / z;
             }
         }
+    }
+}
+
+/// The query rows and keys of one unit, as [`score_keys`] reads them.
+#[derive(Clone, Copy)]
+struct UnitKeys {
+    /// Query rows: token rows of one head, or one token's heads (`multi_head`).
+    rows: usize,
+    /// Floats between consecutive query rows in `q`.
+    q_stride: usize,
+    /// Offset of the first query row in `q`.
+    q_base: usize,
+    /// Position of the first query row's token.
+    first_pos: usize,
+    /// Keys `lo_min..hi` are scored (`offs[p - lo_min]` locates key `p`).
+    lo_min: usize,
+    hi: usize,
+    /// One decode token's several heads over the same keys.
+    multi_head: bool,
+}
+
+impl UnitKeys {
+    /// The query rows and keys of unit `u` of sequence `s`.
+    fn of(u: &Unit, s: &PagedSeq<'_>, shape: &PagedShape<'_>) -> Self {
+        let d = shape.head_dim;
+        let hq = shape.kv_index.len();
+        let first_pos = s.start + u.r0;
+        Self {
+            // Its token rows (one head), or one token's `heads` heads.
+            rows: (u.r1 - u.r0) * u.heads,
+            q_stride: if u.heads > 1 { d } else { hq * d },
+            q_base: ((s.row + u.r0) * hq + u.head) * d,
+            first_pos,
+            lo_min: shape
+                .window
+                .map_or(0, |w| (first_pos + 1).saturating_sub(w)),
+            hi: s.start + u.r1,
+            multi_head: u.heads > 1,
+        }
+    }
+}
+
+/// Scores the unit's query rows against its keys, block by block (keys in one block are
+/// evenly strided), into `scores` (row `i`, key `p` at `i * nkeys + p - lo_min`).
+///
+/// # Safety
+/// As [`attend_units`]; `offs` holds the offsets of keys `lo_min..hi` computed from the
+/// checked block table, and `scores` holds `rows * (hi - lo_min)` floats.
+unsafe fn score_keys(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    shape: &PagedShape<'_>,
+    u: &UnitKeys,
+    offs: &[usize],
+    scores: &mut [f32],
+) {
+    let (d, bs) = (shape.head_dim, shape.block_size);
+    let nkeys = u.hi - u.lo_min;
+    let mut j = u.lo_min;
+    while j < u.hi {
+        let run = (bs - j % bs).min(u.hi - j);
+        let base = offs[j - u.lo_min];
+        // Prefill rows whose keys in this run are all masked (later keys, or keys
+        // behind the window) are not scored: their softmax never reads those scores.
+        let live = if u.multi_head {
+            0..u.rows
+        } else {
+            live_rows(u.first_pos, u.rows, j, run, shape.window)
+        };
+        if live.is_empty() {
+            j += run;
+            continue;
+        }
+        let op = Operands {
+            x: q[u.q_base + live.start * u.q_stride..].as_ptr(),
+            ldx: u.q_stride,
+            m: live.len(),
+            w: k[base..].as_ptr(),
+            ldw: shape.kv_heads * d,
+            k: d,
+            bias: std::ptr::null(),
+            y: scores[live.start * nkeys + j - u.lo_min..].as_mut_ptr(),
+            ldy: nkeys,
+            chunk: usize::MAX,
+            partial_stride: 0,
+        };
+        // SAFETY: query row i (in `live`, inside 0..rows) reads q[q_base + i*q_stride
+        // ..][..d]: the unit's token rows of one head, or one token's adjacent heads,
+        // inside q (checked rows); key c < run reads k[base + c*slot_width ..][..d],
+        // inside block table[j / bs]; output (i, c) lands in
+        // scores[i*nkeys + (j - lo_min) + c] < rows * nkeys.
+        unsafe { gemm_cols(isa, &op, 0..run) };
+        j += run;
     }
 }
 
@@ -453,6 +511,25 @@ mod tests {
         compare_with_contiguous(64, &[0, 0, 0, 1, 1, 1], 2, 16);
     }
 
+    /// The batch of sequences `(start, tokens)` with their block tables, rows in order.
+    fn paged_seqs<'a>(specs: &[(usize, usize)], tables: &'a [Vec<u32>]) -> Vec<PagedSeq<'a>> {
+        let mut row = 0;
+        specs
+            .iter()
+            .zip(tables)
+            .map(|(&(start, t), table)| {
+                let s = PagedSeq {
+                    row,
+                    tokens: t,
+                    start,
+                    block_table: table,
+                };
+                row += t;
+                s
+            })
+            .collect()
+    }
+
     fn compare_with_contiguous(d: usize, kv_index: &[usize], hkv: usize, bs: usize) {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let nblocks = 64;
@@ -486,21 +563,7 @@ mod tests {
             conts.push((kc, vc));
         }
         for window in [None, Some(3)] {
-            let mut row = 0;
-            let seqs: Vec<PagedSeq<'_>> = specs
-                .iter()
-                .zip(&tables)
-                .map(|(&(start, t), table)| {
-                    let s = PagedSeq {
-                        row,
-                        tokens: t,
-                        start,
-                        block_table: table,
-                    };
-                    row += t;
-                    s
-                })
-                .collect();
+            let seqs = paged_seqs(&specs, &tables);
             let q: Vec<f32> = qs.concat();
             let mut out = vec![f32::NAN; q.len()];
             let shape = PagedShape {
