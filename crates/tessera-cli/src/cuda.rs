@@ -22,6 +22,10 @@ use crate::random_reference::{ensure_model, shape_named, RandomReference, MAX_PO
 const BLOCK_SIZE: usize = 16;
 
 /// Library folders from Python's site-packages, and a PTX cache under `~/.cache`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the CLI is where settings are read: the PTX cache goes under $HOME"
+)]
 fn gpu_options() -> GpuOptions {
     GpuOptions {
         lib_dirs: python_cuda_lib_dirs(),
@@ -102,6 +106,8 @@ impl Results {
 }
 
 /// Runs every stage; a failing stage is recorded and the next one still runs.
+// TODO(issue 14): split when the CUDA forward moves onto RankModel.
+#[allow(clippy::too_many_lines)]
 pub(crate) fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
     let mut res = Results {
         path: a.out.clone(),
@@ -430,6 +436,8 @@ fn check_engine(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String
 
 /// Decode steps replayed from CUDA graphs give the bits of eager steps (which pad the
 /// same way): a batch of one and a batch of three (padded to four).
+// TODO(issue 14): split when the CUDA forward moves onto RankModel.
+#[allow(clippy::too_many_lines)]
 fn check_graphs(a: &GpuCheckArgs, options: &GpuOptions) -> Result<(Value, String)> {
     let RandomModel {
         reference,
@@ -582,6 +590,8 @@ fn config_for(shape_name: &str) -> Result<ModelConfig> {
 
 /// Prefill and decode tokens/s of a device-random model at each batch size, next to the
 /// HBM bound (every weight read once per decode step at the measured copy bandwidth).
+// TODO(issue 14): split when the CUDA forward moves onto RankModel.
+#[allow(clippy::too_many_lines)]
 fn bench(
     a: &GpuCheckArgs,
     options: &GpuOptions,
