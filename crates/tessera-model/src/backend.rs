@@ -13,7 +13,7 @@ use tessera_kernels::{BlockFormat, BlockTensor, ChunkOutput, PackedMatrix, Weigh
 use tessera_plan::{ReduceMode, Span};
 
 use crate::error::ModelError;
-use crate::step::StepSeq;
+use crate::step_seq::StepSeq;
 
 /// Weight storage precision on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

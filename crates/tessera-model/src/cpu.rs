@@ -13,7 +13,7 @@ use tessera_plan::Span;
 use crate::backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype, WeightValues};
 use crate::error::ModelError;
 use crate::paged::PagedKvCache;
-use crate::step::StepSeq;
+use crate::step_seq::StepSeq;
 
 /// The CPU backend: Tessera's own kernels on one rank's thread pool.
 pub struct CpuBackend {

@@ -17,7 +17,7 @@ use tessera_plan::{even_spans, ReduceMode};
 use crate::backend::{Backend, HeadLayout, Weight};
 use crate::error::ModelError;
 use crate::rank::{check_tokens, Layer, RankModel};
-use crate::step::{logit_rows, StepSeq};
+use crate::step_seq::{logit_rows, StepSeq};
 
 /// The buffers of one step, each grown to the largest step seen and reused after that.
 pub struct Workspace<B: Backend> {
@@ -247,7 +247,15 @@ impl<B: Backend> RankModel<B> {
             start: layer.head_span.start * d,
             chunk: shape.attention_reduce_chunk(),
         };
-        self.row_parallel(backend, comm, ws, Input::Attn, rows, &layer.o, site)?;
+        self.row_parallel(
+            backend,
+            comm,
+            ws,
+            ProjectionInput::Attn,
+            rows,
+            &layer.o,
+            site,
+        )?;
         let x = &mut ws.x;
         backend.add_rms_norm(x, &ws.delta, local_t, &layer.post_norm, eps, &mut ws.normed)?;
         self.gather_rows(backend, comm, ws, rows)?;
@@ -266,7 +274,15 @@ impl<B: Backend> RankModel<B> {
             start: layer.inter_span.start,
             chunk: shape.mlp_reduce_chunk(),
         };
-        self.row_parallel(backend, comm, ws, Input::Act, rows, &layer.down, site)
+        self.row_parallel(
+            backend,
+            comm,
+            ws,
+            ProjectionInput::Act,
+            rows,
+            &layer.down,
+            site,
+        )
     }
 
     /// Under sequence parallelism, every rank's `ws.normed` rows gathered into
@@ -301,7 +317,7 @@ impl<B: Backend> RankModel<B> {
         backend: &B,
         comm: &mut B::Comm,
         ws: &mut Workspace<B>,
-        input: Input,
+        input: ProjectionInput,
         rows: &Rows,
         w: &Weight<B>,
         site: ReduceSite,
@@ -310,8 +326,8 @@ impl<B: Backend> RankModel<B> {
         let (t, mine) = (rows.t, &rows.mine);
         let full = t * h;
         let x = match input {
-            Input::Attn => &ws.attn,
-            Input::Act => &ws.act,
+            ProjectionInput::Attn => &ws.attn,
+            ProjectionInput::Act => &ws.act,
         };
         let deterministic = self.reduce == ReduceMode::Deterministic;
         if !site.split {
@@ -404,7 +420,7 @@ impl<B: Backend> RankModel<B> {
 
 /// Which workspace buffer feeds a row-parallel projection.
 #[derive(Clone, Copy)]
-enum Input {
+enum ProjectionInput {
     /// The attention output (`o_proj`).
     Attn,
     /// The MLP activation (`down_proj`).

@@ -17,7 +17,7 @@ use crate::cpu::CpuBackend;
 use crate::error::ModelError;
 use crate::paged::PagedKvCache;
 use crate::rank::RankModel;
-use crate::step::StepSeq;
+use crate::step_seq::StepSeq;
 use crate::weights::WeightFiles;
 use tessera_comm::{CommError, CommStats, Communicator, SingleRank, ThreadGroup};
 use tessera_kernels::Isa;
