@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tessera_comm::CommStats;
+use tessera_model::worker::{CpuLoader, RankLoader, RankSetup, RankStarter};
 use tessera_model::{LogitRows, ModelConfig, ModelError, PagedKvCache, StepSeq, WeightDtype};
 use tessera_plan::{ReduceMode, ShardPlan};
-
-use crate::rank::{threads_per_rank, CpuLoader, RankLoader, RankSetup, RankStarter};
 
 /// Why the engine could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +359,14 @@ impl Drop for Coordinator {
             }
         }
     }
+}
+
+/// CPU threads for each of `ranks` ranks of this process: `threads` (default: every core)
+/// shared evenly, at least one each.
+pub(crate) fn threads_per_rank(threads: Option<usize>, ranks: usize) -> usize {
+    let cores =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    (cores / ranks.max(1)).max(1)
 }
 
 /// Checks that `plan` is valid, made for `config`'s shape and, when the sums must be

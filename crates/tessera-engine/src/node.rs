@@ -22,10 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tessera_comm::CommStats;
+use tessera_model::worker::{RankLoader, RankSetup, RankStarter, RankWorker};
 use tessera_model::{ModelConfig, ModelError, StepSeq, WeightDtype};
 use tessera_plan::{ReduceMode, ShardPlan};
-
-use crate::rank::{RankLoader, RankSetup, RankStarter, RankWorker};
 
 /// Largest frame accepted (a step of many long prompts fits easily).
 const MAX_FRAME: usize = 256 << 20;
@@ -401,7 +400,7 @@ pub fn follow(f: &Follower, loader: &dyn RankLoader) -> Result<(), ModelError> {
     }
     let token = token.unwrap_or_default();
     let starters = loader.starters(world, ranks.clone(), &token)?;
-    let threads = crate::rank::threads_per_rank(f.threads, ranks.len());
+    let threads = crate::coordinator::threads_per_rank(f.threads, ranks.len());
     tracing::info!(node = f.node, ?ranks, master = %f.master, "following");
     let handles: Vec<_> = streams
         .into_iter()
