@@ -19,7 +19,7 @@ use tessera_plan::cost::{predict, Phase, Prediction, ReduceMode, Workload};
 use tessera_plan::{HardwareProfile, ShardPlan, Strategy};
 
 use crate::bench::median;
-use crate::manifest::{Manifest, PlanRecord};
+use crate::manifest::{PlanRecord, RunManifest};
 use crate::ModelArgs;
 
 /// Arguments of `tessera bench scaling`.
@@ -362,7 +362,7 @@ pub(crate) fn run(a: &ScalingArgs) -> Result<()> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut manifest = Manifest::new("scaling", Some(&dir), a.seed, hw.clone())?;
+    let mut manifest = RunManifest::new("scaling", Some(&dir), a.seed, hw.clone())?;
     let mut runs = Vec::new();
     for strategy in &strategies {
         for &tp in &a.tp {
