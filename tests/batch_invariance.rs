@@ -52,6 +52,7 @@ fn logits_do_not_depend_on_batch_companions_block_placement_or_chunking() {
                 .iter()
                 .take(2)
                 .map(|(toks, t)| StepSeq {
+                    id: 0,
                     tokens: toks.clone(),
                     start: 0,
                     block_table: t.clone(),
@@ -59,12 +60,14 @@ fn logits_do_not_depend_on_batch_companions_block_placement_or_chunking() {
                 })
                 .collect();
             seqs.push(StepSeq {
+                id: 0,
                 tokens: target[chunk_start..chunk_end].to_vec(),
                 start: chunk_start,
                 block_table: table.clone(),
                 logits: LogitRows::All,
             });
             seqs.extend(others.iter().skip(2).map(|(toks, t)| StepSeq {
+                id: 0,
                 tokens: toks.clone(),
                 start: 0,
                 block_table: t.clone(),

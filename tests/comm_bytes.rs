@@ -25,6 +25,7 @@ fn step_bytes(engine: &mut Coordinator, seqs: Vec<StepSeq>) -> Vec<u64> {
 fn seqs(tokens: &[u32], n: usize, start: usize, rows: LogitRows, n_blocks: u32) -> Vec<StepSeq> {
     (0..n)
         .map(|i| StepSeq {
+            id: i as u64,
             tokens: tokens.to_vec(),
             start,
             block_table: (i as u32 * n_blocks..(i as u32 + 1) * n_blocks).collect(),

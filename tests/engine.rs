@@ -555,6 +555,7 @@ fn greedy_steps_return_the_greedy_token_of_every_logits_row() {
                 .iter()
                 .enumerate()
                 .map(|(i, t)| StepSeq {
+                    id: i as u64,
                     tokens: if step == 0 {
                         t.clone()
                     } else {

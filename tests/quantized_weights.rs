@@ -102,6 +102,7 @@ fn quantized_logits_alone_equal_those_inside_a_batch() {
         // whose last rows come first in the output.
         let table: Vec<u32> = (20..24).collect();
         let companion = |block0: u32, len: u32| StepSeq {
+            id: 0,
             tokens: (0..len).map(|i| (i * 7 + block0) % 97).collect(),
             start: 0,
             block_table: (block0..block0 + len.div_ceil(4)).collect(),
@@ -112,6 +113,7 @@ fn quantized_logits_alone_equal_those_inside_a_batch() {
             let seqs = vec![
                 companion(if a == 0 { 0 } else { 4 }, 9),
                 StepSeq {
+                    id: 0,
                     tokens: target[a..b].to_vec(),
                     start: a,
                     block_table: table.clone(),

@@ -43,6 +43,10 @@ fn merge(body: &mut Value, extra: Value) {
 struct Expect(u16, &'static str, Option<&'static str>);
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "a table of invalid requests, one entry per case, read top to bottom"
+)]
 fn every_invalid_request_gets_its_openai_status_and_error_type() {
     let server = Server::start(&[]);
     let addr = server.addr;

@@ -13,6 +13,10 @@ pub fn root() -> PathBuf {
 }
 
 /// `../shared/reference/`, or `TESSERA_REFERENCE_DIR`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test harness, not a library, may read the environment"
+)]
 pub fn reference_dir() -> PathBuf {
     std::env::var_os("TESSERA_REFERENCE_DIR")
         .map(PathBuf::from)

@@ -11,7 +11,7 @@ use tessera_model::{LogitRows, ModelConfig, WeightDtype};
 
 use tessera_plan::HardwareProfile;
 
-use crate::manifest::{write_single_run, Manifest};
+use crate::manifest::{write_single_run, RunManifest};
 use crate::{ModelArgs, ShardArgs};
 
 /// Which benchmark to run.
@@ -185,7 +185,7 @@ fn latency(a: &LatencyArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&report)?);
     if let Some(out) = &a.out {
-        let mut manifest = Manifest::new("latency", Some(&dir), 0, HardwareProfile::cpu_here())?;
+        let mut manifest = RunManifest::new("latency", Some(&dir), 0, HardwareProfile::cpu_here())?;
         manifest.parameters = serde_json::json!({
             "dtype": a.dtype, "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens,
             "repeats": a.repeats, "threads": a.threads,

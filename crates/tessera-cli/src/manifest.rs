@@ -52,7 +52,7 @@ impl PlanRecord {
 
 /// Everything needed to reproduce a bench run.
 #[derive(Serialize)]
-pub(crate) struct Manifest {
+pub(crate) struct RunManifest {
     /// Which bench (`scaling`, `latency`, ...).
     pub(crate) bench: String,
     /// UTC date and time of the run, ISO 8601.
@@ -84,7 +84,7 @@ pub(crate) struct Manifest {
     pub(crate) load_average: Vec<String>,
 }
 
-impl Manifest {
+impl RunManifest {
     /// A manifest for `bench` on `model_dir` (if any); fills date, command line, commits and
     /// the weights hash.
     pub(crate) fn new(
@@ -136,7 +136,7 @@ pub(crate) fn write_single_run(
     dir: &Path,
     name: &str,
     result: &impl Serialize,
-    mut manifest: Manifest,
+    mut manifest: RunManifest,
     plan: &ShardPlan,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -9,7 +9,7 @@ use clap::Args;
 use tessera_plan::cost::{predict, Phase, Prediction, Workload};
 use tessera_plan::{HardwareProfile, Strategy};
 
-use crate::manifest::{Manifest, PlanRecord};
+use crate::manifest::{PlanRecord, RunManifest};
 
 /// Arguments of `tessera bench project`.
 #[derive(Args)]
@@ -102,7 +102,7 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
         bail!("--tp needs rank counts of at least 1, e.g. --tp 1,2,4,8");
     }
     let hw = HardwareProfile::resolve(&a.hardware)?;
-    let mut manifest = Manifest::new("project", None, 0, hw.clone())?;
+    let mut manifest = RunManifest::new("project", None, 0, hw.clone())?;
     let rows = project_rows(a, &hw, &mut manifest)?;
     let s = render(a, &hw, &rows);
     manifest.parameters = serde_json::json!({
@@ -128,7 +128,7 @@ pub(crate) fn run(a: &ProjectionArgs) -> Result<()> {
 fn project_rows(
     a: &ProjectionArgs,
     hw: &HardwareProfile,
-    manifest: &mut Manifest,
+    manifest: &mut RunManifest,
 ) -> Result<Vec<Row>> {
     let shape = crate::plan::builtin_shape(&a.shape)?;
     let reduce = a.reduce.mode();

@@ -9,7 +9,7 @@ use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tessera_model::{CpuBackend, LogitRows, PagedKvCache, RankModel, SeqInput, WeightDtype};
+use tessera_model::{CpuBackend, LogitRows, PagedKvCache, RankModel, StepSeq, WeightDtype};
 use tessera_plan::{ModelShape, ReduceMode, Strategy};
 
 /// Rotary table length of random models (prompt and completion stay below it).
@@ -113,10 +113,11 @@ pub(crate) fn run(args: &RandomReferenceArgs) -> Result<()> {
         &backend,
         &mut comm,
         &mut cache,
-        &[SeqInput {
-            tokens: &prompt,
+        &[StepSeq {
+            id: 0,
+            tokens: prompt.clone(),
             start: 0,
-            block_table: &table,
+            block_table: table.clone(),
             logits: LogitRows::Last,
         }],
     )?;
@@ -135,10 +136,11 @@ pub(crate) fn run(args: &RandomReferenceArgs) -> Result<()> {
             &backend,
             &mut comm,
             &mut cache,
-            &[SeqInput {
-                tokens: &[next],
+            &[StepSeq {
+                id: 0,
+                tokens: vec![next],
                 start,
-                block_table: &table,
+                block_table: table.clone(),
                 logits: LogitRows::Last,
             }],
         )?;

@@ -19,7 +19,7 @@ use tessera_plan::cost::{predict, Phase, Prediction, ReduceMode, Workload};
 use tessera_plan::{HardwareProfile, ShardPlan, Strategy};
 
 use crate::bench::median;
-use crate::manifest::{Manifest, PlanRecord};
+use crate::manifest::{PlanRecord, RunManifest};
 use crate::ModelArgs;
 
 /// Arguments of `tessera bench scaling`.
@@ -289,7 +289,9 @@ fn run_one(
         let seqs = prompts
             .iter()
             .zip(&tables)
-            .map(|(p, t)| StepSeq {
+            .enumerate()
+            .map(|(id, (p, t))| StepSeq {
+                id: id as u64,
                 tokens: p.clone(),
                 start: 0,
                 block_table: t.clone(),
@@ -302,7 +304,9 @@ fn run_one(
             let seqs = logits
                 .chunks_exact(vocab)
                 .zip(&tables)
-                .map(|(row, t)| StepSeq {
+                .enumerate()
+                .map(|(id, (row, t))| StepSeq {
+                    id: id as u64,
                     tokens: vec![tessera_kernels::argmax(row).unwrap_or(0) as u32],
                     start: a.prompt_tokens + i,
                     block_table: t.clone(),
@@ -358,7 +362,7 @@ pub(crate) fn run(a: &ScalingArgs) -> Result<()> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut manifest = Manifest::new("scaling", Some(&dir), a.seed, hw.clone())?;
+    let mut manifest = RunManifest::new("scaling", Some(&dir), a.seed, hw.clone())?;
     let mut runs = Vec::new();
     for strategy in &strategies {
         for &tp in &a.tp {

@@ -13,7 +13,7 @@ use tessera_model::ModelConfig;
 
 use tessera_plan::HardwareProfile;
 
-use crate::manifest::{write_single_run, Manifest};
+use crate::manifest::{write_single_run, RunManifest};
 use crate::{EngineArgs, ModelArgs, ShardArgs};
 
 /// Arguments of `tessera bench throughput`.
@@ -208,7 +208,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
     }
     println!("{}", serde_json::to_string(&report)?);
     if let Some(out) = &a.out {
-        let mut manifest = Manifest::new(
+        let mut manifest = RunManifest::new(
             "throughput",
             Some(&dir),
             a.seed,

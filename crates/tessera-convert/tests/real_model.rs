@@ -25,6 +25,10 @@ struct Case {
 }
 
 /// The real GGUF, resolved once per test binary.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test harness, not a library, may read the environment"
+)]
 fn real_gguf() -> &'static Path {
     static GGUF: OnceLock<PathBuf> = OnceLock::new();
     GGUF.get_or_init(|| {

@@ -26,30 +26,49 @@ fn group_heads(kv_index: &[i32], hkv: usize) -> (Vec<i32>, usize) {
     (out, kv_index.len() / hkv)
 }
 
-/// Writes the new keys/values into the bf16 pool, runs the split and combine kernels
-/// with `splits[i]` splits for decode row i; returns (output, bf16 key pool bits).
-fn run(b: &Batch, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
-    let h = b.host_rows();
-    let Heads { d, hq, hkv, window } = b.heads;
+/// The bf16 key and value pools of `b` with the batch's new keys and values written
+/// (from `qkv`) into `slots`.
+fn write_kv(
+    b: &Batch,
+    slots: &[i32],
+    qkv: &DevBuf<f32>,
+    place: Placement,
+) -> (DevBuf<u16>, DevBuf<u16>) {
+    let Heads { d, hq, hkv, .. } = b.heads;
     let kvw = (hkv * d) as i32;
     let (qd, stride) = ((hq * d) as i32, b.stride as i32);
-    let dqkv = dev(&b.qkv, place);
     let (mut dk, mut dv) = (
         dev(&to_bf16(&b.k_pool), place),
         dev(&to_bf16(&b.v_pool), place),
     );
     let (kp, vp) = (dk.mut_ptr(), dv.mut_ptr());
-    let slots = dev(&h.slots, place);
+    let slots = dev(slots, place);
     launch([b.rows as u32, 1, 1], [128, 1, 1], || unsafe {
-        k::kv_write_bf16(dqkv.ptr(), stride, qd, qd + kvw, kvw, slots.ptr(), kp, vp)
+        k::kv_write_bf16(qkv.ptr(), stride, qd, qd + kvw, kvw, slots.ptr(), kp, vp)
     })
     .expect("kv_write_bf16");
+    (dk, dv)
+}
 
-    let (gh, group) = group_heads(&b.kv_index, hkv);
+/// Where each decode row's partials start: row i has `splits[i]` splits of `hq` heads.
+fn part_offsets(splits: &[i32], hq: usize) -> Vec<i32> {
     let mut off = vec![0i32];
     for &s in splits {
         off.push(off.last().copied().unwrap_or(0) + s * hq as i32);
     }
+    off
+}
+
+/// Writes the new keys/values into the bf16 pool, runs the split and combine kernels
+/// with `splits[i]` splits for decode row i; returns (output, bf16 key pool bits).
+fn run(b: &Batch, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
+    let h = b.host_rows();
+    let Heads { d, hq, hkv, window } = b.heads;
+    let stride = b.stride as i32;
+    let dqkv = dev(&b.qkv, place);
+    let (dk, dv) = write_kv(b, &h.slots, &dqkv, place);
+    let (gh, group) = group_heads(&b.kv_index, hkv);
+    let off = part_offsets(splits, hq);
     let parts = *off.last().expect("one offset") as usize;
     let (pos, toff, tabs) = (
         dev(&h.positions, place),

@@ -66,6 +66,10 @@ fn read_past_the_end() {
     });
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test re-runs itself as a child, marked in the environment"
+)]
 #[test]
 fn an_index_past_the_end_faults() {
     if std::env::var_os("TESSERA_EMU_FAULT_CHILD").is_some() {

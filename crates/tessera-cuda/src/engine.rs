@@ -12,7 +12,7 @@ use std::ops::Range;
 use cudarc::driver::CudaContext;
 use tessera_comm::CommStats;
 use tessera_model::worker::{RankLoader, RankSetup, RankStarter, RankWorker};
-use tessera_model::{ModelError, SeqInput, WeightFiles};
+use tessera_model::{ModelError, StepSeq, WeightFiles};
 use tessera_plan::ReduceMode;
 
 use crate::collective::{DeviceComm, SingleGpu};
@@ -185,7 +185,7 @@ impl RankWorker for CudaWorker {
         self.model.weight_bytes()
     }
 
-    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError> {
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<(Vec<f32>, CommStats), ModelError> {
         let logits = self
             .model
             .forward(self.comm.as_mut(), &mut self.cache, seqs)?;
@@ -203,7 +203,7 @@ impl RankWorker for CudaWorker {
 
     fn step_greedy(
         &mut self,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
         _vocab: usize,
     ) -> Result<(Vec<u32>, CommStats), ModelError> {
         let logits = self

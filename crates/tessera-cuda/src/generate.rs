@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tessera_model::{LogitRows, SeqInput};
+use tessera_model::{LogitRows, StepSeq};
 
 use crate::collective::DeviceComm;
 use crate::error::{ensure, CudaError};
@@ -98,10 +98,11 @@ pub fn generate(
     let logits = model.forward(
         comm,
         cache,
-        &[SeqInput {
-            tokens: prompt,
+        &[StepSeq {
+            id: 0,
+            tokens: prompt.to_vec(),
             start: 0,
-            block_table: &table,
+            block_table: table.to_vec(),
             logits: LogitRows::Last,
         }],
     )?;
@@ -122,10 +123,11 @@ pub fn generate(
         let logits = model.forward(
             comm,
             cache,
-            &[SeqInput {
-                tokens: &[next],
+            &[StepSeq {
+                id: 0,
+                tokens: [next].to_vec(),
                 start,
-                block_table: &table,
+                block_table: table.to_vec(),
                 logits: LogitRows::Last,
             }],
         )?;

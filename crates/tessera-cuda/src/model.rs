@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice};
-use tessera_model::{ModelConfig, SeqInput, WeightFiles};
+use tessera_model::{ModelConfig, StepSeq, WeightFiles};
 use tessera_plan::{AttentionSharding, ShardPlan, Span, WeightKind};
 
 use crate::collective::DeviceComm;
@@ -236,6 +236,9 @@ pub enum WeightSource<'a> {
 
 impl CudaRankModel {
     /// Loads `rank`'s shard as `plan` assigns it, onto `gpu`, weights stored as `dtype`.
+    // TODO(issue 14): split when the CUDA forward moves onto RankModel
+    // (and the CLI reads TESSERA_CUDA_GRAPHS and passes it down).
+    #[allow(clippy::too_many_lines, clippy::disallowed_methods)]
     pub fn load(
         gpu: Gpu,
         config: &ModelConfig,
@@ -465,14 +468,14 @@ impl CudaRankModel {
         (self.graphs.len(), self.graph_replays)
     }
 
-    /// Runs a batch of sequences' new tokens (see `tessera_model::SeqInput`), writing their
+    /// Runs a batch of sequences' new tokens (see `tessera_model::StepSeq`), writing their
     /// keys and values into `cache`; returns the logits of the rows each sequence asks
     /// for, in sequence order, on the device.
     pub fn forward(
         &mut self,
         comm: &mut dyn DeviceComm,
         cache: &mut CudaKvCache,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
     ) -> Result<DeviceLogits, CudaError> {
         let vocab = self.config.shape.vocab;
         let mut ids = Vec::new();
@@ -489,9 +492,9 @@ impl CudaRankModel {
                     )
                 },
             )?;
-            tessera_model::check_tokens(s.tokens, vocab)?;
+            tessera_model::check_tokens(&s.tokens, vocab)?;
             ids.extend(s.tokens.iter().map(|&id| id as i32));
-            spec.push((s.start, s.tokens.len(), s.block_table));
+            spec.push((s.start, s.tokens.len(), &s.block_table[..]));
         }
         let t = ids.len();
         let picked: Vec<i32> = tessera_model::logit_rows(seqs)
@@ -647,6 +650,8 @@ impl CudaRankModel {
     /// The kernels of one step over the prepared buffers: `rows` rows, the logits of the
     /// `logit_rows` rows in `pick`. Reads no host memory and allocates nothing, so it can
     /// be captured.
+    // TODO(issue 14): split when the CUDA forward moves onto RankModel.
+    #[allow(clippy::too_many_lines)]
     fn run(
         &mut self,
         comm: &mut dyn DeviceComm,

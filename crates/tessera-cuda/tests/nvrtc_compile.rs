@@ -10,6 +10,10 @@ use tessera_cuda::nvrtc::{
 
 /// Whether NVRTC loads. Without it: a failure in CI (`CI=true`), else a note that `test`
 /// did not run.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test harness, not a library, may read CI from the environment"
+)]
 fn nvrtc_or_not_run(test: &str) -> bool {
     let Err(e) = ensure_nvrtc(&python_cuda_lib_dirs()) else {
         return true;

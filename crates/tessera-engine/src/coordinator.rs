@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tessera_comm::CommStats;
-use tessera_model::{LogitRows, ModelConfig, ModelError, PagedKvCache, SeqInput, WeightDtype};
+use tessera_model::worker::{CpuLoader, RankLoader, RankSetup, RankStarter};
+use tessera_model::{LogitRows, ModelConfig, ModelError, PagedKvCache, StepSeq, WeightDtype};
 use tessera_plan::{ReduceMode, ShardPlan};
-
-use crate::rank::{threads_per_rank, CpuLoader, RankLoader, RankSetup, RankStarter};
 
 /// Why the engine could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -61,32 +60,6 @@ impl Default for EngineOptions {
             kv_cache_bytes: 256 << 20,
             block_size: 16,
             reduce: ReduceMode::Deterministic,
-        }
-    }
-}
-
-/// One sequence's part of a batched step (owned, so it can cross to the rank threads and
-/// to ranks on other nodes).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct StepSeq {
-    /// New token ids.
-    pub tokens: Vec<u32>,
-    /// Position of the first new token.
-    pub start: usize,
-    /// Cache blocks of the sequence, covering `start + tokens.len()` positions.
-    pub block_table: Vec<u32>,
-    /// Which rows need logits.
-    pub logits: LogitRows,
-}
-
-impl StepSeq {
-    /// The borrowed form the model takes.
-    pub fn input(&self) -> SeqInput<'_> {
-        SeqInput {
-            tokens: &self.tokens,
-            start: self.start,
-            block_table: &self.block_table,
-            logits: self.logits,
         }
     }
 }
@@ -149,17 +122,7 @@ impl Coordinator {
         loader: &dyn RankLoader,
     ) -> Result<Self, EngineError> {
         let config = ModelConfig::from_dir(model_dir)?;
-        if plan.model != config.shape {
-            return Err(tessera_plan::PlanError::ModelMismatch {
-                plan: format!("{:?}", plan.model),
-                model: format!("{:?}", config.shape),
-            }
-            .into());
-        }
-        plan.validate()?;
-        if options.reduce == ReduceMode::Deterministic {
-            plan.check_deterministic()?;
-        }
+        check_plan(&config, &plan, options)?;
         let world = plan.world_size;
         let threads_per_rank = threads_per_rank(options.threads, world);
         tracing::info!(
@@ -170,32 +133,7 @@ impl Coordinator {
             reduce = options.reduce.name(),
             "starting ranks"
         );
-        if options.block_size == 0 {
-            return Err(EngineError::Config(
-                "the KV block size must be at least 1".into(),
-            ));
-        }
-        // Every rank holds the same block ids; the rank with the widest key/value slice
-        // (replicated kv heads) decides how many blocks fit the budget.
-        let widest = (0..world)
-            .map(|rank| {
-                let widths: Vec<usize> = (0..config.shape.layers)
-                    .map(|l| plan.heads(l, rank).kv_heads.len() * config.shape.head_dim)
-                    .collect();
-                PagedKvCache::block_bytes(&widths, options.block_size)
-            })
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        // No more blocks than 256 sequences of full context could use (tiny models).
-        let useful = 256 * config.max_position_embeddings.div_ceil(options.block_size);
-        let num_blocks = (options.kv_cache_bytes / widest).min(useful);
-        if num_blocks == 0 {
-            return Err(EngineError::Config(format!(
-                "a KV cache of {} bytes per rank holds no block of {widest} bytes",
-                options.kv_cache_bytes
-            )));
-        }
+        let num_blocks = fit_blocks(&config, &plan, options)?;
         tracing::info!(num_blocks, block_size = options.block_size, "KV cache");
         let plan_arc = Arc::new(plan.clone());
         let starters = loader.prepare(world)?;
@@ -242,16 +180,7 @@ impl Coordinator {
             });
         }
         drop(ready_tx);
-        for _ in 0..world {
-            match ready_rx.recv() {
-                Ok((rank, Ok(bytes))) => {
-                    tracing::info!(rank, mib = bytes / (1 << 20), "rank loaded");
-                }
-                Ok((_, Err(e))) => return Err(e.into()),
-                // Every sender is gone with a rank still unreported: a rank thread died.
-                Err(_) => return Err(EngineError::RankLost(0)),
-            }
-        }
+        wait_loaded(&ready_rx, world)?;
         Ok(Self {
             ranks,
             config,
@@ -326,6 +255,7 @@ impl Coordinator {
             )));
         }
         let seq = StepSeq {
+            id: 0,
             tokens: tokens.to_vec(),
             start: self.cached,
             block_table: (0..blocks as u32).collect(),
@@ -431,6 +361,88 @@ impl Drop for Coordinator {
     }
 }
 
+/// CPU threads for each of `ranks` ranks of this process: `threads` (default: every core)
+/// shared evenly, at least one each.
+pub(crate) fn threads_per_rank(threads: Option<usize>, ranks: usize) -> usize {
+    let cores =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    (cores / ranks.max(1)).max(1)
+}
+
+/// Checks that `plan` is valid, made for `config`'s shape and, when the sums must be
+/// deterministic, splits nothing that would reorder them.
+fn check_plan(
+    config: &ModelConfig,
+    plan: &ShardPlan,
+    options: &EngineOptions,
+) -> Result<(), EngineError> {
+    if plan.model != config.shape {
+        return Err(tessera_plan::PlanError::ModelMismatch {
+            plan: format!("{:?}", plan.model),
+            model: format!("{:?}", config.shape),
+        }
+        .into());
+    }
+    plan.validate()?;
+    if options.reduce == ReduceMode::Deterministic {
+        plan.check_deterministic()?;
+    }
+    Ok(())
+}
+
+/// How many KV blocks every rank holds within `options.kv_cache_bytes`.
+fn fit_blocks(
+    config: &ModelConfig,
+    plan: &ShardPlan,
+    options: &EngineOptions,
+) -> Result<usize, EngineError> {
+    if options.block_size == 0 {
+        return Err(EngineError::Config(
+            "the KV block size must be at least 1".into(),
+        ));
+    }
+    // Every rank holds the same block ids; the rank with the widest key/value slice
+    // (replicated kv heads) decides how many blocks fit the budget.
+    let widest = (0..plan.world_size)
+        .map(|rank| {
+            let widths: Vec<usize> = (0..config.shape.layers)
+                .map(|l| plan.heads(l, rank).kv_heads.len() * config.shape.head_dim)
+                .collect();
+            PagedKvCache::block_bytes(&widths, options.block_size)
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    // No more blocks than 256 sequences of full context could use (tiny models).
+    let useful = 256 * config.max_position_embeddings.div_ceil(options.block_size);
+    let num_blocks = (options.kv_cache_bytes / widest).min(useful);
+    if num_blocks == 0 {
+        return Err(EngineError::Config(format!(
+            "a KV cache of {} bytes per rank holds no block of {widest} bytes",
+            options.kv_cache_bytes
+        )));
+    }
+    Ok(num_blocks)
+}
+
+/// Waits until each of `world` ranks reports its load; the first failure ends the wait.
+fn wait_loaded(
+    ready: &Receiver<(usize, Result<usize, ModelError>)>,
+    world: usize,
+) -> Result<(), EngineError> {
+    for _ in 0..world {
+        match ready.recv() {
+            Ok((rank, Ok(bytes))) => {
+                tracing::info!(rank, mib = bytes / (1 << 20), "rank loaded");
+            }
+            Ok((_, Err(e))) => return Err(e.into()),
+            // Every sender is gone with a rank still unreported: a rank thread died.
+            Err(_) => return Err(EngineError::RankLost(0)),
+        }
+    }
+    Ok(())
+}
+
 fn rank_main(
     setup: RankSetup,
     starter: Box<dyn RankStarter>,
@@ -448,11 +460,10 @@ fn rank_main(
     ready(Ok(worker.weight_bytes()));
     let vocab = setup.config.shape.vocab;
     while let Ok(Command::Step(seqs, want)) = commands.recv() {
-        let inputs: Vec<SeqInput<'_>> = seqs.iter().map(StepSeq::input).collect();
         let out = match want {
-            Want::Logits => worker.step(&inputs).map(|(l, s)| (Got::Logits(l), s)),
+            Want::Logits => worker.step(&seqs).map(|(l, s)| (Got::Logits(l), s)),
             Want::Greedy => worker
-                .step_greedy(&inputs, vocab)
+                .step_greedy(&seqs, vocab)
                 .map(|(t, s)| (Got::Tokens(t), s)),
         };
         let failed = out.is_err();

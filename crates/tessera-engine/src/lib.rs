@@ -13,11 +13,10 @@ mod generate;
 mod histogram;
 pub mod node;
 mod prompt_scores;
-pub mod rank;
 pub mod sampling;
 pub mod scheduler;
 
-pub use coordinator::{Coordinator, EngineError, EngineOptions, StepSeq};
+pub use coordinator::{Coordinator, EngineError, EngineOptions};
 pub use engine::pace;
 pub use engine::{
     EngineConfig, EngineHandle, EngineStats, Event, FinishReason, ItlTarget, Request, Submission,
@@ -25,4 +24,6 @@ pub use engine::{
 };
 pub use generate::{GenerateOutput, GenerateRequest};
 pub use histogram::{Histogram, COLLECTIVE_STEP_BUCKETS};
-pub use rank::{CpuLoader, RankLoader, RankSetup, RankStarter, RankWorker};
+// What a rank thread runs lives beside the model; the engine decides the threads per rank.
+pub use tessera_model::worker::{CpuLoader, RankLoader, RankSetup, RankStarter, RankWorker};
+pub use tessera_model::{LogitRows, StepSeq};

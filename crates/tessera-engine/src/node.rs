@@ -22,11 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tessera_comm::CommStats;
-use tessera_model::{ModelConfig, ModelError, SeqInput, WeightDtype};
+use tessera_model::worker::{RankLoader, RankSetup, RankStarter, RankWorker};
+use tessera_model::{ModelConfig, ModelError, StepSeq, WeightDtype};
 use tessera_plan::{ReduceMode, ShardPlan};
-
-use crate::coordinator::StepSeq;
-use crate::rank::{RankLoader, RankSetup, RankStarter, RankWorker};
 
 /// Largest frame accepted (a step of many long prompts fits easily).
 const MAX_FRAME: usize = 256 << 20;
@@ -63,7 +61,7 @@ enum Welcome {
 }
 
 /// What node 0 sends a rank: the sequences of a step are sent borrowed
-/// (`&[SeqInput]`) and arrive owned (`Vec<StepSeq>`, the same fields).
+/// (`&[StepSeq]`) and arrive owned (`Vec<StepSeq>`).
 #[derive(Serialize, Deserialize, Debug)]
 enum ToRank<S> {
     Setup {
@@ -277,7 +275,7 @@ impl RankStarter for RemoteStarter {
     fn start(mut self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
         send(
             &mut self.stream,
-            &ToRank::<&[SeqInput<'_>]>::Setup {
+            &ToRank::<&[StepSeq]>::Setup {
                 num_blocks: setup.num_blocks,
                 block_size: setup.block_size,
             },
@@ -308,7 +306,7 @@ impl RankWorker for RemoteWorker {
         self.weight_bytes
     }
 
-    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError> {
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<(Vec<f32>, CommStats), ModelError> {
         send(&mut self.stream, &ToRank::Step(seqs))?;
         match recv(&mut self.stream)? {
             Some(FromRank::Done {
@@ -402,7 +400,7 @@ pub fn follow(f: &Follower, loader: &dyn RankLoader) -> Result<(), ModelError> {
     }
     let token = token.unwrap_or_default();
     let starters = loader.starters(world, ranks.clone(), &token)?;
-    let threads = crate::rank::threads_per_rank(f.threads, ranks.len());
+    let threads = crate::coordinator::threads_per_rank(f.threads, ranks.len());
     tracing::info!(node = f.node, ?ranks, master = %f.master, "following");
     let handles: Vec<_> = streams
         .into_iter()
@@ -488,8 +486,7 @@ fn serve_rank(
         let ToRankOwned::Step(seqs) = msg else {
             return Err(node_err(format!("rank {}: a second set-up", setup.rank)));
         };
-        let inputs: Vec<SeqInput<'_>> = seqs.iter().map(StepSeq::input).collect();
-        match worker.step(&inputs) {
+        match worker.step(&seqs) {
             Ok((_, stats)) => send(
                 &mut stream,
                 &FromRank::Done {

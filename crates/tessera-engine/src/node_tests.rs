@@ -69,7 +69,7 @@ impl RankWorker for FakeWorker {
         1000 + self.rank
     }
 
-    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError> {
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<(Vec<f32>, CommStats), ModelError> {
         if seqs.iter().any(|s| s.tokens.contains(&666)) {
             return Err(node_err(format!("rank {} refuses token 666", self.rank)));
         }
@@ -194,10 +194,11 @@ fn steps_reach_the_following_node_and_it_exits_when_the_first_closes() {
     );
     let table = [0u32, 1];
     let tokens = [5u32, 6, 7];
-    let seqs = [SeqInput {
-        tokens: &tokens,
+    let seqs = [StepSeq {
+        id: 0,
+        tokens: tokens.to_vec(),
         start: 0,
-        block_table: &table,
+        block_table: table.to_vec(),
         logits: LogitRows::Last,
     }];
     for _ in 0..4 {
@@ -219,10 +220,11 @@ fn a_failing_remote_step_is_an_error_naming_the_rank_on_both_nodes() {
     let remote = starters.pop().unwrap();
     let mut worker = remote.start(&setup(1, &plan)).unwrap();
     let (bad, table) = ([666u32], [0u32]);
-    let seqs = [SeqInput {
-        tokens: &bad,
+    let seqs = [StepSeq {
+        id: 0,
+        tokens: bad.to_vec(),
         start: 0,
-        block_table: &table,
+        block_table: table.to_vec(),
         logits: LogitRows::Last,
     }];
     let err = worker.step(&seqs).unwrap_err().to_string();

@@ -7,7 +7,7 @@
 //! loop {
 //!     plan = scheduler.schedule();                  // StepPlan: plain data
 //!     rows = forward(plan.seqs)                     // writes K/V into each block table
-//!     for seq in plan.seqs where seq.needs_logits {
+//!     for seq in plan.seqs where seq.logits == Last {
 //!         token = sample(rows[seq])
 //!         scheduler.append_token(seq.id, token)     // ReachedMaxTokens frees it
 //!         if token is a stop token { scheduler.finish(seq.id) }
@@ -22,13 +22,15 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use tessera_model::{LogitRows, StepSeq};
+
 use crate::block_pool::{BlockId, BlockPool, BlockTable, PoolError, PrefixStats};
 
 mod draft;
 mod plan;
 
 use draft::{Chunk, StepDraft};
-pub use plan::{AppendOutcome, ScheduledSeq, StepPlan, StepShape};
+pub use plan::{AppendOutcome, StepPlan, StepShape};
 
 /// Scheduler limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -488,12 +490,17 @@ impl Scheduler {
             };
             seq.num_computed = start + len;
             register_full_blocks(&mut self.pool, seq, block_size);
-            seqs.push(ScheduledSeq {
+            let logits = if seq.num_computed == seq.tokens.len() {
+                LogitRows::Last
+            } else {
+                LogitRows::None
+            };
+            seqs.push(StepSeq {
                 id,
-                start_pos: start,
                 tokens: seq.tokens[start..start + len].to_vec(),
-                block_table: seq.table.blocks().to_vec(),
-                needs_logits: seq.num_computed == seq.tokens.len(),
+                start,
+                block_table: seq.table.blocks().iter().map(|b| b.0).collect(),
+                logits,
             });
         }
         StepPlan {

@@ -35,7 +35,7 @@ fn prefill_cap_limits_prefill_while_a_decode_runs() {
     let plan = sched.schedule_paced(|_| 12);
     let lens: Vec<(u64, usize)> = plan.seqs.iter().map(|s| (s.id, s.tokens.len())).collect();
     assert_eq!(lens, vec![(1, 1), (2, 12)]);
-    assert_eq!(plan.seqs[1].start_pos, 10);
+    assert_eq!(plan.seqs[1].start, 10);
 }
 
 #[test]

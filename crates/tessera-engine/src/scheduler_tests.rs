@@ -89,9 +89,9 @@ impl Sim {
         self.sched.num_running() + self.sched.num_waiting()
     }
 
-    fn slot(&self, table: &[BlockId], pos: usize) -> usize {
+    fn slot(&self, table: &[u32], pos: usize) -> usize {
         let bs = self.sched.config.block_size;
-        table[pos / bs].index() * bs + pos % bs
+        table[pos / bs] as usize * bs + pos % bs
     }
 
     fn step(&mut self) -> StepPlan {
@@ -104,13 +104,13 @@ impl Sim {
         self.check_plan(&plan);
         for seq in &plan.seqs {
             let fp = fingerprints(&self.tokens[&seq.id]);
-            let end = seq.start_pos + seq.tokens.len();
-            for (pos, &value) in fp.iter().enumerate().take(end).skip(seq.start_pos) {
+            let end = seq.start + seq.tokens.len();
+            for (pos, &value) in fp.iter().enumerate().take(end).skip(seq.start) {
                 let slot = self.slot(&seq.block_table, pos);
                 self.kv[slot] = Some(value);
             }
         }
-        for seq in plan.seqs.iter().filter(|seq| seq.needs_logits) {
+        for seq in plan.seqs.iter().filter(|seq| seq.logits == LogitRows::Last) {
             let tokens = self.tokens.get_mut(&seq.id).unwrap();
             let generated = tokens.len() - self.prompt_len[&seq.id];
             // A tiny vocabulary, so generated text repeats across sequences too.
@@ -145,16 +145,16 @@ impl Sim {
         let ids: HashSet<u64> = plan.seqs.iter().map(|seq| seq.id).collect();
         assert_eq!(ids.len(), plan.seqs.len(), "a sequence scheduled twice");
         assert!(plan.preempted.iter().all(|id| !ids.contains(id)));
-        let mut writer: HashMap<BlockId, u64> = HashMap::new();
+        let mut writer: HashMap<u32, u64> = HashMap::new();
         for seq in &plan.seqs {
             let tokens = &self.tokens[&seq.id];
-            let end = seq.start_pos + seq.tokens.len();
+            let end = seq.start + seq.tokens.len();
             assert!(!seq.tokens.is_empty());
-            assert_eq!(seq.tokens, tokens[seq.start_pos..end]);
-            assert_eq!(seq.needs_logits, end == tokens.len());
+            assert_eq!(seq.tokens, tokens[seq.start..end]);
+            assert_eq!(seq.logits == LogitRows::Last, end == tokens.len());
             assert!(seq.block_table.len() * config.block_size >= end);
             let fp = fingerprints(tokens);
-            for (pos, &value) in fp.iter().enumerate().take(seq.start_pos) {
+            for (pos, &value) in fp.iter().enumerate().take(seq.start) {
                 let slot = self.slot(&seq.block_table, pos);
                 assert_eq!(
                     self.kv[slot],
@@ -163,10 +163,10 @@ impl Sim {
                     seq.id
                 );
             }
-            for pos in seq.start_pos..end {
+            for pos in seq.start..end {
                 let block = seq.block_table[pos / config.block_size];
                 assert_eq!(
-                    self.sched.pool.ref_count(block),
+                    self.sched.pool.ref_count(BlockId(block)),
                     Some(1),
                     "writing a shared block"
                 );
@@ -295,15 +295,12 @@ fn long_prompt_is_prefilled_in_chunks_under_the_budget() {
         .map(|_| {
             let plan = sim.step();
             let seq = &plan.seqs[0];
-            (seq.start_pos, seq.tokens.len(), seq.needs_logits)
+            (seq.start, seq.tokens.len(), seq.logits == LogitRows::Last)
         })
         .collect();
     assert_eq!(chunks, [(0, 16, false), (16, 16, false), (32, 8, true)]);
     let decode = sim.step();
-    assert_eq!(
-        (decode.seqs[0].start_pos, decode.seqs[0].tokens.len()),
-        (40, 1)
-    );
+    assert_eq!((decode.seqs[0].start, decode.seqs[0].tokens.len()), (40, 1));
     assert!(sim.finished.contains_key(&1));
     assert_eq!(sim.sched.blocks_used(), 0);
 }
@@ -385,16 +382,13 @@ fn prefix_cache_shares_the_full_blocks_of_a_common_prompt() {
     let shared = prompt(40, 7);
     sim.add(request(1, shared.clone(), 4)).unwrap();
     let first = sim.step();
-    assert_eq!(
-        (first.seqs[0].start_pos, first.seqs[0].tokens.len()),
-        (0, 40)
-    );
+    assert_eq!((first.seqs[0].start, first.seqs[0].tokens.len()), (0, 40));
     let before = sim.sched.prefix_stats();
     sim.add(request(2, shared, 4)).unwrap();
     let plan = sim.step();
     let second = plan.seqs.iter().find(|s| s.id == 2).unwrap();
     // Blocks 0 and 1 (tokens 0..32) are shared; tokens 32..40 are computed.
-    assert_eq!((second.start_pos, second.tokens.len()), (32, 8));
+    assert_eq!((second.start, second.tokens.len()), (32, 8));
     let first_table = &plan.seqs.iter().find(|s| s.id == 1).unwrap().block_table;
     assert_eq!(second.block_table[..2], first_table[..2]);
     assert_ne!(second.block_table[2], first_table[2]);
@@ -415,8 +409,8 @@ fn prefix_cache_always_leaves_one_token_for_logits() {
     sim.add(request(2, prompt(8, 1), 1)).unwrap();
     let plan = sim.step();
     // Only block 0 is looked up: block 1 holds the last prompt token.
-    assert_eq!((plan.seqs[0].start_pos, plan.seqs[0].tokens.len()), (4, 4));
-    assert!(plan.seqs[0].needs_logits);
+    assert_eq!((plan.seqs[0].start, plan.seqs[0].tokens.len()), (4, 4));
+    assert_eq!(plan.seqs[0].logits, LogitRows::Last);
 }
 
 #[test]
@@ -432,8 +426,8 @@ fn prompt_logits_request_skips_the_prefix_cache_and_can_ask_for_no_tokens() {
         .unwrap();
     let plan = sim.sched.schedule();
     // Block 0 is cached, yet every prompt position is computed again.
-    assert_eq!((plan.seqs[0].start_pos, plan.seqs[0].tokens.len()), (0, 8));
-    assert!(plan.seqs[0].needs_logits);
+    assert_eq!((plan.seqs[0].start, plan.seqs[0].tokens.len()), (0, 8));
+    assert_eq!(plan.seqs[0].logits, LogitRows::Last);
     sim.sched.finish(2).unwrap();
     assert_eq!(sim.sched.blocks_used(), 0);
     assert!(sim.sched.schedule().is_empty());
@@ -458,9 +452,9 @@ fn preempted_sequence_resumes_with_its_generated_tokens() {
         }
     };
     // Recomputed from its cached prefix up to and including its generated tokens.
-    assert!(resumed.needs_logits);
-    assert_eq!(resumed.start_pos + resumed.tokens.len(), 5);
-    assert!(resumed.start_pos < 5);
+    assert_eq!(resumed.logits, LogitRows::Last);
+    assert_eq!(resumed.start + resumed.tokens.len(), 5);
+    assert!(resumed.start < 5);
     sim.run_until_idle(100);
     assert_eq!(sim.finished[&1].len(), 4);
     assert_eq!(sim.finished[&2].len(), 4);

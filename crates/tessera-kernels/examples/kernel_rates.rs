@@ -33,245 +33,120 @@ fn min_time(reps: usize, mut f: impl FnMut()) -> f64 {
     best
 }
 
-/// Prints one measurement as a JSON line.
-#[allow(clippy::too_many_arguments)]
-fn emit(
-    version: &str,
+/// What every measurement line names besides the kernel: build, instruction set, threads.
+struct Run<'a> {
+    version: &'a str,
     isa: Isa,
-    t: usize,
-    kind: &str,
-    what: &str,
-    shape: &str,
-    value: f64,
-    unit: &str,
-    secs: f64,
-) {
-    println!("{{\"version\":\"{version}\",\"isa\":\"{isa:?}\",\"threads\":{t},\"kind\":\"{kind}\",\"weights\":\"{what}\",\"shape\":\"{shape}\",\"value\":{value:.3},\"unit\":\"{unit}\",\"min_seconds\":{secs:.6}}}");
+    threads: usize,
+    pool: CpuPool,
+}
+
+impl Run<'_> {
+    /// Prints one measurement as a JSON line.
+    fn emit(&self, kind: &str, what: &str, shape: &str, value: f64, unit: &str, secs: f64) {
+        let (version, isa, t) = (self.version, self.isa, self.threads);
+        println!("{{\"version\":\"{version}\",\"isa\":\"{isa:?}\",\"threads\":{t},\"kind\":\"{kind}\",\"weights\":\"{what}\",\"shape\":\"{shape}\",\"value\":{value:.3},\"unit\":\"{unit}\",\"min_seconds\":{secs:.6}}}");
+    }
 }
 
 fn main() {
-    let version = "after";
     let threads = 2;
     let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
         .into_iter()
         .filter(|i| i.is_available())
         .collect();
     for isa in isas {
-        let pool = CpuPool::with_isa(threads, isa).unwrap();
+        let run = Run {
+            version: "after",
+            isa,
+            threads,
+            pool: CpuPool::with_isa(threads, isa).unwrap(),
+        };
         for (n, k) in [(49152usize, 576usize), (1536, 576)] {
-            let x = filled(k, 99);
-            let mut y = vec![0.0f32; n];
-            let shape = format!("{n}x{k}");
-            let copies = COLD.div_ceil(n * k * 4).max(1);
-            let ws: Vec<Vec<f32>> = (0..copies).map(|s| filled(n * k, s as u32)).collect();
-            let wb: Vec<Vec<bf16>> = ws
-                .iter()
-                .map(|w| w.iter().map(|&v| bf16::from_f32(v)).collect())
-                .collect();
-            let mut i = 0;
-            let s = min_time(20, || {
-                matmul(
-                    &pool,
-                    &x,
-                    1,
-                    k,
-                    WeightRef::F32(&ws[i % copies]),
-                    n,
-                    None,
-                    &mut y,
-                )
-                .unwrap();
-                i += 1;
-            });
-            emit(
-                version,
-                isa,
-                threads,
-                "gemv_rowmajor",
-                "f32",
-                &shape,
-                (n * k * 4) as f64 / s / 1e9,
-                "GB/s",
-                s,
-            );
-            let s = min_time(20, || {
-                matmul(
-                    &pool,
-                    &x,
-                    1,
-                    k,
-                    WeightRef::Bf16(&wb[i % copies]),
-                    n,
-                    None,
-                    &mut y,
-                )
-                .unwrap();
-                i += 1;
-            });
-            emit(
-                version,
-                isa,
-                threads,
-                "gemv_rowmajor",
-                "bf16",
-                &shape,
-                (n * k * 2) as f64 / s / 1e9,
-                "GB/s",
-                s,
-            );
-            {
-                let pf: Vec<PackedMatrix> = ws
-                    .iter()
-                    .map(|w| PackedMatrix::pack_f32(w, n, k).unwrap())
-                    .collect();
-                let s = min_time(20, || {
-                    matmul_packed(&pool, &x, 1, &pf[i % copies], None, &mut y).unwrap();
-                    i += 1;
-                });
-                emit(
-                    version,
-                    isa,
-                    threads,
-                    "gemv_packed",
-                    "f32",
-                    &shape,
-                    pf[0].storage_bytes() as f64 / s / 1e9,
-                    "GB/s",
-                    s,
-                );
-                drop(pf);
-                let pb: Vec<PackedMatrix> = wb
-                    .iter()
-                    .map(|w| PackedMatrix::pack_bf16(w, n, k).unwrap())
-                    .collect();
-                let s = min_time(20, || {
-                    matmul_packed(&pool, &x, 1, &pb[i % copies], None, &mut y).unwrap();
-                    i += 1;
-                });
-                emit(
-                    version,
-                    isa,
-                    threads,
-                    "gemv_packed",
-                    "bf16",
-                    &shape,
-                    pb[0].storage_bytes() as f64 / s / 1e9,
-                    "GB/s",
-                    s,
-                );
-                drop(pb);
-                let pq: Vec<PackedMatrix> = ws
-                    .iter()
-                    .map(|w| {
-                        PackedMatrix::pack_blocks(
-                            &BlockTensor::quantize(BlockFormat::Q4_1, w, n, k).unwrap(),
-                        )
-                    })
-                    .collect();
-                let s = min_time(20, || {
-                    matmul_packed(&pool, &x, 1, &pq[i % copies], None, &mut y).unwrap();
-                    i += 1;
-                });
-                // Bytes of the GGUF blocks (20 per 32 values), what a GEMV must stream.
-                emit(
-                    version,
-                    isa,
-                    threads,
-                    "gemv_packed",
-                    "q4_1",
-                    &shape,
-                    (n * k / 32 * 20) as f64 / s / 1e9,
-                    "GB/s",
-                    s,
-                );
-            }
+            gemv_rates(&run, n, k);
         }
-        let (k, n) = (576usize, 1536usize);
-        let w = filled(n * k, 7);
-        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         for m in [64usize, 512] {
-            let x = filled(m * k, 3);
-            let mut y = vec![0.0f32; m * n];
-            let flops = 2.0 * (m * n * k) as f64;
-            let shape = format!("m{m}_k{k}_n{n}");
-            let reps = if m == 64 { 20 } else { 6 };
-            let s = min_time(reps, || {
-                matmul(&pool, &x, m, k, WeightRef::F32(&w), n, None, &mut y).unwrap()
-            });
-            emit(
-                version,
-                isa,
-                threads,
-                "gemm_rowmajor",
-                "f32",
-                &shape,
-                flops / s / 1e9,
-                "GFLOP/s",
-                s,
-            );
-            let s = min_time(reps, || {
-                matmul(&pool, &x, m, k, WeightRef::Bf16(&wb), n, None, &mut y).unwrap()
-            });
-            emit(
-                version,
-                isa,
-                threads,
-                "gemm_rowmajor",
-                "bf16",
-                &shape,
-                flops / s / 1e9,
-                "GFLOP/s",
-                s,
-            );
-            {
-                let pf = PackedMatrix::pack_f32(&w, n, k).unwrap();
-                let s = min_time(reps, || {
-                    matmul_packed(&pool, &x, m, &pf, None, &mut y).unwrap()
-                });
-                emit(
-                    version,
-                    isa,
-                    threads,
-                    "gemm_packed",
-                    "f32",
-                    &shape,
-                    flops / s / 1e9,
-                    "GFLOP/s",
-                    s,
-                );
-                let pb = PackedMatrix::pack_bf16(&wb, n, k).unwrap();
-                let s = min_time(reps, || {
-                    matmul_packed(&pool, &x, m, &pb, None, &mut y).unwrap()
-                });
-                emit(
-                    version,
-                    isa,
-                    threads,
-                    "gemm_packed",
-                    "bf16",
-                    &shape,
-                    flops / s / 1e9,
-                    "GFLOP/s",
-                    s,
-                );
-                let pq = PackedMatrix::pack_blocks(
-                    &BlockTensor::quantize(BlockFormat::Q4_1, &w, n, k).unwrap(),
-                );
-                let s = min_time(reps, || {
-                    matmul_packed(&pool, &x, m, &pq, None, &mut y).unwrap()
-                });
-                emit(
-                    version,
-                    isa,
-                    threads,
-                    "gemm_packed",
-                    "q4_1",
-                    &shape,
-                    flops / s / 1e9,
-                    "GFLOP/s",
-                    s,
-                );
-            }
+            gemm_rates(&run, m, 576, 1536);
         }
     }
+}
+
+/// GEMV rates of an `n x k` weight, row-major and packed, cycling through enough copies
+/// of the weights that each call reads them from memory.
+fn gemv_rates(run: &Run<'_>, n: usize, k: usize) {
+    let pool = &run.pool;
+    let x = filled(k, 99);
+    let mut y = vec![0.0f32; n];
+    let shape = format!("{n}x{k}");
+    let copies = COLD.div_ceil(n * k * 4).max(1);
+    let ws: Vec<Vec<f32>> = (0..copies).map(|s| filled(n * k, s as u32)).collect();
+    let wb: Vec<Vec<bf16>> = ws
+        .iter()
+        .map(|w| w.iter().map(|&v| bf16::from_f32(v)).collect())
+        .collect();
+    let mut i = 0;
+    let mut rowmajor = |what: &str, bytes: usize, w: Vec<WeightRef<'_>>| {
+        let s = min_time(20, || {
+            matmul(pool, &x, 1, k, w[i % copies], n, None, &mut y).unwrap();
+            i += 1;
+        });
+        let rate = (n * k * bytes) as f64 / s / 1e9;
+        run.emit("gemv_rowmajor", what, &shape, rate, "GB/s", s);
+    };
+    rowmajor("f32", 4, ws.iter().map(|w| WeightRef::F32(w)).collect());
+    rowmajor("bf16", 2, wb.iter().map(|w| WeightRef::Bf16(w)).collect());
+    let mut packed = |what: &str, ps: Vec<PackedMatrix>, bytes: Option<usize>| {
+        let s = min_time(20, || {
+            matmul_packed(pool, &x, 1, &ps[i % copies], None, &mut y).unwrap();
+            i += 1;
+        });
+        let bytes = bytes.unwrap_or_else(|| ps[0].storage_bytes());
+        run.emit(
+            "gemv_packed",
+            what,
+            &shape,
+            bytes as f64 / s / 1e9,
+            "GB/s",
+            s,
+        );
+    };
+    let pack = |w: &Vec<f32>| PackedMatrix::pack_f32(w, n, k).unwrap();
+    packed("f32", ws.iter().map(pack).collect(), None);
+    let pack = |w: &Vec<bf16>| PackedMatrix::pack_bf16(w, n, k).unwrap();
+    packed("bf16", wb.iter().map(pack).collect(), None);
+    let pack = |w: &Vec<f32>| {
+        PackedMatrix::pack_blocks(&BlockTensor::quantize(BlockFormat::Q4_1, w, n, k).unwrap())
+    };
+    // Bytes of the GGUF blocks (20 per 32 values), what a GEMV must stream.
+    packed("q4_1", ws.iter().map(pack).collect(), Some(n * k / 32 * 20));
+}
+
+/// GEMM rates of `m` rows against an `n x k` weight, row-major and packed.
+fn gemm_rates(run: &Run<'_>, m: usize, k: usize, n: usize) {
+    let pool = &run.pool;
+    let w = filled(n * k, 7);
+    let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    let x = filled(m * k, 3);
+    let mut y = vec![0.0f32; m * n];
+    let flops = 2.0 * (m * n * k) as f64;
+    let shape = format!("m{m}_k{k}_n{n}");
+    let reps = if m == 64 { 20 } else { 6 };
+    let mut rowmajor = |what: &str, w: WeightRef<'_>| {
+        let s = min_time(reps, || matmul(pool, &x, m, k, w, n, None, &mut y).unwrap());
+        run.emit("gemm_rowmajor", what, &shape, flops / s / 1e9, "GFLOP/s", s);
+    };
+    rowmajor("f32", WeightRef::F32(&w));
+    rowmajor("bf16", WeightRef::Bf16(&wb));
+    let mut packed = |what: &str, p: PackedMatrix| {
+        let s = min_time(reps, || {
+            matmul_packed(pool, &x, m, &p, None, &mut y).unwrap()
+        });
+        run.emit("gemm_packed", what, &shape, flops / s / 1e9, "GFLOP/s", s);
+    };
+    packed("f32", PackedMatrix::pack_f32(&w, n, k).unwrap());
+    packed("bf16", PackedMatrix::pack_bf16(&wb, n, k).unwrap());
+    packed(
+        "q4_1",
+        PackedMatrix::pack_blocks(&BlockTensor::quantize(BlockFormat::Q4_1, &w, n, k).unwrap()),
+    );
 }

@@ -262,60 +262,24 @@ unsafe fn attend_units(
     for u in units {
         let s = &seqs[u.seq];
         let g = shape.kv_index[u.head];
-        // Query rows of the unit: its token rows (one head), or one token's `heads` heads.
-        let rows = (u.r1 - u.r0) * u.heads;
-        let q_stride = if u.heads > 1 { d } else { hq * d };
-        let first_pos = s.start + u.r0;
-        let lo_min = shape
-            .window
-            .map_or(0, |w| (first_pos + 1).saturating_sub(w));
-        let hi = s.start + u.r1; // keys lo_min..hi
+        let keys = UnitKeys::of(u, s, shape);
+        let UnitKeys {
+            rows,
+            first_pos,
+            lo_min,
+            hi,
+            ..
+        } = keys;
         let nkeys = hi - lo_min;
         scores.clear();
         scores.resize(rows * nkeys, 0.0);
-        let q_base = ((s.row + u.r0) * hq + u.head) * d;
         offs.clear();
         offs.extend(
             (lo_min..hi)
                 .map(|p| (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d),
         );
-        // Scores block by block: keys in one block are evenly strided.
-        let mut j = lo_min;
-        while j < hi {
-            let run = (bs - j % bs).min(hi - j);
-            let base = offs[j - lo_min];
-            // Prefill rows whose keys in this run are all masked (later keys, or keys
-            // behind the window) are not scored: their softmax never reads those scores.
-            let live = if u.heads > 1 {
-                0..rows
-            } else {
-                live_rows(first_pos, rows, j, run, shape.window)
-            };
-            if live.is_empty() {
-                j += run;
-                continue;
-            }
-            let op = Operands {
-                x: q[q_base + live.start * q_stride..].as_ptr(),
-                ldx: q_stride,
-                m: live.len(),
-                w: k[base..].as_ptr(),
-                ldw: slot_width,
-                k: d,
-                bias: std::ptr::null(),
-                y: scores[live.start * nkeys + j - lo_min..].as_mut_ptr(),
-                ldy: nkeys,
-                chunk: usize::MAX,
-                partial_stride: 0,
-            };
-            // SAFETY: query row i (in `live`, inside 0..rows) reads q[q_base + i*q_stride
-            // ..][..d]: the unit's token rows of one head, or one token's adjacent heads,
-            // inside q (checked rows); key c < run reads k[base + c*slot_width ..][..d],
-            // inside block table[j / bs]; output (i, c) lands in
-            // scores[i*nkeys + (j - lo_min) + c] < rows * nkeys.
-            unsafe { gemm_cols(isa, &op, 0..run) };
-            j += run;
-        }
+        // SAFETY: the offsets come from the checked block table; see `score_keys`.
+        unsafe { score_keys(isa, q, k, shape, &keys, &offs, &mut scores) };
         if u.heads > 1 {
             // One decode token, several heads over the same keys: softmax each head's row,
             // then one pass over the value rows for all of them.
@@ -373,6 +337,100 @@ unsafe fn attend_units(
     }
 }
 
+/// The query rows and keys of one unit, as [`score_keys`] reads them.
+#[derive(Clone, Copy)]
+struct UnitKeys {
+    /// Query rows: token rows of one head, or one token's heads (`multi_head`).
+    rows: usize,
+    /// Floats between consecutive query rows in `q`.
+    q_stride: usize,
+    /// Offset of the first query row in `q`.
+    q_base: usize,
+    /// Position of the first query row's token.
+    first_pos: usize,
+    /// Keys `lo_min..hi` are scored (`offs[p - lo_min]` locates key `p`).
+    lo_min: usize,
+    hi: usize,
+    /// One decode token's several heads over the same keys.
+    multi_head: bool,
+}
+
+impl UnitKeys {
+    /// The query rows and keys of unit `u` of sequence `s`.
+    fn of(u: &Unit, s: &PagedSeq<'_>, shape: &PagedShape<'_>) -> Self {
+        let d = shape.head_dim;
+        let hq = shape.kv_index.len();
+        let first_pos = s.start + u.r0;
+        Self {
+            // Its token rows (one head), or one token's `heads` heads.
+            rows: (u.r1 - u.r0) * u.heads,
+            q_stride: if u.heads > 1 { d } else { hq * d },
+            q_base: ((s.row + u.r0) * hq + u.head) * d,
+            first_pos,
+            lo_min: shape
+                .window
+                .map_or(0, |w| (first_pos + 1).saturating_sub(w)),
+            hi: s.start + u.r1,
+            multi_head: u.heads > 1,
+        }
+    }
+}
+
+/// Scores the unit's query rows against its keys, block by block (keys in one block are
+/// evenly strided), into `scores` (row `i`, key `p` at `i * nkeys + p - lo_min`).
+///
+/// # Safety
+/// As [`attend_units`]; `offs` holds the offsets of keys `lo_min..hi` computed from the
+/// checked block table, and `scores` holds `rows * (hi - lo_min)` floats.
+unsafe fn score_keys(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    shape: &PagedShape<'_>,
+    u: &UnitKeys,
+    offs: &[usize],
+    scores: &mut [f32],
+) {
+    let (d, bs) = (shape.head_dim, shape.block_size);
+    let nkeys = u.hi - u.lo_min;
+    let mut j = u.lo_min;
+    while j < u.hi {
+        let run = (bs - j % bs).min(u.hi - j);
+        let base = offs[j - u.lo_min];
+        // Prefill rows whose keys in this run are all masked (later keys, or keys
+        // behind the window) are not scored: their softmax never reads those scores.
+        let live = if u.multi_head {
+            0..u.rows
+        } else {
+            live_rows(u.first_pos, u.rows, j, run, shape.window)
+        };
+        if live.is_empty() {
+            j += run;
+            continue;
+        }
+        let op = Operands {
+            x: q[u.q_base + live.start * u.q_stride..].as_ptr(),
+            ldx: u.q_stride,
+            m: live.len(),
+            w: k[base..].as_ptr(),
+            ldw: shape.kv_heads * d,
+            k: d,
+            bias: std::ptr::null(),
+            y: scores[live.start * nkeys + j - u.lo_min..].as_mut_ptr(),
+            ldy: nkeys,
+            chunk: usize::MAX,
+            partial_stride: 0,
+        };
+        // SAFETY: query row i (in `live`, inside 0..rows) reads q[q_base + i*q_stride
+        // ..][..d]: the unit's token rows of one head, or one token's adjacent heads,
+        // inside q (checked rows); key c < run reads k[base + c*slot_width ..][..d],
+        // inside block table[j / bs]; output (i, c) lands in
+        // scores[i*nkeys + (j - lo_min) + c] < rows * nkeys.
+        unsafe { gemm_cols(isa, &op, 0..run) };
+        j += run;
+    }
+}
+
 /// The rows of a one-head prefill unit (row i at position `first_pos + i`) that attend to
 /// at least one key of positions `j .. j + run`: position >= j, and (with a window) the
 /// window's first key `pos + 1 - window` <= j + run - 1. Rows are in position order, so
@@ -408,166 +466,5 @@ pub(crate) fn softmax_numerators(row: &mut [f32], scale: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{attention, AttentionShape};
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    /// Scatters a contiguous cache `[pos][hkv][d]` into blocks given by a shuffled table.
-    fn scatter(contig: &[f32], slot: usize, bs: usize, table: &[u32], pool: &mut [f32]) {
-        for (p, row) in contig.chunks_exact(slot).enumerate() {
-            let at = (table[p / bs] as usize * bs + p % bs) * slot;
-            pool[at..at + slot].copy_from_slice(row);
-        }
-    }
-
-    #[test]
-    fn live_rows_are_exactly_the_rows_that_see_a_key_of_the_run() {
-        let mut rng = ChaCha8Rng::seed_from_u64(11);
-        for _ in 0..2000 {
-            let first_pos: usize = rng.random_range(0..100);
-            let rows: usize = rng.random_range(1..70);
-            let j = rng.random_range(0..first_pos + rows);
-            let run = rng.random_range(1..=(first_pos + rows - j).min(20));
-            let window = [None, Some(1), Some(rng.random_range(1..50))][rng.random_range(0..3)];
-            let want: Vec<usize> = (0..rows)
-                .filter(|&i| {
-                    let pos = first_pos + i;
-                    let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                    (j..j + run).any(|key| lo <= key && key <= pos)
-                })
-                .collect();
-            let got: Vec<usize> = live_rows(first_pos, rows, j, run, window).collect();
-            assert_eq!(
-                got, want,
-                "first_pos={first_pos} rows={rows} j={j} run={run} {window:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn paged_equals_contiguous_bitwise_for_a_mixed_batch() {
-        compare_with_contiguous(8, &[0, 0, 1, 1, 1], 2, 4);
-        compare_with_contiguous(16, &[0, 0, 0, 0, 0], 1, 16);
-        compare_with_contiguous(64, &[0, 0, 0, 1, 1, 1], 2, 16);
-    }
-
-    fn compare_with_contiguous(d: usize, kv_index: &[usize], hkv: usize, bs: usize) {
-        let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let nblocks = 64;
-        let hq = kv_index.len();
-        let slot = hkv * d;
-        let pool = CpuPool::new(2).unwrap();
-        let mut kp = vec![0.0f32; nblocks * bs * slot];
-        let mut vp = vec![0.0f32; nblocks * bs * slot];
-        let mut free: Vec<u32> = (0..nblocks as u32).collect();
-        // (start, tokens) per sequence: decode, prefill chunk after a past, fresh prefill.
-        let specs = [(9usize, 1usize), (5, 6), (0, 7), (13, 1), (0, 24), (3, 70)];
-        let mut tables = Vec::new();
-        let mut conts = Vec::new();
-        let mut qs = Vec::new();
-        for &(start, t) in &specs {
-            let n = start + t;
-            let blocks = n.div_ceil(bs);
-            let table: Vec<u32> = (0..blocks)
-                .map(|_| free.remove(rng.random_range(0..free.len())))
-                .collect();
-            let kc: Vec<f32> = (0..n * slot).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let vc: Vec<f32> = (0..n * slot).map(|_| rng.random_range(-1.0..1.0)).collect();
-            scatter(&kc, slot, bs, &table, &mut kp);
-            scatter(&vc, slot, bs, &table, &mut vp);
-            qs.push(
-                (0..t * hq * d)
-                    .map(|_| rng.random_range(-1.0..1.0))
-                    .collect::<Vec<f32>>(),
-            );
-            tables.push(table);
-            conts.push((kc, vc));
-        }
-        for window in [None, Some(3)] {
-            let mut row = 0;
-            let seqs: Vec<PagedSeq<'_>> = specs
-                .iter()
-                .zip(&tables)
-                .map(|(&(start, t), table)| {
-                    let s = PagedSeq {
-                        row,
-                        tokens: t,
-                        start,
-                        block_table: table,
-                    };
-                    row += t;
-                    s
-                })
-                .collect();
-            let q: Vec<f32> = qs.concat();
-            let mut out = vec![f32::NAN; q.len()];
-            let shape = PagedShape {
-                head_dim: d,
-                kv_heads: hkv,
-                kv_index,
-                window,
-                block_size: bs,
-            };
-            paged_attention(&pool, &q, &kp, &vp, &seqs, &shape, &mut out).unwrap();
-            let mut offset = 0;
-            for (i, &(start, t)) in specs.iter().enumerate() {
-                let mut expect = vec![0.0f32; t * hq * d];
-                let cshape = AttentionShape {
-                    tokens: t,
-                    start,
-                    head_dim: d,
-                    kv_heads: hkv,
-                    kv_index,
-                    window,
-                };
-                attention(
-                    &pool,
-                    &qs[i],
-                    &conts[i].0,
-                    &conts[i].1,
-                    &cshape,
-                    &mut expect,
-                )
-                .unwrap();
-                assert_eq!(
-                    &out[offset..offset + t * hq * d],
-                    &expect[..],
-                    "sequence {i} window {window:?}"
-                );
-                offset += t * hq * d;
-            }
-        }
-    }
-
-    #[test]
-    fn bad_block_ids_and_short_tables_are_rejected() {
-        let pool = CpuPool::new(1).unwrap();
-        let kv_index = [0usize];
-        let shape = PagedShape {
-            head_dim: 4,
-            kv_heads: 1,
-            kv_index: &kv_index,
-            window: None,
-            block_size: 2,
-        };
-        let k = vec![0.0f32; 3 * 2 * 4];
-        let q = vec![0.0f32; 4];
-        let mut out = vec![0.0f32; 4];
-        let bad = [PagedSeq {
-            row: 0,
-            tokens: 1,
-            start: 0,
-            block_table: &[3],
-        }];
-        assert!(paged_attention(&pool, &q, &k, &k, &bad, &shape, &mut out).is_err());
-        let short = [PagedSeq {
-            row: 0,
-            tokens: 1,
-            start: 4,
-            block_table: &[0, 1],
-        }];
-        assert!(paged_attention(&pool, &q, &k, &k, &short, &shape, &mut out).is_err());
-    }
-}
+#[path = "paged_attention_tests.rs"]
+mod tests;

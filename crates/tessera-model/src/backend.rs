@@ -13,7 +13,7 @@ use tessera_kernels::{BlockFormat, BlockTensor, ChunkOutput, PackedMatrix, Weigh
 use tessera_plan::{ReduceMode, Span};
 
 use crate::error::ModelError;
-use crate::rank::SeqInput;
+use crate::step_seq::StepSeq;
 
 /// Weight storage precision on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,7 +367,7 @@ pub trait Backend: Send + Sync {
         &self,
         step: &mut Self::Step,
         cache: &Self::Cache,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
         picks: &[usize],
     ) -> Result<(), ModelError>;
     /// Embedding rows of the step's tokens `rows` (`span` is this rank's vocabulary slice
@@ -431,7 +431,7 @@ pub trait Backend: Send + Sync {
         heads: &HeadLayout<'_, Self>,
         cache: &mut Self::Cache,
         step: &Self::Step,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
         out: &mut Self::Buf,
     ) -> Result<(), ModelError>;
     /// `out[r] = silu(gate[r]) * up[r]` for `rows` rows of `gate_up = [gate | up]`, each

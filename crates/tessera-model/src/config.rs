@@ -112,40 +112,8 @@ impl ModelConfig {
             reason,
         };
         let raw: RawConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let arch_name = raw
-            .architectures
-            .as_ref()
-            .and_then(|a| a.first().cloned())
-            .or(raw.model_type.clone())
-            .unwrap_or_default();
-        let architecture = match arch_name.as_str() {
-            "LlamaForCausalLM" | "llama" => Architecture::Llama,
-            "MistralForCausalLM" | "mistral" => Architecture::Mistral,
-            "Qwen2ForCausalLM" | "qwen2" => Architecture::Qwen2,
-            other => {
-                return Err(ModelError::UnknownArchitecture {
-                    path: path.to_path_buf(),
-                    arch: other.to_string(),
-                })
-            }
-        };
-        if let Some(act) = &raw.hidden_act {
-            if act != "silu" {
-                return Err(bad(format!(
-                    "hidden_act '{act}' is not supported (silu only)"
-                )));
-            }
-        }
-        if raw.mlp_bias == Some(true) {
-            return Err(bad(
-                "mlp_bias=true (biases on MLP projections) is not supported".into(),
-            ));
-        }
-        if architecture == Architecture::Llama && raw.attention_bias == Some(true) {
-            return Err(bad(
-                "attention_bias=true (biases on all attention projections) is not supported".into(),
-            ));
-        }
+        let architecture = architecture_of(&raw, path)?;
+        check_supported(&raw, architecture).map_err(bad)?;
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
@@ -282,6 +250,43 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling, Stri
             "rope_scaling type '{other}' is not supported (default, llama3)"
         )),
     }
+}
+
+/// The architecture `config.json` names (`architectures[0]`, else `model_type`).
+fn architecture_of(raw: &RawConfig, path: &Path) -> Result<Architecture, ModelError> {
+    let name = raw
+        .architectures
+        .as_ref()
+        .and_then(|a| a.first().cloned())
+        .or(raw.model_type.clone())
+        .unwrap_or_default();
+    match name.as_str() {
+        "LlamaForCausalLM" | "llama" => Ok(Architecture::Llama),
+        "MistralForCausalLM" | "mistral" => Ok(Architecture::Mistral),
+        "Qwen2ForCausalLM" | "qwen2" => Ok(Architecture::Qwen2),
+        other => Err(ModelError::UnknownArchitecture {
+            path: path.to_path_buf(),
+            arch: other.to_string(),
+        }),
+    }
+}
+
+/// Refuses the options of the config that the forward pass does not implement.
+fn check_supported(raw: &RawConfig, architecture: Architecture) -> Result<(), String> {
+    if let Some(act) = &raw.hidden_act {
+        if act != "silu" {
+            return Err(format!("hidden_act '{act}' is not supported (silu only)"));
+        }
+    }
+    if raw.mlp_bias == Some(true) {
+        return Err("mlp_bias=true (biases on MLP projections) is not supported".into());
+    }
+    if architecture == Architecture::Llama && raw.attention_bias == Some(true) {
+        return Err(
+            "attention_bias=true (biases on all attention projections) is not supported".into(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tessera_plan::Span;
 use crate::backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype, WeightValues};
 use crate::error::ModelError;
 use crate::paged::PagedKvCache;
-use crate::rank::SeqInput;
+use crate::step_seq::StepSeq;
 
 /// The CPU backend: Tessera's own kernels on one rank's thread pool.
 pub struct CpuBackend {
@@ -177,13 +177,13 @@ impl Backend for CpuBackend {
         &self,
         step: &mut CpuStep,
         _cache: &PagedKvCache,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
         _picks: &[usize],
     ) -> Result<(), ModelError> {
         step.tokens.clear();
         step.positions.clear();
         for s in seqs {
-            step.tokens.extend_from_slice(s.tokens);
+            step.tokens.extend_from_slice(&s.tokens);
             step.positions.extend(s.start..s.start + s.tokens.len());
         }
         Ok(())
@@ -285,7 +285,7 @@ impl Backend for CpuBackend {
         heads: &HeadLayout<'_, Self>,
         cache: &mut PagedKvCache,
         step: &CpuStep,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
         out: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
         let d = heads.head_dim;
@@ -312,7 +312,7 @@ impl Backend for CpuBackend {
         for s in seqs {
             for i in 0..s.tokens.len() {
                 let r = row + i;
-                let slot = cache.slot(s.block_table, s.start + i);
+                let slot = cache.slot(&s.block_table, s.start + i);
                 let v = &qkv[r * width + qw + kvw..(r + 1) * width];
                 cache.write(heads.layer, slot, &k[r * kvw..(r + 1) * kvw], v);
             }
@@ -320,7 +320,7 @@ impl Backend for CpuBackend {
                 row,
                 tokens: s.tokens.len(),
                 start: s.start,
-                block_table: s.block_table,
+                block_table: &s.block_table,
             });
             row += s.tokens.len();
         }

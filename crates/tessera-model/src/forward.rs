@@ -16,7 +16,8 @@ use tessera_plan::{even_spans, ReduceMode};
 
 use crate::backend::{Backend, HeadLayout, Weight};
 use crate::error::ModelError;
-use crate::rank::{check_tokens, logit_rows, Layer, RankModel, SeqInput};
+use crate::rank::{check_tokens, Layer, RankModel};
+use crate::step_seq::{logit_rows, StepSeq};
 
 /// The buffers of one step, each grown to the largest step seen and reused after that.
 pub struct Workspace<B: Backend> {
@@ -102,7 +103,7 @@ impl<B: Backend> RankModel<B> {
         backend: &B,
         comm: &mut B::Comm,
         cache: &mut B::Cache,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
     ) -> Result<Vec<f32>, ModelError> {
         let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
@@ -136,7 +137,7 @@ impl<B: Backend> RankModel<B> {
     }
 
     /// Checks positions, block tables and token ids; `None` for an empty batch.
-    fn check_batch(&self, seqs: &[SeqInput<'_>]) -> Result<Option<Rows>, ModelError> {
+    fn check_batch(&self, seqs: &[StepSeq]) -> Result<Option<Rows>, ModelError> {
         let context = self.config.max_position_embeddings;
         let mut t = 0;
         for s in seqs {
@@ -147,7 +148,7 @@ impl<B: Backend> RankModel<B> {
                     context,
                 });
             }
-            check_tokens(s.tokens, self.config.shape.vocab)?;
+            check_tokens(&s.tokens, self.config.shape.vocab)?;
             t += s.tokens.len();
         }
         if t == 0 {
@@ -197,7 +198,7 @@ impl<B: Backend> RankModel<B> {
         backend: &B,
         comm: &mut B::Comm,
         cache: &mut B::Cache,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
         ws: &mut Workspace<B>,
         rows: &Rows,
         l: usize,
@@ -246,7 +247,15 @@ impl<B: Backend> RankModel<B> {
             start: layer.head_span.start * d,
             chunk: shape.attention_reduce_chunk(),
         };
-        self.row_parallel(backend, comm, ws, Input::Attn, rows, &layer.o, site)?;
+        self.row_parallel(
+            backend,
+            comm,
+            ws,
+            ProjectionInput::Attn,
+            rows,
+            &layer.o,
+            site,
+        )?;
         let x = &mut ws.x;
         backend.add_rms_norm(x, &ws.delta, local_t, &layer.post_norm, eps, &mut ws.normed)?;
         self.gather_rows(backend, comm, ws, rows)?;
@@ -265,7 +274,15 @@ impl<B: Backend> RankModel<B> {
             start: layer.inter_span.start,
             chunk: shape.mlp_reduce_chunk(),
         };
-        self.row_parallel(backend, comm, ws, Input::Act, rows, &layer.down, site)
+        self.row_parallel(
+            backend,
+            comm,
+            ws,
+            ProjectionInput::Act,
+            rows,
+            &layer.down,
+            site,
+        )
     }
 
     /// Under sequence parallelism, every rank's `ws.normed` rows gathered into
@@ -300,7 +317,7 @@ impl<B: Backend> RankModel<B> {
         backend: &B,
         comm: &mut B::Comm,
         ws: &mut Workspace<B>,
-        input: Input,
+        input: ProjectionInput,
         rows: &Rows,
         w: &Weight<B>,
         site: ReduceSite,
@@ -309,8 +326,8 @@ impl<B: Backend> RankModel<B> {
         let (t, mine) = (rows.t, &rows.mine);
         let full = t * h;
         let x = match input {
-            Input::Attn => &ws.attn,
-            Input::Act => &ws.act,
+            ProjectionInput::Attn => &ws.attn,
+            ProjectionInput::Act => &ws.act,
         };
         let deterministic = self.reduce == ReduceMode::Deterministic;
         if !site.split {
@@ -403,7 +420,7 @@ impl<B: Backend> RankModel<B> {
 
 /// Which workspace buffer feeds a row-parallel projection.
 #[derive(Clone, Copy)]
-enum Input {
+enum ProjectionInput {
     /// The attention output (`o_proj`).
     Attn,
     /// The MLP activation (`down_proj`).

@@ -56,57 +56,6 @@ pub(crate) struct Layer<B: Backend> {
     pub(crate) inter_span: Span,
 }
 
-/// Which positions' logits a forward pass returns for one sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum LogitRows {
-    /// None (a prefill chunk that does not reach the end of the prompt).
-    None,
-    /// Only the last position's (generation).
-    Last,
-    /// Every position's (scoring, tests).
-    All,
-}
-
-impl LogitRows {
-    /// How many rows of logits a sequence of `tokens` new tokens gets: its last rows.
-    pub fn count(self, tokens: usize) -> usize {
-        match self {
-            Self::None => 0,
-            Self::Last => tokens.min(1),
-            Self::All => tokens,
-        }
-    }
-}
-
-/// The batch rows (token positions across `seqs`, in order) whose logits the sequences ask for.
-pub fn logit_rows(seqs: &[SeqInput<'_>]) -> Vec<usize> {
-    let mut rows = Vec::new();
-    let mut offset = 0;
-    for s in seqs {
-        let n = s.tokens.len();
-        offset += n;
-        rows.extend(offset - s.logits.count(n)..offset);
-    }
-    rows
-}
-
-/// One sequence's part of a batched forward pass.
-///
-/// Its `tokens` sit at positions `start..start + tokens.len()`; keys and values of
-/// positions `0..start` are already in the cache blocks listed by `block_table`
-/// (`block_table[p / block_size]` holds position `p`), which must also cover the new tokens.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct SeqInput<'a> {
-    /// New token ids.
-    pub tokens: &'a [u32],
-    /// Position of the first new token.
-    pub start: usize,
-    /// Cache blocks of the sequence, in position order.
-    pub block_table: &'a [u32],
-    /// Which of its positions need logits.
-    pub logits: LogitRows,
-}
-
 /// Checks that every token id is inside the vocabulary (the one place Tessera checks it).
 pub fn check_tokens(tokens: &[u32], vocab: usize) -> Result<(), ModelError> {
     match tokens.iter().find(|&&id| id as usize >= vocab) {

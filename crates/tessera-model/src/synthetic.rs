@@ -24,31 +24,29 @@ pub fn write_random_model(
     max_positions: usize,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let tensors = random_tensors(shape, seed);
+    write_safetensors(&dir.join("model.safetensors"), tensors)?;
+    write_config(&dir.join("config.json"), shape, max_positions)
+}
+
+/// A tensor to write: Hugging Face name, dimensions and values.
+type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Every weight of `shape` in file order, drawn from a generator seeded with `seed`.
+fn random_tensors(shape: &ModelShape, seed: u64) -> Vec<NamedTensor> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut push = |name: String, full: [usize; 2], is_norm: bool, rng: &mut ChaCha8Rng| {
-        let n = full[0] * full[1];
-        let scale = 2.0 / (full[1] as f32).sqrt();
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                if is_norm {
-                    1.0 + rng.random_range(-0.2f32..0.2)
-                } else {
-                    rng.random_range(-scale..scale)
-                }
-            })
-            .collect();
-        let dims = if full[1] == 1 {
-            vec![full[0]]
-        } else {
-            full.to_vec()
-        };
-        tensors.push((name, dims, data));
+    let mut tensors = Vec::new();
+    let mut push = |kind: WeightKind, layer: usize, full: [usize; 2], rng: &mut ChaCha8Rng| {
+        let is_norm = matches!(
+            kind,
+            WeightKind::InputNorm | WeightKind::PostAttentionNorm | WeightKind::FinalNorm
+        );
+        tensors.push(random_tensor(kind.hf_name(layer), full, is_norm, rng));
     };
     push(
-        WeightKind::Embedding.hf_name(0),
+        WeightKind::Embedding,
+        0,
         WeightKind::Embedding.full_shape(shape),
-        false,
         &mut rng,
     );
     for l in 0..shape.layers {
@@ -56,28 +54,63 @@ pub fn write_random_model(
             if kind.is_bias() && !shape.qkv_bias {
                 continue;
             }
-            let is_norm = matches!(kind, WeightKind::InputNorm | WeightKind::PostAttentionNorm);
             let mut full = kind.full_shape(shape);
             if kind.is_bias() {
                 full = [full[0], 1];
             }
-            push(kind.hf_name(l), full, is_norm, &mut rng);
+            push(kind, l, full, &mut rng);
         }
     }
     push(
-        WeightKind::FinalNorm.hf_name(0),
+        WeightKind::FinalNorm,
+        0,
         WeightKind::FinalNorm.full_shape(shape),
-        true,
         &mut rng,
     );
     if !shape.tied_embeddings {
         push(
-            WeightKind::LmHead.hf_name(0),
+            WeightKind::LmHead,
+            0,
             WeightKind::LmHead.full_shape(shape),
-            false,
             &mut rng,
         );
     }
+    tensors
+}
+
+/// One random tensor of `full` (`[n, 1]` is written as a vector): norms near 1, other
+/// weights uniform in ±`2/sqrt(fan_in)`.
+fn random_tensor(
+    name: String,
+    full: [usize; 2],
+    is_norm: bool,
+    rng: &mut ChaCha8Rng,
+) -> NamedTensor {
+    let n = full[0] * full[1];
+    let scale = 2.0 / (full[1] as f32).sqrt();
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            if is_norm {
+                1.0 + rng.random_range(-0.2f32..0.2)
+            } else {
+                rng.random_range(-scale..scale)
+            }
+        })
+        .collect();
+    let dims = if full[1] == 1 {
+        vec![full[0]]
+    } else {
+        full.to_vec()
+    };
+    (name, dims, data)
+}
+
+/// Writes `tensors` as little-endian f32 into the safetensors file `path`.
+fn write_safetensors(path: &Path, tensors: Vec<NamedTensor>) -> Result<(), ModelError> {
+    let bad = |e: safetensors::SafeTensorError| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(n, s, d)| (n, s, d.iter().flat_map(|v| v.to_le_bytes()).collect()))
@@ -87,19 +120,14 @@ pub fn write_random_model(
         .map(|(n, s, b)| {
             TensorView::new(Dtype::F32, s.clone(), b)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| ModelError::Safetensors {
-                    path: dir.join("model.safetensors"),
-                    reason: e.to_string(),
-                })
+                .map_err(bad)
         })
         .collect::<Result<_, _>>()?;
-    let path = dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &path).map_err(|e| {
-        ModelError::Safetensors {
-            path: path.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, path).map_err(bad)
+}
+
+/// Writes the `config.json` of a random model of `shape` to `path`.
+fn write_config(path: &Path, shape: &ModelShape, max_positions: usize) -> Result<(), ModelError> {
     let config = serde_json::json!({
         "architectures": [if shape.qkv_bias { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
         "hidden_size": shape.hidden,
@@ -116,13 +144,11 @@ pub fn write_random_model(
         "hidden_act": "silu",
         "eos_token_id": 0,
     });
-    let cfg_path = dir.join("config.json");
     std::fs::write(
-        &cfg_path,
+        path,
         serde_json::to_string_pretty(&config).unwrap_or_default(),
     )
-    .map_err(|e| ModelError::io(&cfg_path, e))?;
-    Ok(())
+    .map_err(|e| ModelError::io(path, e))
 }
 
 /// A random small shape for property tests: head counts that rarely divide rank counts.

@@ -16,7 +16,8 @@ use crate::config::ModelConfig;
 use crate::cpu::CpuBackend;
 use crate::error::ModelError;
 use crate::paged::PagedKvCache;
-use crate::rank::{RankModel, SeqInput};
+use crate::rank::RankModel;
+use crate::step_seq::StepSeq;
 use crate::weights::WeightFiles;
 use tessera_comm::{CommError, CommStats, Communicator, SingleRank, ThreadGroup};
 use tessera_kernels::Isa;
@@ -51,12 +52,12 @@ pub trait RankWorker {
     fn weight_bytes(&self) -> usize;
     /// Runs one batched step; rank 0 returns the full-vocabulary logits rows the
     /// sequences ask for (other ranks may return them too), with its collective counters.
-    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError>;
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<(Vec<f32>, CommStats), ModelError>;
     /// Like [`RankWorker::step`], with each logits row (of `vocab`) replaced by its greedy
     /// token ([`crate::greedy_token`]); a device backend picks it on the device.
     fn step_greedy(
         &mut self,
-        seqs: &[SeqInput<'_>],
+        seqs: &[StepSeq],
         vocab: usize,
     ) -> Result<(Vec<u32>, CommStats), ModelError> {
         let (logits, stats) = self.step(seqs)?;
@@ -211,7 +212,7 @@ impl RankWorker for CpuWorker {
         self.model.weight_bytes()
     }
 
-    fn step(&mut self, seqs: &[SeqInput<'_>]) -> Result<(Vec<f32>, CommStats), ModelError> {
+    fn step(&mut self, seqs: &[StepSeq]) -> Result<(Vec<f32>, CommStats), ModelError> {
         let logits =
             self.model
                 .forward_batch(&self.backend, self.comm.as_mut(), &mut self.cache, seqs)?;

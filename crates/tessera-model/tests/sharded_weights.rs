@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use tessera_model::{
-    synthetic, CpuBackend, LogitRows, ModelError, PagedKvCache, RankModel, SeqInput, WeightDtype,
+    synthetic, CpuBackend, LogitRows, ModelError, PagedKvCache, RankModel, StepSeq, WeightDtype,
     WeightFiles,
 };
 use tessera_plan::{ReduceMode, Strategy};
@@ -63,10 +63,11 @@ fn logits(dir: &Path, shape: &tessera_plan::ModelShape, prompt: &[u32]) -> Vec<f
     let blocks = prompt.len().div_ceil(block_size);
     let mut cache = PagedKvCache::new(model.kv_widths(), blocks, block_size);
     let table: Vec<u32> = (0..blocks as u32).collect();
-    let input = SeqInput {
-        tokens: prompt,
+    let input = StepSeq {
+        id: 0,
+        tokens: prompt.to_vec(),
         start: 0,
-        block_table: &table,
+        block_table: table,
         logits: LogitRows::All,
     };
     model

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tessera_comm::{Communicator, ThreadGroup};
 use tessera_model::{
-    synthetic, CpuBackend, LogitRows, PagedKvCache, RankModel, SeqInput, WeightDtype,
+    synthetic, CpuBackend, LogitRows, PagedKvCache, RankModel, StepSeq, WeightDtype,
 };
 use tessera_plan::cost::collective_bytes_per_rank;
 use tessera_plan::{ReduceMode, ShardPlan, Strategy};
@@ -58,13 +58,14 @@ fn run(
                     let mut logits = Vec::new();
                     let mut bytes = Vec::new();
                     for step in steps {
-                        let seqs: Vec<SeqInput<'_>> = step
+                        let seqs: Vec<StepSeq> = step
                             .iter()
                             .zip(&tables)
-                            .map(|((tokens, start, rows), table)| SeqInput {
-                                tokens,
+                            .map(|((tokens, start, rows), table)| StepSeq {
+                                id: 0,
+                                tokens: tokens.to_vec(),
                                 start: *start,
-                                block_table: table,
+                                block_table: table.clone(),
                                 logits: *rows,
                             })
                             .collect();

@@ -90,47 +90,68 @@ pub async fn handle(
             "accepted"
         )
     });
-    // Choice i answers prompt i / n; echo prefixes its prompt's text.
-    let prefixes: Vec<String> = (0..generation.len())
-        .map(|i| {
-            if echo {
-                prompts[i / sampling.n].text.clone()
-            } else {
-                String::new()
-            }
-        })
-        .collect();
     let include_usage = common
         .stream_options
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let echo_logprobs = echo && logprobs.is_some();
-    let meta = TextChunks {
-        echo_prompts: (0..generation.len())
-            .map(|i| {
-                if echo_logprobs {
-                    prompts[i / sampling.n].ids.clone()
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect(),
-        usage: ChunkUsage::pending(stream && include_usage),
-        id: format!("cmpl-{}", crate::routes::fresh_id()),
-        created: unix_now(),
-        model: state.config.model_name.clone(),
-        system_fingerprint: state.config.system_fingerprint.clone(),
-        offsets: prefixes.iter().map(|p| p.chars().count()).collect(),
-        prefixes,
-        state: Arc::clone(&state),
-        with_logprobs: logprobs.is_some(),
-    };
+    let meta = text_chunks(
+        &state,
+        &prompts,
+        generation.len(),
+        sampling.n,
+        echo,
+        logprobs.is_some(),
+        stream && include_usage,
+    );
     let shape = Shape {
         prompt_tokens,
         stream,
         include_usage,
     };
     respond(generation, meta, shape, span).await
+}
+
+/// What every chunk of the response shares. Choice `i` answers prompt `i / n`; with
+/// `echo` its text starts with its prompt's text (and, with `logprobs`, the prompt's ids
+/// are scored too).
+fn text_chunks(
+    state: &Arc<AppState>,
+    prompts: &[Prompt],
+    choices: usize,
+    n: usize,
+    echo: bool,
+    logprobs: bool,
+    usage: bool,
+) -> TextChunks {
+    let prefixes: Vec<String> = (0..choices)
+        .map(|i| {
+            if echo {
+                prompts[i / n].text.clone()
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    TextChunks {
+        echo_prompts: (0..choices)
+            .map(|i| {
+                if echo && logprobs {
+                    prompts[i / n].ids.clone()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect(),
+        usage: ChunkUsage::pending(usage),
+        id: format!("cmpl-{}", crate::routes::fresh_id()),
+        created: unix_now(),
+        model: state.config.model_name.clone(),
+        system_fingerprint: state.config.system_fingerprint.clone(),
+        offsets: prefixes.iter().map(|p| p.chars().count()).collect(),
+        prefixes,
+        state: Arc::clone(state),
+        with_logprobs: logprobs,
+    }
 }
 
 /// Checks the fields only text completions have; returns the engine's logprobs setting.

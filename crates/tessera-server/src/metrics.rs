@@ -129,94 +129,7 @@ impl Metrics {
     /// The Prometheus text exposition of everything, with `stats` from the engine.
     pub fn render(&self, stats: &EngineStats) -> String {
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            &mut out,
-            "tessera_requests_running",
-            "Requests being computed.",
-            stats.running as f64,
-        );
-        gauge(
-            &mut out,
-            "tessera_requests_waiting",
-            "Requests waiting for KV blocks or a batch slot.",
-            stats.waiting as f64,
-        );
-        gauge(
-            &mut out,
-            "tessera_kv_blocks_used",
-            "KV-cache blocks held by requests.",
-            stats.blocks_used as f64,
-        );
-        gauge(
-            &mut out,
-            "tessera_kv_blocks_total",
-            "KV-cache blocks in the pool.",
-            stats.blocks_total as f64,
-        );
-        let rate = if stats.prefix_queries == 0 {
-            0.0
-        } else {
-            stats.prefix_hits as f64 / stats.prefix_queries as f64
-        };
-        gauge(
-            &mut out,
-            "tessera_prefix_cache_hit_rate",
-            "Prefix-cache block hits over lookups since start.",
-            rate,
-        );
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        counter(
-            &mut out,
-            "tessera_generated_tokens_total",
-            "Tokens generated since start.",
-            stats.generated_tokens,
-        );
-        counter(
-            &mut out,
-            "tessera_prompt_tokens_computed_total",
-            "Prompt tokens computed since start (prefix-cache hits excluded).",
-            stats.computed_prompt_tokens,
-        );
-        counter(
-            &mut out,
-            "tessera_preemptions_total",
-            "Requests preempted (recomputed later) since start.",
-            stats.preemptions,
-        );
-        counter(
-            &mut out,
-            "tessera_steps_total",
-            "Engine forward steps since start.",
-            stats.steps,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tessera_collective_seconds_total Seconds each rank spent inside collectives (all-reduce, all-gather) since start.\n# TYPE tessera_collective_seconds_total counter"
-        );
-        for (rank, secs) in stats.collective_seconds.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tessera_collective_seconds_total{{rank=\"{rank}\"}} {secs}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tessera_collective_bytes_total Bytes each rank wrote into the communicator since start.\n# TYPE tessera_collective_bytes_total counter"
-        );
-        for (rank, bytes) in stats.collective_bytes.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tessera_collective_bytes_total{{rank=\"{rank}\"}} {bytes}"
-            );
-        }
+        render_engine_stats(&mut out, stats);
         render_collective_steps(&mut out, stats);
         counter(
             &mut out,
@@ -246,6 +159,103 @@ impl Metrics {
             "Time between consecutive tokens of one choice.",
         );
         out
+    }
+}
+
+/// Writes one gauge.
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+/// Writes one counter.
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
+}
+
+/// Writes the engine's gauges and counters, then its per-rank collective totals.
+fn render_engine_stats(out: &mut String, stats: &EngineStats) {
+    let hit_rate = if stats.prefix_queries == 0 {
+        0.0
+    } else {
+        stats.prefix_hits as f64 / stats.prefix_queries as f64
+    };
+    let gauges = [
+        (
+            "tessera_requests_running",
+            "Requests being computed.",
+            stats.running as f64,
+        ),
+        (
+            "tessera_requests_waiting",
+            "Requests waiting for KV blocks or a batch slot.",
+            stats.waiting as f64,
+        ),
+        (
+            "tessera_kv_blocks_used",
+            "KV-cache blocks held by requests.",
+            stats.blocks_used as f64,
+        ),
+        (
+            "tessera_kv_blocks_total",
+            "KV-cache blocks in the pool.",
+            stats.blocks_total as f64,
+        ),
+        (
+            "tessera_prefix_cache_hit_rate",
+            "Prefix-cache block hits over lookups since start.",
+            hit_rate,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        gauge(out, name, help, v);
+    }
+    let counters = [
+        (
+            "tessera_generated_tokens_total",
+            "Tokens generated since start.",
+            stats.generated_tokens,
+        ),
+        (
+            "tessera_prompt_tokens_computed_total",
+            "Prompt tokens computed since start (prefix-cache hits excluded).",
+            stats.computed_prompt_tokens,
+        ),
+        (
+            "tessera_preemptions_total",
+            "Requests preempted (recomputed later) since start.",
+            stats.preemptions,
+        ),
+        (
+            "tessera_steps_total",
+            "Engine forward steps since start.",
+            stats.steps,
+        ),
+    ];
+    for (name, help, v) in counters {
+        counter(out, name, help, v);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tessera_collective_seconds_total Seconds each rank spent inside collectives (all-reduce, all-gather) since start.\n# TYPE tessera_collective_seconds_total counter"
+    );
+    for (rank, secs) in stats.collective_seconds.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "tessera_collective_seconds_total{{rank=\"{rank}\"}} {secs}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tessera_collective_bytes_total Bytes each rank wrote into the communicator since start.\n# TYPE tessera_collective_bytes_total counter"
+    );
+    for (rank, bytes) in stats.collective_bytes.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "tessera_collective_bytes_total{{rank=\"{rank}\"}} {bytes}"
+        );
     }
 }
 

@@ -58,7 +58,7 @@ impl SamplingDefaults {
 
 /// The sampling part of a request, checked, before any prompt is known.
 #[derive(Clone, Debug)]
-pub struct Sampling {
+pub struct CheckedSampling {
     /// Parameters shared by every choice (`max_tokens` is set per prompt).
     pub params: SamplingParams,
     /// The requested `max_tokens`, if any.
@@ -80,7 +80,7 @@ pub fn sampling(
     logprobs: Option<usize>,
     limits: &Limits,
     model: &SamplingDefaults,
-) -> Result<Sampling, ServerError> {
+) -> Result<CheckedSampling, ServerError> {
     let n = common.n.unwrap_or(1);
     if n == 0 || n > limits.max_n as u64 {
         return Err(ServerError::invalid(
@@ -154,7 +154,7 @@ pub fn sampling(
         prompt_logprobs: None,
     };
     params.validate(limits.vocab).map_err(sampling_error)?;
-    Ok(Sampling {
+    Ok(CheckedSampling {
         params,
         max_tokens,
         default_max_tokens: None,
@@ -162,7 +162,7 @@ pub fn sampling(
     })
 }
 
-impl Sampling {
+impl CheckedSampling {
     /// The `n` engine requests for one prompt; `what` names the prompt field in errors.
     pub fn requests(
         &self,

@@ -7,18 +7,16 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tessera_model::{LogitRows, TextTokenizer};
+use tessera_model::{LogitRows, StepSeq, TextTokenizer};
 
 use super::handle::{EngineStats, Msg, Submit};
 use super::pace::{self, ItlTarget, StepCostModel};
 use super::request::{Event, FinishReason, LiveRequest, Pick, TokenLogprobs, Usage, FLUSH_TOKEN};
 use crate::constraint::masks_beside;
-use crate::coordinator::{Coordinator, EngineError, StepSeq};
+use crate::coordinator::{Coordinator, EngineError};
 use crate::histogram::Histogram;
 use crate::sampling::Sampled;
-use crate::scheduler::{
-    AppendOutcome, SchedError, SchedRequest, ScheduledSeq, Scheduler, StepPlan,
-};
+use crate::scheduler::{AppendOutcome, SchedError, SchedRequest, Scheduler, StepPlan};
 
 /// The engine thread's state: the ranks, the scheduler and every live request.
 pub(crate) struct Worker {
@@ -162,7 +160,7 @@ impl Worker {
 
     fn step(&mut self) -> Result<(), EngineError> {
         let (cost, itl) = (&self.cost, self.itl);
-        let plan = self
+        let mut plan = self
             .sched
             .schedule_paced(|shape| pace::prefill_budget(cost, itl, shape));
         self.counters.preemptions += plan.preempted.len() as u64;
@@ -181,7 +179,7 @@ impl Worker {
             return Ok(());
         }
         let started = Instant::now();
-        self.run_plan(&plan)?;
+        self.run_plan(&mut plan)?;
         let seconds = started.elapsed().as_secs_f64();
         let decodes = plan.seqs.iter().filter(|s| s.tokens.len() == 1).count();
         let prefill = plan.num_tokens() - decodes;
@@ -191,19 +189,17 @@ impl Worker {
     }
 
     /// Runs `plan` on the ranks and advances every sequence that samples.
-    fn run_plan(&mut self, plan: &StepPlan) -> Result<(), EngineError> {
-        let rows: Vec<LogitRows> = plan.seqs.iter().map(|s| self.rows_of(s)).collect();
-        let seqs: Vec<StepSeq> = plan
+    fn run_plan(&mut self, plan: &mut StepPlan) -> Result<(), EngineError> {
+        // The scheduler asks for the last row of exactly the chunks that sample; scoring a
+        // prompt widens that to every row, so which chunks sample is noted first.
+        let samples: Vec<bool> = plan
             .seqs
             .iter()
-            .zip(&rows)
-            .map(|(s, &logits)| StepSeq {
-                tokens: s.tokens.clone(),
-                start: s.start_pos,
-                block_table: s.block_table.iter().map(|b| b.index() as u32).collect(),
-                logits,
-            })
+            .map(|s| s.logits != LogitRows::None)
             .collect();
+        for s in &mut plan.seqs {
+            s.logits = self.rows_of(s);
+        }
         for s in &plan.seqs {
             if self.requests.get(&s.id).is_some_and(|r| r.generated == 0) {
                 self.counters.computed_prompt_tokens += s.tokens.len() as u64;
@@ -212,30 +208,25 @@ impl Worker {
         // When every row sampled is plain greedy (no bias, penalty or logprobs) and no
         // prompt is scored, the ranks return only the chosen ids (a GPU picks them where
         // the logits are, and no logits row crosses to the host).
-        let greedy_only = rows.iter().all(|&r| r != LogitRows::All)
-            && plan.seqs.iter().filter(|s| s.needs_logits).all(|s| {
+        let greedy_only = plan.seqs.iter().all(|s| s.logits != LogitRows::All)
+            && sampling(plan, &samples).all(|s| {
                 self.requests
                     .get(&s.id)
                     .is_some_and(|r| r.sampler.is_plain_greedy() && r.constraint.is_none())
             });
         if greedy_only {
-            self.run_greedy(plan, seqs)
+            self.run_greedy(plan, &samples)
         } else {
-            self.run_logits(plan, seqs, &rows)
+            self.run_logits(plan, &samples)
         }
     }
 
     /// Runs a step whose sampled rows are all plain greedy: the ranks return the ids.
-    fn run_greedy(&mut self, plan: &StepPlan, seqs: Vec<StepSeq>) -> Result<(), EngineError> {
-        let ids = self.coordinator.step_greedy(seqs)?;
+    fn run_greedy(&mut self, plan: &StepPlan, samples: &[bool]) -> Result<(), EngineError> {
+        let ids = self.coordinator.step_greedy(plan.seqs.clone())?;
         self.counters.steps += 1;
         self.observe_collectives();
-        let sampled: Vec<u64> = plan
-            .seqs
-            .iter()
-            .filter(|s| s.needs_logits)
-            .map(|s| s.id)
-            .collect();
+        let sampled: Vec<u64> = sampling(plan, samples).map(|s| s.id).collect();
         if ids.len() != sampled.len() {
             return Err(EngineError::Internal(format!(
                 "the ranks returned {} tokens for {} sequences",
@@ -250,12 +241,7 @@ impl Worker {
     }
 
     /// Runs a step that returns logits rows, scores prompts and samples from the rows.
-    fn run_logits(
-        &mut self,
-        plan: &StepPlan,
-        seqs: Vec<StepSeq>,
-        rows: &[LogitRows],
-    ) -> Result<(), EngineError> {
+    fn run_logits(&mut self, plan: &StepPlan, samples: &[bool]) -> Result<(), EngineError> {
         // Constrained rows' masks are computed while the ranks run the forward pass.
         let constraints = self
             .requests
@@ -263,13 +249,13 @@ impl Worker {
             .filter_map(|r| r.constraint.as_mut())
             .collect();
         let coordinator = &mut self.coordinator;
-        let logits = masks_beside(constraints, || coordinator.step(seqs))?;
+        let logits = masks_beside(constraints, || coordinator.step(plan.seqs.clone()))?;
         self.counters.steps += 1;
         self.observe_collectives();
         let vocab = self.coordinator.config().shape.vocab;
         let mut offset = 0;
-        for (s, &r) in plan.seqs.iter().zip(rows) {
-            let n = r.count(s.tokens.len());
+        for (s, &sample) in plan.seqs.iter().zip(samples) {
+            let n = s.logits.count(s.tokens.len());
             let Some(block) = logits.get(offset * vocab..(offset + n) * vocab) else {
                 return Err(EngineError::Internal(format!(
                     "the ranks returned {} logit rows, fewer than the step asked for",
@@ -277,10 +263,10 @@ impl Worker {
                 )));
             };
             offset += n;
-            if r == LogitRows::All {
-                self.record_prompt_scores(s.id, s.start_pos, block, vocab);
+            if s.logits == LogitRows::All {
+                self.record_prompt_scores(s.id, s.start, block, vocab);
             }
-            if s.needs_logits {
+            if sample {
                 self.advance(s.id, Pick::Logits(&block[block.len() - vocab..]));
             }
         }
@@ -288,17 +274,16 @@ impl Worker {
     }
 
     /// The logit rows a chunk needs: every row while its prompt logprobs are being
-    /// gathered and it covers a scored position, else the last row when it samples.
-    fn rows_of(&self, s: &ScheduledSeq) -> LogitRows {
+    /// gathered and it covers a scored position, else what the scheduler asked for (the
+    /// last row when it samples).
+    fn rows_of(&self, s: &StepSeq) -> LogitRows {
         let scoring = self.requests.get(&s.id).is_some_and(|r| {
-            r.prompt_scores.is_some() && s.start_pos + 1 < r.prompt_len && !s.tokens.is_empty()
+            r.prompt_scores.is_some() && s.start + 1 < r.prompt_len && !s.tokens.is_empty()
         });
         if scoring {
             LogitRows::All
-        } else if s.needs_logits {
-            LogitRows::Last
         } else {
-            LogitRows::None
+            s.logits
         }
     }
 
@@ -476,4 +461,12 @@ impl Worker {
             ..self.counters.clone()
         };
     }
+}
+
+/// The sequences of `plan` that sample a token this step (`samples[i]` for `plan.seqs[i]`).
+fn sampling<'a>(plan: &'a StepPlan, samples: &'a [bool]) -> impl Iterator<Item = &'a StepSeq> {
+    plan.seqs
+        .iter()
+        .zip(samples)
+        .filter_map(|(s, &sample)| sample.then_some(s))
 }

@@ -1,28 +1,19 @@
 //! What the scheduler hands out: the plan of one forward pass ([`StepPlan`]), the shape a
 //! prefill budget is chosen from ([`StepShape`]), and the outcome of appending a token.
 
-use crate::block_pool::BlockId;
+use tessera_model::StepSeq;
 
-/// One sequence's share of a forward pass.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScheduledSeq {
-    /// The sequence's id.
-    pub id: u64,
-    /// Position of `tokens[0]`.
-    pub start_pos: usize,
-    /// Token ids to feed, at positions `start_pos..start_pos + tokens.len()`.
-    pub tokens: Vec<u32>,
-    /// The whole block table, covering at least `start_pos + tokens.len()` positions.
-    pub block_table: Vec<BlockId>,
-    /// The chunk ends at the last known token: sample one token from its last row.
-    pub needs_logits: bool,
-}
-
-/// What to run in one forward pass.
+/// What to run in one forward pass: the whole contract between the scheduler and the
+/// ranks. Each [`StepSeq`] is what a rank consumes, as the scheduler built it; a chunk
+/// that ends at the sequence's last known token asks for [`LogitRows::Last`] (the engine
+/// samples its next token from that row), any other chunk for [`LogitRows::None`].
+///
+/// [`LogitRows::Last`]: tessera_model::LogitRows::Last
+/// [`LogitRows::None`]: tessera_model::LogitRows::None
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StepPlan {
     /// Sequences to run: decodes first, then prefill chunks, then new admissions.
-    pub seqs: Vec<ScheduledSeq>,
+    pub seqs: Vec<StepSeq>,
     /// Sequences preempted by this step: their blocks are freed and they wait again.
     pub preempted: Vec<u64>,
 }

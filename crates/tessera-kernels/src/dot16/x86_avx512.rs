@@ -187,42 +187,8 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NR: usize>(op: &Operands<E>
                 }
             }
         }
-        if MR == 4 && NR == 4 {
-            // A full tile reduces its 16 accumulators together (same adds, fewer shuffles).
-            let mut flat = [_mm512_setzero_ps(); 16];
-            for (r, acc_row) in acc.iter().enumerate() {
-                for (c, a) in acc_row.iter().enumerate() {
-                    flat[r * 4 + c] = *a;
-                }
-            }
-            let sums = tree_sum16(&flat);
-            if op.partial_stride != 0 {
-                let mut out = [0.0f32; 16];
-                // SAFETY: 16 floats fit in `out`.
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums) };
-                for r in 0..4 {
-                    for c in 0..4 {
-                        // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
-                        unsafe {
-                            *op.y.add(ci * op.partial_stride + (i + r) * op.ldy + j + c) =
-                                out[c * 4 + r]
-                        };
-                    }
-                }
-            } else if ci == 0 {
-                total16 = sums;
-            } else {
-                total16 = _mm512_add_ps(total16, sums);
-            }
-        } else {
-            for (r, (acc_row, total_row)) in acc.iter().zip(total.iter_mut()).enumerate() {
-                for (c, (a, tot)) in acc_row.iter().zip(total_row.iter_mut()).enumerate() {
-                    let s = tree_sum(*a);
-                    // SAFETY: (i + r, j + c) is inside this tile, which our caller covers.
-                    unsafe { super::take_chunk_sum(op, ci, i + r, j + c, s, tot) };
-                }
-            }
-        }
+        // SAFETY: the tile is inside what our caller covers.
+        unsafe { take_chunk(op, t, ci, &acc, &mut total, &mut total16) };
         ci += 1;
         c0 = c1;
         if c0 >= k {
@@ -241,4 +207,59 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NR: usize>(op: &Operands<E>
     }
     // SAFETY: the tile is inside what our caller covers.
     unsafe { super::store_folded(op, i, j, &total, MR, NR) };
+}
+
+/// Reduces chunk `ci`'s accumulators of the `MR x NR` tile at `t` into its totals (a
+/// full 4x4 tile into `total16`, transposed) or, with partial slabs, stores them there.
+/// Runs once per chunk, outside the multiply-add loop.
+///
+/// # Safety
+/// As [`tile`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn take_chunk<E: Elem, const MR: usize, const NR: usize>(
+    op: &Operands<E>,
+    t: Tile,
+    ci: usize,
+    acc: &[[__m512; NR]; MR],
+    total: &mut [[f32; NR]; MR],
+    total16: &mut __m512,
+) {
+    let (i, j) = (t.i, t.j);
+    if MR == 4 && NR == 4 {
+        // A full tile reduces its 16 accumulators together (same adds, fewer shuffles).
+        let mut flat = [_mm512_setzero_ps(); 16];
+        for (r, acc_row) in acc.iter().enumerate() {
+            for (c, a) in acc_row.iter().enumerate() {
+                flat[r * 4 + c] = *a;
+            }
+        }
+        let sums = tree_sum16(&flat);
+        if op.partial_stride != 0 {
+            let mut out = [0.0f32; 16];
+            // SAFETY: 16 floats fit in `out`.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums) };
+            for r in 0..4 {
+                for c in 0..4 {
+                    // SAFETY: chunk ci's slab holds this (row, column) (Operands contract).
+                    unsafe {
+                        *op.y.add(ci * op.partial_stride + (i + r) * op.ldy + j + c) =
+                            out[c * 4 + r]
+                    };
+                }
+            }
+        } else if ci == 0 {
+            *total16 = sums;
+        } else {
+            *total16 = _mm512_add_ps(*total16, sums);
+        }
+    } else {
+        for (r, (acc_row, total_row)) in acc.iter().zip(total.iter_mut()).enumerate() {
+            for (c, (a, tot)) in acc_row.iter().zip(total_row.iter_mut()).enumerate() {
+                let s = tree_sum(*a);
+                // SAFETY: (i + r, j + c) is inside this tile, which our caller covers.
+                unsafe { super::take_chunk_sum(op, ci, i + r, j + c, s, tot) };
+            }
+        }
+    }
 }

@@ -1,0 +1,169 @@
+//! Paged attention's unit tests: the live-row ranges, bit-for-bit equality with the
+//! contiguous kernel on a mixed batch, and rejected block tables.
+
+use super::*;
+use crate::{attention, AttentionShape};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Scatters a contiguous cache `[pos][hkv][d]` into blocks given by a shuffled table.
+fn scatter(contig: &[f32], slot: usize, bs: usize, table: &[u32], pool: &mut [f32]) {
+    for (p, row) in contig.chunks_exact(slot).enumerate() {
+        let at = (table[p / bs] as usize * bs + p % bs) * slot;
+        pool[at..at + slot].copy_from_slice(row);
+    }
+}
+
+#[test]
+fn live_rows_are_exactly_the_rows_that_see_a_key_of_the_run() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..2000 {
+        let first_pos: usize = rng.random_range(0..100);
+        let rows: usize = rng.random_range(1..70);
+        let j = rng.random_range(0..first_pos + rows);
+        let run = rng.random_range(1..=(first_pos + rows - j).min(20));
+        let window = [None, Some(1), Some(rng.random_range(1..50))][rng.random_range(0..3)];
+        let want: Vec<usize> = (0..rows)
+            .filter(|&i| {
+                let pos = first_pos + i;
+                let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                (j..j + run).any(|key| lo <= key && key <= pos)
+            })
+            .collect();
+        let got: Vec<usize> = live_rows(first_pos, rows, j, run, window).collect();
+        assert_eq!(
+            got, want,
+            "first_pos={first_pos} rows={rows} j={j} run={run} {window:?}"
+        );
+    }
+}
+
+#[test]
+fn paged_equals_contiguous_bitwise_for_a_mixed_batch() {
+    compare_with_contiguous(8, &[0, 0, 1, 1, 1], 2, 4);
+    compare_with_contiguous(16, &[0, 0, 0, 0, 0], 1, 16);
+    compare_with_contiguous(64, &[0, 0, 0, 1, 1, 1], 2, 16);
+}
+
+/// The batch of sequences `(start, tokens)` with their block tables, rows in order.
+fn paged_seqs<'a>(specs: &[(usize, usize)], tables: &'a [Vec<u32>]) -> Vec<PagedSeq<'a>> {
+    let mut row = 0;
+    specs
+        .iter()
+        .zip(tables)
+        .map(|(&(start, t), table)| {
+            let s = PagedSeq {
+                row,
+                tokens: t,
+                start,
+                block_table: table,
+            };
+            row += t;
+            s
+        })
+        .collect()
+}
+
+fn compare_with_contiguous(d: usize, kv_index: &[usize], hkv: usize, bs: usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let nblocks = 64;
+    let hq = kv_index.len();
+    let slot = hkv * d;
+    let pool = CpuPool::new(2).unwrap();
+    let mut kp = vec![0.0f32; nblocks * bs * slot];
+    let mut vp = vec![0.0f32; nblocks * bs * slot];
+    let mut free: Vec<u32> = (0..nblocks as u32).collect();
+    // (start, tokens) per sequence: decode, prefill chunk after a past, fresh prefill.
+    let specs = [(9usize, 1usize), (5, 6), (0, 7), (13, 1), (0, 24), (3, 70)];
+    let mut tables = Vec::new();
+    let mut conts = Vec::new();
+    let mut qs = Vec::new();
+    for &(start, t) in &specs {
+        let n = start + t;
+        let blocks = n.div_ceil(bs);
+        let table: Vec<u32> = (0..blocks)
+            .map(|_| free.remove(rng.random_range(0..free.len())))
+            .collect();
+        let kc: Vec<f32> = (0..n * slot).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let vc: Vec<f32> = (0..n * slot).map(|_| rng.random_range(-1.0..1.0)).collect();
+        scatter(&kc, slot, bs, &table, &mut kp);
+        scatter(&vc, slot, bs, &table, &mut vp);
+        qs.push(
+            (0..t * hq * d)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect::<Vec<f32>>(),
+        );
+        tables.push(table);
+        conts.push((kc, vc));
+    }
+    for window in [None, Some(3)] {
+        let seqs = paged_seqs(&specs, &tables);
+        let q: Vec<f32> = qs.concat();
+        let mut out = vec![f32::NAN; q.len()];
+        let shape = PagedShape {
+            head_dim: d,
+            kv_heads: hkv,
+            kv_index,
+            window,
+            block_size: bs,
+        };
+        paged_attention(&pool, &q, &kp, &vp, &seqs, &shape, &mut out).unwrap();
+        let mut offset = 0;
+        for (i, &(start, t)) in specs.iter().enumerate() {
+            let mut expect = vec![0.0f32; t * hq * d];
+            let cshape = AttentionShape {
+                tokens: t,
+                start,
+                head_dim: d,
+                kv_heads: hkv,
+                kv_index,
+                window,
+            };
+            attention(
+                &pool,
+                &qs[i],
+                &conts[i].0,
+                &conts[i].1,
+                &cshape,
+                &mut expect,
+            )
+            .unwrap();
+            assert_eq!(
+                &out[offset..offset + t * hq * d],
+                &expect[..],
+                "sequence {i} window {window:?}"
+            );
+            offset += t * hq * d;
+        }
+    }
+}
+
+#[test]
+fn bad_block_ids_and_short_tables_are_rejected() {
+    let pool = CpuPool::new(1).unwrap();
+    let kv_index = [0usize];
+    let shape = PagedShape {
+        head_dim: 4,
+        kv_heads: 1,
+        kv_index: &kv_index,
+        window: None,
+        block_size: 2,
+    };
+    let k = vec![0.0f32; 3 * 2 * 4];
+    let q = vec![0.0f32; 4];
+    let mut out = vec![0.0f32; 4];
+    let bad = [PagedSeq {
+        row: 0,
+        tokens: 1,
+        start: 0,
+        block_table: &[3],
+    }];
+    assert!(paged_attention(&pool, &q, &k, &k, &bad, &shape, &mut out).is_err());
+    let short = [PagedSeq {
+        row: 0,
+        tokens: 1,
+        start: 4,
+        block_table: &[0, 1],
+    }];
+    assert!(paged_attention(&pool, &q, &k, &k, &short, &shape, &mut out).is_err());
+}
