@@ -27,8 +27,9 @@ fn group_heads(kv_index: &[i32], hkv: usize) -> (Vec<i32>, usize) {
 }
 
 /// Writes the new keys/values into the bf16 pool, runs the split and combine kernels
-/// with `splits[i]` splits for decode row i; returns (output, bf16 key pool bits).
-fn run(b: &Batch, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
+/// over `items` (the decode rows when `None`) with `splits[i]` splits for item i; returns
+/// (output, bf16 key pool bits).
+fn run(b: &Batch, items: Option<&[i32]>, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
     let h = b.host_rows();
     let Heads { d, hq, hkv, window } = b.heads;
     let kvw = (hkv * d) as i32;
@@ -57,7 +58,7 @@ fn run(b: &Batch, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
         dev(&h.tables, place),
     );
     let (rows, rs, po, dgh) = (
-        dev(&h.decode_rows, place),
+        dev(items.unwrap_or(&h.decode_rows), place),
         dev(splits, place),
         dev(&off, place),
         dev(&gh, place),
@@ -68,7 +69,7 @@ fn run(b: &Batch, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
         poisoned(parts * d, place),
     );
     let (pmp, plp, pap) = (pm.mut_ptr(), pl.mut_ptr(), pa.mut_ptr());
-    let items = h.decode_rows.len() as u32;
+    let items = items.map_or(h.decode_rows.len(), <[i32]>::len) as u32;
     let most = *splits.iter().max().expect("a row") as u32;
     let (bs, win, scale) = (
         b.block_size as i32,
@@ -129,7 +130,7 @@ fn check(heads: Heads, contexts: &[usize], splits: &[i32], seed: u64) {
     let seqs: Vec<(usize, usize)> = contexts.iter().map(|&c| (c - 1, 1)).collect();
     for (i, place) in PLACES.into_iter().enumerate() {
         let b = Batch::new(&mut rng(seed + i as u64), heads, seqs.clone(), 16);
-        let (got, k_bits) = run(&b, splits, place);
+        let (got, k_bits) = run(&b, None, splits, place);
         let (kc, vc, q) = b.written();
         assert_eq!(k_bits, to_bf16(&kc), "kv_write_bf16 {heads:?}");
         let want = b.reference(&q, &rounded(&kc), &rounded(&vc));
@@ -206,6 +207,28 @@ fn a_long_row_next_to_short_ones_splits_alone() {
         &[40, 1, 2],
         340,
     );
+}
+
+#[test]
+fn prefill_rows_run_as_items_of_the_decode_kernel() {
+    // tessera-cuda runs every row of a step on the bf16 pool through this kernel: a
+    // prompt's rows attend to their own causal prefix of the keys just written.
+    let heads = Heads {
+        d: 64,
+        hq: 8,
+        hkv: 2,
+        window: None,
+    };
+    let seqs = vec![(0, 37), (5, 1), (20, 9)];
+    for (i, place) in PLACES.into_iter().enumerate() {
+        let b = Batch::new(&mut rng(350 + i as u64), heads, seqs.clone(), 16);
+        let items: Vec<i32> = (0..b.rows as i32).collect();
+        let splits: Vec<i32> = items.iter().map(|&r| 1 + r % 3).collect();
+        let (got, _) = run(&b, Some(&items), &splits, place);
+        let (kc, vc, q) = b.written();
+        let want = b.reference(&q, &rounded(&kc), &rounded(&vc));
+        assert_close("prefill rows as decode items", &got, &want, 1e-4);
+    }
 }
 
 #[test]
