@@ -231,6 +231,82 @@ fn prefill_rows_run_as_items_of_the_decode_kernel() {
     }
 }
 
+/// The tiled prefill kernel over the bf16 pool (after `kv_write_bf16`) for a batch of
+/// prompts; returns the output of every prefill row (decode rows are left poisoned).
+fn run_prefill_bf16(b: &Batch, place: Placement) -> Vec<f32> {
+    let h = b.host_rows();
+    let Heads { d, hq, hkv, window } = b.heads;
+    let kvw = (hkv * d) as i32;
+    let (qd, stride) = ((hq * d) as i32, b.stride as i32);
+    let dqkv = dev(&b.qkv, place);
+    let (mut dk, mut dv) = (
+        dev(&to_bf16(&b.k_pool), place),
+        dev(&to_bf16(&b.v_pool), place),
+    );
+    let (kp, vp) = (dk.mut_ptr(), dv.mut_ptr());
+    let slots = dev(&h.slots, place);
+    launch([b.rows as u32, 1, 1], [128, 1, 1], || unsafe {
+        k::kv_write_bf16(dqkv.ptr(), stride, qd, qd + kvw, kvw, slots.ptr(), kp, vp)
+    })
+    .expect("kv_write_bf16");
+    let (pos, toff, tabs) = (
+        dev(&h.positions, place),
+        dev(&h.table_off, place),
+        dev(&h.tables, place),
+    );
+    let (tf, tr, kvi) = (
+        dev(&h.tile_first, place),
+        dev(&h.tile_rows, place),
+        dev(&b.kv_index, place),
+    );
+    let mut out = poisoned(b.rows * hq * d, place);
+    let o = out.mut_ptr();
+    let (win, scale) = (window.unwrap_or(0) as i32, 1.0 / (d as f32).sqrt());
+    let grid = [h.tile_first.len() as u32, hq as u32, 1];
+    launch(grid, [128, 1, 1], || unsafe {
+        k::prefill_attention_bf16(
+            dqkv.ptr(),
+            stride,
+            0,
+            dk.ptr(),
+            dv.ptr(),
+            tabs.ptr(),
+            toff.ptr(),
+            pos.ptr(),
+            tf.ptr(),
+            tr.ptr(),
+            kvi.ptr(),
+            d as i32,
+            hkv as i32,
+            b.block_size as i32,
+            win,
+            scale,
+            o,
+        )
+    })
+    .expect("prefill_attention_bf16");
+    out.to_vec()
+}
+
+#[test]
+fn tiled_prefill_over_the_bf16_pool_matches_cpu() {
+    let heads = Heads {
+        d: 64,
+        hq: 8,
+        hkv: 2,
+        window: Some(40),
+    };
+    // Prompts with partial tiles and blocks, one continuing after cached keys.
+    let seqs = vec![(0, 37), (20, 9), (3, 16)];
+    for (i, place) in PLACES.into_iter().enumerate() {
+        let b = Batch::new(&mut rng(360 + i as u64), heads, seqs.clone(), 16);
+        let got = run_prefill_bf16(&b, place);
+        let (kc, vc, q) = b.written();
+        let want = b.reference(&q, &rounded(&kc), &rounded(&vc));
+        assert_close("prefill bf16", &got, &want, 1e-4);
+    }
+}
+
 #[test]
 fn a_write_into_the_bf16_cache_rounds_to_nearest_even() {
     let v = [

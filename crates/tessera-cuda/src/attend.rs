@@ -5,7 +5,8 @@
 //! ```text
 //!   f32 pool:   kv_write_f32  -> prefill tiles: prefill_attention_f32
 //!                                decode rows:   paged_attention_split_f32 + reduce
-//!   bf16 pool:  kv_write_bf16 -> every row:     decode_attention_bf16 + combine
+//!   bf16 pool:  kv_write_bf16 -> prefill tiles: prefill_attention_bf16
+//!                                decode rows:   decode_attention_bf16 + combine
 //!                                               (K/V read once per GQA group)
 //! ```
 
@@ -54,32 +55,26 @@ pub(crate) fn attention(
         &step.rows.host_positions,
         heads.rope,
     )?;
-    let block_size = cache.block_size();
+    let shape = AttentionShape {
+        head_dim: d,
+        kv_heads: heads.kv_heads,
+        block_size: cache.block_size(),
+        window: heads.window,
+        kv_index: &heads.kv_index_dev.kv_index,
+        q_heads: heads.q_heads,
+    };
+    let (rows, scratch) = (&step.rows, &step.scratch);
     match cache.layer(heads.layer)? {
         LayerPool::F32(k, v) => {
-            ops::kv_write(gpu, qkv, width, qw, qw + kvw, kvw, &step.rows, k, v)?;
-            let shape = AttentionShape {
-                head_dim: d,
-                kv_heads: heads.kv_heads,
-                block_size,
-                window: heads.window,
-                kv_index: &heads.kv_index_dev.kv_index,
-                q_heads: heads.q_heads,
-            };
-            ops::paged_attention(
-                gpu,
-                qkv,
-                width,
-                0,
-                k,
-                v,
-                &step.rows,
-                &shape,
-                &step.scratch,
-                out,
-            )
+            ops::kv_write(gpu, qkv, width, qw, qw + kvw, kvw, rows, k, v)?;
+            ops::paged_attention(gpu, qkv, width, 0, k, v, rows, &shape, scratch, out)
         }
         LayerPool::Bf16(k, v) => {
+            ops::kv_write_bf16(gpu, qkv, width, qw, qw + kvw, kvw, rows, k, v)?;
+            ops::prefill_attention_bf16(gpu, qkv, width, 0, k, v, rows, &shape, out)?;
+            if rows.decode_count == 0 {
+                return Ok(());
+            }
             let map = heads.kv_index_dev;
             ensure(
                 map.group > 0 && map.group * heads.kv_heads == heads.q_heads,
@@ -92,27 +87,17 @@ pub(crate) fn attention(
                     )
                 },
             )?;
-            ops::kv_write_bf16(gpu, qkv, width, qw, qw + kvw, kvw, &step.rows, k, v)?;
             let grouped = GroupedHeads {
                 head_dim: d,
                 kv_heads: heads.kv_heads,
                 group: map.group,
                 group_heads: &map.group_heads,
-                block_size,
+                block_size: shape.block_size,
                 window: heads.window,
             };
+            let splits = &step.splits;
             ops::decode_attention(
-                gpu,
-                qkv,
-                width,
-                0,
-                k,
-                v,
-                &step.rows,
-                &step.splits,
-                &grouped,
-                &step.scratch,
-                out,
+                gpu, qkv, width, 0, k, v, rows, splits, &grouped, scratch, out,
             )
         }
     }

@@ -18,8 +18,9 @@ use crate::error::{ensure, CudaError};
 pub enum KvDtype {
     /// f32: read by `cuda/paged_attention.cu` (tiled prefill, split decode).
     F32,
-    /// bf16 rounded to nearest even, f32 accumulation: read by `cuda/decode_attention.cu`
-    /// (each key/value head once per GQA group); half the bytes of f32.
+    /// bf16 rounded to nearest even, f32 accumulation: decode rows read by
+    /// `cuda/decode_attention.cu` (each key/value head once per GQA group), prompt rows by
+    /// `prefill_attention_bf16`; half the bytes of f32.
     Bf16,
 }
 

@@ -36,8 +36,10 @@ pub struct AttentionRows {
     pub splits: usize,
     /// Keys per split (a power-of-two multiple of [`SPLIT_KEYS`]).
     pub split_len: usize,
-    decode_count: usize,
-    tile_count: usize,
+    pub(crate) decode_count: usize,
+    pub(crate) tile_count: usize,
+    /// Host copy of the decode rows (one new token of a sequence), in order.
+    pub(crate) host_decode_rows: Vec<i32>,
     pub(crate) positions: CudaSlice<i32>,
     pub(crate) table_off: CudaSlice<i32>,
     pub(crate) tables: CudaSlice<i32>,
@@ -96,6 +98,7 @@ impl AttentionRows {
             split_len: SPLIT_KEYS,
             decode_count: 0,
             tile_count: 0,
+            host_decode_rows: Vec::new(),
             positions: gpu.zeros(1)?,
             table_off: gpu.zeros(1)?,
             tables: gpu.zeros(1)?,
@@ -205,6 +208,7 @@ impl AttentionRows {
         self.decode_count = h.decode_rows.len();
         self.tile_count = h.tile_first.len();
         self.host_positions = h.positions;
+        self.host_decode_rows = h.decode_rows;
         Ok(moved)
     }
 

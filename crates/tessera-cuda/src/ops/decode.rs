@@ -8,12 +8,12 @@
 //!   part_off = prefix sums of heads * splits          (scratch sized by the step's rows)
 //! ```
 //!
-//! Every row of a step runs through the decode kernel, prefill rows too: a row attends to
-//! the keys of its own position, which are in the pool once the step's keys are written.
+//! Decode rows (one new token of a sequence) run the grouped split kernel; the rows of a
+//! prompt run the tiled prefill kernel over the same pool (`prefill_attention_bf16`).
 
 use cudarc::driver::CudaSlice;
 
-use super::attention::{refill, AttentionRows, AttentionScratch};
+use super::attention::{refill, AttentionRows, AttentionScratch, AttentionShape};
 use super::i32_of;
 use crate::device::{Arg, Gpu};
 use crate::error::{ensure, CudaError};
@@ -72,8 +72,8 @@ impl DecodeSplits {
         })
     }
 
-    /// Every row of `rows` as an item, with [`row_splits`] splits and room for `heads`
-    /// query heads; says whether a device buffer moved.
+    /// The decode rows of `rows` as items, with [`row_splits`] splits and room for
+    /// `heads` query heads; says whether a device buffer moved.
     pub fn fill(
         &mut self,
         gpu: &Gpu,
@@ -82,7 +82,12 @@ impl DecodeSplits {
         kv_heads: usize,
         sms: usize,
     ) -> Result<bool, CudaError> {
-        let splits = row_splits(&rows.host_positions, kv_heads, sms);
+        let ids = &rows.host_decode_rows;
+        let positions: Vec<i32> = ids
+            .iter()
+            .map(|&r| rows.host_positions.get(r as usize).copied().unwrap_or(0))
+            .collect();
+        let splits = row_splits(&positions, kv_heads, sms);
         let mut off = Vec::with_capacity(splits.len());
         let mut total = 0usize;
         for &s in &splits {
@@ -90,8 +95,7 @@ impl DecodeSplits {
             total += heads * s as usize;
         }
         i32_of("decode_attention", total)?;
-        let ids: Vec<i32> = (0..i32_of("decode_attention", splits.len())?).collect();
-        let mut moved = refill(gpu, &ids, &mut self.row_ids)?;
+        let mut moved = refill(gpu, ids, &mut self.row_ids)?;
         moved |= refill(gpu, &splits, &mut self.row_splits)?;
         moved |= refill(gpu, &off, &mut self.part_off)?;
         self.items = splits.len();
@@ -158,9 +162,9 @@ pub struct GroupedHeads<'a> {
     pub window: Option<usize>,
 }
 
-/// Causal attention of every row of `rows` (query heads at columns `q_col..` of rows of
-/// `q_stride` in `q`) over the bf16 pool, split as `splits` says, partials in `scratch`
-/// (room for `splits.parts`); writes `out[row][head * d..]`.
+/// Causal attention of every decode row of `rows` (query heads at columns `q_col..` of
+/// rows of `q_stride` in `q`) over the bf16 pool, split as `splits` says, partials in
+/// `scratch` (room for `splits.parts`); writes `out[row][head * d..]`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_attention(
     gpu: &Gpu,
@@ -178,7 +182,7 @@ pub fn decode_attention(
     let (d, group, hkv) = (heads.head_dim, heads.group, heads.kv_heads);
     let hq = hkv * group;
     check_decode(q, q_stride, q_col, rows, splits, heads, scratch, out)?;
-    if rows.rows == 0 || hq == 0 {
+    if splits.items == 0 || hq == 0 {
         return Ok(());
     }
     let scale = 1.0 / (d as f32).sqrt();
@@ -228,6 +232,60 @@ pub fn decode_attention(
     )
 }
 
+/// Tiled causal attention of the prefill tiles of `rows` over the bf16 pool (same
+/// layout and arguments as the f32 pool's tiles in [`super::paged_attention`]).
+#[allow(clippy::too_many_arguments)]
+pub fn prefill_attention_bf16(
+    gpu: &Gpu,
+    q: &CudaSlice<f32>,
+    q_stride: usize,
+    q_col: usize,
+    k_cache: &CudaSlice<u16>,
+    v_cache: &CudaSlice<u16>,
+    rows: &AttentionRows,
+    shape: &AttentionShape<'_>,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let (d, hq) = (shape.head_dim, shape.q_heads);
+    ensure(
+        d > 0
+            && d <= 256
+            && shape.kv_index.len() >= hq
+            && q_col + hq * d <= q_stride
+            && q.len() >= rows.rows * q_stride
+            && out.len() >= rows.rows * hq * d,
+        "prefill_attention_bf16",
+        || format!("{hq} heads of {d}"),
+    )?;
+    if rows.tile_count == 0 || hq == 0 {
+        return Ok(());
+    }
+    gpu.launch(
+        "prefill_attention_bf16",
+        (rows.tile_count as u32, hq as u32, 1),
+        128,
+        &[
+            Arg::Ptr(gpu.ptr(q)),
+            Arg::I32(i32_of("prefill_attention_bf16", q_stride)?),
+            Arg::I32(i32_of("prefill_attention_bf16", q_col)?),
+            Arg::Ptr(gpu.ptr(k_cache)),
+            Arg::Ptr(gpu.ptr(v_cache)),
+            Arg::Ptr(gpu.ptr(&rows.tables)),
+            Arg::Ptr(gpu.ptr(&rows.table_off)),
+            Arg::Ptr(gpu.ptr(&rows.positions)),
+            Arg::Ptr(gpu.ptr(&rows.tile_first)),
+            Arg::Ptr(gpu.ptr(&rows.tile_rows)),
+            Arg::Ptr(gpu.ptr(shape.kv_index)),
+            Arg::I32(d as i32),
+            Arg::I32(i32_of("prefill_attention_bf16", shape.kv_heads)?),
+            Arg::I32(i32_of("prefill_attention_bf16", shape.block_size)?),
+            Arg::I32(i32_of("prefill_attention_bf16", shape.window.unwrap_or(0))?),
+            Arg::F32(1.0 / (d as f32).sqrt()),
+            Arg::Ptr(gpu.ptr(out)),
+        ],
+    )
+}
+
 /// The shape checks of [`decode_attention`].
 #[allow(clippy::too_many_arguments)]
 fn check_decode(
@@ -256,7 +314,7 @@ fn check_decode(
         || format!("{hkv} kv heads of {group} query heads of {d}"),
     )?;
     ensure(
-        splits.items == rows.rows
+        splits.items == rows.decode_count
             && hq <= splits.heads
             && scratch.part_m.len() >= splits.parts
             && scratch.part_l.len() >= splits.parts
