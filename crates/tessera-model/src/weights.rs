@@ -203,15 +203,30 @@ fn random_slice(seed: u64, name: &str, full: [usize; 2], role: Role) -> Vec<f32>
     } else {
         (2.0 / (cols as f32).sqrt(), 0.0)
     };
-    let mut out = Vec::with_capacity(row_span.len() * col_span.len());
-    for r in row_span {
-        for c in col_span.clone() {
-            let bits = mix(tensor ^ (r * cols + c) as u64);
-            // 24 random bits as a uniform in [-1, 1).
-            let u = (bits >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-            out.push(offset + scale * u);
-        }
+    let width = col_span.len();
+    let mut out = vec![0.0f32; row_span.len() * width];
+    if out.is_empty() {
+        return out;
     }
+    // Billions of values for an 8B shape: rows are filled on every core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = row_span.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (i, chunk) in out.chunks_mut(per * width).enumerate() {
+            let (first, cols) = (row_span.start + i * per, col_span.clone());
+            scope.spawn(move || {
+                for (k, row) in chunk.chunks_mut(width).enumerate() {
+                    let r = first + k;
+                    for (v, c) in row.iter_mut().zip(cols.clone()) {
+                        let bits = mix(tensor ^ (r * full[1] + c) as u64);
+                        // 24 random bits as a uniform in [-1, 1).
+                        let u = (bits >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                        *v = offset + scale * u;
+                    }
+                }
+            });
+        }
+    });
     out
 }
 
