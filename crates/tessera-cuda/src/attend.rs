@@ -72,33 +72,51 @@ pub(crate) fn attention(
         LayerPool::Bf16(k, v) => {
             ops::kv_write_bf16(gpu, qkv, width, qw, qw + kvw, kvw, rows, k, v)?;
             ops::prefill_attention_bf16(gpu, qkv, width, 0, k, v, rows, &shape, out)?;
-            if rows.decode_count == 0 {
-                return Ok(());
-            }
-            let map = heads.kv_index_dev;
-            ensure(
-                map.group > 0 && map.group * heads.kv_heads == heads.q_heads,
-                "attention",
-                || {
-                    format!(
-                        "{} query heads do not form even groups over {} kv heads; \
-                         this plan needs the f32 KV pool",
-                        heads.q_heads, heads.kv_heads
-                    )
-                },
-            )?;
-            let grouped = GroupedHeads {
-                head_dim: d,
-                kv_heads: heads.kv_heads,
-                group: map.group,
-                group_heads: &map.group_heads,
-                block_size: shape.block_size,
-                window: heads.window,
-            };
-            let splits = &step.splits;
-            ops::decode_attention(
-                gpu, qkv, width, 0, k, v, rows, splits, &grouped, scratch, out,
-            )
+            decode_bf16(gpu, qkv, width, heads, k, v, step, shape.block_size, out)
         }
     }
+}
+
+/// The decode rows of a step over the bf16 pool (keys already written): the grouped
+/// split kernel, which needs every key/value head to serve the same number of query
+/// heads.
+#[allow(clippy::too_many_arguments)]
+fn decode_bf16(
+    gpu: &Gpu,
+    qkv: &CudaSlice<f32>,
+    width: usize,
+    heads: &HeadLayout<'_, CudaBackend>,
+    k: &CudaSlice<u16>,
+    v: &CudaSlice<u16>,
+    step: &StepInputs,
+    block_size: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    if step.rows.decode_count == 0 {
+        return Ok(());
+    }
+    let map = heads.kv_index_dev;
+    ensure(
+        map.group > 0 && map.group * heads.kv_heads == heads.q_heads,
+        "attention",
+        || {
+            format!(
+                "{} query heads do not form even groups over {} kv heads; \
+                 this plan needs the f32 KV pool",
+                heads.q_heads, heads.kv_heads
+            )
+        },
+    )?;
+    let grouped = GroupedHeads {
+        head_dim: heads.head_dim,
+        kv_heads: heads.kv_heads,
+        group: map.group,
+        group_heads: &map.group_heads,
+        block_size,
+        window: heads.window,
+    };
+    let (rows, splits, scratch) = (&step.rows, &step.splits, &step.scratch);
+    ops::decode_attention(
+        gpu, qkv, width, 0, k, v, rows, splits, &grouped, scratch, out,
+    )
 }
