@@ -104,7 +104,8 @@ impl CudaStep {
                     .fill(gpu, &dev.rows, heads.q, heads.kv, gpu.sm_count())?;
                 dev.splits.parts
             }
-            KvDtype::F32 => dev.rows.rows * heads.q * dev.rows.splits.max(1),
+            // The split kernel's partials: decode rows x heads x splits.
+            KvDtype::F32 => dev.rows.decode_count * heads.q * dev.rows.splits.max(1),
         };
         moved |= dev.scratch.reserve(gpu, parts, heads.dim)?;
         let key = StepKey {
