@@ -145,20 +145,22 @@ extern "C" __global__ void paged_attention_reduce_f32(const float* part_m, const
 
 // Tiled causal attention of prefill rows. Tile t covers rows tile_first[t] ..
 // tile_first[t] + tile_rows[t] (at most PF_ROWS, consecutive positions of one sequence).
-// Grid: (tiles, hq); block: PA_WARPS warps.
-extern "C" __global__ void __launch_bounds__(PA_WARPS * 32)
-prefill_attention_f32(const float* q, int q_stride, int q_col, const float* k_cache,
-                      const float* v_cache, const int* tables, const int* table_off,
-                      const int* positions, const int* tile_first, const int* tile_rows,
-                      const int* kv_index, int d, int kv_heads, int block_size, int window,
-                      float scale, float* out) {
+// Grid: (tiles, hq); block: PA_WARPS warps. The pool is f32 (prefill_attention_f32) or
+// bf16 (prefill_attention_bf16, widened exactly as tiles are loaded); ks and vs are the
+// kernel's shared key/value tiles.
+template <typename KV>
+__device__ __forceinline__ void prefill_tile(const float* q, int q_stride, int q_col,
+                                             const KV* k_cache, const KV* v_cache,
+                                             const int* tables, const int* table_off,
+                                             const int* positions, const int* tile_first,
+                                             const int* tile_rows, const int* kv_index, int d,
+                                             int kv_heads, int block_size, int window,
+                                             float scale, float* out, float* ks, float* vs) {
     int tile = blockIdx.x, head = blockIdx.y, hq = gridDim.y;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int first = tile_first[tile], nrows = tile_rows[tile];
     const int* table = tables + table_off[first];
     long kvh = kv_index[head];
-    __shared__ float ks[PF_KEYS * PA_MAX_D];
-    __shared__ float vs[PF_KEYS * PA_MAX_D];
 
     // Warp w owns tile rows w, w + PA_WARPS, ...; everything per row is warp-uniform.
     float qr[PF_ROWS_PER_WARP][PA_PER_LANE], acc[PF_ROWS_PER_WARP][PA_PER_LANE];
@@ -192,8 +194,8 @@ prefill_attention_f32(const float* q, int q_stride, int q_col, const float* k_ca
             int key = k0 + kk;
             long slot = (long)table[key / block_size] * block_size + key % block_size;
             long at = (slot * kv_heads + kvh) * d + i;
-            ks[kk * PA_MAX_D + i] = k_cache[at];
-            vs[kk * PA_MAX_D + i] = v_cache[at];
+            ks[kk * PA_MAX_D + i] = load_f(k_cache, at);
+            vs[kk * PA_MAX_D + i] = load_f(v_cache, at);
         }
         __syncthreads();
 #pragma unroll
@@ -234,4 +236,28 @@ prefill_attention_f32(const float* q, int q_stride, int q_col, const float* k_ca
             if (i < d) o[i] = acc[r][j] * inv;
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(PA_WARPS * 32)
+prefill_attention_f32(const float* q, int q_stride, int q_col, const float* k_cache,
+                      const float* v_cache, const int* tables, const int* table_off,
+                      const int* positions, const int* tile_first, const int* tile_rows,
+                      const int* kv_index, int d, int kv_heads, int block_size, int window,
+                      float scale, float* out) {
+    __shared__ float ks[PF_KEYS * PA_MAX_D];
+    __shared__ float vs[PF_KEYS * PA_MAX_D];
+    prefill_tile(q, q_stride, q_col, k_cache, v_cache, tables, table_off, positions, tile_first,
+                 tile_rows, kv_index, d, kv_heads, block_size, window, scale, out, ks, vs);
+}
+
+extern "C" __global__ void __launch_bounds__(PA_WARPS * 32)
+prefill_attention_bf16(const float* q, int q_stride, int q_col, const bf16_t* k_cache,
+                       const bf16_t* v_cache, const int* tables, const int* table_off,
+                       const int* positions, const int* tile_first, const int* tile_rows,
+                       const int* kv_index, int d, int kv_heads, int block_size, int window,
+                       float scale, float* out) {
+    __shared__ float ks[PF_KEYS * PA_MAX_D];
+    __shared__ float vs[PF_KEYS * PA_MAX_D];
+    prefill_tile(q, q_stride, q_col, k_cache, v_cache, tables, table_off, positions, tile_first,
+                 tile_rows, kv_index, d, kv_heads, block_size, window, scale, out, ks, vs);
 }

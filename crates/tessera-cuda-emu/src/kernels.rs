@@ -198,6 +198,25 @@ extern "C" {
         part_l: *mut f32,
         part_acc: *mut f32,
     );
+    pub fn prefill_attention_bf16(
+        q: *const f32,
+        q_stride: i32,
+        q_col: i32,
+        k_cache: *const u16,
+        v_cache: *const u16,
+        tables: *const i32,
+        table_off: *const i32,
+        positions: *const i32,
+        tile_first: *const i32,
+        tile_rows: *const i32,
+        kv_index: *const i32,
+        d: i32,
+        kv_heads: i32,
+        block_size: i32,
+        window: i32,
+        scale: f32,
+        out: *mut f32,
+    );
     pub fn decode_attention_combine_f32(
         part_m: *const f32,
         part_l: *const f32,

@@ -26,49 +26,35 @@ fn group_heads(kv_index: &[i32], hkv: usize) -> (Vec<i32>, usize) {
     (out, kv_index.len() / hkv)
 }
 
-/// The bf16 key and value pools of `b` with the batch's new keys and values written
-/// (from `qkv`) into `slots`.
-fn write_kv(
-    b: &Batch,
-    slots: &[i32],
-    qkv: &DevBuf<f32>,
-    place: Placement,
-) -> (DevBuf<u16>, DevBuf<u16>) {
-    let Heads { d, hq, hkv, .. } = b.heads;
+/// Writes the new keys/values into the bf16 pool, runs the split and combine kernels
+/// over `items` (the decode rows when `None`) with `splits[i]` splits for item i; returns
+/// (output, bf16 key pool bits).
+#[allow(
+    clippy::too_many_lines,
+    reason = "one launch sequence (kv write, split, combine) read top to bottom"
+)]
+fn run(b: &Batch, items: Option<&[i32]>, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
+    let h = b.host_rows();
+    let Heads { d, hq, hkv, window } = b.heads;
     let kvw = (hkv * d) as i32;
     let (qd, stride) = ((hq * d) as i32, b.stride as i32);
+    let dqkv = dev(&b.qkv, place);
     let (mut dk, mut dv) = (
         dev(&to_bf16(&b.k_pool), place),
         dev(&to_bf16(&b.v_pool), place),
     );
     let (kp, vp) = (dk.mut_ptr(), dv.mut_ptr());
-    let slots = dev(slots, place);
+    let slots = dev(&h.slots, place);
     launch([b.rows as u32, 1, 1], [128, 1, 1], || unsafe {
-        k::kv_write_bf16(qkv.ptr(), stride, qd, qd + kvw, kvw, slots.ptr(), kp, vp)
+        k::kv_write_bf16(dqkv.ptr(), stride, qd, qd + kvw, kvw, slots.ptr(), kp, vp)
     })
     .expect("kv_write_bf16");
-    (dk, dv)
-}
 
-/// Where each decode row's partials start: row i has `splits[i]` splits of `hq` heads.
-fn part_offsets(splits: &[i32], hq: usize) -> Vec<i32> {
+    let (gh, group) = group_heads(&b.kv_index, hkv);
     let mut off = vec![0i32];
     for &s in splits {
         off.push(off.last().copied().unwrap_or(0) + s * hq as i32);
     }
-    off
-}
-
-/// Writes the new keys/values into the bf16 pool, runs the split and combine kernels
-/// with `splits[i]` splits for decode row i; returns (output, bf16 key pool bits).
-fn run(b: &Batch, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
-    let h = b.host_rows();
-    let Heads { d, hq, hkv, window } = b.heads;
-    let stride = b.stride as i32;
-    let dqkv = dev(&b.qkv, place);
-    let (dk, dv) = write_kv(b, &h.slots, &dqkv, place);
-    let (gh, group) = group_heads(&b.kv_index, hkv);
-    let off = part_offsets(splits, hq);
     let parts = *off.last().expect("one offset") as usize;
     let (pos, toff, tabs) = (
         dev(&h.positions, place),
@@ -76,7 +62,7 @@ fn run(b: &Batch, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
         dev(&h.tables, place),
     );
     let (rows, rs, po, dgh) = (
-        dev(&h.decode_rows, place),
+        dev(items.unwrap_or(&h.decode_rows), place),
         dev(splits, place),
         dev(&off, place),
         dev(&gh, place),
@@ -87,7 +73,7 @@ fn run(b: &Batch, splits: &[i32], place: Placement) -> (Vec<f32>, Vec<u16>) {
         poisoned(parts * d, place),
     );
     let (pmp, plp, pap) = (pm.mut_ptr(), pl.mut_ptr(), pa.mut_ptr());
-    let items = h.decode_rows.len() as u32;
+    let items = items.map_or(h.decode_rows.len(), <[i32]>::len) as u32;
     let most = *splits.iter().max().expect("a row") as u32;
     let (bs, win, scale) = (
         b.block_size as i32,
@@ -148,7 +134,7 @@ fn check(heads: Heads, contexts: &[usize], splits: &[i32], seed: u64) {
     let seqs: Vec<(usize, usize)> = contexts.iter().map(|&c| (c - 1, 1)).collect();
     for (i, place) in PLACES.into_iter().enumerate() {
         let b = Batch::new(&mut rng(seed + i as u64), heads, seqs.clone(), 16);
-        let (got, k_bits) = run(&b, splits, place);
+        let (got, k_bits) = run(&b, None, splits, place);
         let (kc, vc, q) = b.written();
         assert_eq!(k_bits, to_bf16(&kc), "kv_write_bf16 {heads:?}");
         let want = b.reference(&q, &rounded(&kc), &rounded(&vc));
@@ -225,6 +211,104 @@ fn a_long_row_next_to_short_ones_splits_alone() {
         &[40, 1, 2],
         340,
     );
+}
+
+#[test]
+fn prefill_rows_run_as_items_of_the_decode_kernel() {
+    // tessera-cuda runs every row of a step on the bf16 pool through this kernel: a
+    // prompt's rows attend to their own causal prefix of the keys just written.
+    let heads = Heads {
+        d: 64,
+        hq: 8,
+        hkv: 2,
+        window: None,
+    };
+    let seqs = vec![(0, 37), (5, 1), (20, 9)];
+    for (i, place) in PLACES.into_iter().enumerate() {
+        let b = Batch::new(&mut rng(350 + i as u64), heads, seqs.clone(), 16);
+        let items: Vec<i32> = (0..b.rows as i32).collect();
+        let splits: Vec<i32> = items.iter().map(|&r| 1 + r % 3).collect();
+        let (got, _) = run(&b, Some(&items), &splits, place);
+        let (kc, vc, q) = b.written();
+        let want = b.reference(&q, &rounded(&kc), &rounded(&vc));
+        assert_close("prefill rows as decode items", &got, &want, 1e-4);
+    }
+}
+
+/// The tiled prefill kernel over the bf16 pool (after `kv_write_bf16`) for a batch of
+/// prompts; returns the output of every prefill row (decode rows are left poisoned).
+fn run_prefill_bf16(b: &Batch, place: Placement) -> Vec<f32> {
+    let h = b.host_rows();
+    let Heads { d, hq, hkv, window } = b.heads;
+    let kvw = (hkv * d) as i32;
+    let (qd, stride) = ((hq * d) as i32, b.stride as i32);
+    let dqkv = dev(&b.qkv, place);
+    let (mut dk, mut dv) = (
+        dev(&to_bf16(&b.k_pool), place),
+        dev(&to_bf16(&b.v_pool), place),
+    );
+    let (kp, vp) = (dk.mut_ptr(), dv.mut_ptr());
+    let slots = dev(&h.slots, place);
+    launch([b.rows as u32, 1, 1], [128, 1, 1], || unsafe {
+        k::kv_write_bf16(dqkv.ptr(), stride, qd, qd + kvw, kvw, slots.ptr(), kp, vp)
+    })
+    .expect("kv_write_bf16");
+    let (pos, toff, tabs) = (
+        dev(&h.positions, place),
+        dev(&h.table_off, place),
+        dev(&h.tables, place),
+    );
+    let (tf, tr, kvi) = (
+        dev(&h.tile_first, place),
+        dev(&h.tile_rows, place),
+        dev(&b.kv_index, place),
+    );
+    let mut out = poisoned(b.rows * hq * d, place);
+    let o = out.mut_ptr();
+    let (win, scale) = (window.unwrap_or(0) as i32, 1.0 / (d as f32).sqrt());
+    let grid = [h.tile_first.len() as u32, hq as u32, 1];
+    launch(grid, [128, 1, 1], || unsafe {
+        k::prefill_attention_bf16(
+            dqkv.ptr(),
+            stride,
+            0,
+            dk.ptr(),
+            dv.ptr(),
+            tabs.ptr(),
+            toff.ptr(),
+            pos.ptr(),
+            tf.ptr(),
+            tr.ptr(),
+            kvi.ptr(),
+            d as i32,
+            hkv as i32,
+            b.block_size as i32,
+            win,
+            scale,
+            o,
+        )
+    })
+    .expect("prefill_attention_bf16");
+    out.to_vec()
+}
+
+#[test]
+fn tiled_prefill_over_the_bf16_pool_matches_cpu() {
+    let heads = Heads {
+        d: 64,
+        hq: 8,
+        hkv: 2,
+        window: Some(40),
+    };
+    // Prompts with partial tiles and blocks, one continuing after cached keys.
+    let seqs = vec![(0, 37), (20, 9), (3, 16)];
+    for (i, place) in PLACES.into_iter().enumerate() {
+        let b = Batch::new(&mut rng(360 + i as u64), heads, seqs.clone(), 16);
+        let got = run_prefill_bf16(&b, place);
+        let (kc, vc, q) = b.written();
+        let want = b.reference(&q, &rounded(&kc), &rounded(&vc));
+        assert_close("prefill bf16", &got, &want, 1e-4);
+    }
 }
 
 #[test]

@@ -11,6 +11,8 @@ use crate::error::CudaError;
 
 /// The collectives of one rank's device forward pass.
 pub trait DeviceComm {
+    /// This rank's index in the group.
+    fn rank(&self) -> usize;
     /// Ranks in the group.
     fn world_size(&self) -> usize;
     /// Sums `buf[..n]` over the ranks, in place.
@@ -48,6 +50,10 @@ pub trait DeviceComm {
 pub struct SingleGpu;
 
 impl DeviceComm for SingleGpu {
+    fn rank(&self) -> usize {
+        0
+    }
+
     fn world_size(&self) -> usize {
         1
     }

@@ -77,6 +77,7 @@ pub struct Gpu {
     functions: HashMap<String, CudaFunction>,
     arch: Arch,
     name: String,
+    sms: usize,
 }
 
 impl Gpu {
@@ -101,6 +102,11 @@ impl Gpu {
         let (major, minor) = ctx.compute_capability()?;
         let arch = Arch { major, minor };
         let name = ctx.name()?;
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )?
+            .max(1) as usize;
         ensure_nvrtc(&options.lib_dirs)?;
         let mut functions = HashMap::new();
         for (file, src) in KERNEL_FILES {
@@ -134,7 +140,13 @@ impl Gpu {
             functions,
             arch,
             name,
+            sms,
         })
+    }
+
+    /// Streaming multiprocessors of the device.
+    pub fn sm_count(&self) -> usize {
+        self.sms
     }
 
     /// The device's name.

@@ -3,24 +3,26 @@
 //! in NCCL (`ncclCommInitRank` with the group's unique id, also across processes).
 //!
 //! The coordinator, scheduler and server above do not change: a step's logits rows come
-//! back to the host as on CPU. NCCL's all-reduce sums in its own order, so unlike the CPU
-//! path's ordered reduction, output at several ranks may differ from one rank in the last
-//! bits (see README, "GPU (CUDA)").
+//! back to the host as on CPU, or, for a greedy step, only the ids chosen on the device.
+//! NCCL's all-reduce sums in its own order, so unlike the CPU path's ordered reduction,
+//! output at several ranks may differ from one rank in the last bits (see README,
+//! "GPU (CUDA)").
 
 use std::ops::Range;
 
 use cudarc::driver::CudaContext;
 use tessera_comm::CommStats;
 use tessera_model::worker::{RankLoader, RankSetup, RankStarter, RankWorker};
-use tessera_model::{ModelError, StepSeq, WeightFiles};
-use tessera_plan::ReduceMode;
+use tessera_model::{ModelError, PlanNeeds, StepSeq, WeightFiles};
 
+use crate::backend::plan_support;
+use crate::cache::CudaKvCache;
 use crate::collective::{DeviceComm, SingleGpu};
 use crate::device::{driver_present, Gpu, GpuOptions};
 use crate::error::CudaError;
-use crate::model::{CudaKvCache, CudaRankModel, WeightSource};
+use crate::model::CudaRankModel;
 use crate::nccl::NcclCommunicator;
-use crate::ops::{self, DeviceDtype};
+use crate::ops::DeviceDtype;
 
 impl From<CudaError> for ModelError {
     fn from(e: CudaError) -> Self {
@@ -114,7 +116,12 @@ struct CudaStarter {
 
 impl RankStarter for CudaStarter {
     fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
-        refuse_unsupported(setup, self.world)?;
+        // Refused before any GPU work, so no rank waits on another in NCCL's init.
+        plan_support(&PlanNeeds {
+            reduce: setup.reduce,
+            sequence_parallel: setup.plan.sequence_parallel,
+            world: self.world,
+        })?;
         let gpu = Gpu::new(self.ordinal, &self.loader.options)?;
         // The group is made before the weights load, so a rank that cannot open its GPU
         // fails before the others wait on it in NCCL's init.
@@ -132,17 +139,13 @@ impl RankStarter for CudaStarter {
         let model = CudaRankModel::load(
             gpu,
             &setup.config,
-            WeightSource::Files(&files),
+            &files,
             &setup.plan,
             setup.rank,
             self.loader.dtype,
+            setup.reduce,
         )?;
-        let cache = CudaKvCache::new(
-            model.gpu(),
-            &model.kv_widths(),
-            setup.num_blocks,
-            setup.block_size,
-        )?;
+        let cache = model.new_cache(setup.num_blocks, setup.block_size)?;
         Ok(Box::new(CudaWorker {
             model,
             cache,
@@ -150,27 +153,6 @@ impl RankStarter for CudaStarter {
             rank: setup.rank,
         }))
     }
-}
-
-/// Refuses, before any GPU work, what the CUDA forward does not run: sequence parallelism
-/// (it has no reduce-scatter) and the deterministic chunked reduction across ranks (NCCL
-/// sums in its own order).
-fn refuse_unsupported(setup: &RankSetup, world: usize) -> Result<(), ModelError> {
-    if world > 1 && setup.plan.sequence_parallel {
-        return Err(ModelError::Unsupported {
-            backend: "cuda",
-            what: "a sequence-parallel plan (megatron-sp)".into(),
-            hint: "use --strategy megatron (or another plan without sequence parallelism)",
-        });
-    }
-    if world > 1 && setup.reduce == ReduceMode::Deterministic {
-        return Err(ModelError::Unsupported {
-            backend: "cuda",
-            what: "the deterministic reduction across ranks".into(),
-            hint: "pass --fast-reduce (NCCL sums partial sums in its own order)",
-        });
-    }
-    Ok(())
 }
 
 struct CudaWorker {
@@ -186,19 +168,17 @@ impl RankWorker for CudaWorker {
     }
 
     fn step(&mut self, seqs: &[StepSeq]) -> Result<(Vec<f32>, CommStats), ModelError> {
-        let logits = self
+        let rows = self
             .model
             .forward(self.comm.as_mut(), &mut self.cache, seqs)?;
         // Only rank 0's rows are used; the others just finish their step.
-        let rows = if self.rank == 0 {
-            self.model
-                .gpu()
-                .download_prefix(&logits.data, logits.rows * logits.vocab)?
+        let logits = if self.rank == 0 {
+            self.model.logits(rows)?
         } else {
             self.model.gpu().synchronize()?;
             Vec::new()
         };
-        Ok((rows, self.comm.stats()))
+        Ok((logits, self.comm.stats()))
     }
 
     fn step_greedy(
@@ -206,18 +186,19 @@ impl RankWorker for CudaWorker {
         seqs: &[StepSeq],
         _vocab: usize,
     ) -> Result<(Vec<u32>, CommStats), ModelError> {
-        let logits = self
+        let rows = self
             .model
             .forward(self.comm.as_mut(), &mut self.cache, seqs)?;
         if self.rank != 0 {
             self.model.gpu().synchronize()?;
             return Ok((Vec::new(), self.comm.stats()));
         }
-        // Only the ids cross to the host. The argmax kernel skips NaN and takes the lowest
-        // id among the largest, as `sampling::greedy_token` does; a row without a number
+        // Only the ids cross to the host. The kernel skips NaN and takes the lowest id
+        // among the largest, as `sampling::greedy_token` does; a row without a number
         // (-1) gives token 0 there too.
-        let ids = ops::argmax(self.model.gpu(), &logits.data, logits.rows, logits.vocab)?;
-        let tokens = ids
+        let tokens = self
+            .model
+            .greedy(rows)?
             .into_iter()
             .map(|i| u32::try_from(i).unwrap_or(0))
             .collect();

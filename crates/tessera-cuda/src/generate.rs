@@ -5,10 +5,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tessera_model::{LogitRows, StepSeq};
 
+use crate::cache::CudaKvCache;
 use crate::collective::DeviceComm;
 use crate::error::{ensure, CudaError};
-use crate::model::{CudaKvCache, CudaRankModel, DeviceLogits};
-use crate::ops::{self, SampleParams};
+use crate::model::CudaRankModel;
+use crate::ops::RowChoice;
 
 /// How tokens are chosen.
 #[derive(Clone, Copy, Debug)]
@@ -34,35 +35,30 @@ pub struct Generation {
     pub stopped: bool,
 }
 
-/// Picks one token per row of `logits`.
+/// Picks one token per row of the model's last `rows` logit rows, on the device.
 pub fn pick(
-    model: &CudaRankModel,
-    logits: &DeviceLogits,
+    model: &mut CudaRankModel,
+    rows: usize,
     sampling: &Sampling,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<u32>, CudaError> {
-    let gpu = model.gpu();
-    let ids = if sampling.temperature <= 0.0 {
-        ops::argmax(gpu, &logits.data, logits.rows, logits.vocab)?
-    } else {
-        let uniforms: Vec<f32> = (0..logits.rows)
-            .map(|_| rng.random_range(0.0f32..1.0))
-            .collect();
-        let params = SampleParams {
-            temperature: sampling.temperature,
-            top_k: sampling.top_k,
-            top_p: sampling.top_p,
-        };
-        ops::sample(
-            gpu,
-            &logits.data,
-            logits.rows,
-            logits.vocab,
-            params,
-            &uniforms,
-        )?
-    };
-    ids.into_iter()
+    let choices: Vec<RowChoice> = (0..rows)
+        .map(|_| {
+            if sampling.temperature <= 0.0 {
+                RowChoice::GREEDY
+            } else {
+                RowChoice {
+                    temperature: sampling.temperature,
+                    top_k: sampling.top_k,
+                    top_p: sampling.top_p,
+                    uniform: rng.random_range(0.0f32..1.0),
+                }
+            }
+        })
+        .collect();
+    model
+        .choose(rows, &choices)?
+        .into_iter()
         .map(|i| {
             u32::try_from(i).map_err(|_| CudaError::Shape {
                 op: "sample",
@@ -75,7 +71,7 @@ pub fn pick(
 /// Generates up to `max_tokens` tokens after `prompt` in blocks `0..` of `cache`.
 pub fn generate(
     model: &mut CudaRankModel,
-    comm: &mut dyn DeviceComm,
+    comm: &mut (dyn DeviceComm + 'static),
     cache: &mut CudaKvCache,
     prompt: &[u32],
     max_tokens: usize,
@@ -95,7 +91,7 @@ pub fn generate(
     })?;
     let table: Vec<u32> = (0..blocks as u32).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
-    let logits = model.forward(
+    let rows = model.forward(
         comm,
         cache,
         &[StepSeq {
@@ -106,9 +102,9 @@ pub fn generate(
             logits: LogitRows::Last,
         }],
     )?;
-    let prompt_logits = model.gpu().download_prefix(&logits.data, logits.vocab)?;
+    let prompt_logits = model.logits(rows)?;
     let mut completion = Vec::with_capacity(max_tokens);
-    let mut next = pick(model, &logits, sampling, &mut rng)?[0];
+    let mut next = first(pick(model, rows, sampling, &mut rng)?)?;
     let mut stopped = false;
     while completion.len() < max_tokens {
         completion.push(next);
@@ -120,7 +116,7 @@ pub fn generate(
             break;
         }
         let start = prompt.len() + completion.len() - 1;
-        let logits = model.forward(
+        let rows = model.forward(
             comm,
             cache,
             &[StepSeq {
@@ -131,11 +127,19 @@ pub fn generate(
                 logits: LogitRows::Last,
             }],
         )?;
-        next = pick(model, &logits, sampling, &mut rng)?[0];
+        next = first(pick(model, rows, sampling, &mut rng)?)?;
     }
     Ok(Generation {
         completion,
         prompt_logits,
         stopped,
+    })
+}
+
+/// The one token of a one-row pick.
+fn first(ids: Vec<u32>) -> Result<u32, CudaError> {
+    ids.first().copied().ok_or_else(|| CudaError::Shape {
+        op: "generate",
+        reason: "the step returned no row of logits".into(),
     })
 }

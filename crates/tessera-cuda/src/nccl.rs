@@ -173,6 +173,10 @@ impl NcclCommunicator {
 }
 
 impl DeviceComm for NcclCommunicator {
+    fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
     fn world_size(&self) -> usize {
         self.comm.world_size()
     }

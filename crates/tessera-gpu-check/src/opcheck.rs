@@ -427,16 +427,7 @@ fn check_attention(
         let mut scratch = ops::AttentionScratch::new(gpu)?;
         scratch.reserve(gpu, rows * hq * arows.splits.max(1), d)?;
         ops::paged_attention(
-            gpu,
-            &dqkv,
-            stride,
-            0,
-            &dk,
-            &dv,
-            &arows,
-            &shape,
-            &mut scratch,
-            &mut dout,
+            gpu, &dqkv, stride, 0, &dk, &dv, &arows, &shape, &scratch, &mut dout,
         )?;
         let got = host(gpu, &dout, rows * hq * d)?;
 

@@ -84,6 +84,27 @@ struct ReduceSite {
     chunk: usize,
 }
 
+/// A checked step: its rows and the logit rows it returns ([`RankModel::prepare_step`]).
+pub struct StepRows {
+    rows: Rows,
+    /// Rows of logits the step returns, over all ranks.
+    logit_rows: usize,
+    /// This rank's rows among them.
+    picks: Vec<usize>,
+}
+
+impl StepRows {
+    /// Token rows of the step (all ranks' under sequence parallelism).
+    pub fn rows(&self) -> usize {
+        self.rows.t
+    }
+
+    /// Rows of logits the step returns.
+    pub fn logit_rows(&self) -> usize {
+        self.logit_rows
+    }
+}
+
 /// The rows of a step: all `t` of them, and the `mine` this rank keeps between layers.
 struct Rows {
     t: usize,
@@ -105,15 +126,73 @@ impl<B: Backend> RankModel<B> {
         cache: &mut B::Cache,
         seqs: &[StepSeq],
     ) -> Result<Vec<f32>, ModelError> {
-        let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(Workspace::new(backend)?);
-        }
+        // One lock for the whole step: no other caller's step comes between its halves.
+        let mut guard = self.workspace(backend)?;
         let Some(ws) = guard.as_mut() else {
             return Err(ModelError::BadBatch("workspace missing".into()));
         };
-        let Some(rows) = self.check_batch(seqs)? else {
+        let Some(step) = self.prepare_in(backend, ws, cache, seqs)? else {
             return Ok(Vec::new());
+        };
+        self.run_in(backend, comm, ws, cache, seqs, &step)?;
+        if step.logit_rows == 0 {
+            return Ok(Vec::new());
+        }
+        let logits = if self.gather_logits {
+            &ws.logits
+        } else {
+            &ws.local_logits
+        };
+        backend.download(logits, step.logit_rows * self.logit_width())
+    }
+
+    /// The first half of [`RankModel::forward_batch`]: checks the batch and loads its
+    /// inputs into the backend's step buffers (host-to-device copies, if any, happen here
+    /// and only here); `None` for an empty batch. The caller runs it with
+    /// [`RankModel::run_step`] before preparing another.
+    pub fn prepare_step(
+        &self,
+        backend: &B,
+        cache: &B::Cache,
+        seqs: &[StepSeq],
+    ) -> Result<Option<StepRows>, ModelError> {
+        let mut guard = self.workspace(backend)?;
+        let Some(ws) = guard.as_mut() else {
+            return Err(ModelError::BadBatch("workspace missing".into()));
+        };
+        self.prepare_in(backend, ws, cache, seqs)
+    }
+
+    /// The second half of [`RankModel::forward_batch`]: the layers, collectives and output
+    /// head of the step [`RankModel::prepare_step`] loaded, leaving the logits in the
+    /// workspace ([`RankModel::with_logits`]). It reads no host input beyond `seqs` and,
+    /// once a step of this shape has run, allocates nothing, so a device backend can
+    /// capture it whole.
+    pub fn run_step(
+        &self,
+        backend: &B,
+        comm: &mut B::Comm,
+        cache: &mut B::Cache,
+        seqs: &[StepSeq],
+        step: &StepRows,
+    ) -> Result<(), ModelError> {
+        let mut guard = self.workspace(backend)?;
+        let Some(ws) = guard.as_mut() else {
+            return Err(ModelError::BadBatch("workspace missing".into()));
+        };
+        self.run_in(backend, comm, ws, cache, seqs, step)
+    }
+
+    /// [`RankModel::prepare_step`] on a locked workspace.
+    fn prepare_in(
+        &self,
+        backend: &B,
+        ws: &mut Workspace<B>,
+        cache: &B::Cache,
+        seqs: &[StepSeq],
+    ) -> Result<Option<StepRows>, ModelError> {
+        let Some(rows) = self.check_batch(seqs)? else {
+            return Ok(None);
         };
         let all_picks = logit_rows(seqs);
         let picks: Vec<usize> = all_picks
@@ -122,18 +201,72 @@ impl<B: Backend> RankModel<B> {
             .map(|r| r - rows.mine.start)
             .collect();
         backend.prepare(&mut ws.step, cache, seqs, &picks)?;
-        self.embed(backend, comm, ws, &rows)?;
+        Ok(Some(StepRows {
+            rows,
+            logit_rows: all_picks.len(),
+            picks,
+        }))
+    }
+
+    /// [`RankModel::run_step`] on a locked workspace.
+    fn run_in(
+        &self,
+        backend: &B,
+        comm: &mut B::Comm,
+        ws: &mut Workspace<B>,
+        cache: &mut B::Cache,
+        seqs: &[StepSeq],
+        step: &StepRows,
+    ) -> Result<(), ModelError> {
+        let rows = &step.rows;
+        self.embed(backend, comm, ws, rows)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            self.layer(backend, comm, cache, seqs, ws, &rows, l, layer)?;
+            self.layer(backend, comm, cache, seqs, ws, rows, l, layer)?;
         }
         let h = self.config.shape.hidden;
         if !self.layers.is_empty() {
             backend.add(&mut ws.x, &ws.delta, rows.mine.len() * h)?;
         }
-        if all_picks.is_empty() {
-            return Ok(Vec::new());
+        if step.logit_rows == 0 {
+            return Ok(());
         }
-        self.logits(backend, comm, ws, &picks, all_picks.len())
+        self.logits(backend, comm, ws, &step.picks, step.logit_rows)
+    }
+
+    /// Calls `f` with the buffer holding the last step's logits: `logit_rows` rows of
+    /// [`RankModel::logit_width`] values.
+    pub fn with_logits<R>(&self, f: impl FnOnce(&B::Buf) -> R) -> Result<R, ModelError> {
+        let ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(ws) = ws.as_ref() else {
+            return Err(ModelError::BadBatch("no step has run".into()));
+        };
+        Ok(f(if self.gather_logits {
+            &ws.logits
+        } else {
+            &ws.local_logits
+        }))
+    }
+
+    /// Width of a row of logits: the full vocabulary when the plan gathers it, else this
+    /// rank's slice (the whole vocabulary when the head is not split).
+    pub fn logit_width(&self) -> usize {
+        if self.gather_logits {
+            self.config.shape.vocab
+        } else {
+            self.lm_span.len()
+        }
+    }
+
+    /// The locked workspace, made on first use.
+    fn workspace(
+        &self,
+        backend: &B,
+    ) -> Result<std::sync::MutexGuard<'_, Option<Workspace<B>>>, ModelError> {
+        let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(Workspace::new(backend)?);
+        }
+        Ok(guard)
     }
 
     /// Checks positions, block tables and token ids; `None` for an empty batch.
@@ -385,7 +518,7 @@ impl<B: Backend> RankModel<B> {
         ws: &mut Workspace<B>,
         picks: &[usize],
         n_rows: usize,
-    ) -> Result<Vec<f32>, ModelError> {
+    ) -> Result<(), ModelError> {
         let shape = &self.config.shape;
         let (h, eps) = (shape.hidden, self.config.rms_norm_eps);
         grow(backend, &mut ws.picked, picks.len() * h)?;
@@ -407,14 +540,13 @@ impl<B: Backend> RankModel<B> {
         grow(backend, &mut ws.local_logits, n_rows * local_vocab)?;
         backend.matmul(&ws.normed, n_rows, head, None, &mut ws.local_logits)?;
         if !self.gather_logits {
-            return backend.download(&ws.local_logits, n_rows * local_vocab);
+            return Ok(());
         }
         let vocab = shape.vocab;
         grow(backend, &mut ws.exchange, n_rows * vocab)?;
         grow(backend, &mut ws.logits, n_rows * vocab)?;
         let (local, spans) = (&ws.local_logits, &self.lm_spans);
-        backend.gather_vocab(comm, local, n_rows, spans, &mut ws.exchange, &mut ws.logits)?;
-        backend.download(&ws.logits, n_rows * vocab)
+        backend.gather_vocab(comm, local, n_rows, spans, &mut ws.exchange, &mut ws.logits)
     }
 }
 

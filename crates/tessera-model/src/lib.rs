@@ -21,7 +21,7 @@ pub use backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype, W
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use cpu::{CpuBackend, CpuStep};
 pub use error::ModelError;
-pub use forward::Workspace;
+pub use forward::{StepRows, Workspace};
 pub use greedy::{greedy_token, sanitize_logit};
 pub use paged::PagedKvCache;
 pub use rank::{check_tokens, RankModel};

@@ -35,6 +35,8 @@ pub struct WeightFiles {
     index: HashMap<String, usize>,
     /// `model.blocks.safetensors`, when the directory has it (quantized dtypes).
     blocks: Option<BlockFile>,
+    /// Seed of generated values ([`WeightFiles::random`]) instead of files.
+    random: Option<u64>,
 }
 
 impl WeightFiles {
@@ -87,7 +89,22 @@ impl WeightFiles {
             files,
             index,
             blocks: BlockFile::open(dir)?,
+            random: None,
         })
+    }
+
+    /// A source of seeded uniform values instead of files, for benchmarks of shapes too
+    /// large to write: matrices in ±2/sqrt(cols), vectors (norms, biases) in 1 ± 0.2. A
+    /// value depends only on the seed, the tensor's name and its place in the full
+    /// tensor, so every rank's slice is a slice of one model.
+    pub fn random(seed: u64) -> Self {
+        Self {
+            dir: PathBuf::from("<random weights>"),
+            files: Vec::new(),
+            index: HashMap::new(),
+            blocks: None,
+            random: Some(seed),
+        }
     }
 
     /// The block-quantized tensors of `model.blocks.safetensors`, if present.
@@ -97,7 +114,7 @@ impl WeightFiles {
 
     /// True when the files hold a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.random.is_some() || self.index.contains_key(name)
     }
 
     /// Loads the slice of tensor `name` selected by `role`, as row-major f32.
@@ -105,6 +122,9 @@ impl WeightFiles {
     /// `full` is the shape the config implies (`[len, 1]` for vectors); a mismatch with the
     /// file is an error naming the tensor.
     pub fn load(&self, name: &str, full: [usize; 2], role: Role) -> Result<Vec<f32>, ModelError> {
+        if let Some(seed) = self.random {
+            return Ok(random_slice(seed, name, full, role));
+        }
         let file = self
             .index
             .get(name)
@@ -165,6 +185,57 @@ impl WeightFiles {
         }
         Ok(out)
     }
+}
+
+/// The slice `role` selects of the generated tensor `name` (see [`WeightFiles::random`]).
+fn random_slice(seed: u64, name: &str, full: [usize; 2], role: Role) -> Vec<f32> {
+    let [rows, cols] = full;
+    let (row_span, col_span) = match role {
+        Role::Replicated => (0..rows, 0..cols),
+        Role::SplitRows { span } => (span.start..span.end.min(rows), 0..cols),
+        Role::PartialSum { span } => (0..rows, span.start..span.end.min(cols)),
+    };
+    let tensor = name
+        .bytes()
+        .fold(seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| mix(h ^ u64::from(b)));
+    let (scale, offset) = if cols == 1 {
+        (0.2, 1.0)
+    } else {
+        (2.0 / (cols as f32).sqrt(), 0.0)
+    };
+    let width = col_span.len();
+    let mut out = vec![0.0f32; row_span.len() * width];
+    if out.is_empty() {
+        return out;
+    }
+    // Billions of values for an 8B shape: rows are filled on every core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = row_span.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (i, chunk) in out.chunks_mut(per * width).enumerate() {
+            let (first, cols) = (row_span.start + i * per, col_span.clone());
+            scope.spawn(move || {
+                for (k, row) in chunk.chunks_mut(width).enumerate() {
+                    let r = first + k;
+                    for (v, c) in row.iter_mut().zip(cols.clone()) {
+                        let bits = mix(tensor ^ (r * full[1] + c) as u64);
+                        // 24 random bits as a uniform in [-1, 1).
+                        let u = (bits >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                        *v = offset + scale * u;
+                    }
+                }
+            });
+        }
+    });
+    out
+}
+
+/// SplitMix64's finalizer: a well-mixed 64-bit hash of `x`.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn convert(bytes: &[u8], dtype: Dtype, out: &mut Vec<f32>) {
@@ -258,6 +329,43 @@ mod tests {
             tied_embeddings: false,
             qkv_bias: true,
         }
+    }
+
+    #[test]
+    fn random_weights_slice_one_model_and_depend_on_seed_and_name() {
+        let files = WeightFiles::random(7);
+        let full = files.load("w", [6, 4], Role::Replicated).unwrap();
+        let rows = files
+            .load(
+                "w",
+                [6, 4],
+                Role::SplitRows {
+                    span: Span::new(2, 5),
+                },
+            )
+            .unwrap();
+        assert_eq!(rows, full[8..20]);
+        let cols = files
+            .load(
+                "w",
+                [6, 4],
+                Role::PartialSum {
+                    span: Span::new(1, 3),
+                },
+            )
+            .unwrap();
+        let want: Vec<f32> = full.chunks(4).flat_map(|r| r[1..3].to_vec()).collect();
+        assert_eq!(cols, want);
+        assert!(full.iter().all(|v| v.abs() <= 1.0));
+        assert_ne!(full, files.load("v", [6, 4], Role::Replicated).unwrap());
+        assert_ne!(
+            full,
+            WeightFiles::random(8)
+                .load("w", [6, 4], Role::Replicated)
+                .unwrap()
+        );
+        let norm = files.load("n", [5, 1], Role::Replicated).unwrap();
+        assert!(norm.iter().all(|v| (0.8..=1.2).contains(v)));
     }
 
     #[test]
