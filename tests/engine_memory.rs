@@ -130,6 +130,12 @@ fn burst(engine: &EngineHandle) {
 
 /// Requests served after the warm-up.
 const REQUESTS: usize = 8000;
+/// Phases the measured requests run in.
+const PHASES: usize = 8;
+/// Largest growth allowed in the median phase (bytes).
+const PHASE_SLACK: isize = 16 * 1024;
+/// Largest growth allowed over all phases (bytes): one step's buffers at most.
+const TOTAL_SLACK: isize = 1024 * 1024;
 
 #[test]
 fn live_heap_stays_flat_over_8000_more_requests_after_warm_up() {
@@ -165,29 +171,42 @@ fn live_heap_stays_flat_over_8000_more_requests_after_warm_up() {
     // entry per KV block), channel buffers, latency histograms, scratch vectors. Step
     // scratch grows with the largest step, which with waves of short prompts depends on
     // timing; a burst of long prompts first makes steps of the full token and sequence
-    // budgets, so the measured phase cannot reach a new high-water mark.
+    // budgets, which reaches most high-water marks (not always all: see below).
     burst(&engine);
     serve(&engine, 10, 1);
     serve(&engine, 1000, 2);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let heap_warm = live_heap_bytes();
     let rss_warm = resident_bytes();
-    serve(&engine, REQUESTS, 3);
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let heap_after = live_heap_bytes();
+    // The measured requests run in PHASES phases, the live heap read after each. A leak
+    // grows the heap in every phase by the same amount per request. What may still grow
+    // once is bounded by one step, not by the requests: buffers kept at the largest step
+    // seen (workspace, communicator slots), and which step is the largest depends on
+    // thread timing, so the warm-up above misses that high-water mark in some runs (seen:
+    // a 34 KB step in most runs, a 138 KB and a 460 KB step in some, a few steps at most).
+    // So the median phase must grow less than PHASE_SLACK (a leak of 16 bytes per request
+    // adds 16 KB to every phase and fails here), and the whole run less than TOTAL_SLACK.
+    let mut heaps = vec![heap_warm];
+    for phase in 0..PHASES {
+        serve(&engine, REQUESTS / PHASES, 3 + phase as u64);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        heaps.push(live_heap_bytes());
+    }
     let rss_after = resident_bytes();
-
-    // A leak of even 32 bytes per request would add 256 KB here. What may still grow is
-    // bounded by one step, not by the requests: the communicator's slots keep the largest
-    // contribution seen, and which step is the largest depends on thread timing (a wave
-    // may pack a few more rows than the warm-up ever did; at most 64 logits rows of 1024,
-    // 256 KB). Measured: 0 to 80 KB over 18 runs.
-    let growth = heap_after - heap_warm;
-    eprintln!("live heap {heap_warm} -> {heap_after}, rss {rss_warm} -> {rss_after}");
+    let mut growths: Vec<isize> = heaps.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("live heap per phase {heaps:?}, rss {rss_warm} -> {rss_after}");
+    growths.sort_unstable();
+    let median = growths[PHASES / 2];
     assert!(
-        growth < 256 * 1024,
-        "live heap grew by {growth} bytes ({heap_warm} -> {heap_after}) over {REQUESTS} \
-         requests (resident set {rss_warm} -> {rss_after} bytes)"
+        median < PHASE_SLACK,
+        "live heap grew in most phases of {} requests: {heaps:?} (growths {growths:?})",
+        REQUESTS / PHASES
+    );
+    let total = heaps[PHASES] - heap_warm;
+    assert!(
+        total < TOTAL_SLACK,
+        "live heap grew by {total} bytes over {REQUESTS} requests: {heaps:?} \
+         (resident set {rss_warm} -> {rss_after} bytes)"
     );
     let stats = engine.stats();
     assert!(stats.generated_tokens > 10_000, "{stats:?}");
