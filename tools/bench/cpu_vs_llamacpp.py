@@ -64,10 +64,10 @@ def llama_batched(binp, gguf, threads, n, inp, out):
 
 
 def tessera(a, *args):
-    cmd = [a.tessera]
+    cmd = [a.tessera] + list(args)
     if a.isa:
-        cmd += ["--isa", a.isa]
-    return run_json(cmd + list(args))
+        cmd += ["--isa", a.isa]  # an option of each bench subcommand, so it goes last
+    return run_json(cmd)
 
 
 def one_round(a, raw):
