@@ -5,7 +5,7 @@
 //! ```text
 //!   f32 pool:   kv_write_f32  -> prefill tiles: prefill_attention_f32
 //!                                decode rows:   paged_attention_split_f32 + reduce
-//!   bf16 pool:  kv_write_bf16 -> prefill tiles: prefill_attention_bf16
+//!   bf16 pool:  kv_write (bf16) -> prefill tiles: prefill_attention_bf16
 //!                                decode rows:   decode_attention_bf16 + combine
 //!                                               (K/V read once per GQA group)
 //! ```
@@ -70,7 +70,7 @@ pub(crate) fn attention(
             ops::paged_attention(gpu, qkv, width, 0, k, v, rows, &shape, scratch, out)
         }
         LayerPool::Bf16(k, v) => {
-            ops::kv_write_bf16(gpu, qkv, width, qw, qw + kvw, kvw, rows, k, v)?;
+            ops::kv_write(gpu, qkv, width, qw, qw + kvw, kvw, rows, k, v)?;
             ops::prefill_attention_bf16(gpu, qkv, width, 0, k, v, rows, &shape, out)?;
             decode_bf16(gpu, qkv, width, heads, k, v, step, shape.block_size, out)
         }

@@ -268,10 +268,25 @@ pub struct AttentionShape<'a> {
     pub q_heads: usize,
 }
 
-/// Writes each row's key and value (columns `k_col..`, `v_col..` of `qkv`, rows of
-/// `stride`) into its cache slot.
+/// An element type of a key/value pool, with the kernel that writes it.
+pub trait KvElem {
+    /// The `cuda/` kernel that writes f32 keys and values into a pool of this type.
+    const KERNEL: &'static str;
+}
+
+impl KvElem for f32 {
+    const KERNEL: &'static str = "kv_write_f32";
+}
+
+/// bf16 bits: the pool stores each f32 key and value rounded to bfloat16.
+impl KvElem for u16 {
+    const KERNEL: &'static str = "kv_write_bf16";
+}
+
+/// Writes each row's key and value (f32 columns `k_col..`, `v_col..` of `qkv`, rows of
+/// `stride`) into its cache slot, in the pool's element type (f32 or bf16 bits).
 #[allow(clippy::too_many_arguments)]
-pub fn kv_write(
+pub fn kv_write<T: KvElem>(
     gpu: &Gpu,
     qkv: &CudaSlice<f32>,
     stride: usize,
@@ -279,27 +294,28 @@ pub fn kv_write(
     v_col: usize,
     kvw: usize,
     rows: &AttentionRows,
-    k_cache: &mut CudaSlice<f32>,
-    v_cache: &mut CudaSlice<f32>,
+    k_cache: &mut CudaSlice<T>,
+    v_cache: &mut CudaSlice<T>,
 ) -> Result<(), CudaError> {
+    let op = T::KERNEL;
     ensure(
         k_col + kvw <= stride && v_col + kvw <= stride && qkv.len() >= rows.rows * stride,
-        "kv_write",
+        op,
         || format!("kv width {kvw} at {k_col}/{v_col} in rows of {stride}"),
     )?;
     if kvw == 0 || rows.rows == 0 {
         return Ok(());
     }
     gpu.launch(
-        "kv_write_f32",
+        op,
         (rows.rows as u32, 1, 1),
         128,
         &[
             Arg::Ptr(gpu.ptr(qkv)),
-            Arg::I32(i32_of("kv_write", stride)?),
-            Arg::I32(k_col as i32),
-            Arg::I32(v_col as i32),
-            Arg::I32(kvw as i32),
+            Arg::I32(i32_of(op, stride)?),
+            Arg::I32(i32_of(op, k_col)?),
+            Arg::I32(i32_of(op, v_col)?),
+            Arg::I32(i32_of(op, kvw)?),
             Arg::Ptr(gpu.ptr(&rows.slots)),
             Arg::Ptr(gpu.ptr(k_cache)),
             Arg::Ptr(gpu.ptr(v_cache)),

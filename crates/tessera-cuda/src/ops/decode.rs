@@ -106,45 +106,6 @@ impl DecodeSplits {
     }
 }
 
-/// Writes each row's key and value (f32 columns `k_col..`, `v_col..` of `qkv`, rows of
-/// `stride`) into its slot of the bf16 pool.
-#[allow(clippy::too_many_arguments)]
-pub fn kv_write_bf16(
-    gpu: &Gpu,
-    qkv: &CudaSlice<f32>,
-    stride: usize,
-    k_col: usize,
-    v_col: usize,
-    kvw: usize,
-    rows: &AttentionRows,
-    k_cache: &mut CudaSlice<u16>,
-    v_cache: &mut CudaSlice<u16>,
-) -> Result<(), CudaError> {
-    ensure(
-        k_col + kvw <= stride && v_col + kvw <= stride && qkv.len() >= rows.rows * stride,
-        "kv_write_bf16",
-        || format!("kv width {kvw} at {k_col}/{v_col} in rows of {stride}"),
-    )?;
-    if kvw == 0 || rows.rows == 0 {
-        return Ok(());
-    }
-    gpu.launch(
-        "kv_write_bf16",
-        (rows.rows as u32, 1, 1),
-        128,
-        &[
-            Arg::Ptr(gpu.ptr(qkv)),
-            Arg::I32(i32_of("kv_write_bf16", stride)?),
-            Arg::I32(i32_of("kv_write_bf16", k_col)?),
-            Arg::I32(i32_of("kv_write_bf16", v_col)?),
-            Arg::I32(i32_of("kv_write_bf16", kvw)?),
-            Arg::Ptr(gpu.ptr(&rows.slots)),
-            Arg::Ptr(gpu.ptr(k_cache)),
-            Arg::Ptr(gpu.ptr(v_cache)),
-        ],
-    )
-}
-
 /// One layer's heads as the grouped decode kernel reads them.
 #[derive(Clone, Copy)]
 pub struct GroupedHeads<'a> {
