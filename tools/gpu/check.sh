@@ -10,11 +10,12 @@
 #   device (NVRTC compiles cuda/ for the GPU), ops (every kernel vs its CPU reference on
 #   fresh random inputs, outputs poisoned; cuBLASLt GEMMs; tiled prefill and split decode
 #   attention; one result per op, an op that errors does not hide the others),
-#   random_model (SmolLM2-shaped random model at f32 vs the carried CPU logits and greedy
-#   tokens), random_model_bf16_kv (the same with a bf16 KV pool: tiled bf16 prefill and
-#   grouped decode kernels, looser logits bound, tokens reported), graphs (decode replayed from CUDA graphs vs eager, bit for bit, batch 1 and
-#   batch 3 padded to 4), engine (the coordinator with CUDA ranks, as generate/serve
-#   --device cuda run it, vs the carried tokens), bandwidth (device copy), bench
+#   random_model (SmolLM2-shaped random model at f32 through the engine's path, the
+#   coordinator with CUDA ranks as generate/serve --device cuda run it, vs the carried CPU
+#   logits and greedy tokens), random_model_bf16_kv (the same with a bf16 KV pool: tiled
+#   bf16 prefill and grouped decode kernels, looser logits bound, tokens reported), graphs
+#   (decode replayed from CUDA graphs vs eager, bit for bit, batch 1 and batch 3 padded to
+#   4), bandwidth (device copy), bench
 #   (Llama-3-8B-shaped random model in bf16, weights generated on the host by
 #   WeightFiles::random, bf16 KV pool: prefill and decode tokens/s at batch 1, 8, 64,
 #   256, with and without graphs at small batch, next to the HBM bound) in

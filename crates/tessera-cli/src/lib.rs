@@ -9,6 +9,8 @@ mod bench;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod generate;
+#[cfg(feature = "cuda")]
+mod gpu_check;
 mod manifest;
 mod plan;
 mod projection;
@@ -57,7 +59,7 @@ enum Command {
     /// GPU checks and benchmarks on random weights (tools/gpu/check.sh).
     #[cfg(feature = "cuda")]
     #[command(hide = true)]
-    GpuCheck(cuda::GpuCheckArgs),
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// CPU reference outputs of a random-weight model, for `gpu-check` (JSON on stdout).
     #[command(hide = true)]
     RandomReference(random_reference::RandomReferenceArgs),
@@ -310,7 +312,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Batch(a) => batch::run(a),
         #[cfg(feature = "cuda")]
-        Command::GpuCheck(a) => cuda::gpu_check(a),
+        Command::GpuCheck(a) => gpu_check::run(a),
         Command::RandomReference(a) => random_reference::run(a),
     };
     match result {

@@ -16,7 +16,7 @@ use tessera_model::worker::{RankLoader, RankSetup, RankStarter, RankWorker};
 use tessera_model::{ModelError, PlanNeeds, StepSeq, WeightFiles};
 
 use crate::backend::plan_support;
-use crate::cache::CudaKvCache;
+use crate::cache::{CudaKvCache, KvDtype};
 use crate::collective::{DeviceComm, SingleGpu};
 use crate::device::{driver_present, Gpu, GpuOptions};
 use crate::error::CudaError;
@@ -45,6 +45,9 @@ pub struct CudaLoader {
     pub dtype: DeviceDtype,
     /// Device ordinal of rank 0.
     pub first_device: usize,
+    /// Element type of the KV pool (`None`: [`CudaRankModel::preferred_kv`]; bf16 needs
+    /// even GQA groups, and a plan without them is refused at the first step).
+    pub kv: Option<KvDtype>,
 }
 
 impl RankLoader for CudaLoader {
@@ -145,7 +148,14 @@ impl RankStarter for CudaStarter {
             self.loader.dtype,
             setup.reduce,
         )?;
-        let cache = model.new_cache(setup.num_blocks, setup.block_size)?;
+        let kv = self.loader.kv.unwrap_or_else(|| model.preferred_kv());
+        let cache = CudaKvCache::new(
+            model.gpu(),
+            &model.kv_widths(),
+            setup.num_blocks,
+            setup.block_size,
+            kv,
+        )?;
         Ok(Box::new(CudaWorker {
             model,
             cache,

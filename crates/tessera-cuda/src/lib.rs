@@ -13,7 +13,6 @@ pub mod collective;
 mod device;
 pub mod engine;
 mod error;
-pub mod generate;
 mod lt;
 pub mod model;
 pub mod nccl;
