@@ -51,6 +51,10 @@ pub(crate) struct LatencyArgs {
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// CPU kernel instruction set: avx512, avx2 or scalar (default: the fastest this CPU
+    /// has). Forcing a slower one measures another machine class on this one.
+    #[arg(long)]
+    isa: Option<String>,
     /// Also write `latency.json` and `manifest.json` into this directory.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -78,6 +82,8 @@ struct LatencyReport {
     tp: usize,
     strategy: String,
     dtype: String,
+    /// CPU kernels that ran (avx512, avx2 or scalar).
+    isa: String,
     weight_bytes_per_token: usize,
     prompt_tokens: usize,
     prefill_tok_s_median: f64,
@@ -144,8 +150,11 @@ fn latency(a: &LatencyArgs) -> Result<()> {
         threads: a.threads,
         ..EngineOptions::default()
     };
-    let mut engine =
-        Coordinator::start(&dir, plan.clone(), &options).context("starting the engine")?;
+    let loader = tessera_engine::CpuLoader {
+        isa: crate::parse_isa(a.isa.as_deref())?,
+    };
+    let mut engine = Coordinator::start_on(&dir, plan.clone(), &options, &loader)
+        .context("starting the engine")?;
     let vocab = config.shape.vocab as u64;
     // A fixed pseudo-random prompt (no tokenizer involved): prefill cost does not depend on text.
     let prompt: Vec<u32> = (0..a.prompt_tokens as u64)
@@ -175,6 +184,11 @@ fn latency(a: &LatencyArgs) -> Result<()> {
         tp,
         strategy,
         dtype: a.dtype.clone(),
+        isa: format!(
+            "{:?}",
+            loader.isa.unwrap_or_else(tessera_kernels::Isa::detect)
+        )
+        .to_lowercase(),
         weight_bytes_per_token,
         prompt_tokens: a.prompt_tokens,
         prefill_tok_s_median: median(&prefill),
@@ -188,7 +202,7 @@ fn latency(a: &LatencyArgs) -> Result<()> {
         let mut manifest = RunManifest::new("latency", Some(&dir), 0, HardwareProfile::cpu_here())?;
         manifest.parameters = serde_json::json!({
             "dtype": a.dtype, "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens,
-            "repeats": a.repeats, "threads": a.threads,
+            "repeats": a.repeats, "threads": a.threads, "isa": a.isa,
         });
         write_single_run(out, "latency.json", &report, manifest, &plan)?;
     }

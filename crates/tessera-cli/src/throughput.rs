@@ -218,6 +218,7 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
             "dtype": a.engine.dtype, "requests": a.requests, "input_len": a.input_len,
             "output_len": a.output_len, "concurrency": concurrency,
             "max_batch_tokens": a.engine.max_batch_tokens, "max_seqs": a.engine.max_seqs, "threads": a.engine.threads,
+            "isa": a.engine.isa,
         });
         write_single_run(out, "throughput.json", &report, manifest, &plan)?;
     }
