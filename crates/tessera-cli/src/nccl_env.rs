@@ -147,10 +147,10 @@ pub(crate) fn prepare(matches: &ArgMatches) {
     let link_dir = home.map(|h| PathBuf::from(h).join(LINK_DIR));
     match decide(marker.is_some(), wheel, link_dir) {
         NcclStep::Proceed => {}
-        NcclStep::StillMissing => tracing::warn!(
-            link_dir = ?marker,
-            "NCCL does not load even with the wheel's libnccl.so.2 linked as libnccl.so in link_dir, first on LD_LIBRARY_PATH"
-        ),
+        NcclStep::StillMissing => {
+            let dir = marker.map(PathBuf::from).unwrap_or_default();
+            tracing::warn!(link_dir = %dir.display(), "NCCL does not load even with the wheel's libnccl.so.2 linked as libnccl.so in link_dir, first on LD_LIBRARY_PATH");
+        }
         NcclStep::Relink { wheel, link_dir } => {
             let old = std::env::var_os("LD_LIBRARY_PATH");
             let err = match (
