@@ -45,12 +45,9 @@ libraries() {
             echo "$lib: not found under ${NV:-<no nvidia package>}"
         fi
     done
-    # cudarc opens libnccl.so; the nvidia-nccl wheels ship libnccl.so.2 only.
-    NCCL2=$( [ -n "$NV" ] && find "$NV" -name libnccl.so.2 2>/dev/null | head -1 )
-    if [ -n "$NCCL2" ]; then
-        mkdir -p /tmp/tessera-nccl && ln -sf "$NCCL2" /tmp/tessera-nccl/libnccl.so
-        LIBDIRS="$LIBDIRS:/tmp/tessera-nccl"
-    fi
+    # cudarc opens libnccl.so and the nvidia-nccl wheels ship libnccl.so.2 only: tessera
+    # links it as ~/.cache/tessera/nccl/libnccl.so and runs itself again (README, "Libraries
+    # from pip"), so the nccl stage checks that step too.
     export LD_LIBRARY_PATH="${LIBDIRS#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 }
@@ -76,6 +73,7 @@ main() {
     timeout -k 5 "$NCCL_LIMIT" "$BIN" gpu-check --only-nccl --reference "$REFERENCE" \
         --out "$OUT/nccl_check.json" | tee "$OUT/nccl.txt"
     local nrc=${PIPESTATUS[0]}
+    echo "nccl link: $(ls -l ~/.cache/tessera/nccl/libnccl.so 2>&1)"
     echo "== nccl exit status $nrc (124/137: stopped at the ${NCCL_LIMIT}s limit)"
 
     echo

@@ -12,6 +12,8 @@ mod generate;
 #[cfg(feature = "cuda")]
 mod gpu_check;
 mod manifest;
+#[cfg(feature = "cuda")]
+mod nccl_env;
 mod plan;
 mod projection;
 mod random_reference;
@@ -24,7 +26,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tessera_model::WeightDtype;
 use tessera_plan::{ReduceMode, ShardPlan, Strategy};
 
@@ -302,8 +304,11 @@ fn pull(args: &PullArgs) -> Result<()> {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
     init_logging();
+    #[cfg(feature = "cuda")]
+    nccl_env::prepare(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match &cli.command {
         Command::Pull(a) => pull(a),
         Command::Plan(a) => plan::run(a),

@@ -8,7 +8,7 @@
 
 use std::mem::ManuallyDrop;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cudarc::driver::CudaSlice;
@@ -16,37 +16,66 @@ use cudarc::nccl::{Comm, Id, ReduceOp};
 use tessera_comm::{CommError, CommStats, Communicator};
 
 use crate::collective::DeviceComm;
-use crate::device::{preload, Gpu};
+use crate::device::Gpu;
 use crate::error::CudaError;
 
-/// Makes libnccl loadable, or says what to do. cudarc opens `libnccl.so` (or
-/// `libnccl.so.13`...) by name; the `nvidia-nccl-cu13` wheel ships only `libnccl.so.2`
-/// (in `site-packages/nvidia/nccl/lib`, one of [`crate::nvrtc::python_cuda_lib_dirs`]).
-/// The loader matches an open library by its soname, so loading `libnccl.so.2` from
-/// here cannot satisfy cudarc: a name it tries must be on the loader's path, and the
-/// error names the file found and the two commands that do it.
+/// The name cudarc opens NCCL by first (its other names are versioned after CUDA, such
+/// as `libnccl.so.13`, never NCCL's own `libnccl.so.2`).
+pub const NCCL_LINK_NAME: &str = "libnccl.so";
+
+/// The only NCCL file the `nvidia-nccl-cu13` wheel ships (`site-packages/nvidia/nccl/lib`).
+pub const NCCL_WHEEL_FILE: &str = "libnccl.so.2";
+
+/// Whether cudarc can open NCCL by one of its names, as the loader's path stands.
+pub fn nccl_loadable() -> bool {
+    // SAFETY: only probes dlopen of libnccl's names; no symbol is called.
+    unsafe { cudarc::nccl::sys::is_culib_present() }
+}
+
+/// The wheel's `libnccl.so.2` in the first of `dirs` that has it (e.g.
+/// [`crate::nvrtc::python_cuda_lib_dirs`]).
+pub fn find_wheel_nccl(dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter()
+        .map(|d| d.join(NCCL_WHEEL_FILE))
+        .find(|p| p.is_file())
+}
+
+/// Says whether cudarc can load NCCL; when it cannot, what the loader said and what to do.
+///
+/// The loader matches an open library by its path or its soname (`libnccl.so.2`), never by
+/// a name cudarc tries, so loading the wheel's file by path here could not help: the
+/// `tessera` command links it as `~/.cache/tessera/nccl/libnccl.so` and runs itself again
+/// with that folder on `LD_LIBRARY_PATH` (read only at process start). Reaching the error
+/// means that was not done (a library user, no `$HOME`) or did not work.
 pub fn ensure_nccl(dirs: &[PathBuf]) -> Result<(), CudaError> {
-    preload(dirs, &["libnccl.so"]);
-    // SAFETY: only probes dlopen of libnccl's names.
-    if unsafe { cudarc::nccl::sys::is_culib_present() } {
+    if nccl_loadable() {
         return Ok(());
     }
-    let wheel = dirs.iter().find(|d| d.join("libnccl.so.2").is_file());
-    // SAFETY: as above, for the versioned name the wheels ship.
-    let on_path = unsafe { libloading::Library::new("libnccl.so.2") }.is_ok();
-    let hint = match (wheel, on_path) {
-        (Some(dir), _) => format!(
-            "found {}/libnccl.so.2 (the NCCL wheel has no libnccl.so): run `mkdir -p ~/.cache/tessera/nccl && ln -sf {}/libnccl.so.2 ~/.cache/tessera/nccl/libnccl.so` and `export LD_LIBRARY_PATH=~/.cache/tessera/nccl:$LD_LIBRARY_PATH` (tools/gpu/check.sh does the same)",
-            dir.display(),
-            dir.display()
-        ),
-        (None, true) => "libnccl.so.2 is on the loader's path but libnccl.so is not: link `ln -s .../libnccl.so.2 DIR/libnccl.so` and put DIR on LD_LIBRARY_PATH".to_string(),
-        (None, false) => "install NCCL (`python3 -m pip install nvidia-nccl-cu13`; it lands in site-packages/nvidia/nccl/lib) and link libnccl.so as this message then says".to_string(),
+    // SAFETY: probes dlopen of NCCL's first name, for the loader's reason.
+    let load_error = match unsafe { libloading::Library::new(NCCL_LINK_NAME) } {
+        Ok(_) => "it loads now".to_string(),
+        Err(e) => e.to_string(),
     };
+    // SAFETY: as above, for the versioned name the wheels ship.
+    let on_path = unsafe { libloading::Library::new(NCCL_WHEEL_FILE) }.is_ok();
     Err(CudaError::MissingLibrary {
-        lib: "libnccl.so",
-        hint,
+        lib: NCCL_LINK_NAME,
+        hint: nccl_hint(find_wheel_nccl(dirs).as_deref(), on_path, &load_error),
     })
+}
+
+/// What to do when NCCL does not load: `wheel` is the wheel's file if one was found,
+/// `on_path` whether `libnccl.so.2` loads by name, `load_error` the loader's message.
+fn nccl_hint(wheel: Option<&Path>, on_path: bool, load_error: &str) -> String {
+    match (wheel, on_path) {
+        (Some(file), _) => format!(
+            "the loader said: {load_error}. Found {} (the NCCL wheel has no libnccl.so); the tessera command links it and runs itself again, which was not done or did not help. By hand: `mkdir -p ~/.cache/tessera/nccl && ln -sf {} ~/.cache/tessera/nccl/libnccl.so` and `export LD_LIBRARY_PATH=~/.cache/tessera/nccl:$LD_LIBRARY_PATH`",
+            file.display(),
+            file.display()
+        ),
+        (None, true) => format!("the loader said: {load_error}. libnccl.so.2 is on the loader's path but libnccl.so is not: link `ln -s .../libnccl.so.2 DIR/libnccl.so` and put DIR on LD_LIBRARY_PATH"),
+        (None, false) => format!("the loader said: {load_error}. Install NCCL (`python3 -m pip install nvidia-nccl-cu13`; tessera finds it in site-packages/nvidia/nccl/lib through `python3`)"),
+    }
 }
 
 /// One rank's NCCL communicator.
@@ -320,5 +349,41 @@ impl Communicator for NcclCommunicator {
 
     fn reset_stats(&mut self) {
         self.stats = CommStats::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wheel_nccl_is_found_in_the_first_folder_that_has_it() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let (empty, first, second) = (
+            root.path().join("empty"),
+            root.path().join("a"),
+            root.path().join("b"),
+        );
+        for d in [&empty, &first, &second] {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        std::fs::write(first.join(NCCL_WHEEL_FILE), b"").expect("write");
+        std::fs::write(second.join(NCCL_WHEEL_FILE), b"").expect("write");
+        let dirs = [empty.clone(), first.clone(), second];
+        assert_eq!(find_wheel_nccl(&dirs), Some(first.join(NCCL_WHEEL_FILE)));
+        assert_eq!(find_wheel_nccl(&[empty]), None);
+    }
+
+    #[test]
+    fn nccl_hint_names_the_wheel_file_and_the_loader_error() {
+        let file = Path::new("/site/nvidia/nccl/lib/libnccl.so.2");
+        let hint = nccl_hint(Some(file), false, "libnccl.so: cannot open");
+        assert!(hint.contains("libnccl.so: cannot open"), "{hint}");
+        assert!(
+            hint.contains("ln -sf /site/nvidia/nccl/lib/libnccl.so.2"),
+            "{hint}"
+        );
+        let hint = nccl_hint(None, false, "nope");
+        assert!(hint.contains("pip install nvidia-nccl-cu13"), "{hint}");
     }
 }
