@@ -46,7 +46,7 @@ fn config_for(shape_name: &str) -> Result<ModelConfig> {
     Ok(ModelConfig::parse(&text, Path::new(shape_name))?)
 }
 
-/// Prefill and decode tokens/s of a device-random model at each batch size, next to the
+/// Prefill and decode tokens/s of a seeded random model at each batch size, next to the
 /// HBM bound (every weight read once per decode step at the measured copy bandwidth);
 /// stage `bench` is rewritten after each batch size.
 pub(super) fn bench(
