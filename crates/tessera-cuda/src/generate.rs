@@ -3,13 +3,12 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tessera_model::{LogitRows, StepSeq};
+use tessera_model::{LogitRows, RowChoice, StepSeq};
 
 use crate::cache::CudaKvCache;
 use crate::collective::DeviceComm;
 use crate::error::{ensure, CudaError};
 use crate::model::CudaRankModel;
-use crate::ops::RowChoice;
 
 /// How tokens are chosen.
 #[derive(Clone, Copy, Debug)]
