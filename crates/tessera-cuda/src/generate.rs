@@ -50,7 +50,8 @@ pub fn pick(
                     temperature: sampling.temperature,
                     top_k: sampling.top_k,
                     top_p: sampling.top_p,
-                    uniform: rng.random_range(0.0f32..1.0),
+                    // Drawn as the engine's sampler draws it, so a seed picks alike.
+                    uniform: rng.random::<f32>(),
                 }
             }
         })
