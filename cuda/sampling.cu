@@ -2,9 +2,11 @@
 // per row of logits.
 //
 // argmax: the first maximum; NaN never wins; -1 when the row has no number.
-// sample: softmax(logits / temperature) restricted to the top_k largest logits (0 = all)
-// and to the smallest set of largest probabilities whose mass reaches top_p (1 = all);
-// then the kept token whose cumulative mass, in index order, first exceeds u * kept mass.
+// sample: softmax(logits / temperature) restricted to the top_k largest logits (0 = all),
+// then to the smallest set of largest probabilities whose mass reaches top_p of what top_k
+// kept (1 = all; top_p after top_k, as vLLM and Hugging Face apply them); then the kept
+// token whose cumulative mass, in index order, first exceeds u * kept mass. The host form
+// of this rule is tessera_model::RowChooser (crates/tessera-model/src/choice.rs).
 // Both thresholds are found by bisection over the logits' order-preserving bit patterns
 // (32 counting passes), so they are exact up to ties. NaN logits are never kept.
 
@@ -87,7 +89,8 @@ __device__ int sample_row(const float* x, int vocab, float temperature, int top_
     unsigned int thr = 0;
     if (top_k > 0 && top_k < vocab) thr = bisect(x, vocab, (float)top_k, mx, inv_t, true, scratch);
     if (top_p < 1.0f) {
-        float total = mass_at_least(x, vocab, 0, mx, inv_t, false, scratch);
+        // The mass top_k kept; its own floor meets the goal, so bisection lands at or above it.
+        float total = mass_at_least(x, vocab, thr, mx, inv_t, false, scratch);
         unsigned int tp = bisect(x, vocab, top_p * total, mx, inv_t, false, scratch);
         thr = max(thr, tp);
     }

@@ -522,12 +522,13 @@ fn handles_are_shareable_across_threads() {
     e.shutdown();
 }
 
-/// `step_greedy` (ids only, what a device rank returns) picks exactly the greedy token of
-/// each row `step` returns, for a batch mixing a prompt chunk and decode rows, at tp 1 and 3.
+/// `step_choose` (ids only, what a device rank returns) picks exactly the token the shared
+/// rule (`tessera_model::choose`) picks from each row `step` returns, greedy and sampled
+/// rows mixed, for a batch mixing a prompt chunk and decode rows, at tp 1 and 3.
 #[test]
-fn greedy_steps_return_the_greedy_token_of_every_logits_row() {
+fn choose_steps_return_the_chosen_token_of_every_logits_row() {
     use tessera_engine::StepSeq;
-    use tessera_model::LogitRows;
+    use tessera_model::{LogitRows, RowChoice};
     let dir = model_dir();
     let vocab = shape().vocab;
     for tp in [1, 3] {
@@ -571,10 +572,24 @@ fn greedy_steps_return_the_greedy_token_of_every_logits_row() {
                 })
                 .collect();
             let logits = a.step(seqs.clone()).unwrap();
-            let ids = b.step_greedy(seqs).unwrap();
+            let rows = logits.len() / vocab;
+            // Every third row greedy, the others sampled with their own filters.
+            let choices: Vec<RowChoice> = (0..rows)
+                .map(|r| match r % 3 {
+                    0 => RowChoice::GREEDY,
+                    k => RowChoice {
+                        temperature: 0.5 * k as f32,
+                        top_k: 20 * (k - 1),
+                        top_p: 1.0 - 0.2 * k as f32,
+                        uniform: rng.random::<f32>(),
+                    },
+                })
+                .collect();
+            let ids = b.step_choose(seqs, choices.clone()).unwrap();
             let want: Vec<u32> = logits
                 .chunks_exact(vocab)
-                .map(tessera_engine::sampling::greedy_token)
+                .zip(&choices)
+                .map(|(row, c)| tessera_model::choose(row, c))
                 .collect();
             assert_eq!(ids, want, "tp {tp} step {step}");
             picked += ids.len();

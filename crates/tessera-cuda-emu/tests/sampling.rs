@@ -165,3 +165,41 @@ fn a_mixed_batch_samples_each_row_with_its_own_parameters() {
         );
     }
 }
+
+#[test]
+fn top_p_is_a_share_of_what_top_k_kept() {
+    // Nearly flat logits: the 50 largest hold a small part of the whole mass, so top_p
+    // 0.5 of the whole would keep all 50, while half of what top_k kept is about 25.
+    let (rows, vocab) = (8, 3001);
+    let p = SampleParams {
+        temperature: 1.0,
+        top_k: 50,
+        top_p: 0.5,
+    };
+    for (seed, place) in PLACES.into_iter().enumerate() {
+        let mut rng = rng(230 + seed as u64);
+        let logits = randn(&mut rng, rows * vocab, 0.1);
+        let uniforms: Vec<f32> = (0..rows).map(|r| (r as f32 + 0.5) / rows as f32).collect();
+        let (dl, du) = (dev(&logits, place), dev(&uniforms, place));
+        let mut out = DevBuf::filled(rows, -7i32, place).expect("memory");
+        let o = out.mut_ptr();
+        launch([rows as u32, 1, 1], [1024, 1, 1], || unsafe {
+            k::sample_f32(
+                dl.ptr(),
+                vocab as i32,
+                p.temperature,
+                p.top_k as i32,
+                p.top_p,
+                du.ptr(),
+                o,
+            )
+        })
+        .expect("launch");
+        for ((row, &u), &g) in logits.chunks_exact(vocab).zip(&uniforms).zip(&out.to_vec()) {
+            assert!(
+                g >= 0 && sample_accepts(row, p, u, g as usize, 1e-3),
+                "u {u}: drew {g}"
+            );
+        }
+    }
+}

@@ -3,8 +3,8 @@
 //! in NCCL (`ncclCommInitRank` with the group's unique id, also across processes).
 //!
 //! The coordinator, scheduler and server above do not change: a step's logits rows come
-//! back to the host as on CPU, or, for a greedy step, only the ids chosen on the device.
-//! NCCL's all-reduce sums in its own order, so unlike the CPU path's ordered reduction,
+//! back to the host as on CPU, or, for a step whose rows are all plain (greedy, or
+//! temperature, top-k and top-p only), only the ids chosen on the device. NCCL's all-reduce sums in its own order, so unlike the CPU path's ordered reduction,
 //! output at several ranks may differ from one rank in the last bits (see README,
 //! "GPU (CUDA)").
 
@@ -13,7 +13,7 @@ use std::ops::Range;
 use cudarc::driver::CudaContext;
 use tessera_comm::CommStats;
 use tessera_model::worker::{RankLoader, RankSetup, RankStarter, RankWorker};
-use tessera_model::{ModelError, PlanNeeds, StepSeq, WeightFiles};
+use tessera_model::{ModelError, PlanNeeds, RowChoice, StepSeq, WeightFiles};
 
 use crate::backend::plan_support;
 use crate::cache::{CudaKvCache, KvDtype};
@@ -191,10 +191,11 @@ impl RankWorker for CudaWorker {
         Ok((logits, self.comm.stats()))
     }
 
-    fn step_greedy(
+    fn step_choose(
         &mut self,
         seqs: &[StepSeq],
         _vocab: usize,
+        choices: &[RowChoice],
     ) -> Result<(Vec<u32>, CommStats), ModelError> {
         let rows = self
             .model
@@ -203,12 +204,12 @@ impl RankWorker for CudaWorker {
             self.model.gpu().synchronize()?;
             return Ok((Vec::new(), self.comm.stats()));
         }
-        // Only the ids cross to the host. The kernel skips NaN and takes the lowest id
-        // among the largest, as `sampling::greedy_token` does; a row without a number
-        // (-1) gives token 0 there too.
+        // Only the ids cross to the host. The kernel follows `tessera_model::RowChooser`:
+        // greedy skips NaN and takes the lowest id among the largest, as `greedy_token`
+        // does; a row without a number (-1) gives token 0 there too.
         let tokens = self
             .model
-            .greedy(rows)?
+            .choose(rows, choices)?
             .into_iter()
             .map(|i| u32::try_from(i).unwrap_or(0))
             .collect();

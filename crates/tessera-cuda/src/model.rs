@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 use tessera_model::{
-    LogitRows, ModelConfig, RankModel, StepRows, StepSeq, WeightDtype, WeightFiles,
+    LogitRows, ModelConfig, RankModel, RowChoice, StepRows, StepSeq, WeightDtype, WeightFiles,
 };
 use tessera_plan::{ReduceMode, ShardPlan};
 
@@ -28,7 +28,7 @@ use crate::cache::{CudaKvCache, KvDtype};
 use crate::collective::DeviceComm;
 use crate::device::Gpu;
 use crate::error::CudaError;
-use crate::ops::{DeviceDtype, RowChoice, RowSampler};
+use crate::ops::{DeviceDtype, RowSampler};
 use crate::step::StepKey;
 
 /// Most rows of a decode step run as a CUDA graph (larger steps run eagerly).

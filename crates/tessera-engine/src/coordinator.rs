@@ -8,7 +8,9 @@ use std::thread::JoinHandle;
 
 use tessera_comm::CommStats;
 use tessera_model::worker::{CpuLoader, RankLoader, RankSetup, RankStarter};
-use tessera_model::{LogitRows, ModelConfig, ModelError, PagedKvCache, StepSeq, WeightDtype};
+use tessera_model::{
+    LogitRows, ModelConfig, ModelError, PagedKvCache, RowChoice, StepSeq, WeightDtype,
+};
 use tessera_plan::{ReduceMode, ShardPlan};
 
 /// Why the engine could not start or run.
@@ -69,12 +71,12 @@ enum Command {
 }
 
 /// What rank 0 returns of a step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Want {
     /// Full-vocabulary logits rows.
     Logits,
-    /// Each row's greedy token.
-    Greedy,
+    /// The token each row's choice picks (one choice per logits row).
+    Choose(Arc<[RowChoice]>),
 }
 
 /// A step's result from one rank.
@@ -277,14 +279,26 @@ impl Coordinator {
         }
     }
 
-    /// Like [`Coordinator::step`], returning each logits row's greedy token (the lowest id
-    /// among the largest logits, as `sampling::greedy_token` picks it) instead of the row:
-    /// a device rank picks it where the logits are, and only ids reach the host.
-    pub fn step_greedy(&mut self, seqs: Vec<StepSeq>) -> Result<Vec<u32>, EngineError> {
-        match self.run_step(seqs, Want::Greedy)? {
+    /// Like [`Coordinator::step`], returning the token `choices[i]` picks from logits row i
+    /// (`tessera_model::RowChooser`'s rule: greedy, or temperature, top-k and top-p with
+    /// the row's uniform) instead of the row: a device rank picks it where the logits are,
+    /// and only ids reach the host.
+    pub fn step_choose(
+        &mut self,
+        seqs: Vec<StepSeq>,
+        choices: Vec<RowChoice>,
+    ) -> Result<Vec<u32>, EngineError> {
+        let rows: usize = seqs.iter().map(|s| s.logits.count(s.tokens.len())).sum();
+        if rows != choices.len() {
+            return Err(EngineError::Internal(format!(
+                "a step of {rows} logits rows was given {} token choices",
+                choices.len()
+            )));
+        }
+        match self.run_step(seqs, Want::Choose(choices.into()))? {
             Got::Tokens(t) => Ok(t),
             Got::Logits(_) => Err(EngineError::Internal(
-                "rank 0 returned logits for a greedy step".into(),
+                "rank 0 returned logits for a choose step".into(),
             )),
         }
     }
@@ -315,7 +329,10 @@ impl Coordinator {
         }
         let seqs = Arc::new(seqs);
         for (rank, r) in self.ranks.iter().enumerate() {
-            if r.tx.send(Command::Step(Arc::clone(&seqs), want)).is_err() {
+            if r.tx
+                .send(Command::Step(Arc::clone(&seqs), want.clone()))
+                .is_err()
+            {
                 self.failed = true;
                 return Err(EngineError::RankLost(rank));
             }
@@ -462,8 +479,8 @@ fn rank_main(
     while let Ok(Command::Step(seqs, want)) = commands.recv() {
         let out = match want {
             Want::Logits => worker.step(&seqs).map(|(l, s)| (Got::Logits(l), s)),
-            Want::Greedy => worker
-                .step_greedy(&seqs, vocab)
+            Want::Choose(choices) => worker
+                .step_choose(&seqs, vocab, &choices)
                 .map(|(t, s)| (Got::Tokens(t), s)),
         };
         let failed = out.is_err();

@@ -4,7 +4,12 @@
 //! validation), the [`Sampler`] that holds one request's RNG and token counts, and the
 //! [`StopMatcher`] that finds stop strings in streamed text.
 //!
-//! One token goes through, in this order:
+//! A request that asks for nothing but temperature, top-k and top-p (no bias, penalty or
+//! min_p) picks by the rule the ranks share, `tessera_model::RowChooser`: one uniform drawn
+//! from the request's RNG per token, so the token is the same whether a rank picked it
+//! (on a GPU, where the logits are) or this sampler did from a downloaded row. Any other
+//! request's token goes through, in this order (logprobs, the last line, come from the raw
+//! row for both kinds):
 //!
 //! ```text
 //! raw logits ─┬─> logit_bias ─> repetition ─> frequency ─> presence ─┬─ temperature 0: argmax
@@ -26,7 +31,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod logprobs;
 mod stop;
+use logprobs::raw_logprobs;
+pub use logprobs::token_logprobs;
 pub use stop::{StopMatcher, StopStep};
 
 /// Temperatures below this sample greedily, like vLLM: dividing by a tiny temperature
@@ -259,6 +267,8 @@ pub struct Sampler {
     logits: Vec<f32>,
     weights: Vec<f64>,
     ranked: Vec<RankKey>,
+    /// The shared row rule, for requests that need nothing but temperature, top-k, top-p.
+    chooser: RowChooser,
 }
 
 impl Sampler {
@@ -286,19 +296,28 @@ impl Sampler {
             logits: Vec::new(),
             weights: Vec::new(),
             ranked: Vec::new(),
+            chooser: RowChooser::default(),
         }
     }
 
     /// Picks the next token from full-vocabulary logits (left unmodified), counts it
     /// for the penalties, and returns it with logprobs when they were requested.
     ///
+    /// A request with no bias, penalty or min_p picks by the rule the ranks share
+    /// ([`RowChooser`], one uniform draw per token), so its token is the one a rank's
+    /// [`Sampler::plain_choice`] picks from the same row, whichever way the step ran.
     /// Empty logits give token 0.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
-        self.prepare_logits(logits);
-        let token = if self.is_greedy() {
-            argmax(&self.logits)
+        let token = if self.is_choice_only() {
+            let choice = self.next_choice();
+            self.chooser.choose(logits, &choice)
         } else {
-            self.draw_token()
+            self.prepare_logits(logits);
+            if self.is_greedy() {
+                argmax(&self.logits)
+            } else {
+                self.draw_token()
+            }
         };
         *self.output_counts.entry(token).or_insert(0) += 1;
         self.seen.insert(token);
@@ -313,19 +332,22 @@ impl Sampler {
         }
     }
 
-    /// Whether [`Sampler::sample`] would return [`greedy_token`] of the raw logits with no
-    /// logprobs: greedy, no bias, no penalty, no logprobs requested.
-    pub fn is_plain_greedy(&self) -> bool {
-        self.is_greedy()
-            && self.logit_bias.is_empty()
-            && self.repetition_penalty == 1.0
-            && self.presence_penalty == 0.0
-            && self.frequency_penalty == 0.0
-            && self.logprobs.is_none()
+    /// Whether the next token needs nothing but a [`RowChoice`] of the raw logits row:
+    /// temperature, top-k and top-p only (no bias, penalty, min_p or logprobs), so a rank
+    /// may pick it and return only the id.
+    pub fn is_plain(&self) -> bool {
+        self.is_choice_only() && self.logprobs.is_none()
+    }
+
+    /// For a plain sampler ([`Sampler::is_plain`]), the next token's choice, drawing its
+    /// uniform from this request's RNG as [`Sampler::sample`] would (greedy draws
+    /// nothing); `None` otherwise. Report the token picked with [`Sampler::accept`].
+    pub fn plain_choice(&mut self) -> Option<RowChoice> {
+        self.is_plain().then(|| self.next_choice())
     }
 
     /// Records `token`, chosen elsewhere by this sampler's rule (see
-    /// [`Sampler::is_plain_greedy`]), as if [`Sampler::sample`] had drawn it.
+    /// [`Sampler::plain_choice`]), as if [`Sampler::sample`] had drawn it.
     pub fn accept(&mut self, token: u32) -> Sampled {
         *self.output_counts.entry(token).or_insert(0) += 1;
         self.seen.insert(token);
@@ -333,6 +355,29 @@ impl Sampler {
             token,
             logprob: None,
             top_logprobs: Vec::new(),
+        }
+    }
+
+    /// No bias, penalty or min_p: the token is a [`RowChoice`] of the raw logits.
+    fn is_choice_only(&self) -> bool {
+        self.logit_bias.is_empty()
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+            && (self.min_p.is_nan() || self.min_p <= 0.0)
+    }
+
+    /// The next token's [`RowChoice`]; a sampled one draws the uniform. `top_k = 1` is
+    /// greedy (the lowest id among the largest), as in [`Sampler::sample`]'s own rule.
+    fn next_choice(&mut self) -> RowChoice {
+        if self.is_greedy() || self.top_k == 1 {
+            return RowChoice::GREEDY;
+        }
+        RowChoice {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            uniform: self.rng.random::<f32>(),
         }
     }
 
@@ -411,6 +456,7 @@ fn rank_key(value: f64, id: u32) -> RankKey {
 /// The greedy token of raw logits (lives beside the model, where rank workers use it).
 pub use tessera_model::greedy_token;
 use tessera_model::sanitize_logit as sanitize;
+use tessera_model::{RowChoice, RowChooser};
 
 /// The first token by [`rank_key`]; 0 for empty logits.
 fn argmax(logits: &[f32]) -> u32 {
@@ -515,51 +561,6 @@ fn draw(weights: &[f64], u: f64) -> Option<u32> {
         }
     }
     last
-}
-
-/// The logprob of `token` under the raw distribution `logits` (a full-vocabulary row) and
-/// the top `n` `(id, logprob)` pairs there, ranked as [`Sampler::sample`] ranks them.
-///
-/// For scoring given tokens (prompt logprobs); `token` outside the row gives `-inf`.
-pub fn token_logprobs(logits: &[f32], token: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
-    let (chosen, top) = raw_logprobs(logits, token, n);
-    (chosen.unwrap_or(f32::NEG_INFINITY), top)
-}
-
-/// The chosen token's logprob and the top `n` of the raw distribution, in f64.
-fn raw_logprobs(raw: &[f32], token: u32, n: usize) -> (Option<f32>, Vec<(u32, f32)>) {
-    let value = |l: f32| f64::from(sanitize(l));
-    let max = raw
-        .iter()
-        .map(|&l| value(l))
-        .fold(f64::NEG_INFINITY, f64::max);
-    let log_norm = if max.is_finite() {
-        max + raw
-            .iter()
-            .map(|&l| (value(l) - max).exp())
-            .sum::<f64>()
-            .ln()
-    } else {
-        0.0
-    };
-    let chosen = raw
-        .get(token as usize)
-        .map(|&l| (value(l) - log_norm) as f32);
-    let mut top: Vec<RankKey> = Vec::with_capacity(n + 1);
-    for (i, &l) in raw.iter().enumerate().take_while(|_| n > 0) {
-        let entry = rank_key(value(l), i as u32);
-        if top.len() == n && top.last().is_some_and(|&worst| entry > worst) {
-            continue;
-        }
-        let at = top.partition_point(|&e| e < entry);
-        top.insert(at, entry);
-        top.truncate(n);
-    }
-    let top = top
-        .into_iter()
-        .map(|(_, id)| (id, (value(raw[id as usize]) - log_norm) as f32))
-        .collect();
-    (chosen, top)
 }
 
 #[cfg(test)]

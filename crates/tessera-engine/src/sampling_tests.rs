@@ -117,7 +117,8 @@ fn greedy_token_agrees_with_a_plain_greedy_sampler() {
         &[-3.0, -1.0, -1.0 - f32::EPSILON],
     ];
     let mut sampler = Sampler::new(&greedy(), &[]);
-    assert!(sampler.is_plain_greedy());
+    assert!(sampler.is_plain());
+    assert_eq!(sampler.clone().plain_choice(), Some(RowChoice::GREEDY));
     for row in rows {
         assert_eq!(greedy_token(row), sampler.sample(row).token, "{row:?}");
     }
@@ -125,7 +126,7 @@ fn greedy_token_agrees_with_a_plain_greedy_sampler() {
         logit_bias: vec![(1, 2.0)],
         ..greedy()
     };
-    assert!(!Sampler::new(&biased, &[]).is_plain_greedy());
+    assert!(!Sampler::new(&biased, &[]).is_plain());
 }
 
 #[test]
@@ -374,6 +375,52 @@ fn seeded_sampler_ignores_other_samplers() {
         })
         .collect();
     assert_eq!(alone, interleaved);
+}
+
+#[test]
+fn plain_choice_draws_what_sample_picks_from_the_same_row() {
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_k: Some(20),
+        top_p: 0.9,
+        ..seeded(13)
+    };
+    let (mut host, mut rank) = (Sampler::new(&params, &[]), Sampler::new(&params, &[]));
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut tokens = BTreeSet::new();
+    for _ in 0..200 {
+        let logits = random_logits(&mut rng, 50, 4.0);
+        let choice = rank.plain_choice().expect("a plain sampler");
+        let token = tessera_model::choose(&logits, &choice);
+        assert_eq!(host.sample(&logits).token, rank.accept(token).token);
+        tokens.insert(token);
+    }
+    assert!(tokens.len() > 10, "the draws vary: {tokens:?}");
+    // Logprobs, bias, penalties or min_p need the row on the host: no choice, no draw.
+    let needs_row = [
+        SamplingParams {
+            logprobs: Some(1),
+            ..params.clone()
+        },
+        SamplingParams {
+            min_p: 0.1,
+            ..params.clone()
+        },
+        SamplingParams {
+            frequency_penalty: 0.5,
+            ..params.clone()
+        },
+    ];
+    for p in needs_row {
+        let mut s = Sampler::new(&p, &[]);
+        assert_eq!(s.plain_choice(), None, "{p:?}");
+        assert!(!s.is_plain());
+    }
+    // Greedy needs no draw.
+    assert_eq!(
+        Sampler::new(&greedy(), &[]).plain_choice(),
+        Some(RowChoice::GREEDY)
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 mod backend;
 mod blocks;
+mod choice;
 mod config;
 mod cpu;
 mod error;
@@ -18,6 +19,7 @@ mod weights;
 pub mod worker;
 
 pub use backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype, WeightValues};
+pub use choice::{choose, RowChoice, RowChooser};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use cpu::{CpuBackend, CpuStep};
 pub use error::ModelError;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backend::WeightDtype;
+use crate::choice::{RowChoice, RowChooser};
 use crate::config::ModelConfig;
 use crate::cpu::CpuBackend;
 use crate::error::ModelError;
@@ -53,17 +54,29 @@ pub trait RankWorker {
     /// Runs one batched step; rank 0 returns the full-vocabulary logits rows the
     /// sequences ask for (other ranks may return them too), with its collective counters.
     fn step(&mut self, seqs: &[StepSeq]) -> Result<(Vec<f32>, CommStats), ModelError>;
-    /// Like [`RankWorker::step`], with each logits row (of `vocab`) replaced by its greedy
-    /// token ([`crate::greedy_token`]); a device backend picks it on the device.
-    fn step_greedy(
+    /// Like [`RankWorker::step`], with logits row i (of `vocab`) replaced by the token
+    /// `choices[i]` picks ([`crate::RowChooser`]), so only ids leave the rank: a device
+    /// backend picks them where the logits are. A rank that returns no logits (not rank 0)
+    /// returns no tokens.
+    fn step_choose(
         &mut self,
         seqs: &[StepSeq],
         vocab: usize,
+        choices: &[RowChoice],
     ) -> Result<(Vec<u32>, CommStats), ModelError> {
         let (logits, stats) = self.step(seqs)?;
+        let rows = logits.len() / vocab.max(1);
+        if !logits.is_empty() && rows != choices.len() {
+            return Err(ModelError::BadBatch(format!(
+                "{rows} logits rows but {} token choices",
+                choices.len()
+            )));
+        }
+        let mut chooser = RowChooser::default();
         let tokens = logits
             .chunks_exact(vocab.max(1))
-            .map(crate::greedy_token)
+            .zip(choices)
+            .map(|(row, choice)| chooser.choose(row, choice))
             .collect();
         Ok((tokens, stats))
     }

@@ -2,6 +2,7 @@
 //! only ids cross to the host.
 
 use cudarc::driver::CudaSlice;
+use tessera_model::RowChoice;
 
 use super::i32_of;
 use crate::device::{Arg, Gpu};
@@ -38,8 +39,20 @@ pub struct SampleParams {
     pub temperature: f32,
     /// Keep the k largest logits (0 = all).
     pub top_k: usize,
-    /// Keep the smallest most-probable set of this mass (1 = all).
+    /// Keep the smallest most-probable set of this share of the kept mass (1 = all).
     pub top_p: f32,
+}
+
+impl SampleParams {
+    /// These parameters with the draw `uniform`, as one row's [`RowChoice`].
+    pub fn choice(self, uniform: f32) -> RowChoice {
+        RowChoice {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            uniform,
+        }
+    }
 }
 
 /// One token per row drawn with `uniforms[row]` in [0, 1) (see `cuda/sampling.cu`).
@@ -80,29 +93,6 @@ pub fn sample(
     gpu.download_prefix(&out, rows)
 }
 
-/// How one row's token is chosen by [`RowSampler::pick`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RowChoice {
-    /// Softmax temperature; 0 or less picks the first maximum (greedy).
-    pub temperature: f32,
-    /// Keep the k largest logits (0 = all).
-    pub top_k: usize,
-    /// Keep the smallest most-probable set of this mass (1 = all).
-    pub top_p: f32,
-    /// The row's uniform draw in [0, 1).
-    pub uniform: f32,
-}
-
-impl RowChoice {
-    /// The greedy choice.
-    pub const GREEDY: Self = Self {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        uniform: 0.0,
-    };
-}
-
 /// The per-row parameters and ids of `sample_rows_f32`, kept between steps (grown to the
 /// most rows seen), so a step's choice allocates nothing and downloads only the ids.
 pub struct RowSampler {
@@ -126,7 +116,8 @@ impl RowSampler {
     }
 
     /// One token per row of `logits` (`rows` rows of `vocab`), row i chosen as
-    /// `choices[i]` says (`-1`: a row without a number).
+    /// `choices[i]` says by the rule of `tessera_model::RowChooser` (`-1`: a row without a
+    /// number).
     pub fn pick(
         &mut self,
         gpu: &Gpu,

@@ -134,10 +134,10 @@ impl LiveRequest {
 }
 
 /// How a sequence's next token is chosen: from its logits row, or already chosen by the
-/// ranks (plain greedy).
+/// ranks (a plain row: its sampler's `plain_choice`).
 pub(crate) enum Pick<'a> {
     /// Sample from this full-vocabulary row.
     Logits(&'a [f32]),
-    /// The ranks picked this token greedily.
+    /// The ranks picked this token by the row's choice.
     Token(u32),
 }

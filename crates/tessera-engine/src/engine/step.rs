@@ -205,28 +205,41 @@ impl Worker {
                 self.counters.computed_prompt_tokens += s.tokens.len() as u64;
             }
         }
-        // When every row sampled is plain greedy (no bias, penalty or logprobs) and no
-        // prompt is scored, the ranks return only the chosen ids (a GPU picks them where
-        // the logits are, and no logits row crosses to the host).
-        let greedy_only = plan.seqs.iter().all(|s| s.logits != LogitRows::All)
+        // When every row sampled is plain (temperature, top-k and top-p only: no bias,
+        // penalty, min_p, logprobs or grammar) and no prompt is scored, the ranks return
+        // only the chosen ids (a GPU picks them where the logits are, and no logits row
+        // crosses to the host). Otherwise plain rows are picked on the host from their
+        // rows by the same rule and the same draw, so a request's tokens do not depend on
+        // which requests share its step.
+        let plain = plan.seqs.iter().all(|s| s.logits != LogitRows::All)
             && sampling(plan, &samples).all(|s| {
                 self.requests
                     .get(&s.id)
-                    .is_some_and(|r| r.sampler.is_plain_greedy() && r.constraint.is_none())
+                    .is_some_and(|r| r.sampler.is_plain() && r.constraint.is_none())
             });
-        if greedy_only {
-            self.run_greedy(plan, &samples)
+        if plain {
+            self.run_choose(plan, &samples)
         } else {
             self.run_logits(plan, &samples)
         }
     }
 
-    /// Runs a step whose sampled rows are all plain greedy: the ranks return the ids.
-    fn run_greedy(&mut self, plan: &StepPlan, samples: &[bool]) -> Result<(), EngineError> {
-        let ids = self.coordinator.step_greedy(plan.seqs.clone())?;
+    /// Runs a step whose sampled rows are all plain: each request draws its row's choice,
+    /// and the ranks return the ids.
+    fn run_choose(&mut self, plan: &StepPlan, samples: &[bool]) -> Result<(), EngineError> {
+        let sampled: Vec<u64> = sampling(plan, samples).map(|s| s.id).collect();
+        let choices = sampled
+            .iter()
+            .map(|id| {
+                let live = self.requests.get_mut(id);
+                live.and_then(|r| r.sampler.plain_choice()).ok_or_else(|| {
+                    EngineError::Internal(format!("sequence {id} is not a plain sampled row"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = self.coordinator.step_choose(plan.seqs.clone(), choices)?;
         self.counters.steps += 1;
         self.observe_collectives();
-        let sampled: Vec<u64> = sampling(plan, samples).map(|s| s.id).collect();
         if ids.len() != sampled.len() {
             return Err(EngineError::Internal(format!(
                 "the ranks returned {} tokens for {} sequences",
