@@ -65,21 +65,30 @@ pub trait RankWorker {
         choices: &[RowChoice],
     ) -> Result<(Vec<u32>, CommStats), ModelError> {
         let (logits, stats) = self.step(seqs)?;
-        let rows = logits.len() / vocab.max(1);
-        if !logits.is_empty() && rows != choices.len() {
-            return Err(ModelError::BadBatch(format!(
-                "{rows} logits rows but {} token choices",
-                choices.len()
-            )));
-        }
-        let mut chooser = RowChooser::default();
-        let tokens = logits
-            .chunks_exact(vocab.max(1))
-            .zip(choices)
-            .map(|(row, choice)| chooser.choose(row, choice))
-            .collect();
+        let tokens = choose_rows(&logits, vocab, choices, &mut RowChooser::default())?;
         Ok((tokens, stats))
     }
+}
+
+/// The token `choices[i]` picks from row i (of `vocab`) of `logits`; no rows, no tokens.
+fn choose_rows(
+    logits: &[f32],
+    vocab: usize,
+    choices: &[RowChoice],
+    chooser: &mut RowChooser,
+) -> Result<Vec<u32>, ModelError> {
+    let rows = logits.len() / vocab.max(1);
+    if !logits.is_empty() && rows != choices.len() {
+        return Err(ModelError::BadBatch(format!(
+            "{rows} logits rows but {} token choices",
+            choices.len()
+        )));
+    }
+    Ok(logits
+        .chunks_exact(vocab.max(1))
+        .zip(choices)
+        .map(|(row, choice)| chooser.choose(row, choice))
+        .collect())
 }
 
 /// Loads one rank on the thread that will run it (device contexts are per thread).
@@ -109,34 +118,6 @@ pub trait RankLoader: Send + Sync {
     fn prepare(&self, world: usize) -> Result<Vec<Box<dyn RankStarter>>, ModelError> {
         let token = self.group_token(world)?;
         self.starters(world, 0..world, &token)
-    }
-}
-
-/// Keeps freed buffers in the heap instead of returning them to the kernel.
-///
-/// The model's activations are reused between steps ([`crate::Workspace`]), but a step
-/// still allocates megabytes above it: the logits rows handed to the engine (64 rows of a
-/// 49k vocabulary are 12 MB) and the sampler's per-row scratch. glibc serves those with
-/// `mmap` and unmaps them on free, so every step paid page faults and kernel zeroing
-/// again. Without this tuning `tessera bench throughput` ran 7-9% slower in two of three
-/// alternating runs (9% faster in the third, on a machine at load 10; raw JSON in
-/// benches/results/2026-12-04-workspace), so it stays until those buffers are reused too.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            const THRESHOLD: libc::c_int = 512 << 20;
-            // SAFETY: mallopt only changes allocator tunables; it is safe to call at any
-            // time, and a refused setting (return 0) leaves the defaults in place.
-            let ok = unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) == 1
-                    && libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD) == 1
-            };
-            if !ok {
-                tracing::debug!("malloc thresholds left at their defaults");
-            }
-        });
     }
 }
 
@@ -191,7 +172,6 @@ struct CpuStarter {
 
 impl RankStarter for CpuStarter {
     fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
-        keep_freed_memory();
         let backend = CpuBackend::with_isa(setup.threads, self.isa)?;
         let files = WeightFiles::open(&setup.dir)?;
         let model = RankModel::load_on(
@@ -209,6 +189,7 @@ impl RankStarter for CpuStarter {
             backend,
             cache,
             comm: self.comm,
+            chooser: RowChooser::default(),
         }))
     }
 }
@@ -218,6 +199,8 @@ struct CpuWorker {
     backend: CpuBackend,
     cache: PagedKvCache,
     comm: Box<dyn Communicator>,
+    /// Scratch of the sampled rows' choice, kept between steps.
+    chooser: RowChooser,
 }
 
 impl RankWorker for CpuWorker {
@@ -230,6 +213,26 @@ impl RankWorker for CpuWorker {
             self.model
                 .forward_batch(&self.backend, self.comm.as_mut(), &mut self.cache, seqs)?;
         Ok((logits, self.comm.stats()))
+    }
+
+    /// Picks each row's token from the logits in the model's workspace: a step that
+    /// returns ids allocates nothing of vocabulary size.
+    fn step_choose(
+        &mut self,
+        seqs: &[StepSeq],
+        vocab: usize,
+        choices: &[RowChoice],
+    ) -> Result<(Vec<u32>, CommStats), ModelError> {
+        let (model, backend) = (&self.model, &self.backend);
+        let Some(step) = model.prepare_step(backend, &self.cache, seqs)? else {
+            return Ok((Vec::new(), self.comm.stats()));
+        };
+        model.run_step(backend, self.comm.as_mut(), &mut self.cache, seqs, &step)?;
+        let len = step.logit_rows() * model.logit_width();
+        let chooser = &mut self.chooser;
+        let tokens =
+            model.with_logits(|buf| choose_rows(&buf[..len], vocab, choices, chooser))??;
+        Ok((tokens, self.comm.stats()))
     }
 }
 
