@@ -218,15 +218,36 @@ fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
     // scratch, then every row of x runs through it.
     // One row (GEMV) keeps more panels, so more fma chains, in flight.
     let step = if job.m == 1 { sh.np_gemv } else { sh.np };
-    let mut scratch = vec![0.0f32; step * PANEL * k];
-    for p0 in panels.clone().step_by(step) {
-        let np = step.min(panels.end - p0);
-        fill_scratch(job, p0, np, &mut scratch);
-        for i in (0..job.m).step_by(sh.mr) {
-            let src = Src::F32(scratch.as_ptr());
-            tile_chunks(isa, job, i, sh.mr.min(job.m - i), p0, np, src);
+    with_scratch(step * PANEL * k, |scratch| {
+        for p0 in panels.clone().step_by(step) {
+            let np = step.min(panels.end - p0);
+            fill_scratch(job, p0, np, scratch);
+            for i in (0..job.m).step_by(sh.mr) {
+                let src = Src::F32(scratch.as_ptr());
+                tile_chunks(isa, job, i, sh.mr.min(job.m - i), p0, np, src);
+            }
         }
-    }
+    });
+}
+
+thread_local! {
+    /// Each thread's panel scratch, grown to the largest request and kept: a matmul over
+    /// row-major or quantized weights (a tied f32 output head every step) allocates nothing.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with `len` floats of this thread's scratch (contents unspecified).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (never in the drive itself): a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 /// One-row matmul straight from row-major weights: full panels transpose in registers,
@@ -241,9 +262,10 @@ fn gemv_rows(isa: Isa, job: &Job<'_>, w: WeightRef<'_>, panels: Range<usize>) {
                 WeightRef::Bf16(w) => Src::RowsBf16(w[first * k..].as_ptr()),
             }
         } else {
-            let mut scratch = vec![0.0f32; PANEL * k];
-            fill_scratch(job, p, 1, &mut scratch);
-            tile_chunks(isa, job, 0, 1, p, 1, Src::F32(scratch.as_ptr()));
+            with_scratch(PANEL * k, |scratch| {
+                fill_scratch(job, p, 1, scratch);
+                tile_chunks(isa, job, 0, 1, p, 1, Src::F32(scratch.as_ptr()));
+            });
             continue;
         };
         tile_chunks(isa, job, 0, 1, p, 1, src);
