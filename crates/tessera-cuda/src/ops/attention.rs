@@ -4,6 +4,7 @@
 
 use cudarc::driver::CudaSlice;
 
+use super::host_rows::HostRows;
 use super::i32_of;
 use crate::device::{Arg, Gpu};
 use crate::error::{ensure, CudaError};
@@ -47,18 +48,6 @@ pub struct AttentionRows {
     pub(crate) decode_rows: CudaSlice<i32>,
     pub(crate) tile_first: CudaSlice<i32>,
     pub(crate) tile_rows: CudaSlice<i32>,
-}
-
-/// The host side of one step's [`AttentionRows`].
-#[derive(Default)]
-struct HostRows {
-    positions: Vec<i32>,
-    table_off: Vec<i32>,
-    tables: Vec<i32>,
-    slots: Vec<i32>,
-    decode_rows: Vec<i32>,
-    tile_first: Vec<i32>,
-    tile_rows: Vec<i32>,
 }
 
 /// Copies `src` into the front of `dst`, reallocating `dst` (at least twice the size)
@@ -112,7 +101,6 @@ impl AttentionRows {
     /// Describes a new step (see [`AttentionRows::new`]), padded with decode rows of
     /// position 0 in `padding.trash_block` when given. Returns whether a device buffer
     /// moved (a captured graph that used the old ones must be dropped).
-    #[allow(clippy::too_many_lines)] // TODO(issue 14): split; GPU code that has not run yet is left whole until a GPU can check the split
     pub fn fill(
         &mut self,
         gpu: &Gpu,
@@ -121,82 +109,8 @@ impl AttentionRows {
         num_blocks: usize,
         padding: Option<Padding>,
     ) -> Result<bool, CudaError> {
-        let mut h = HostRows::default();
-        for &(start, tokens, table) in seqs {
-            ensure(
-                table.len() * block_size >= start + tokens,
-                "paged_attention",
-                || {
-                    format!(
-                        "a table of {} blocks cannot hold {} positions",
-                        table.len(),
-                        start + tokens
-                    )
-                },
-            )?;
-            ensure(
-                table.iter().all(|&b| (b as usize) < num_blocks),
-                "paged_attention",
-                || format!("a block id is not below {num_blocks}"),
-            )?;
-            let off = i32_of("paged_attention", h.tables.len())?;
-            h.tables.extend(table.iter().map(|&b| b as i32));
-            let first_row = h.positions.len();
-            for p in start..start + tokens {
-                h.positions.push(i32_of("paged_attention", p)?);
-                h.table_off.push(off);
-                h.slots.push(i32_of(
-                    "paged_attention",
-                    table[p / block_size] as usize * block_size + p % block_size,
-                )?);
-            }
-            if tokens == 1 {
-                h.decode_rows.push(i32_of("paged_attention", first_row)?);
-            } else {
-                for t0 in (0..tokens).step_by(PREFILL_TILE_ROWS) {
-                    h.tile_first
-                        .push(i32_of("paged_attention", first_row + t0)?);
-                    h.tile_rows.push(PREFILL_TILE_ROWS.min(tokens - t0) as i32);
-                }
-            }
-        }
-        if let Some(pad) = padding {
-            ensure(pad.rows >= h.positions.len(), "paged_attention", || {
-                format!(
-                    "{} rows do not fit a padding of {}",
-                    h.positions.len(),
-                    pad.rows
-                )
-            })?;
-            let off = i32_of("paged_attention", h.tables.len())?;
-            h.tables.push(pad.trash_block as i32);
-            let slot = i32_of("paged_attention", pad.trash_block as usize * block_size)?;
-            while h.positions.len() < pad.rows {
-                h.decode_rows.push(h.positions.len() as i32);
-                h.positions.push(0);
-                h.table_off.push(off);
-                h.slots.push(slot);
-            }
-        }
-        let longest_decode = h
-            .decode_rows
-            .iter()
-            .map(|&r| h.positions[r as usize] as usize + 1)
-            .max()
-            .unwrap_or(0);
-        // Splits of 256 keys, rounded up to a power of two; past MAX_SPLITS the splits
-        // grow longer instead (so the partials stay bounded for long contexts).
-        let wanted = longest_decode
-            .div_ceil(SPLIT_KEYS)
-            .max(1)
-            .next_power_of_two();
-        (self.splits, self.split_len) = if h.decode_rows.is_empty() {
-            (0, SPLIT_KEYS)
-        } else if wanted <= MAX_SPLITS {
-            (wanted, SPLIT_KEYS)
-        } else {
-            (MAX_SPLITS, SPLIT_KEYS * (wanted / MAX_SPLITS))
-        };
+        let h = HostRows::build(seqs, block_size, num_blocks, padding)?;
+        (self.splits, self.split_len) = h.splits();
         let mut moved = false;
         moved |= refill(gpu, &h.positions, &mut self.positions)?;
         moved |= refill(gpu, &h.table_off, &mut self.table_off)?;
@@ -334,7 +248,6 @@ pub const MAX_SPLITS: usize = 64;
 /// split kernel (partials in `scratch`, which must hold `decode rows × heads × splits`,
 /// see [`AttentionScratch::reserve`]); prefill tiles run the tiled kernel.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_lines)] // TODO(issue 14): split; GPU code that has not run yet is left whole until a GPU can check the split
 pub fn paged_attention(
     gpu: &Gpu,
     q: &CudaSlice<f32>,
@@ -362,7 +275,6 @@ pub fn paged_attention(
     if rows.rows == 0 || hq == 0 {
         return Ok(());
     }
-    let scale = 1.0 / (d as f32).sqrt();
     let common = [
         Arg::Ptr(gpu.ptr(q)),
         Arg::I32(i32_of("paged_attention", q_stride)?),
@@ -374,28 +286,60 @@ pub fn paged_attention(
         Arg::Ptr(gpu.ptr(&rows.positions)),
     ];
     if rows.tile_count > 0 {
-        let mut args = common.to_vec();
-        args.extend([
-            Arg::Ptr(gpu.ptr(&rows.tile_first)),
-            Arg::Ptr(gpu.ptr(&rows.tile_rows)),
-            Arg::Ptr(gpu.ptr(shape.kv_index)),
-            Arg::I32(d as i32),
-            Arg::I32(shape.kv_heads as i32),
-            Arg::I32(i32_of("paged_attention", shape.block_size)?),
-            Arg::I32(i32_of("paged_attention", shape.window.unwrap_or(0))?),
-            Arg::F32(scale),
-            Arg::Ptr(gpu.ptr(out)),
-        ]);
-        gpu.launch(
-            "prefill_attention_f32",
-            (rows.tile_count as u32, hq as u32, 1),
-            128,
-            &args,
-        )?;
+        prefill_tiles_f32(gpu, &common, rows, shape, out)?;
     }
-    if rows.decode_count == 0 {
-        return Ok(());
+    if rows.decode_count > 0 {
+        decode_splits_f32(gpu, &common, rows, shape, scratch, out)?;
     }
+    Ok(())
+}
+
+/// 1 / sqrt(head width): the attention score scale.
+pub(crate) fn score_scale(d: usize) -> f32 {
+    1.0 / (d as f32).sqrt()
+}
+
+/// The tiled causal kernel over the step's prefill tiles (`common`: the query and pool
+/// arguments every attention kernel of the f32 pool takes first).
+fn prefill_tiles_f32(
+    gpu: &Gpu,
+    common: &[Arg],
+    rows: &AttentionRows,
+    shape: &AttentionShape<'_>,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let (d, hq) = (shape.head_dim, shape.q_heads);
+    let mut args = common.to_vec();
+    args.extend([
+        Arg::Ptr(gpu.ptr(&rows.tile_first)),
+        Arg::Ptr(gpu.ptr(&rows.tile_rows)),
+        Arg::Ptr(gpu.ptr(shape.kv_index)),
+        Arg::I32(d as i32),
+        Arg::I32(shape.kv_heads as i32),
+        Arg::I32(i32_of("paged_attention", shape.block_size)?),
+        Arg::I32(i32_of("paged_attention", shape.window.unwrap_or(0))?),
+        Arg::F32(score_scale(d)),
+        Arg::Ptr(gpu.ptr(out)),
+    ]);
+    gpu.launch(
+        "prefill_attention_f32",
+        (rows.tile_count as u32, hq as u32, 1),
+        128,
+        &args,
+    )
+}
+
+/// The flash-decoding split kernel over the step's decode rows, then the kernel that
+/// combines each (row, head)'s split partials into `out`.
+fn decode_splits_f32(
+    gpu: &Gpu,
+    common: &[Arg],
+    rows: &AttentionRows,
+    shape: &AttentionShape<'_>,
+    scratch: &AttentionScratch,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let (d, hq) = (shape.head_dim, shape.q_heads);
     let splits = rows.splits;
     let parts = rows.decode_count * hq * splits;
     ensure(
@@ -417,7 +361,7 @@ pub fn paged_attention(
         Arg::I32(i32_of("paged_attention", shape.block_size)?),
         Arg::I32(i32_of("paged_attention", shape.window.unwrap_or(0))?),
         Arg::I32(i32_of("paged_attention", rows.split_len)?),
-        Arg::F32(scale),
+        Arg::F32(score_scale(d)),
         Arg::Ptr(gpu.ptr(&scratch.part_m)),
         Arg::Ptr(gpu.ptr(&scratch.part_l)),
         Arg::Ptr(gpu.ptr(&scratch.part_acc)),

@@ -13,7 +13,7 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::attention::{refill, AttentionRows, AttentionScratch, AttentionShape};
+use super::attention::{refill, score_scale, AttentionRows, AttentionScratch, AttentionShape};
 use super::i32_of;
 use crate::device::{Arg, Gpu};
 use crate::error::{ensure, CudaError};
@@ -146,7 +146,7 @@ pub fn decode_attention(
     if splits.items == 0 || hq == 0 {
         return Ok(());
     }
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = score_scale(d);
     gpu.launch(
         "decode_attention_bf16",
         (splits.items as u32, hkv as u32, splits.max_splits as u32),
@@ -241,7 +241,7 @@ pub fn prefill_attention_bf16(
             Arg::I32(i32_of("prefill_attention_bf16", shape.kv_heads)?),
             Arg::I32(i32_of("prefill_attention_bf16", shape.block_size)?),
             Arg::I32(i32_of("prefill_attention_bf16", shape.window.unwrap_or(0))?),
-            Arg::F32(1.0 / (d as f32).sqrt()),
+            Arg::F32(score_scale(d)),
             Arg::Ptr(gpu.ptr(out)),
         ],
     )

@@ -9,6 +9,7 @@ use crate::device::{Arg, Gpu};
 
 mod attention;
 mod decode;
+mod host_rows;
 mod matrix;
 mod sampling;
 
