@@ -1,6 +1,7 @@
 //! A seeded sampled request gets the same tokens alone (where the ranks pick its tokens
 //! and return only ids) and batched with requests that need their logits rows (logprobs,
-//! penalties, prompt logprobs: there the engine picks its tokens from the downloaded rows).
+//! penalties, prompt logprobs: there the engine picks its tokens from the downloaded rows);
+//! and a coordinator's ids-only steps pick what the shared rule picks from logits rows.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -128,5 +129,94 @@ fn seeded_sampled_tokens_do_not_depend_on_companions_that_need_logits() {
             }
         }
         engine.shutdown();
+    }
+}
+
+/// `step_choose` (ids only, what a device rank returns) picks exactly the token the shared
+/// rule (`tessera_model::choose`) picks from each row `step` returns, greedy and sampled
+/// rows mixed, for a batch mixing a prompt chunk and decode rows, at tp 1 and 3.
+#[test]
+fn choose_steps_return_the_chosen_token_of_every_logits_row() {
+    use tessera_engine::StepSeq;
+    use tessera_model::{LogitRows, RowChoice};
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let shape = synthetic::random_shape(&mut rng);
+    let dir = tempfile::tempdir().unwrap();
+    synthetic::write_random_model(dir.path(), &shape, 21, 256).unwrap();
+    let vocab = shape.vocab;
+    for tp in [1, 3] {
+        let plan = Strategy::Megatron.plan(&shape, tp).unwrap();
+        let options = EngineOptions {
+            kv_cache_bytes: 1 << 20,
+            block_size: 4,
+            ..EngineOptions::default()
+        };
+        // Two coordinators over the same inputs: one returns logits, the other ids.
+        let mut a = Coordinator::start(dir.path(), plan.clone(), &options).unwrap();
+        let mut b = Coordinator::start(dir.path(), plan, &options).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(tp as u64);
+        let prompts: Vec<Vec<u32>> = (0..4)
+            .map(|i| {
+                (0..3 + 2 * i)
+                    .map(|_| rng.random_range(0..vocab as u32))
+                    .collect()
+            })
+            .collect();
+        let mut tokens = prompts.clone();
+        let mut picked = 0;
+        for step in 0..6 {
+            let seqs: Vec<StepSeq> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| StepSeq {
+                    id: i as u64,
+                    tokens: if step == 0 {
+                        t.clone()
+                    } else {
+                        vec![*t.last().unwrap()]
+                    },
+                    start: if step == 0 { 0 } else { t.len() - 1 },
+                    block_table: (i as u32 * 8..i as u32 * 8 + 8).collect(),
+                    logits: if step == 0 && i == 2 {
+                        LogitRows::All
+                    } else {
+                        LogitRows::Last
+                    },
+                })
+                .collect();
+            let logits = a.step(seqs.clone()).unwrap();
+            let rows = logits.len() / vocab;
+            // Every third row greedy, the others sampled with their own filters.
+            let choices: Vec<RowChoice> = (0..rows)
+                .map(|r| match r % 3 {
+                    0 => RowChoice::GREEDY,
+                    k => RowChoice {
+                        temperature: 0.5 * k as f32,
+                        top_k: 20 * (k - 1),
+                        top_p: 1.0 - 0.2 * k as f32,
+                        uniform: rng.random::<f32>(),
+                    },
+                })
+                .collect();
+            let ids = b.step_choose(seqs, choices.clone()).unwrap();
+            let want: Vec<u32> = logits
+                .chunks_exact(vocab)
+                .zip(&choices)
+                .map(|(row, c)| tessera_model::choose(row, c))
+                .collect();
+            assert_eq!(ids, want, "tp {tp} step {step}");
+            picked += ids.len();
+            // Continue each sequence with its last row's token.
+            let mut row = 0;
+            for (i, t) in tokens.iter_mut().enumerate() {
+                row += if step == 0 && i == 2 {
+                    prompts[2].len()
+                } else {
+                    1
+                };
+                t.push(ids[row - 1]);
+            }
+        }
+        assert!(picked > 24, "rows compared: {picked}");
     }
 }

@@ -569,3 +569,6 @@ mod logprobs_tests;
 #[cfg(test)]
 #[path = "sampling_tests.rs"]
 mod tests;
+#[cfg(test)]
+#[path = "sampling_validate_tests.rs"]
+mod validate_tests;
