@@ -36,6 +36,7 @@
 //! order fixed by the row (attention: by the query position), never by t or by threads.
 
 mod activation;
+mod aligned;
 mod argmax;
 mod attention;
 mod axpy;
@@ -50,6 +51,7 @@ mod quant;
 mod rope;
 
 pub use activation::silu_mul;
+pub use aligned::{line_vec, LineVec, LINE};
 pub use argmax::argmax;
 pub use attention::{attention, AttentionShape};
 pub use error::KernelError;

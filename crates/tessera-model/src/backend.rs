@@ -9,7 +9,9 @@
 
 use std::ops::Range;
 
-use tessera_kernels::{BlockFormat, BlockTensor, ChunkOutput, PackedMatrix, WeightRef, BLOCK};
+use tessera_kernels::{
+    BlockFormat, BlockTensor, ChunkOutput, LineVec, PackedMatrix, WeightRef, BLOCK, LINE,
+};
 use tessera_plan::{ReduceMode, Span};
 
 use crate::error::ModelError;
@@ -113,11 +115,12 @@ pub struct Matrix {
     pub cols: usize,
 }
 
-/// Row-major storage of an embedding table.
+/// Row-major storage of an embedding table (line-aligned: a tied head is multiplied
+/// straight from its rows).
 #[derive(Debug)]
 enum Table {
-    F32(Vec<f32>),
-    Bf16(Vec<half::bf16>),
+    F32(LineVec<f32>),
+    Bf16(LineVec<half::bf16>),
     Blocks(BlockTensor),
 }
 
@@ -172,7 +175,7 @@ impl Matrix {
                 Table::Blocks(BlockTensor::quantize(BlockFormat::Q8_0, &v, rows, cols)?)
             }
             (WeightValues::F32(v), None) if dtype == WeightDtype::Bf16 => Table::Bf16(to_bf16(&v)),
-            (WeightValues::F32(v), None) => Table::F32(v),
+            (WeightValues::F32(v), None) => Table::F32(LineVec::from_slice(LINE, &v)),
         };
         let packed = match &table {
             Table::Blocks(t) if head => Some(PackedMatrix::pack_blocks(t)),
@@ -235,8 +238,8 @@ impl Matrix {
 }
 
 /// Rounds f32 values to bf16.
-fn to_bf16(v: &[f32]) -> Vec<half::bf16> {
-    v.iter().map(|&x| half::bf16::from_f32(x)).collect()
+fn to_bf16(v: &[f32]) -> LineVec<half::bf16> {
+    LineVec::from_iter(LINE, v.iter().map(|&x| half::bf16::from_f32(x)))
 }
 
 /// A weight matrix on a backend with its shape (`rows` output features of `cols` inputs).

@@ -12,6 +12,8 @@
 //! engine's block manager, never by the model. Every rank holds the same block ids (one
 //! block table per sequence serves all ranks), each with its own key/value heads.
 
+use tessera_kernels::{line_vec, LineVec};
+
 use crate::error::ModelError;
 
 /// Key/value block pools of every layer on one rank.
@@ -21,8 +23,10 @@ pub struct PagedKvCache {
     num_blocks: usize,
     /// Key/value width (kv heads x head_dim) of each layer.
     widths: Vec<usize>,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// Each layer's keys and values, line-aligned (the attention kernels read rows of
+    /// 16-float vectors from them).
+    k: Vec<LineVec<f32>>,
+    v: Vec<LineVec<f32>>,
 }
 
 impl PagedKvCache {
@@ -32,7 +36,7 @@ impl PagedKvCache {
     /// the start and never grows while serving.
     pub fn new(widths: Vec<usize>, num_blocks: usize, block_size: usize) -> Self {
         let alloc = |w: &usize| {
-            let mut buf = vec![0.0f32; num_blocks * block_size * w];
+            let mut buf = line_vec(0.0f32, num_blocks * block_size * w);
             // A zeroed allocation is mapped lazily, and the optimizer may drop plain stores
             // of zero into it; a volatile store makes each page resident.
             for x in buf.iter_mut().step_by(1024) {

@@ -121,32 +121,6 @@ pub trait RankLoader: Send + Sync {
     }
 }
 
-/// Serves large allocations (weights, KV cache, the step workspace) from the heap rather
-/// than from `mmap`.
-///
-/// A step no longer allocates anything of vocabulary size (the workspace is reused and a
-/// step that returns ids picks them from it), so this is not about per-step allocations any
-/// more: with glibc's default 128 KiB threshold every large buffer gets its own mapping,
-/// and `tessera bench throughput` (64 x (128 + 128), f32) ran 6% slower (median 448 vs 480
-/// total tok/s over 3 alternating runs, AMD EPYC AVX-512; raising only the trim threshold
-/// did not help, raising only this one did: raw JSON in
-/// benches/results/2026-12-04-malloc). Placement of those mappings (every one at the same
-/// offset in its page) is the likely cause; it is not yet proven.
-fn large_buffers_on_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            const THRESHOLD: libc::c_int = 512 << 20;
-            // SAFETY: mallopt only changes an allocator tunable; it is safe to call at any
-            // time, and a refused setting (return 0) leaves the default in place.
-            if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) } != 1 {
-                tracing::debug!("malloc mmap threshold left at its default");
-            }
-        });
-    }
-}
-
 /// Tessera's CPU ranks: threads with a shared-memory communicator.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuLoader {
@@ -198,7 +172,6 @@ struct CpuStarter {
 
 impl RankStarter for CpuStarter {
     fn start(self: Box<Self>, setup: &RankSetup) -> Result<Box<dyn RankWorker>, ModelError> {
-        large_buffers_on_heap();
         let backend = CpuBackend::with_isa(setup.threads, self.isa)?;
         let files = WeightFiles::open(&setup.dir)?;
         let model = RankModel::load_on(

@@ -7,6 +7,7 @@ use std::ops::Range;
 use half::bf16;
 
 use super::{scalar, Elem, WeightRef};
+use crate::aligned::{line_vec, LineVec, LINE};
 use crate::isa::Isa;
 use crate::pool::CpuPool;
 use crate::quant::{self, BlockFormat};
@@ -233,7 +234,8 @@ fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
 thread_local! {
     /// Each thread's panel scratch, grown to the largest request and kept: a matmul over
     /// row-major or quantized weights (a tied f32 output head every step) allocates nothing.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Line-aligned, as the kernels read packed panels from it.
+    static SCRATCH: std::cell::RefCell<LineVec<f32>> = std::cell::RefCell::new(LineVec::new(LINE));
 }
 
 /// Calls `f` with `len` floats of this thread's scratch (contents unspecified).
@@ -246,7 +248,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
             f(&mut buf[..len])
         }
         // Re-entered on this thread (never in the drive itself): a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut line_vec(0.0, len)),
     })
 }
 

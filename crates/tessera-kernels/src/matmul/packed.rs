@@ -4,6 +4,7 @@ use half::bf16;
 
 use super::drive::{Panels, PANEL};
 use super::{check_operands, run_chunked, ChunkOutput, Elem, WeightRef};
+use crate::aligned::{line_vec, LineVec};
 use crate::error::{check_len, mul, KernelError};
 use crate::pool::CpuPool;
 use crate::quant::{self, BlockFormat, BlockTensor};
@@ -27,12 +28,12 @@ pub enum PackedWeight {
     Blocks(BlockFormat),
 }
 
-/// Panel storage, one variant per element type.
+/// Panel storage, one variant per element type, starting on a cache line.
 #[derive(Debug, Clone, PartialEq)]
 enum PackedData {
-    F32(Vec<f32>),
-    Bf16(Vec<bf16>),
-    Blocks(BlockFormat, Vec<u8>),
+    F32(LineVec<f32>),
+    Bf16(LineVec<bf16>),
+    Blocks(BlockFormat, LineVec<u8>),
 }
 
 impl PackedMatrix {
@@ -104,10 +105,10 @@ impl PackedMatrix {
 }
 
 /// Packs row-major `[rows, cols]` elements into zero-padded panels of 16 rows, k-major.
-fn pack_elems<E: Elem>(w: &[E], rows: usize, cols: usize) -> Result<Vec<E>, KernelError> {
+fn pack_elems<E: Elem>(w: &[E], rows: usize, cols: usize) -> Result<LineVec<E>, KernelError> {
     check_len("w", mul("w", rows, cols)?, w.len())?;
     let panels = rows.div_ceil(PANEL);
-    let mut out = vec![E::default(); mul("w", panels * PANEL, cols)?];
+    let mut out = line_vec(E::default(), mul("w", panels * PANEL, cols)?);
     for (row, src) in w.chunks_exact(cols.max(1)).take(rows).enumerate() {
         let panel = &mut out[row / PANEL * PANEL * cols..][..PANEL * cols];
         for (kk, &v) in src.iter().enumerate() {

@@ -11,6 +11,7 @@
 //! holds; rows past the matrix are zero blocks and their outputs are never stored.
 
 use super::{half_at, nibble, BlockFormat, BlockTensor, BLOCK};
+use crate::aligned::{line_vec, LineVec};
 
 /// Rows per panel.
 const ROWS: usize = 16;
@@ -21,12 +22,12 @@ pub(crate) fn panel_bytes(format: BlockFormat, k: usize) -> usize {
 }
 
 /// Packs a block tensor into panels (`rows.div_ceil(16)` panels of [`panel_bytes`]).
-pub(crate) fn pack_panels(t: &BlockTensor) -> Vec<u8> {
+pub(crate) fn pack_panels(t: &BlockTensor) -> LineVec<u8> {
     let f = t.format();
     let (bb, pbb, quants_at) = (f.block_bytes(), f.panel_block_bytes(), f.panel_quants_at());
     let blocks = t.cols() / BLOCK;
     let panels = t.rows().div_ceil(ROWS);
-    let mut out = vec![0u8; panels * blocks * pbb];
+    let mut out = line_vec(0u8, panels * blocks * pbb);
     let row_bytes = t.row_bytes();
     for row in 0..t.rows() {
         let (p, o) = (row / ROWS, row % ROWS);
