@@ -13,10 +13,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::blocks_out::{write_blocks, BLOCKS_FILE};
 use crate::error::ConvertError;
 use crate::gguf::{GgufFile, TensorInfo};
+use crate::gguf_vocab::GgufVocab;
 use crate::llama_config::LlamaConfig;
 use crate::permute::unpermute_qk_rows;
 use crate::safetensors_out::SafetensorsWriter;
-use crate::tokenizer::GgufVocab;
 
 /// Converts the Llama GGUF file `gguf` into a Hugging Face directory `out_dir` holding
 /// `model.safetensors` (f32), `model.blocks.safetensors` (the quantized matrices in their

@@ -18,11 +18,11 @@ mod dequant;
 mod error;
 mod ggml_type;
 pub mod gguf;
+mod gguf_vocab;
 mod llama_config;
 mod permute;
 mod pull;
 mod safetensors_out;
-mod tokenizer;
 
 pub use blocks_out::BLOCKS_FILE;
 pub use convert::convert_gguf_to_hf;

@@ -16,9 +16,9 @@ use tessera_model::HeadLayout;
 use crate::backend::CudaBackend;
 use crate::cache::{CudaKvCache, LayerPool};
 use crate::device::Gpu;
+use crate::device_step::StepInputs;
 use crate::error::{ensure, CudaError};
-use crate::ops::{self, AttentionShape, GroupedHeads};
-use crate::step::StepInputs;
+use crate::ops::{self, GroupedHeads, PoolShape};
 
 /// [`tessera_model::Backend::attention`] on the CUDA backend.
 pub(crate) fn attention(
@@ -55,7 +55,7 @@ pub(crate) fn attention(
         &step.rows.host_positions,
         heads.rope,
     )?;
-    let shape = AttentionShape {
+    let shape = PoolShape {
         head_dim: d,
         kv_heads: heads.kv_heads,
         block_size: cache.block_size(),

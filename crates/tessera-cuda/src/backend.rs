@@ -22,9 +22,9 @@ use tessera_plan::{ModelShape, ReduceMode, Span};
 use crate::cache::CudaKvCache;
 use crate::collective::DeviceComm;
 use crate::device::Gpu;
+use crate::device_step::{CudaStep, Heads, StepKey};
 use crate::error::CudaError;
 use crate::ops::{self, DeviceDtype, DeviceMatrix, DeviceRope};
-use crate::step::{CudaStep, Heads, StepKey};
 
 /// A layer's head map on the device: each local query head's key/value head, and, when
 /// every key/value head serves the same number of query heads (at most

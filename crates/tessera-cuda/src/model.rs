@@ -27,9 +27,9 @@ use crate::backend::CudaBackend;
 use crate::cache::{CudaKvCache, KvDtype};
 use crate::collective::DeviceComm;
 use crate::device::Gpu;
+use crate::device_step::StepKey;
 use crate::error::CudaError;
 use crate::ops::{DeviceDtype, RowSampler};
-use crate::step::StepKey;
 
 /// Most rows of a decode step run as a CUDA graph (larger steps run eagerly).
 pub const MAX_GRAPH_ROWS: usize = 256;

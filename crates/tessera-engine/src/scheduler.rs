@@ -27,10 +27,10 @@ use tessera_model::{LogitRows, StepSeq};
 use crate::block_pool::{BlockId, BlockPool, BlockTable, PoolError, PrefixStats};
 
 mod draft;
-mod plan;
+mod step_plan;
 
 use draft::{Chunk, StepDraft};
-pub use plan::{AppendOutcome, StepPlan, StepShape};
+pub use step_plan::{AppendOutcome, StepPlan, StepShape};
 
 /// Scheduler limits.
 #[derive(Clone, Debug, PartialEq, Eq)]

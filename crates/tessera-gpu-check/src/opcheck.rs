@@ -12,7 +12,7 @@ use serde::Serialize;
 use tessera_kernels::{CpuPool, PagedSeq, PagedShape, RopeTable};
 
 use tessera_cuda::ops::{
-    self, AttentionRows, AttentionShape, DeviceDtype, DeviceMatrix, DeviceRope, SampleParams,
+    self, AttentionRows, DeviceDtype, DeviceMatrix, DeviceRope, PoolShape, SampleParams,
 };
 use tessera_cuda::reference;
 use tessera_cuda::{CudaError, Gpu};
@@ -415,7 +415,7 @@ fn check_attention(
             &mut dk,
             &mut dv,
         )?;
-        let shape = AttentionShape {
+        let shape = PoolShape {
             head_dim: d,
             kv_heads: hkv,
             block_size,

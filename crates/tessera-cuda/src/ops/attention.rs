@@ -165,9 +165,9 @@ impl AttentionScratch {
     }
 }
 
-/// Shape of one layer's attention on this rank.
+/// Shape of one layer's paged attention over the device block pool on this rank.
 #[derive(Clone, Copy, Debug)]
-pub struct AttentionShape<'a> {
+pub struct PoolShape<'a> {
     /// Width of every head.
     pub head_dim: usize,
     /// Key/value heads in the pool.
@@ -256,7 +256,7 @@ pub fn paged_attention(
     k_cache: &CudaSlice<f32>,
     v_cache: &CudaSlice<f32>,
     rows: &AttentionRows,
-    shape: &AttentionShape<'_>,
+    shape: &PoolShape<'_>,
     scratch: &AttentionScratch,
     out: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
@@ -305,7 +305,7 @@ fn prefill_tiles_f32(
     gpu: &Gpu,
     common: &[Arg],
     rows: &AttentionRows,
-    shape: &AttentionShape<'_>,
+    shape: &PoolShape<'_>,
     out: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
     let (d, hq) = (shape.head_dim, shape.q_heads);
@@ -335,7 +335,7 @@ fn decode_splits_f32(
     gpu: &Gpu,
     common: &[Arg],
     rows: &AttentionRows,
-    shape: &AttentionShape<'_>,
+    shape: &PoolShape<'_>,
     scratch: &AttentionScratch,
     out: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {

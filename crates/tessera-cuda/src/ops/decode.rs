@@ -13,7 +13,7 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::attention::{refill, score_scale, AttentionRows, AttentionScratch, AttentionShape};
+use super::attention::{refill, score_scale, AttentionRows, AttentionScratch, PoolShape};
 use super::i32_of;
 use crate::device::{Arg, Gpu};
 use crate::error::{ensure, CudaError};
@@ -204,7 +204,7 @@ pub fn prefill_attention_bf16(
     k_cache: &CudaSlice<u16>,
     v_cache: &CudaSlice<u16>,
     rows: &AttentionRows,
-    shape: &AttentionShape<'_>,
+    shape: &PoolShape<'_>,
     out: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
     let (d, hq) = (shape.head_dim, shape.q_heads);
