@@ -182,6 +182,20 @@ pub struct PoolShape<'a> {
     pub q_heads: usize,
 }
 
+impl PoolShape<'_> {
+    /// What every kernel of the f32 pool takes after its row lists: the query heads' kv
+    /// heads, head width, kv heads, block size and window (0: none).
+    fn kernel_args(&self, gpu: &Gpu) -> Result<[Arg; 5], CudaError> {
+        Ok([
+            Arg::Ptr(gpu.ptr(self.kv_index)),
+            Arg::I32(self.head_dim as i32),
+            Arg::I32(self.kv_heads as i32),
+            Arg::I32(i32_of("paged_attention", self.block_size)?),
+            Arg::I32(i32_of("paged_attention", self.window.unwrap_or(0))?),
+        ])
+    }
+}
+
 /// An element type of a key/value pool, with the kernel that writes it.
 pub trait KvElem {
     /// The `cuda/` kernel that writes f32 keys and values into a pool of this type.
@@ -313,14 +327,9 @@ fn prefill_tiles_f32(
     args.extend([
         Arg::Ptr(gpu.ptr(&rows.tile_first)),
         Arg::Ptr(gpu.ptr(&rows.tile_rows)),
-        Arg::Ptr(gpu.ptr(shape.kv_index)),
-        Arg::I32(d as i32),
-        Arg::I32(shape.kv_heads as i32),
-        Arg::I32(i32_of("paged_attention", shape.block_size)?),
-        Arg::I32(i32_of("paged_attention", shape.window.unwrap_or(0))?),
-        Arg::F32(score_scale(d)),
-        Arg::Ptr(gpu.ptr(out)),
     ]);
+    args.extend(shape.kernel_args(gpu)?);
+    args.extend([Arg::F32(score_scale(d)), Arg::Ptr(gpu.ptr(out))]);
     gpu.launch(
         "prefill_attention_f32",
         (rows.tile_count as u32, hq as u32, 1),
@@ -353,13 +362,9 @@ fn decode_splits_f32(
         },
     )?;
     let mut args = common.to_vec();
+    args.push(Arg::Ptr(gpu.ptr(&rows.decode_rows)));
+    args.extend(shape.kernel_args(gpu)?);
     args.extend([
-        Arg::Ptr(gpu.ptr(&rows.decode_rows)),
-        Arg::Ptr(gpu.ptr(shape.kv_index)),
-        Arg::I32(d as i32),
-        Arg::I32(shape.kv_heads as i32),
-        Arg::I32(i32_of("paged_attention", shape.block_size)?),
-        Arg::I32(i32_of("paged_attention", shape.window.unwrap_or(0))?),
         Arg::I32(i32_of("paged_attention", rows.split_len)?),
         Arg::F32(score_scale(d)),
         Arg::Ptr(gpu.ptr(&scratch.part_m)),
