@@ -37,8 +37,8 @@ impl PagedKvCache {
     pub fn new(widths: Vec<usize>, num_blocks: usize, block_size: usize) -> Self {
         let alloc = |w: &usize| {
             let mut buf = line_vec(0.0f32, num_blocks * block_size * w);
-            // A zeroed allocation is mapped lazily, and the optimizer may drop plain stores
-            // of zero into it; a volatile store makes each page resident.
+            // The optimizer may turn an allocation filled with zeros into a zeroed one,
+            // which is mapped lazily; a volatile store makes each page resident.
             for x in buf.iter_mut().step_by(1024) {
                 // SAFETY: `x` is a valid, aligned, exclusive reference into `buf`.
                 unsafe { std::ptr::write_volatile(x, 0.0) };
