@@ -22,9 +22,10 @@ fn silu_mul_matches_cpu_reference() {
         })
         .expect("launch");
         let mut want = Vec::with_capacity(n);
+        let pool = tessera_kernels::CpuPool::new(1).expect("pool");
         for r in gu.chunks_exact(2 * inter) {
             let mut g = r[..inter].to_vec();
-            tessera_kernels::silu_mul(&mut g, &r[inter..]).expect("reference");
+            tessera_kernels::silu_mul(&pool, &mut g, &r[inter..]).expect("reference");
             want.extend(g);
         }
         assert_close("silu_mul", &out.to_vec(), &want, 1e-5);

@@ -292,9 +292,10 @@ fn check_silu(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<OpReport>, CudaErro
     let mut dout = poisoned(gpu, rows * inter)?;
     ops::silu_mul(gpu, &dgu, inter, rows, &mut dout)?;
     let mut want = Vec::with_capacity(rows * inter);
+    let pool = CpuPool::new(1).map_err(kernel_err)?;
     for r in gu.chunks_exact(2 * inter) {
         let mut g = r[..inter].to_vec();
-        tessera_kernels::silu_mul(&mut g, &r[inter..]).map_err(kernel_err)?;
+        tessera_kernels::silu_mul(&pool, &mut g, &r[inter..]).map_err(kernel_err)?;
         want.extend(g);
     }
     Ok(vec![report(

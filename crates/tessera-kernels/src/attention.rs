@@ -179,7 +179,7 @@ unsafe fn attend_items(
         // lo + j <= pos < start + t and the cache holds that many rows; the scores buffer
         // has `keys` entries and is ours alone.
         unsafe { gemm_cols(isa, &op, 0..keys) };
-        let z = crate::paged_attention::softmax_numerators(scores, scale);
+        let z = crate::exp::softmax_numerators(isa, scores, scale);
         acc.fill(0.0);
         for (j, &e) in scores.iter().enumerate() {
             let at = (lo + j) * cache_row + g * d;

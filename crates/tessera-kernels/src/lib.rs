@@ -42,6 +42,7 @@ mod attention;
 mod axpy;
 mod dot16;
 mod error;
+mod exp;
 mod isa;
 mod matmul;
 mod norm;

@@ -19,6 +19,7 @@ use std::ops::Range;
 use crate::axpy::{weighted_sum, weighted_sum_heads};
 use crate::dot16::{gemm_cols, Operands};
 use crate::error::{check_len, mul, KernelError};
+use crate::exp::softmax_numerators;
 use crate::isa::Isa;
 use crate::pool::CpuPool;
 
@@ -288,7 +289,7 @@ unsafe fn attend_units(
             let (a, b) = (lo - lo_min, pos + 1 - lo_min);
             let mut zs = [0.0f32; MAX_GROUP];
             for (i, z) in zs.iter_mut().enumerate().take(rows) {
-                *z = softmax_numerators(&mut scores[i * nkeys + a..i * nkeys + b], scale);
+                *z = softmax_numerators(isa, &mut scores[i * nkeys + a..i * nkeys + b], scale);
             }
             group_acc.clear();
             group_acc.resize(rows * d, 0.0);
@@ -321,7 +322,7 @@ unsafe fn attend_units(
             let pos = first_pos + i;
             let lo = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let row_scores = &mut scores[i * nkeys + (lo - lo_min)..i * nkeys + (pos + 1 - lo_min)];
-            let z = softmax_numerators(row_scores, scale);
+            let z = softmax_numerators(isa, row_scores, scale);
             acc.fill(0.0);
             // SAFETY: every offset was computed from the sequence's checked block table, so
             // v[off .. off + d] lies inside the pool; `isa` is the pool's.
@@ -447,22 +448,6 @@ fn live_rows(
         (j + run + w - 1).saturating_sub(first_pos).min(rows)
     });
     start..end.max(start)
-}
-
-/// Scales a row of scores, then replaces each by `exp(score - max)` in key order; returns
-/// their sum (the softmax denominator), also accumulated in key order.
-pub(crate) fn softmax_numerators(row: &mut [f32], scale: f32) -> f32 {
-    let mut max = f32::NEG_INFINITY;
-    for sc in row.iter_mut() {
-        *sc *= scale;
-        max = max.max(*sc);
-    }
-    let mut z = 0.0f32;
-    for sc in row.iter_mut() {
-        *sc = (*sc - max).exp();
-        z += *sc;
-    }
-    z
 }
 
 #[cfg(test)]

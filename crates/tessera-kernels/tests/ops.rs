@@ -3,7 +3,9 @@
 mod common;
 
 use common::{rng, uniform};
-use tessera_kernels::{add_rms_norm, argmax, rms_norm, rope, silu_mul, KernelError, RopeTable};
+use tessera_kernels::{
+    add_rms_norm, argmax, rms_norm, rope, silu_mul, CpuPool, Isa, KernelError, RopeTable,
+};
 
 fn assert_close(got: &[f32], want: &[f64], rel: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -69,10 +71,10 @@ fn norm_rejects_rows_that_do_not_divide_the_input() {
 }
 
 #[test]
-fn silu_mul_matches_f64_reference() {
+fn silu_mul_matches_f64_reference_with_the_same_bits_on_every_isa() {
     let mut r = rng(12);
     let mut gate: Vec<f32> = uniform(&mut r, 1000).iter().map(|v| v * 20.0).collect();
-    gate.extend([-100.0, 100.0, 0.0, -0.0]);
+    gate.extend([-100.0, 100.0, 0.0, -0.0, 88.5, -88.5, 87.4, -87.4]);
     let up = uniform(&mut r, gate.len());
     let want: Vec<f64> = gate
         .iter()
@@ -82,8 +84,21 @@ fn silu_mul_matches_f64_reference() {
             g / (1.0 + (-g).exp()) * f64::from(u)
         })
         .collect();
-    silu_mul(&mut gate, &up).unwrap();
-    assert_close(&gate, &want, 1e-6, "silu_mul");
+    let mut first: Option<Vec<f32>> = None;
+    for isa in Isa::available() {
+        let pool = CpuPool::with_isa(1, isa).unwrap();
+        let mut got = gate.clone();
+        silu_mul(&pool, &mut got, &up).unwrap();
+        assert_close(&got, &want, 1e-6, "silu_mul");
+        let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+        match &first {
+            None => first = Some(got),
+            Some(f) => {
+                let want_bits: Vec<u32> = f.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(bits, want_bits, "{isa:?} differs from the first ISA");
+            }
+        }
+    }
 }
 
 #[test]

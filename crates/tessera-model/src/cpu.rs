@@ -352,7 +352,7 @@ impl Backend for CpuBackend {
             .zip(gate_up[..rows * 2 * inter].chunks_exact(2 * inter));
         for (a, gu) in pairs {
             a.copy_from_slice(&gu[..inter]);
-            tessera_kernels::silu_mul(a, &gu[inter..])?;
+            tessera_kernels::silu_mul(&self.pool, a, &gu[inter..])?;
         }
         Ok(())
     }

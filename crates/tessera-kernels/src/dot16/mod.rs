@@ -18,6 +18,11 @@ mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_avx2::tree_sum8;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_avx512::tree_sum as tree_sum_zmm;
+
 use std::ops::Range;
 
 use crate::isa::Isa;
