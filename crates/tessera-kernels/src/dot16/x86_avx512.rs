@@ -253,6 +253,24 @@ unsafe fn take_chunk<E: Elem, const MR: usize, const NR: usize>(
         } else {
             *total16 = _mm512_add_ps(*total16, sums);
         }
+    } else if MR * NR >= 8 {
+        // A partial tile of 8 or more (e.g. a decode row's 3 heads against 4 keys) reduces its
+        // accumulators together, the unused ones zero; each sum is the same tree.
+        let mut flat = [_mm512_setzero_ps(); 16];
+        for (r, acc_row) in acc.iter().enumerate() {
+            for (c, a) in acc_row.iter().enumerate() {
+                flat[r * 4 + c] = *a;
+            }
+        }
+        let mut out = [0.0f32; 16];
+        // SAFETY: 16 floats fit in `out`.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), tree_sum16(&flat)) };
+        for (r, total_row) in total.iter_mut().enumerate() {
+            for (c, tot) in total_row.iter_mut().enumerate() {
+                // SAFETY: (i + r, j + c) is inside this tile, which our caller covers.
+                unsafe { super::take_chunk_sum(op, ci, i + r, j + c, out[c * 4 + r], tot) };
+            }
+        }
     } else {
         for (r, (acc_row, total_row)) in acc.iter().zip(total.iter_mut()).enumerate() {
             for (c, (a, tot)) in acc_row.iter().zip(total_row.iter_mut()).enumerate() {
