@@ -92,3 +92,26 @@ fn packing_and_packed_matmul_refuse_wrong_lengths() {
         "{err}"
     );
 }
+
+#[test]
+fn rows_read_back_from_panels_equal_the_packed_rows() {
+    let mut r = rng(950);
+    let (rows, cols) = (37, 23);
+    let w = uniform(&mut r, rows * cols);
+    let wb = uniform_bf16(&mut r, rows * cols);
+    let widened: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+    for (packed, want) in [
+        (PackedMatrix::pack_f32(&w, rows, cols).unwrap(), &w),
+        (PackedMatrix::pack_bf16(&wb, rows, cols).unwrap(), &widened),
+    ] {
+        let mut out = vec![f32::NAN; cols];
+        for row in 0..rows {
+            packed.row_into(row, &mut out).unwrap();
+            assert_eq!(bits(&out), bits(&want[row * cols..(row + 1) * cols]), "row {row}");
+        }
+        let past_end = packed.row_into(rows, &mut out);
+        assert!(matches!(past_end, Err(KernelError::Invalid { .. })), "{past_end:?}");
+        let short = packed.row_into(0, &mut out[1..]);
+        assert!(short.is_err(), "a short output is refused");
+    }
+}

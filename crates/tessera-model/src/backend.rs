@@ -102,8 +102,7 @@ pub enum WeightValues {
 ///   matmul weight      packed: Some(panels)        table: None
 ///   embedding          packed: None                table: Some(rows)
 ///   tied embedding     packed: Some(block panels)  table: Some(block rows)   (block dtypes)
-///                      packed: None                table: Some(f32/bf16 rows, multiplied
-///                                                  row-major: same bits, no second copy)
+///                      packed: Some(f32/bf16)      table: None   (lookups read the panels)
 /// ```
 #[derive(Debug)]
 pub struct Matrix {
@@ -177,13 +176,19 @@ impl Matrix {
             (WeightValues::F32(v), None) if dtype == WeightDtype::Bf16 => Table::Bf16(to_bf16(&v)),
             (WeightValues::F32(v), None) => Table::F32(LineVec::from_slice(LINE, &v)),
         };
-        let packed = match &table {
-            Table::Blocks(t) if head => Some(PackedMatrix::pack_blocks(t)),
-            _ => None,
+        let (packed, table) = match table {
+            Table::Blocks(t) if head => {
+                (Some(PackedMatrix::pack_blocks(&t)), Some(Table::Blocks(t)))
+            }
+            // A tied f32/bf16 head is kept as panels only: a batched head then needs no
+            // packing per step, and lookups read a row back from the panels.
+            Table::F32(v) if head => (Some(PackedMatrix::pack_f32(&v, rows, cols)?), None),
+            Table::Bf16(v) if head => (Some(PackedMatrix::pack_bf16(&v, rows, cols)?), None),
+            table => (None, Some(table)),
         };
         Ok(Self {
             packed,
-            table: Some(table),
+            table,
             rows,
             cols,
         })
@@ -215,12 +220,15 @@ impl Matrix {
                 }
             }
             Some(Table::Blocks(t)) => out.copy_from_slice(&t.slice_rows(r..r + 1)?.dequantize()),
-            None => {
-                return Err(ModelError::Device {
-                    backend: "cpu",
-                    message: "an embedding lookup on a matrix loaded without its rows".into(),
-                })
-            }
+            None => match &self.packed {
+                Some(p) => p.row_into(r, out)?,
+                None => {
+                    return Err(ModelError::Device {
+                        backend: "cpu",
+                        message: "an embedding lookup on a matrix loaded without its rows".into(),
+                    })
+                }
+            },
         }
         Ok(())
     }

@@ -94,6 +94,38 @@ impl PackedMatrix {
         }
     }
 
+    /// Row `r` (one output's weights) widened to f32 into `out` (`cols` floats): embedding
+    /// lookups on a tied table kept only as panels. Block panels are not read back.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        check_len("out", self.cols, out.len())?;
+        if r >= self.rows {
+            return Err(KernelError::Invalid {
+                what: "row",
+                reason: format!("row {r} of a matrix of {} rows", self.rows),
+            });
+        }
+        let at = r / PANEL * PANEL * self.cols + r % PANEL;
+        match &self.data {
+            PackedData::F32(d) => {
+                for (kk, o) in out.iter_mut().enumerate() {
+                    *o = d[at + kk * PANEL];
+                }
+            }
+            PackedData::Bf16(d) => {
+                for (kk, o) in out.iter_mut().enumerate() {
+                    *o = d[at + kk * PANEL].to_f32();
+                }
+            }
+            PackedData::Blocks(f, _) => {
+                return Err(KernelError::Invalid {
+                    what: "row",
+                    reason: format!("rows of {f:?} panels are not read back; keep the blocks"),
+                })
+            }
+        }
+        Ok(())
+    }
+
     /// The panels as the kernels read them.
     fn panels(&self) -> Panels<'_> {
         match &self.data {
