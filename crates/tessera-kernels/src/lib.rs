@@ -31,6 +31,8 @@
 //!   fma, so they give the same bits as converting the weights to f32 first.
 //!
 //! Attention scores and norms keep a 16-lane order with a fixed tree (module `dot16`).
+//! The softmax and the SiLU gate use one fixed-order `exp` (module `exp`), whose 16-lane,
+//! 8-lane and portable versions give the same bits; the softmax sums in dot16's order.
 //!
 //! The other kernels follow the same rule: each output depends on its own row only, in an
 //! order fixed by the row (attention: by the query position), never by t or by threads.
