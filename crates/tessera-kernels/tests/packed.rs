@@ -107,10 +107,17 @@ fn rows_read_back_from_panels_equal_the_packed_rows() {
         let mut out = vec![f32::NAN; cols];
         for row in 0..rows {
             packed.row_into(row, &mut out).unwrap();
-            assert_eq!(bits(&out), bits(&want[row * cols..(row + 1) * cols]), "row {row}");
+            assert_eq!(
+                bits(&out),
+                bits(&want[row * cols..(row + 1) * cols]),
+                "row {row}"
+            );
         }
         let past_end = packed.row_into(rows, &mut out);
-        assert!(matches!(past_end, Err(KernelError::Invalid { .. })), "{past_end:?}");
+        assert!(
+            matches!(past_end, Err(KernelError::Invalid { .. })),
+            "{past_end:?}"
+        );
         let short = packed.row_into(0, &mut out[1..]);
         assert!(short.is_err(), "a short output is refused");
     }
