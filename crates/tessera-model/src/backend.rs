@@ -9,9 +9,7 @@
 
 use std::ops::Range;
 
-use tessera_kernels::{
-    BlockFormat, BlockTensor, ChunkOutput, LineVec, PackedMatrix, WeightRef, BLOCK, LINE,
-};
+use tessera_kernels::{BlockFormat, BlockTensor, ChunkOutput, LineVec, PackedMatrix, BLOCK, LINE};
 use tessera_plan::{ReduceMode, Span};
 
 use crate::error::ModelError;
@@ -114,11 +112,10 @@ pub struct Matrix {
     pub cols: usize,
 }
 
-/// Row-major storage of an embedding table (line-aligned: a tied head is multiplied
-/// straight from its rows).
+/// Row-major storage of an embedding table, for lookups.
 #[derive(Debug)]
 enum Table {
-    F32(LineVec<f32>),
+    F32(Vec<f32>),
     Bf16(LineVec<half::bf16>),
     Blocks(BlockTensor),
 }
@@ -173,22 +170,19 @@ impl Matrix {
                 // A table from f32 values is kept as Q8_0, the GGUF embedding's format.
                 Table::Blocks(BlockTensor::quantize(BlockFormat::Q8_0, &v, rows, cols)?)
             }
-            (WeightValues::F32(v), None) if dtype == WeightDtype::Bf16 => Table::Bf16(to_bf16(&v)),
-            (WeightValues::F32(v), None) => Table::F32(LineVec::from_slice(LINE, &v)),
-        };
-        let (packed, table) = match table {
-            Table::Blocks(t) if head => {
-                (Some(PackedMatrix::pack_blocks(&t)), Some(Table::Blocks(t)))
-            }
             // A tied f32/bf16 head is kept as panels only: a batched head then needs no
             // packing per step, and lookups read a row back from the panels.
-            Table::F32(v) if head => (Some(PackedMatrix::pack_f32(&v, rows, cols)?), None),
-            Table::Bf16(v) if head => (Some(PackedMatrix::pack_bf16(&v, rows, cols)?), None),
-            table => (None, Some(table)),
+            (WeightValues::F32(v), None) if head => return Self::new(v, rows, cols, dtype),
+            (WeightValues::F32(v), None) if dtype == WeightDtype::Bf16 => Table::Bf16(to_bf16(&v)),
+            (WeightValues::F32(v), None) => Table::F32(v),
+        };
+        let packed = match &table {
+            Table::Blocks(t) if head => Some(PackedMatrix::pack_blocks(t)),
+            _ => None,
         };
         Ok(Self {
             packed,
-            table,
+            table: Some(table),
             rows,
             cols,
         })
@@ -197,15 +191,6 @@ impl Matrix {
     /// The packed panels, if the matrix has them.
     pub fn packed_ref(&self) -> Option<&PackedMatrix> {
         self.packed.as_ref()
-    }
-
-    /// The row-major f32 or bf16 values of a table multiplied without packing.
-    pub fn as_ref(&self) -> Option<WeightRef<'_>> {
-        match &self.table {
-            Some(Table::F32(v)) => Some(WeightRef::F32(v)),
-            Some(Table::Bf16(v)) => Some(WeightRef::Bf16(v)),
-            Some(Table::Blocks(_)) | None => None,
-        }
     }
 
     /// Row `r` of a table widened to f32 into `out` (embedding lookups; a block row is

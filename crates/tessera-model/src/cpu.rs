@@ -56,8 +56,7 @@ impl CpuBackend {
         &self.pool
     }
 
-    /// `y = x · wᵀ (+ bias)` in chunks of `chunk` columns: over the packed panels, or over
-    /// the rows of an f32/bf16 tied embedding (the kernels give both the same bits).
+    /// `y = x · wᵀ (+ bias)` in chunks of `chunk` columns, over the packed panels.
     #[allow(clippy::too_many_arguments)]
     fn matmul_chunked_into(
         &self,
@@ -69,22 +68,13 @@ impl CpuBackend {
         output: ChunkOutput,
         y: &mut [f32],
     ) -> Result<(), ModelError> {
-        let pool = &self.pool;
-        match (w.data.packed_ref(), w.data.as_ref()) {
-            (Some(p), _) => {
-                tessera_kernels::matmul_packed_chunked(pool, x, m, p, bias, chunk, output, y)?
-            }
-            (None, Some(rows)) => {
-                let (k, n) = (w.cols, w.rows);
-                tessera_kernels::matmul_chunked(pool, x, m, k, rows, n, bias, chunk, output, y)?
-            }
-            (None, None) => {
-                return Err(ModelError::Device {
-                    backend: "cpu",
-                    message: "a matmul over a lookup-only embedding table".into(),
-                })
-            }
-        }
+        let Some(p) = w.data.packed_ref() else {
+            return Err(ModelError::Device {
+                backend: "cpu",
+                message: "a matmul over a lookup-only embedding table".into(),
+            });
+        };
+        tessera_kernels::matmul_packed_chunked(&self.pool, x, m, p, bias, chunk, output, y)?;
         Ok(())
     }
 }
