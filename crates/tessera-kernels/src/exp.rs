@@ -115,7 +115,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{LN2_HI, LN2_LO, LOG2E, MAX_X, MIN_X, TAYLOR};
-    use crate::dot16::{tree_sum8, tree_sum_zmm};
+    use crate::dot16::{lane_mask, tree_sum8, tree_sum_zmm};
 
     /// Round to nearest even, exceptions suppressed.
     const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
@@ -174,14 +174,6 @@ mod x86 {
         _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x), x)
     }
 
-    /// All-ones in the first `valid` (at most 8) lanes.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn first_lanes(valid: usize) -> __m256i {
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(valid.min(8) as i32), lanes)
-    }
-
     /// [`super::softmax_scalar`] with 16 lanes as two ymm registers (element `16c + l`
     /// goes to register `l / 8`, lane `l % 8`).
     ///
@@ -192,7 +184,7 @@ mod x86 {
         let n = row.len();
         let p = row.as_mut_ptr();
         let full = n / 8 * 8;
-        let tail = first_lanes(n - full);
+        let tail = _mm256_castps_si256(lane_mask(full, n));
         let vs = _mm256_set1_ps(scale);
         let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
         for i in (0..full).step_by(8) {

@@ -19,7 +19,7 @@ mod x86_avx2;
 mod x86_avx512;
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86_avx2::tree_sum8;
+pub(crate) use x86_avx2::{lane_mask, tree_sum8};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86_avx512::tree_sum as tree_sum_zmm;
 

@@ -72,7 +72,7 @@ pub(crate) fn tree_sum8(s8: __m256) -> f32 {
 /// All-ones in lanes `l` with `first + l < valid`, zero elsewhere.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn lane_mask(first: usize, valid: usize) -> __m256 {
+pub(crate) fn lane_mask(first: usize, valid: usize) -> __m256 {
     let remaining = valid.saturating_sub(first).min(8) as i32;
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(remaining), lanes))

@@ -132,6 +132,20 @@ fn tree_sum16(acc: &[__m512; 16]) -> __m512 {
     )
 }
 
+/// [`tree_sum16`] of a tile's accumulators (MR, NR <= 4): lane `c * 4 + r` is the tree sum
+/// of `acc[r][c]`; lanes of accumulators the tile lacks sum zeros.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn tile_sums<const MR: usize, const NR: usize>(acc: &[[__m512; NR]; MR]) -> __m512 {
+    let mut flat = [_mm512_setzero_ps(); 16];
+    for (r, acc_row) in acc.iter().enumerate() {
+        for (c, a) in acc_row.iter().enumerate() {
+            flat[r * 4 + c] = *a;
+        }
+    }
+    tree_sum16(&flat)
+}
+
 /// The `MR x NR` tile at (row `i`, column `j`).
 ///
 /// # Safety
@@ -228,13 +242,7 @@ unsafe fn take_chunk<E: Elem, const MR: usize, const NR: usize>(
     let (i, j) = (t.i, t.j);
     if MR == 4 && NR == 4 {
         // A full tile reduces its 16 accumulators together (same adds, fewer shuffles).
-        let mut flat = [_mm512_setzero_ps(); 16];
-        for (r, acc_row) in acc.iter().enumerate() {
-            for (c, a) in acc_row.iter().enumerate() {
-                flat[r * 4 + c] = *a;
-            }
-        }
-        let sums = tree_sum16(&flat);
+        let sums = tile_sums(acc);
         if op.partial_stride != 0 {
             let mut out = [0.0f32; 16];
             // SAFETY: 16 floats fit in `out`.
@@ -255,16 +263,10 @@ unsafe fn take_chunk<E: Elem, const MR: usize, const NR: usize>(
         }
     } else if MR * NR >= 8 {
         // A partial tile of 8 or more (e.g. a decode row's 3 heads against 4 keys) reduces its
-        // accumulators together, the unused ones zero; each sum is the same tree.
-        let mut flat = [_mm512_setzero_ps(); 16];
-        for (r, acc_row) in acc.iter().enumerate() {
-            for (c, a) in acc_row.iter().enumerate() {
-                flat[r * 4 + c] = *a;
-            }
-        }
+        // accumulators together too.
         let mut out = [0.0f32; 16];
         // SAFETY: 16 floats fit in `out`.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), tree_sum16(&flat)) };
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), tile_sums(acc)) };
         for (r, total_row) in total.iter_mut().enumerate() {
             for (c, tot) in total_row.iter_mut().enumerate() {
                 // SAFETY: (i + r, j + c) is inside this tile, which our caller covers.
