@@ -43,7 +43,10 @@ def cpu_flags():
         text = f.read()
     model = re.search(r"model name\s*:\s*(.*)", text)
     flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split())
-    isa = "avx512" if "avx512f" in flags else ("avx2" if "avx2" in flags and "fma" in flags else "scalar")
+    if "avx512f" in flags:
+        isa = "avx512bf16" if "avx512_bf16" in flags else "avx512"
+    else:
+        isa = "avx2" if "avx2" in flags and "fma" in flags else "scalar"
     return (model.group(1) if model else "unknown"), isa
 
 
@@ -117,13 +120,15 @@ def param_counts(model_dir):
 
 def mfu(a, raw, peak):
     """MFU of the 64-request runs: prompt tokens count 2 x layer parameters (they skip the
-    output head), generated tokens 2 x (layer + head) parameters; over the GEMM peak measured
-    in the same run (`tessera bench bandwidth`'s `gemm_gflop_s_max`)."""
+    output head), generated tokens 2 x (layer + head) parameters; over the GEMM peak of that
+    precision's arithmetic measured in the same run (`tessera bench bandwidth`: f32 fmas for
+    f32 and q4_1, whose blocks are decoded to f32; bf16 pairs for bf16)."""
     layers, head = param_counts(a.model)
     flops = 64 * (128 * 2 * layers + 128 * 2 * (layers + head))
     for p in a.precisions:
         t = statistics.median([r["throughput"]["wall_s"] for r in raw["tessera"][p]])
-        print(f"MFU {p}: Tessera {flops / t / 1e9 / peak:.2f} (of {peak:.0f} GFLOP/s)")
+        pk = peak[p]
+        print(f"MFU {p}: Tessera {flops / t / 1e9 / pk:.2f} (of {pk:.0f} GFLOP/s)")
 
 
 def main():
@@ -133,7 +138,7 @@ def main():
     ap.add_argument("--peers", default="/opt/tessera-peers")
     ap.add_argument("--llama-bin", default=None, help="llama.cpp bin directory (default PEERS/LB/bin)")
     ap.add_argument("--q4-1", default="models/.cache/SmolLM2-135M-Instruct.Q4_1.gguf")
-    ap.add_argument("--isa", default=None, choices=["avx512", "avx2", "scalar"])
+    ap.add_argument("--isa", default=None, choices=["avx512bf16", "avx512", "avx2", "scalar"])
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
@@ -148,10 +153,12 @@ def main():
         print(f"round {rnd + 1}/{a.rounds}", file=sys.stderr)
         one_round(a, raw)
     bw = max(b["bound_gb_s"] for b in raw["bandwidth"])
-    peak = max(b["gemm_gflop_s_max"] for b in raw["bandwidth"])
+    f32_peak = max(b["gemm_gflop_s_max"] for b in raw["bandwidth"])
+    bf16_peak = max(b.get("gemm_bf16_gflop_s_max", 0.0) for b in raw["bandwidth"]) or f32_peak
+    peak = {"f32": f32_peak, "q4_1": f32_peak, "bf16": bf16_peak}
     print(f"CPU: {cpu}; machine ISA {machine_isa}; Tessera kernels {a.isa or machine_isa}; "
           f"llama.cpp {a.llama_bin}; {a.threads} threads; read bandwidth bound (best probe) {bw:.1f} GB/s; "
-          f"GEMM peak {peak:.0f} GFLOP/s\n")
+          f"GEMM peak f32 {f32_peak:.0f}, bf16 {bf16_peak:.0f} GFLOP/s\n")
     summary = table(a, raw)
     mfu(a, raw, peak)
     if a.out:

@@ -51,7 +51,7 @@ pub(crate) struct LatencyArgs {
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     threads: Option<usize>,
-    /// CPU kernel instruction set: avx512, avx2 or scalar (default: the fastest this CPU
+    /// CPU kernel instruction set: avx512bf16, avx512, avx2 or scalar (default: the fastest this CPU
     /// has). Forcing a slower one measures another machine class on this one.
     #[arg(long)]
     isa: Option<String>,
@@ -82,7 +82,7 @@ struct LatencyReport {
     tp: usize,
     strategy: String,
     dtype: String,
-    /// CPU kernels that ran (avx512, avx2 or scalar).
+    /// CPU kernels that ran (avx512bf16, avx512, avx2 or scalar).
     isa: String,
     weight_bytes_per_token: usize,
     prompt_tokens: usize,
@@ -209,6 +209,13 @@ fn latency(a: &LatencyArgs) -> Result<()> {
     Ok(())
 }
 
+/// Shape of the GEMM peak probes (rows, inner, outputs).
+const GEMM_M: usize = 256;
+/// See [`GEMM_M`].
+const GEMM_K: usize = 2048;
+/// See [`GEMM_M`].
+const GEMM_N: usize = 2048;
+
 /// Read bandwidth as the best of two probes over a buffer much larger than the caches: a
 /// streaming sum (four independent 16-lane accumulators per thread) and Tessera's own GEMV
 /// (one row times a `k` = 2048 matrix of the same size), so the bound is at least what the
@@ -221,8 +228,9 @@ fn bandwidth(a: &BandwidthArgs) -> Result<()> {
     };
     let len = (a.mib * 1024 * 1024 / 4).max(2048 * 2048);
     let buf: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
-    let (mut stream, mut gemv, mut best, mut gemm) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut stream, mut gemv, mut best, mut gemm, mut gemm_bf16) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let bf16_weights = packed_bf16(&buf)?;
     for _ in 0..a.repeats {
         let s = stream_read_rate(&pool, &buf);
         let g = gemv_read_rate(&pool, &buf)?;
@@ -230,6 +238,7 @@ fn bandwidth(a: &BandwidthArgs) -> Result<()> {
         gemv.push(g);
         best.push(s.max(g));
         gemm.push(gemm_rate(&pool, &buf)?);
+        gemm_bf16.push(gemm_bf16_rate(&pool, &bf16_weights)?);
     }
     let bound = best.iter().copied().fold(0.0, f64::max);
     println!(
@@ -239,6 +248,8 @@ fn bandwidth(a: &BandwidthArgs) -> Result<()> {
             "read_gb_s_median": median(&best), "bound_gb_s": bound,
             "stream_gb_s_all": stream, "gemv_gb_s_all": gemv,
             "gemm_gflop_s_max": gemm.iter().copied().fold(0.0, f64::max), "gemm_gflop_s_all": gemm,
+            "gemm_bf16_gflop_s_max": gemm_bf16.iter().copied().fold(0.0, f64::max),
+            "gemm_bf16_gflop_s_all": gemm_bf16,
         })
     );
     Ok(())
@@ -269,12 +280,34 @@ fn stream_read_rate(pool: &CpuPool, buf: &[f32]) -> f64 {
 /// GFLOP/s of Tessera's GEMM at m = 256, k = 2048, n = 2048 (weights from `buf`): the
 /// compute peak MFU figures divide by, measured in the same run as they are.
 fn gemm_rate(pool: &CpuPool, buf: &[f32]) -> Result<f64> {
-    let (m, k, n) = (256, 2048, 2048);
+    let (m, k, n) = (GEMM_M, GEMM_K, GEMM_N);
     let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 * 0.25).collect();
     let mut y = vec![0.0f32; m * n];
     let w = tessera_kernels::WeightRef::F32(&buf[..n * k]);
     let t = Instant::now();
     tessera_kernels::matmul(pool, &x, m, k, w, n, None, &mut y)?;
+    Ok((2 * m * k * n) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// The first `GEMM_N x GEMM_K` values of `buf` packed as bf16 weights.
+fn packed_bf16(buf: &[f32]) -> Result<tessera_kernels::PackedMatrix> {
+    let w: Vec<half::bf16> = buf[..GEMM_N * GEMM_K]
+        .iter()
+        .map(|&v| half::bf16::from_f32(v))
+        .collect();
+    Ok(tessera_kernels::PackedMatrix::pack_bf16(
+        &w, GEMM_N, GEMM_K,
+    )?)
+}
+
+/// GFLOP/s of one `GEMM_M x GEMM_K x GEMM_N` matmul over packed bf16 weights (bf16
+/// activations, `vdpbf16ps` where the CPU has it): the peak of `--dtype bf16`.
+fn gemm_bf16_rate(pool: &CpuPool, w: &tessera_kernels::PackedMatrix) -> Result<f64> {
+    let (m, k, n) = (GEMM_M, GEMM_K, GEMM_N);
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 * 0.25).collect();
+    let mut y = vec![0.0f32; m * n];
+    let t = Instant::now();
+    tessera_kernels::matmul_packed(pool, &x, m, w, None, &mut y)?;
     Ok((2 * m * k * n) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 

@@ -48,7 +48,7 @@ pub(crate) struct GenerateArgs {
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     threads: Option<usize>,
-    /// CPU kernel instruction set: avx512, avx2 or scalar (default: the fastest).
+    /// CPU kernel instruction set: avx512bf16, avx512, avx2 or scalar (default: the fastest).
     #[arg(long)]
     isa: Option<String>,
 }

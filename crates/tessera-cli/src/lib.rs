@@ -214,7 +214,7 @@ pub(crate) struct EngineArgs {
     /// Total CPU threads for all ranks (default: every core).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
-    /// CPU kernel instruction set: avx512, avx2 or scalar (default: the fastest this CPU
+    /// CPU kernel instruction set: avx512bf16, avx512, avx2 or scalar (default: the fastest this CPU
     /// has). Forcing a slower one measures another machine class on this one.
     #[arg(long)]
     pub(crate) isa: Option<String>,
@@ -424,7 +424,7 @@ pub(crate) fn weight_dtype(device: Device, dtype: &str) -> Result<WeightDtype> {
 pub(crate) fn parse_isa(isa: Option<&str>) -> Result<Option<tessera_kernels::Isa>> {
     let Some(name) = isa else { return Ok(None) };
     let Some(isa) = tessera_kernels::Isa::parse(name) else {
-        bail!("unknown --isa '{name}' (avx512, avx2 or scalar)");
+        bail!("unknown --isa '{name}' (avx512bf16, avx512, avx2 or scalar)");
     };
     if !isa.is_available() {
         bail!("--isa {name}: this CPU does not have it");

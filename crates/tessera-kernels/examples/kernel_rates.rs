@@ -51,7 +51,7 @@ impl Run<'_> {
 
 fn main() {
     let threads = 2;
-    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+    let isas: Vec<Isa> = [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2]
         .into_iter()
         .filter(|i| i.is_available())
         .collect();

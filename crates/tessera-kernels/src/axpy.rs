@@ -9,9 +9,9 @@ pub(crate) fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
         Isa::Scalar => axpy_scalar(a, x, y),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a pool only carries an ISA that `Isa::is_available` confirmed.
-        Isa::Avx2 | Isa::Avx512 => unsafe { axpy_avx2(a, x, y) },
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => unsafe { axpy_avx2(a, x, y) },
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => axpy_scalar(a, x, y),
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => axpy_scalar(a, x, y),
     }
 }
 
@@ -58,7 +58,7 @@ unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
 pub(crate) unsafe fn weighted_sum(isa: Isa, w: &[f32], v: &[f32], offs: &[usize], acc: &mut [f32]) {
     let d = acc.len();
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
+    if isa.has_avx512() {
         match d {
             // SAFETY: forwarded from our contract; AVX-512 is available.
             64 => return unsafe { weighted_sum_avx512::<4>(w, v, offs, acc) },
@@ -182,7 +182,7 @@ pub(crate) unsafe fn weighted_sum_heads(
 ) {
     let heads = accs.len() / d.max(1);
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && d == 64 && (2..=4).contains(&heads) {
+    if isa.has_avx512() && d == 64 && (2..=4).contains(&heads) {
         // SAFETY: forwarded from our contract; AVX-512 is available; d = 16 * 4.
         return unsafe {
             match heads {

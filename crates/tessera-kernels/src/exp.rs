@@ -69,7 +69,7 @@ pub(crate) fn softmax_numerators(isa: Isa, row: &mut [f32], scale: f32) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a pool only carries an ISA that `Isa::is_available` confirmed.
-        Isa::Avx512 => unsafe { x86::softmax_avx512(row, scale) },
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { x86::softmax_avx512(row, scale) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::softmax_avx2(row, scale) },

@@ -9,12 +9,16 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL + FMA: each 16-lane accumulator is one `zmm` register.
     Avx512,
+    /// [`Isa::Avx512`] on a CPU with AVX-512 BF16: bf16 weights are multiplied with
+    /// `vdpbf16ps`, whose order the other paths follow with fmas.
+    Avx512Bf16,
 }
 
 impl Isa {
-    /// Parses `avx512`, `avx2` or `scalar` (the `--isa` flag).
+    /// Parses `avx512bf16`, `avx512`, `avx2` or `scalar` (the `--isa` flag).
     pub fn parse(s: &str) -> Option<Isa> {
         match s {
+            "avx512bf16" | "avx512-bf16" => Some(Isa::Avx512Bf16),
             "avx512" | "avx-512" => Some(Isa::Avx512),
             "avx2" => Some(Isa::Avx2),
             "scalar" => Some(Isa::Scalar),
@@ -24,7 +28,9 @@ impl Isa {
 
     /// The fastest path this CPU supports (runs CPUID; call once, not per kernel).
     pub fn detect() -> Isa {
-        if Isa::Avx512.is_available() {
+        if Isa::Avx512Bf16.is_available() {
+            Isa::Avx512Bf16
+        } else if Isa::Avx512.is_available() {
             Isa::Avx512
         } else if Isa::Avx2.is_available() {
             Isa::Avx2
@@ -51,14 +57,21 @@ impl Isa {
                     && is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512bf16"),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512 => false,
+            Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => false,
         }
+    }
+
+    /// Whether the path runs the AVX-512 kernels (with or without BF16).
+    pub fn has_avx512(self) -> bool {
+        matches!(self, Isa::Avx512 | Isa::Avx512Bf16)
     }
 
     /// Every path this CPU supports, slowest first (for tests and benchmarks).
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16]
             .into_iter()
             .filter(|isa| isa.is_available())
             .collect()

@@ -60,8 +60,9 @@ pub use attention::{attention, AttentionShape};
 pub use error::KernelError;
 pub use isa::Isa;
 pub use matmul::{
-    chunk_count, matmul, matmul_chunked, matmul_chunked_reference, matmul_packed,
-    matmul_packed_chunked, matmul_reference, ChunkOutput, PackedMatrix, PackedWeight, WeightRef,
+    chunk_count, matmul, matmul_bf16_reference, matmul_chunked, matmul_chunked_reference,
+    matmul_packed, matmul_packed_chunked, matmul_reference, ChunkOutput, PackedMatrix,
+    PackedWeight, WeightRef,
 };
 pub use norm::{add_rms_norm, rms_norm};
 pub use paged_attention::{paged_attention, PagedSeq, PagedShape};

@@ -1,12 +1,13 @@
-//! Weights packed once give the bits of the row-major matmul and of the reference, on
-//! every path, batch size, thread count and chunking.
+//! Weights packed once give the bits of the reference (f32: the row-major matmul's; bf16:
+//! the pair order of `matmul_bf16_reference`), on every path, batch size, thread count and
+//! chunking.
 
 mod common;
 
 use common::{bits, pools, rng, uniform, uniform_bf16};
 use tessera_kernels::{
-    matmul_chunked_reference, matmul_packed, matmul_packed_chunked, ChunkOutput, KernelError,
-    PackedMatrix, PackedWeight, WeightRef,
+    matmul_bf16_reference, matmul_chunked_reference, matmul_packed, matmul_packed_chunked,
+    ChunkOutput, KernelError, PackedMatrix, PackedWeight, WeightRef,
 };
 
 #[test]
@@ -33,8 +34,23 @@ fn packed_matmul_equals_reference_bitwise_for_f32_and_bf16() {
             for chunk in [usize::MAX, 32, 24] {
                 let mut want = vec![0.0; m * n];
                 let out = ChunkOutput::Fold;
-                matmul_chunked_reference(&x, m, k, wr, n, Some(&bias), chunk, out, &mut want)
-                    .unwrap();
+                match wr {
+                    WeightRef::F32(_) => matmul_chunked_reference(
+                        &x,
+                        m,
+                        k,
+                        wr,
+                        n,
+                        Some(&bias),
+                        chunk,
+                        out,
+                        &mut want,
+                    ),
+                    WeightRef::Bf16(w) => {
+                        matmul_bf16_reference(&x, m, k, w, n, Some(&bias), chunk, out, &mut want)
+                    }
+                }
+                .unwrap();
                 for pool in &pools {
                     let mut got = vec![f32::NAN; m * n];
                     matmul_packed_chunked(pool, &x, m, &packed, Some(&bias), chunk, out, &mut got)
@@ -91,6 +107,16 @@ fn packing_and_packed_matmul_refuse_wrong_lengths() {
         matches!(err, KernelError::Length { what: "bias", .. }),
         "{err}"
     );
+    // bf16 weights reduce k in pairs: a chunk that would split one is refused.
+    let bf = PackedMatrix::pack_bf16(&[half::bf16::ONE; 12], 3, 4).unwrap();
+    let out = ChunkOutput::Fold;
+    let err = matmul_packed_chunked(&pool, &[0.0; 4], 1, &bf, None, 3, out, &mut y).unwrap_err();
+    assert!(
+        matches!(err, KernelError::Invalid { what: "chunk", .. }),
+        "{err}"
+    );
+    matmul_packed_chunked(&pool, &[1.0; 4], 1, &bf, None, 2, out, &mut y).unwrap();
+    assert_eq!(y, [4.0; 3]);
 }
 
 #[test]

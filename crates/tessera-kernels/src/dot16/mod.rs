@@ -170,12 +170,14 @@ pub(crate) unsafe fn gemm_cols<E: Elem>(isa: Isa, op: &Operands<E>, cols: Range<
             unsafe { x86_avx2::tile(op, t) }
         }),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => for_each_tile(op.m, op.k, cols, x86_avx512::SHAPE, |t| {
+        Isa::Avx512 | Isa::Avx512Bf16 => for_each_tile(op.m, op.k, cols, x86_avx512::SHAPE, |t| {
             // SAFETY: as above; the caller guarantees AVX-512 F/BW/VL + FMA are available.
             unsafe { x86_avx512::tile(op, t) }
         }),
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => unreachable!("x86 paths are never available here"),
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => {
+            unreachable!("x86 paths are never available here")
+        }
     }
 }
 

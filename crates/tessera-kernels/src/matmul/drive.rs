@@ -2,10 +2,12 @@
 //! ranges, row blocks of x stay in L2, register tiles run one reduction chunk at a time,
 //! and the chunks' sums are folded (or written as partials) in chunk order.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use half::bf16;
 
+use super::pairs::{self, pairs_len, Rounded};
 use super::{scalar, Elem, WeightRef};
 use crate::aligned::{line_vec, LineVec, LINE};
 use crate::isa::Isa;
@@ -30,8 +32,8 @@ pub(crate) enum Panels<'a> {
     Rows(WeightRef<'a>),
     /// Packed f32 panels (`panels x k x 16`).
     F32(&'a [f32]),
-    /// Packed bf16 panels (`panels x k x 16`).
-    Bf16(&'a [bf16]),
+    /// Packed bf16 pair panels (`panels x pairs_len(k) x 16`, see [`super::pairs`]).
+    Bf16(&'a [u16]),
     /// Packed quantized panels (see [`crate::quant`]).
     Blocks(BlockFormat, &'a [u8]),
 }
@@ -41,8 +43,8 @@ pub(crate) enum Panels<'a> {
 pub(crate) enum Src {
     /// f32 panels, `pstride` floats apart.
     F32(*const f32),
-    /// bf16 panels, `pstride` elements apart.
-    Bf16(*const bf16),
+    /// bf16 pair panels, `pstride` elements apart.
+    Pairs(*const u16),
     /// Quantized panels, `pstride` bytes apart.
     Blocks(BlockFormat, *const u8),
     /// 16 full row-major f32 rows, `pstride` floats apart (one-row GEMV only).
@@ -53,10 +55,12 @@ pub(crate) enum Src {
 
 /// Operands of one register tile and one reduction chunk: rows `0..mr` of x (at `x`,
 /// `ldx` apart) against panels `0..np` of `w`, over k in `k0..k1`; the tile's sums go to
-/// `out[r * np * 16 + p * 16 + o]`.
+/// `out[r * np * 16 + p * 16 + o]`. A bf16 pair kernel reads x rounded (as f32 at `x`, or
+/// as bf16 pairs at `xb` for the instruction), rows `ldx` apart.
 #[derive(Clone, Copy)]
 pub(crate) struct TileArgs {
     pub x: *const f32,
+    pub xb: *const u16,
     pub ldx: usize,
     pub mr: usize,
     pub pstride: usize,
@@ -89,8 +93,13 @@ unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
 
 /// A checked matmul: `y[i*n + j] = x[i*k ..] · w_j (+ bias[j])`, chunked over k.
+#[derive(Clone, Copy)]
 pub(crate) struct Job<'a> {
     x: &'a [f32],
+    /// Distance between rows of x: k, or `pairs_len(k)` once rounded for bf16 weights.
+    ldx: usize,
+    /// x rounded to bf16 pairs, for the bf16 instruction (else empty).
+    xb: &'a [u16],
     m: usize,
     k: usize,
     n: usize,
@@ -123,6 +132,8 @@ impl<'a> Job<'a> {
         let y = OutPtr(y.as_mut_ptr());
         Job {
             x,
+            ldx: k,
+            xb: &[],
             m,
             k,
             n,
@@ -142,17 +153,38 @@ pub(crate) fn shape(isa: Isa) -> Shape {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => super::x86_avx2::SHAPE,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => super::x86_avx512::SHAPE,
+        Isa::Avx512 | Isa::Avx512Bf16 => super::x86_avx512::SHAPE,
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => scalar::SHAPE,
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => scalar::SHAPE,
     }
 }
 
-/// Runs every column of `job`, split over the pool's threads when the work is worth it.
+/// Runs every column of `job`, split over the pool's threads when the work is worth it;
+/// bf16 weights first round x once (see [`super::pairs`]).
 pub(crate) fn run(pool: &CpuPool, job: &Job<'_>) {
     if job.m == 0 || job.n == 0 {
         return;
     }
+    if let Panels::Bf16(_) = job.w {
+        let hw = pool.isa() == Isa::Avx512Bf16;
+        let kp = pairs_len(job.k);
+        return pairs::with_rounded(job.x, job.m, job.k, hw, |rounded| match rounded {
+            Rounded::F32(x) => run_split(pool, &Job { x, ldx: kp, ..*job }),
+            Rounded::Bf16(xb) => run_split(
+                pool,
+                &Job {
+                    xb,
+                    ldx: kp,
+                    ..*job
+                },
+            ),
+        });
+    }
+    run_split(pool, job);
+}
+
+/// [`run`] once x is in its final form.
+fn run_split(pool: &CpuPool, job: &Job<'_>) {
     let threads = pool.threads();
     let isa = pool.isa();
     let fmas = job.m.saturating_mul(job.n).saturating_mul(job.k);
@@ -279,7 +311,7 @@ fn direct(job: &Job<'_>, p0: usize) -> Src {
     let at = p0 * PANEL * job.k;
     match job.w {
         Panels::F32(d) => Src::F32(d[at..].as_ptr()),
-        Panels::Bf16(d) => Src::Bf16(d[at..].as_ptr()),
+        Panels::Bf16(d) => Src::Pairs(d[p0 * PANEL * pairs_len(job.k)..].as_ptr()),
         Panels::Blocks(f, d) => Src::Blocks(f, d[p0 * quant::panel_bytes(f, job.k)..].as_ptr()),
         Panels::Rows(_) => unreachable!("row-major weights are never read directly"),
     }
@@ -384,61 +416,94 @@ fn prefetch<T>(v: &T) {
 fn tile_chunks(isa: Isa, job: &Job<'_>, i: usize, mr: usize, p0: usize, np: usize, src: Src) {
     let k = job.k;
     let ld = np * PANEL;
-    debug_assert!(mr * ld <= MAX_OUT);
-    let mut out = [0.0f32; MAX_OUT];
-    let mut total = [0.0f32; MAX_OUT];
+    let len = mr * ld;
+    debug_assert!(len <= MAX_OUT);
+    // Left uninitialised: every kernel writes all `len` sums of its tile before they are
+    // read, and zeroing two 1 KiB arrays per tile showed up as a memset in profiles.
+    let mut out = [MaybeUninit::<f32>::uninit(); MAX_OUT];
+    let mut total = [MaybeUninit::<f32>::uninit(); MAX_OUT];
+    let (out, total) = (
+        out.as_mut_ptr().cast::<f32>(),
+        total.as_mut_ptr().cast::<f32>(),
+    );
     let pstride = match src {
         Src::Blocks(f, _) => quant::panel_bytes(f, k),
-        Src::F32(_) | Src::Bf16(_) => PANEL * k,
+        Src::F32(_) => PANEL * k,
+        Src::Pairs(_) => PANEL * pairs_len(k),
         Src::RowsF32(_) | Src::RowsBf16(_) => k,
     };
+    let fold = job.partial_stride == 0;
     let (mut c0, mut ci) = (0usize, 0usize);
     loop {
         let c1 = c0.saturating_add(job.chunk).min(k);
         let args = TileArgs {
-            x: job.x[i * k..].as_ptr(),
-            ldx: k,
+            x: job.x[i * job.ldx..].as_ptr(),
+            xb: if job.xb.is_empty() {
+                std::ptr::null()
+            } else {
+                job.xb[i * job.ldx..].as_ptr()
+            },
+            ldx: job.ldx,
             mr,
             pstride,
             np,
             k0: c0,
             k1: c1,
-            out: out.as_mut_ptr(),
+            // A fold's first chunk goes straight to the running total.
+            out: if fold && ci == 0 { total } else { out },
         };
         // SAFETY: rows i..i+mr of x hold k floats each (checked length m*k); panels
         // p0..p0+np of `src` hold `pstride` elements (bytes) each (packed or scratch of
-        // that size); `out` holds mr * np * 16 <= MAX_OUT floats; `isa` came from a pool,
-        // which checked it is available.
+        // that size); `out` and `total` hold mr * np * 16 <= MAX_OUT floats; `isa` came
+        // from a pool, which checked it is available.
         unsafe { kernel(isa, src, &args) };
-        emit_chunk(job, ci, i, mr, p0 * PANEL, ld, &out, &mut total);
+        // SAFETY: the kernel has just written all `len` floats at `args.out`.
+        let sums = unsafe { std::slice::from_raw_parts(args.out, len) };
+        if !fold {
+            write_partials(job, ci, i, mr, p0 * PANEL, ld, sums);
+        } else if ci > 0 {
+            // SAFETY: chunk 0 wrote all `len` floats of `total`, a buffer apart from `out`.
+            let total = unsafe { std::slice::from_raw_parts_mut(total, len) };
+            // The same element-wise adds, in chunk order, a vector of sums at a time.
+            for (t, s) in total.iter_mut().zip(sums) {
+                *t += *s;
+            }
+        }
         ci += 1;
         c0 = c1;
         if c0 >= k {
             break;
         }
     }
-    if job.partial_stride == 0 {
-        let ncols = ld.min(job.n - p0 * PANEL);
-        for r in 0..mr {
-            for c in 0..ncols {
-                let j = p0 * PANEL + c;
-                let sum = job
-                    .bias
-                    .map_or(total[r * ld + c], |b| total[r * ld + c] + b[j]);
-                // SAFETY: (i + r, j) is inside y (i + r < m, j < n) and in this thread's columns.
-                unsafe { *job.y.0.add((i + r) * job.n + j) = sum };
+    if fold {
+        // SAFETY: chunk 0 wrote all `len` floats of `total`.
+        let total = unsafe { std::slice::from_raw_parts(total, len) };
+        write_rows(job, i, mr, p0 * PANEL, ld, total);
+    }
+}
+
+/// Writes a tile's folded sums (plus the bias) to rows `i .. i + mr` of y, from column `j0`.
+fn write_rows(job: &Job<'_>, i: usize, mr: usize, j0: usize, ld: usize, total: &[f32]) {
+    let ncols = ld.min(job.n - j0);
+    for r in 0..mr {
+        let row = &total[r * ld..r * ld + ncols];
+        // SAFETY: columns j0 .. j0 + ncols of row i + r are inside y (i + r < m,
+        // j0 + ncols <= n) and belong to this thread's columns, which no other thread writes.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(job.y.0.add((i + r) * job.n + j0), ncols) };
+        match job.bias {
+            Some(b) => {
+                for ((d, s), bias) in dst.iter_mut().zip(row).zip(&b[j0..j0 + ncols]) {
+                    *d = s + bias;
+                }
             }
+            None => dst.copy_from_slice(row),
         }
     }
 }
 
-/// Takes chunk `ci`'s sums of a tile: written to the chunk's slab in partials mode, else
-/// folded into `total` (the first chunk sets it).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a tile's position and both buffers; kept apart from the kernel call"
-)]
-fn emit_chunk(
+/// Writes chunk `ci`'s sums of a tile (`out`, rows `ld` apart) to the chunk's slab.
+fn write_partials(
     job: &Job<'_>,
     ci: usize,
     i: usize,
@@ -446,22 +511,13 @@ fn emit_chunk(
     j0: usize,
     ld: usize,
     out: &[f32],
-    total: &mut [f32],
 ) {
     let ncols = ld.min(job.n - j0);
     for r in 0..mr {
-        for c in 0..ncols {
-            let s = out[r * ld + c];
-            if job.partial_stride != 0 {
-                let at = ci * job.partial_stride + (i + r) * job.n + j0 + c;
-                // SAFETY: chunk ci's slab holds (i + r, j0 + c), a column of this thread's.
-                unsafe { *job.y.0.add(at) = s };
-            } else if ci == 0 {
-                total[r * ld + c] = s;
-            } else {
-                total[r * ld + c] += s;
-            }
-        }
+        let at = ci * job.partial_stride + (i + r) * job.n + j0;
+        // SAFETY: chunk ci's slab holds (i + r, j0 .. j0 + ncols), columns of this thread's.
+        let dst = unsafe { std::slice::from_raw_parts_mut(job.y.0.add(at), ncols) };
+        dst.copy_from_slice(&out[r * ld..r * ld + ncols]);
     }
 }
 
@@ -475,7 +531,7 @@ unsafe fn kernel(isa: Isa, src: Src, args: &TileArgs) {
         // SAFETY (all arms): forwarded from our own contract.
         Isa::Scalar => match src {
             Src::F32(w) => unsafe { scalar::tile(w, args) },
-            Src::Bf16(w) => unsafe { scalar::tile(w, args) },
+            Src::Pairs(w) => unsafe { pairs::tile_scalar(w, args) },
             Src::Blocks(..) | Src::RowsF32(_) | Src::RowsBf16(_) => {
                 unreachable!("the portable path reads blocks and rows through scratch")
             }
@@ -483,20 +539,23 @@ unsafe fn kernel(isa: Isa, src: Src, args: &TileArgs) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match src {
             Src::F32(w) => unsafe { super::x86_avx2::tile(w, args) },
-            Src::Bf16(w) => unsafe { super::x86_avx2::tile(w, args) },
+            Src::Pairs(w) => unsafe { super::x86_avx2::tile_pairs(w, args) },
             Src::Blocks(f, w) => unsafe { super::x86_avx2::gemv_blocks(f, w, args) },
             Src::RowsF32(w) => unsafe { super::rows_x86::gemv_rows_avx2(w, args) },
             Src::RowsBf16(w) => unsafe { super::rows_x86::gemv_rows_avx2(w, args) },
         },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => match src {
+        Isa::Avx512 | Isa::Avx512Bf16 => match src {
             Src::F32(w) => unsafe { super::x86_avx512::tile(w, args) },
-            Src::Bf16(w) => unsafe { super::x86_avx512::tile(w, args) },
+            Src::Pairs(w) if args.xb.is_null() => unsafe { super::x86_avx512::tile_pairs(w, args) },
+            Src::Pairs(w) => unsafe { super::x86_avx512::tile_pairs_dot(w, args) },
             Src::Blocks(f, w) => unsafe { super::x86_avx512::gemv_blocks(f, w, args) },
             Src::RowsF32(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
             Src::RowsBf16(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
         },
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => unreachable!("x86 paths are never available here"),
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => {
+            unreachable!("x86 paths are never available here")
+        }
     }
 }

@@ -17,9 +17,15 @@
 //! row blocks that fit in L2 and register tiles of `mr` rows x `np` panels are computed.
 //! Tile shapes, blocks and thread ranges only decide which accumulators live together,
 //! never the operations an accumulator sees, so none of them changes a single bit of y.
+//!
+//! Packed bf16 weights use panels of k *pairs* instead, and x rounded to bf16, so that CPUs
+//! with AVX-512 BF16 multiply them with `vdpbf16ps` and every other path follows its order
+//! with fmas ([`pairs`]). Row-major bf16 weights (`matmul` with [`WeightRef::Bf16`]) keep
+//! f32 activations and widen the weights exactly.
 
 mod drive;
 mod packed;
+mod pairs;
 mod reference;
 #[cfg(target_arch = "x86_64")]
 mod rows_x86;
@@ -32,6 +38,7 @@ mod x86_avx512;
 use half::bf16;
 
 pub use packed::{matmul_packed, matmul_packed_chunked, PackedMatrix, PackedWeight};
+pub use pairs::matmul_bf16_reference;
 pub use reference::{matmul_chunked_reference, matmul_reference};
 
 use crate::error::{check_len, mul, KernelError};

@@ -3,6 +3,7 @@
 use half::bf16;
 
 use super::drive::{Panels, PANEL};
+use super::pairs;
 use super::{check_operands, run_chunked, ChunkOutput, Elem, WeightRef};
 use crate::aligned::{line_vec, LineVec};
 use crate::error::{check_len, mul, KernelError};
@@ -22,7 +23,8 @@ pub struct PackedMatrix {
 pub enum PackedWeight {
     /// 32-bit floats.
     F32,
-    /// bfloat16, widened exactly at run time.
+    /// bfloat16, multiplied by activations rounded to bf16, a pair of k at a time
+    /// (see [`super::pairs`]).
     Bf16,
     /// GGML blocks, decoded at run time.
     Blocks(BlockFormat),
@@ -32,7 +34,8 @@ pub enum PackedWeight {
 #[derive(Debug, Clone, PartialEq)]
 enum PackedData {
     F32(LineVec<f32>),
-    Bf16(LineVec<bf16>),
+    /// Pair panels of bf16 bits.
+    Bf16(LineVec<u16>),
     Blocks(BlockFormat, LineVec<u8>),
 }
 
@@ -43,9 +46,10 @@ impl PackedMatrix {
         Ok(PackedMatrix { rows, cols, data })
     }
 
-    /// Packs row-major bf16 weights [rows, cols] (kept as bf16).
+    /// Packs row-major bf16 weights [rows, cols] (kept as bf16, subnormals flushed) for
+    /// matmuls in the bf16 pair order of [`super::pairs`] (x is rounded to bf16).
     pub fn pack_bf16(w: &[bf16], rows: usize, cols: usize) -> Result<Self, KernelError> {
-        let data = PackedData::Bf16(pack_elems(w, rows, cols)?);
+        let data = PackedData::Bf16(pairs::pack_pairs(w, rows, cols)?);
         Ok(PackedMatrix { rows, cols, data })
     }
 
@@ -94,7 +98,7 @@ impl PackedMatrix {
         }
     }
 
-    /// Row `r` (one output's weights) widened to f32 into `out` (`cols` floats): embedding
+    /// Row `r` (one output's weights, as packed) widened to f32 into `out` (`cols` floats): embedding
     /// lookups on a tied table kept only as panels. Block panels are not read back.
     pub fn row_into(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
         check_len("out", self.cols, out.len())?;
@@ -104,16 +108,17 @@ impl PackedMatrix {
                 reason: format!("row {r} of a matrix of {} rows", self.rows),
             });
         }
-        let at = r / PANEL * PANEL * self.cols + r % PANEL;
         match &self.data {
             PackedData::F32(d) => {
+                let at = r / PANEL * PANEL * self.cols + r % PANEL;
                 for (kk, o) in out.iter_mut().enumerate() {
                     *o = d[at + kk * PANEL];
                 }
             }
             PackedData::Bf16(d) => {
+                let at = r / PANEL * PANEL * pairs::pairs_len(self.cols);
                 for (kk, o) in out.iter_mut().enumerate() {
-                    *o = d[at + kk * PANEL].to_f32();
+                    *o = pairs::widen(d[at + pairs::pair_index(r % PANEL, kk)]);
                 }
             }
             PackedData::Blocks(f, _) => {
@@ -178,6 +183,9 @@ pub fn matmul_packed_chunked(
     y: &mut [f32],
 ) -> Result<(), KernelError> {
     let (k, n) = (w.cols, w.rows);
+    if let PackedData::Bf16(_) = w.data {
+        pairs::check_pair_chunk(k, chunk)?;
+    }
     let chunks = check_operands(x, m, k, n, bias, chunk, output, y.len())?;
     run_chunked(pool, x, m, k, w.panels(), n, bias, chunk, output, y, chunks);
     Ok(())

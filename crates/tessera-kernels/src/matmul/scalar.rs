@@ -1,7 +1,6 @@
 //! Portable tile kernel: a `f32::mul_add` chain over k per output, 16 outputs per panel.
 
 use super::drive::{Shape, TileArgs, PANEL};
-use super::Elem;
 
 /// Tile shape of the portable path.
 pub(crate) const SHAPE: Shape = Shape {
@@ -15,7 +14,7 @@ pub(crate) const SHAPE: Shape = Shape {
 /// # Safety
 /// Rows `0..mr` of x (`ldx` apart) hold `k1` floats, panels `0..np` at `w` (`pstride`
 /// elements apart) hold `16 k1` elements, and `out` has room for `mr * np * 16` floats.
-pub(crate) unsafe fn tile<E: Elem>(w: *const E, a: &TileArgs) {
+pub(crate) unsafe fn tile(w: *const f32, a: &TileArgs) {
     let ld = a.np * PANEL;
     // SAFETY: `out` has mr * np * 16 floats (contract).
     let out = unsafe { std::slice::from_raw_parts_mut(a.out, a.mr * ld) };
@@ -29,7 +28,7 @@ pub(crate) unsafe fn tile<E: Elem>(w: *const E, a: &TileArgs) {
             for kk in a.k0..a.k1 {
                 let xv = x[kk];
                 for (o, v) in acc.iter_mut().enumerate() {
-                    *v = xv.mul_add(wp[kk * PANEL + o].to_f32(), *v);
+                    *v = xv.mul_add(wp[kk * PANEL + o], *v);
                 }
             }
             out[r * ld + p * PANEL..][..PANEL].copy_from_slice(&acc);

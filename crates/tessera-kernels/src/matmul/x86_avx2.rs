@@ -1,11 +1,11 @@
 //! AVX2 + FMA tile kernels: a panel is two `ymm` (outputs 0-7, 8-15), 6 rows x 1 panel for
 //! GEMM (12 accumulators of 16 ymm), 1 row x 4 panels for GEMV (8 fma chains in flight),
-//! and the GEMV over quantized panels (scales widened with F16C).
+//! the GEMV over quantized panels (scales widened with F16C), and the same tiles over bf16
+//! pair panels (two fmas per pair, see [`super::pairs`]).
 
 use std::arch::x86_64::*;
 
 use super::drive::{Shape, TileArgs, PANEL};
-use super::Elem;
 use crate::quant::{BlockFormat, BLOCK};
 
 /// Tile shape of the AVX2 path.
@@ -25,12 +25,12 @@ const PREFETCH_K: usize = 24;
 /// hold `16 k1` elements, `out` has room for `mr * np * 16` floats, `(mr, np)` is within
 /// [`SHAPE`], and the CPU has AVX2 + FMA + F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn tile<E: Elem>(w: *const E, a: &TileArgs) {
+pub(crate) unsafe fn tile(w: *const f32, a: &TileArgs) {
     macro_rules! dispatch {
         ($(($r:literal, $p:literal)),* $(,)?) => {
             match (a.mr, a.np) {
                 // SAFETY: forwarded from our own contract.
-                $(($r, $p) => unsafe { tile_fixed::<E, $r, $p>(w, a) },)*
+                $(($r, $p) => unsafe { tile_fixed::<$r, $p>(w, a) },)*
                 _ => unreachable!("tile {}x{} is not an AVX2 tile shape", a.mr, a.np),
             }
         };
@@ -48,30 +48,13 @@ pub(crate) unsafe fn tile<E: Elem>(w: *const E, a: &TileArgs) {
     );
 }
 
-/// Loads 8 weights at `p` as f32 (bf16 is zero-extended and shifted into the high half).
-///
-/// # Safety
-/// 8 elements at `p` must be readable.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn load_w<E: Elem>(p: *const E) -> __m256 {
-    if E::IS_BF16 {
-        // SAFETY: 8 bf16 = 16 readable bytes at p (caller's contract).
-        let raw = unsafe { _mm_loadu_si128(p.cast()) };
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
-    } else {
-        // SAFETY: 8 f32 readable at p (caller's contract).
-        unsafe { _mm256_loadu_ps(p.cast()) }
-    }
-}
-
 /// The `MR x NP` tile.
 ///
 /// # Safety
 /// As [`tile`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_fixed<E: Elem, const MR: usize, const NP: usize>(w: *const E, a: &TileArgs) {
+unsafe fn tile_fixed<const MR: usize, const NP: usize>(w: *const f32, a: &TileArgs) {
     let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
     for kk in a.k0..a.k1 {
         let mut wv = [[_mm256_setzero_ps(); 2]; NP];
@@ -82,7 +65,7 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NP: usize>(w: *const E, a: 
                 _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_K * PANEL).cast());
             }
             // SAFETY: kk < k1, so the 16 weights of panel p at kk are readable.
-            *v = unsafe { [load_w(at), load_w(at.add(8))] };
+            *v = unsafe { [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))] };
         }
         for (r, acc_row) in acc.iter_mut().enumerate() {
             // SAFETY: kk < k1 is inside x row r.
@@ -234,6 +217,88 @@ unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
         unsafe {
             _mm256_storeu_ps(a.out.add(p * PANEL), s[0]);
             _mm256_storeu_ps(a.out.add(p * PANEL + 8), s[1]);
+        }
+    }
+}
+
+/// Computes one tile's chunk over bf16 pair panels (see [`super::pairs`]): a panel's pair
+/// is two `ymm` of 8 pairs, split into odd and even weights, x rounded as f32 at `a.x`.
+///
+/// # Safety
+/// As [`tile`], for pair panels and rounded rows of `pairs_len(k1)` floats; k0 even.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn tile_pairs(w: *const u16, a: &TileArgs) {
+    macro_rules! dispatch {
+        ($(($r:literal, $p:literal)),* $(,)?) => {
+            match (a.mr, a.np) {
+                // SAFETY: forwarded from our own contract.
+                $(($r, $p) => unsafe { pairs_fixed::<$r, $p>(w, a) },)*
+                _ => unreachable!("tile {}x{} is not an AVX2 tile shape", a.mr, a.np),
+            }
+        };
+    }
+    dispatch!(
+        (1, 1),
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (5, 1),
+        (6, 1),
+        (1, 2),
+        (1, 3),
+        (1, 4),
+    );
+}
+
+/// The `MR x NP` pair tile: two fmas per pair, odd k first.
+///
+/// # Safety
+/// As [`tile_pairs`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pairs_fixed<const MR: usize, const NP: usize>(w: *const u16, a: &TileArgs) {
+    let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
+    let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+    for q in a.k0 / 2..a.k1.div_ceil(2) {
+        // Odd k for every row, then even k: each accumulator still sees its pair odd
+        // first, and only one weight pair and one broadcast are live beside the 12
+        // accumulators of a 6-row tile.
+        for odd in [true, false] {
+            let mut wv = [[_mm256_setzero_ps(); 2]; NP];
+            for (p, v) in wv.iter_mut().enumerate() {
+                let at = w.wrapping_add(p * a.pstride + q * 2 * PANEL);
+                if MR == 1 && odd {
+                    // Prefetching never faults; `wrapping_add` keeps the address defined.
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_K * PANEL).cast());
+                }
+                for (h, v) in v.iter_mut().enumerate() {
+                    // SAFETY: pair q of panel p (32 bf16) is readable; h picks 8 outputs.
+                    let raw = unsafe { _mm256_loadu_si256(at.add(h * PANEL).cast()) };
+                    *v = _mm256_castsi256_ps(if odd {
+                        _mm256_and_si256(raw, high)
+                    } else {
+                        _mm256_slli_epi32::<16>(raw)
+                    });
+                }
+            }
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                // SAFETY: 2q + 1 < pairs_len(k1) is inside rounded row r.
+                let xv = _mm256_set1_ps(unsafe { *a.x.add(r * a.ldx + 2 * q + usize::from(odd)) });
+                for (s, wc) in acc_row.iter_mut().zip(&wv) {
+                    s[0] = _mm256_fmadd_ps(xv, wc[0], s[0]);
+                    s[1] = _mm256_fmadd_ps(xv, wc[1], s[1]);
+                }
+            }
+        }
+    }
+    for (r, acc_row) in acc.iter().enumerate() {
+        for (p, s) in acc_row.iter().enumerate() {
+            let at = (r * NP + p) * PANEL;
+            // SAFETY: out has mr * np * 16 floats.
+            unsafe {
+                _mm256_storeu_ps(a.out.add(at), s[0]);
+                _mm256_storeu_ps(a.out.add(at + 8), s[1]);
+            }
         }
     }
 }

@@ -1,11 +1,12 @@
 //! AVX-512 tile kernels: one `zmm` per panel (16 outputs at one k), 8 rows x 2 panels for
 //! GEMM (16 accumulators), 1 row x 8 panels for GEMV (8 fma chains in flight), and the
-//! GEMV over quantized panels that decodes 16 weights per k in registers.
+//! GEMV over quantized panels that decodes 16 weights per k in registers. bf16 pair panels
+//! run on the same tiles, with `vdpbf16ps` where the CPU has AVX-512 BF16 and two fmas per
+//! pair where it does not (see [`super::pairs`]).
 
 use std::arch::x86_64::*;
 
 use super::drive::{Shape, TileArgs, PANEL};
-use super::Elem;
 use crate::quant::{BlockFormat, BLOCK};
 
 /// Tile shape of the AVX-512 path.
@@ -18,6 +19,36 @@ pub(crate) const SHAPE: Shape = Shape {
 /// How far ahead (in k) a GEMV prefetches each weight stream.
 const PREFETCH_K: usize = 24;
 
+/// Calls `$m` with every tile shape of this path.
+macro_rules! tile_shapes {
+    ($m:ident) => {
+        $m!(
+            (1, 1),
+            (2, 1),
+            (3, 1),
+            (4, 1),
+            (5, 1),
+            (6, 1),
+            (7, 1),
+            (8, 1),
+            (1, 2),
+            (2, 2),
+            (3, 2),
+            (4, 2),
+            (5, 2),
+            (6, 2),
+            (7, 2),
+            (8, 2),
+            (1, 3),
+            (1, 4),
+            (1, 5),
+            (1, 6),
+            (1, 7),
+            (1, 8),
+        )
+    };
+}
+
 /// Computes one tile's chunk (see [`TileArgs`]).
 ///
 /// # Safety
@@ -25,57 +56,17 @@ const PREFETCH_K: usize = 24;
 /// hold `16 k1` elements, `out` has room for `mr * np * 16` floats, `(mr, np)` is within
 /// [`SHAPE`], and the CPU has AVX-512 F/BW/VL + FMA.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-pub(crate) unsafe fn tile<E: Elem>(w: *const E, a: &TileArgs) {
+pub(crate) unsafe fn tile(w: *const f32, a: &TileArgs) {
     macro_rules! dispatch {
         ($(($r:literal, $p:literal)),* $(,)?) => {
             match (a.mr, a.np) {
                 // SAFETY: forwarded from our own contract.
-                $(($r, $p) => unsafe { tile_fixed::<E, $r, $p>(w, a) },)*
+                $(($r, $p) => unsafe { tile_fixed::<$r, $p>(w, a) },)*
                 _ => unreachable!("tile {}x{} is not an AVX-512 tile shape", a.mr, a.np),
             }
         };
     }
-    dispatch!(
-        (1, 1),
-        (2, 1),
-        (3, 1),
-        (4, 1),
-        (5, 1),
-        (6, 1),
-        (7, 1),
-        (8, 1),
-        (1, 2),
-        (2, 2),
-        (3, 2),
-        (4, 2),
-        (5, 2),
-        (6, 2),
-        (7, 2),
-        (8, 2),
-        (1, 3),
-        (1, 4),
-        (1, 5),
-        (1, 6),
-        (1, 7),
-        (1, 8),
-    );
-}
-
-/// Loads the 16 weights at `p` as f32 (bf16 is zero-extended and shifted into the high half).
-///
-/// # Safety
-/// 16 elements at `p` must be readable.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn load_w<E: Elem>(p: *const E) -> __m512 {
-    if E::IS_BF16 {
-        // SAFETY: 16 bf16 = 32 readable bytes at p (caller's contract).
-        let raw = unsafe { _mm256_loadu_si256(p.cast()) };
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
-    } else {
-        // SAFETY: 16 f32 readable at p (caller's contract).
-        unsafe { _mm512_loadu_ps(p.cast()) }
-    }
+    tile_shapes!(dispatch);
 }
 
 /// The `MR x NP` tile.
@@ -84,7 +75,7 @@ unsafe fn load_w<E: Elem>(p: *const E) -> __m512 {
 /// As [`tile`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn tile_fixed<E: Elem, const MR: usize, const NP: usize>(w: *const E, a: &TileArgs) {
+unsafe fn tile_fixed<const MR: usize, const NP: usize>(w: *const f32, a: &TileArgs) {
     let mut acc = [[_mm512_setzero_ps(); NP]; MR];
     for kk in a.k0..a.k1 {
         let mut wv = [_mm512_setzero_ps(); NP];
@@ -95,7 +86,7 @@ unsafe fn tile_fixed<E: Elem, const MR: usize, const NP: usize>(w: *const E, a: 
                 _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_K * PANEL).cast());
             }
             // SAFETY: kk < k1, so the 16 weights of panel p at kk are readable.
-            *v = unsafe { load_w(at) };
+            *v = unsafe { _mm512_loadu_ps(at) };
         }
         for (r, acc_row) in acc.iter_mut().enumerate() {
             // SAFETY: kk < k1 is inside x row r.
@@ -198,5 +189,132 @@ unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
     for (p, s) in acc.iter().enumerate() {
         // SAFETY: out has np * 16 floats.
         unsafe { _mm512_storeu_ps(a.out.add(p * PANEL), *s) };
+    }
+}
+
+/// Computes one tile's chunk over bf16 pair panels (see [`super::pairs`]) with fmas, x
+/// rounded as f32 at `a.x`: the path for AVX-512 CPUs without BF16.
+///
+/// # Safety
+/// As [`tile`], for pair panels and rounded rows of `pairs_len(k1)` floats; k0 even.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub(crate) unsafe fn tile_pairs(w: *const u16, a: &TileArgs) {
+    macro_rules! dispatch {
+        ($(($r:literal, $p:literal)),* $(,)?) => {
+            match (a.mr, a.np) {
+                // SAFETY: forwarded from our own contract.
+                $(($r, $p) => unsafe { pairs_fma::<$r, $p>(w, a) },)*
+                _ => unreachable!("tile {}x{} is not an AVX-512 tile shape", a.mr, a.np),
+            }
+        };
+    }
+    tile_shapes!(dispatch);
+}
+
+/// [`tile_pairs`] with `vdpbf16ps`, x rounded as bf16 pairs at `a.xb`.
+///
+/// # Safety
+/// As [`tile_pairs`], with `a.xb` holding the rows as bf16 and a CPU with AVX-512 BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
+pub(crate) unsafe fn tile_pairs_dot(w: *const u16, a: &TileArgs) {
+    macro_rules! dispatch {
+        ($(($r:literal, $p:literal)),* $(,)?) => {
+            match (a.mr, a.np) {
+                // SAFETY: forwarded from our own contract.
+                $(($r, $p) => unsafe { pairs_dot::<$r, $p>(w, a) },)*
+                _ => unreachable!("tile {}x{} is not an AVX-512 tile shape", a.mr, a.np),
+            }
+        };
+    }
+    tile_shapes!(dispatch);
+}
+
+/// The `MR x NP` pair tile with two fmas per pair, odd k first.
+///
+/// # Safety
+/// As [`tile_pairs`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn pairs_fma<const MR: usize, const NP: usize>(w: *const u16, a: &TileArgs) {
+    let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+    let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+    for q in a.k0 / 2..a.k1.div_ceil(2) {
+        // SAFETY: pair q of every panel is readable (contract).
+        let wv: [__m512i; NP] = unsafe { load_pairs(w, a, q) };
+        for (r, acc_row) in acc.iter_mut().enumerate() {
+            // SAFETY: 2q + 1 < pairs_len(k1) is inside rounded row r.
+            let (xe, xo) = unsafe {
+                let row = a.x.add(r * a.ldx + 2 * q);
+                (_mm512_set1_ps(*row), _mm512_set1_ps(*row.add(1)))
+            };
+            for (s, wc) in acc_row.iter_mut().zip(&wv) {
+                let odd = _mm512_castsi512_ps(_mm512_and_si512(*wc, high));
+                let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(*wc));
+                *s = _mm512_fmadd_ps(xe, even, _mm512_fmadd_ps(xo, odd, *s));
+            }
+        }
+    }
+    // SAFETY: out has mr * np * 16 floats (contract).
+    unsafe { store_tile(&acc, a.out) };
+}
+
+/// The `MR x NP` pair tile with `vdpbf16ps` (one instruction per pair: odd k, then even).
+///
+/// # Safety
+/// As [`tile_pairs_dot`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
+unsafe fn pairs_dot<const MR: usize, const NP: usize>(w: *const u16, a: &TileArgs) {
+    let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+    for q in a.k0 / 2..a.k1.div_ceil(2) {
+        // SAFETY: pair q of every panel is readable (contract).
+        let wv: [__m512i; NP] = unsafe { load_pairs(w, a, q) };
+        for (r, acc_row) in acc.iter_mut().enumerate() {
+            // SAFETY: pair q is inside rounded row r (2 bf16 = one i32).
+            let pair = unsafe { a.xb.add(r * a.ldx + 2 * q).cast::<i32>().read_unaligned() };
+            // SAFETY (both transmutes): __m512i and __m512bh are 64 plain bytes alike.
+            let xv: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(pair)) };
+            for (s, wc) in acc_row.iter_mut().zip(&wv) {
+                let wc: __m512bh = unsafe { std::mem::transmute(*wc) };
+                *s = _mm512_dpbf16_ps(*s, xv, wc);
+            }
+        }
+    }
+    // SAFETY: out has mr * np * 16 floats (contract).
+    unsafe { store_tile(&acc, a.out) };
+}
+
+/// Loads pair `q` of panels `0..NP` (prefetching ahead when the tile is one row).
+///
+/// # Safety
+/// Pair q of every panel must be readable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn load_pairs<const NP: usize>(w: *const u16, a: &TileArgs, q: usize) -> [__m512i; NP] {
+    let mut wv = [_mm512_setzero_si512(); NP];
+    for (p, v) in wv.iter_mut().enumerate() {
+        let at = w.wrapping_add(p * a.pstride + q * 2 * PANEL);
+        if a.mr == 1 {
+            // Prefetching never faults; `wrapping_add` keeps the address defined.
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_K * PANEL).cast());
+        }
+        // SAFETY: 32 bf16 of pair q (caller's contract).
+        *v = unsafe { _mm512_loadu_si512(at.cast()) };
+    }
+    wv
+}
+
+/// Stores an `MR x NP` tile of accumulators to `out` (row-major, 16 per panel).
+///
+/// # Safety
+/// `out` must have room for `MR * NP * 16` floats.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn store_tile<const MR: usize, const NP: usize>(acc: &[[__m512; NP]; MR], out: *mut f32) {
+    for (r, acc_row) in acc.iter().enumerate() {
+        for (p, s) in acc_row.iter().enumerate() {
+            // SAFETY: inside MR * NP * 16 floats (caller's contract).
+            unsafe { _mm512_storeu_ps(out.add((r * NP + p) * PANEL), *s) };
+        }
     }
 }
