@@ -497,8 +497,22 @@ fn write_rows(job: &Job<'_>, i: usize, mr: usize, j0: usize, ld: usize, total: &
                     *d = s + bias;
                 }
             }
-            None => dst.copy_from_slice(row),
+            None => copy_sums(dst, row),
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` a panel row (16 floats, a fixed size) at a time: a tile row is
+/// too short for the call to `memcpy` that a copy of run-time length becomes.
+#[inline(always)]
+fn copy_sums(dst: &mut [f32], src: &[f32]) {
+    let (mut d, mut s) = (dst.chunks_exact_mut(PANEL), src.chunks_exact(PANEL));
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; PANEL] = s.try_into().expect("chunks_exact gives whole panels");
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 
@@ -517,7 +531,7 @@ fn write_partials(
         let at = ci * job.partial_stride + (i + r) * job.n + j0;
         // SAFETY: chunk ci's slab holds (i + r, j0 .. j0 + ncols), columns of this thread's.
         let dst = unsafe { std::slice::from_raw_parts_mut(job.y.0.add(at), ncols) };
-        dst.copy_from_slice(&out[r * ld..r * ld + ncols]);
+        copy_sums(dst, &out[r * ld..r * ld + ncols]);
     }
 }
 

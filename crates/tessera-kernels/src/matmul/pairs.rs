@@ -14,7 +14,8 @@
 //! `k` pads its last pair with zeros, which every path multiplies too. The instruction also
 //! flushes subnormals to zero: activations are flushed when rounded and weights when packed,
 //! so the paths can differ only where a running sum itself falls below 2^-126, which the
-//! instruction flushes and the fma paths keep (README, "Determinism").
+//! instruction flushes and the fma paths keep (README, "Why the output does not depend on
+//! the batch").
 
 use std::cell::RefCell;
 
