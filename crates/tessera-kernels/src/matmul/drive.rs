@@ -70,6 +70,19 @@ pub(crate) struct TileArgs {
     pub out: *mut f32,
 }
 
+/// Calls `$kernel::<MR, NP>($w, $a)` for the tile shape `($a.mr, $a.np)`, which must be
+/// one of the listed `(MR, NP)` (an instruction-set path's tile shapes).
+macro_rules! dispatch_tile {
+    ($kernel:ident, $w:expr, $a:expr, $path:literal, [$(($r:literal, $p:literal)),* $(,)?]) => {
+        match ($a.mr, $a.np) {
+            // SAFETY: forwarded from the calling kernel's contract.
+            $(($r, $p) => unsafe { $kernel::<$r, $p>($w, $a) },)*
+            _ => unreachable!("tile {}x{} is not an {} tile shape", $a.mr, $a.np, $path),
+        }
+    };
+}
+pub(crate) use dispatch_tile;
+
 /// Register tile shape of one instruction-set path.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {

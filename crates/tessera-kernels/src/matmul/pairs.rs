@@ -22,6 +22,7 @@ use std::cell::RefCell;
 use half::bf16;
 
 use super::drive::{TileArgs, PANEL};
+use super::reference::fold_chunks;
 use super::{check_operands, ChunkOutput};
 use crate::aligned::{line_vec, LineVec, LINE};
 use crate::error::{check_len, mul, KernelError};
@@ -211,42 +212,22 @@ pub fn matmul_bf16_reference(
     check_len("w", mul("w", n, k)?, w.len())?;
     check_pair_chunk(k, chunk)?;
     let chunks = check_operands(x, m, k, n, bias, chunk, output, y.len())?;
-    let chunks = match output {
-        ChunkOutput::Fold => chunks.max(1),
-        ChunkOutput::Partials => chunks,
-    };
-    let slab = m * n;
-    for i in 0..m {
-        for j in 0..n {
-            let mut total = 0.0f32;
-            for c in 0..chunks {
-                let lo = c.saturating_mul(chunk).min(k);
-                let hi = lo.saturating_add(chunk).min(k);
-                let mut s = 0.0f32;
-                for kk in (lo..hi).step_by(2) {
-                    let at = |t: usize| {
-                        if t < hi {
-                            (
-                                widen(round_bf16(x[i * k + t])),
-                                widen(flush_bf16(w[j * k + t])),
-                            )
-                        } else {
-                            (0.0, 0.0)
-                        }
-                    };
-                    let ((xe, we), (xo, wo)) = (at(kk), at(kk + 1));
-                    s = xe.mul_add(we, xo.mul_add(wo, s));
-                }
-                match output {
-                    ChunkOutput::Partials => y[c * slab + i * n + j] = s,
-                    ChunkOutput::Fold => total = if c == 0 { s } else { total + s },
-                }
+    fold_chunks((m, n, k), bias, chunk, output, chunks, y, |i, j, lo, hi| {
+        let at = |t: usize| {
+            if t < hi {
+                (
+                    widen(round_bf16(x[i * k + t])),
+                    widen(flush_bf16(w[j * k + t])),
+                )
+            } else {
+                (0.0, 0.0)
             }
-            if output == ChunkOutput::Fold {
-                y[i * n + j] = bias.map_or(total, |b| total + b[j]);
-            }
-        }
-    }
+        };
+        (lo..hi).step_by(2).fold(0.0f32, |s, kk| {
+            let ((xe, we), (xo, wo)) = (at(kk), at(kk + 1));
+            xe.mul_add(we, xo.mul_add(wo, s))
+        })
+    });
     Ok(())
 }
 

@@ -34,6 +34,28 @@ pub fn matmul_chunked_reference(
 ) -> Result<(), KernelError> {
     check_len("w", mul("w", n, k)?, w.len())?;
     let chunks = check_operands(x, m, k, n, bias, chunk, output, y.len())?;
+    fold_chunks((m, n, k), bias, chunk, output, chunks, y, |i, j, lo, hi| {
+        let xs = &x[i * k + lo..i * k + hi];
+        match w {
+            WeightRef::F32(w) => dot_reference(xs, &w[j * k + lo..j * k + hi]),
+            WeightRef::Bf16(w) => dot_reference(xs, &w[j * k + lo..j * k + hi]),
+        }
+    });
+    Ok(())
+}
+
+/// The references' walk over checked operands: `dot(i, j, lo, hi)` is the sum of chunk
+/// `lo..hi` for output (i, j); chunk sums go to their slabs, or are added left to right
+/// (then the bias).
+pub(crate) fn fold_chunks(
+    (m, n, k): (usize, usize, usize),
+    bias: Option<&[f32]>,
+    chunk: usize,
+    output: ChunkOutput,
+    chunks: usize,
+    y: &mut [f32],
+    dot: impl Fn(usize, usize, usize, usize) -> f32,
+) {
     // A fold over k = 0 is one empty chunk: zero (plus bias).
     let chunks = match output {
         ChunkOutput::Fold => chunks.max(1),
@@ -46,11 +68,7 @@ pub fn matmul_chunked_reference(
             for c in 0..chunks {
                 let lo = (c.saturating_mul(chunk)).min(k);
                 let hi = lo.saturating_add(chunk).min(k);
-                let xs = &x[i * k + lo..i * k + hi];
-                let s = match w {
-                    WeightRef::F32(w) => dot_reference(xs, &w[j * k + lo..j * k + hi]),
-                    WeightRef::Bf16(w) => dot_reference(xs, &w[j * k + lo..j * k + hi]),
-                };
+                let s = dot(i, j, lo, hi);
                 match output {
                     ChunkOutput::Partials => y[c * slab + i * n + j] = s,
                     ChunkOutput::Fold => total = if c == 0 { s } else { total + s },
@@ -61,7 +79,6 @@ pub fn matmul_chunked_reference(
             }
         }
     }
-    Ok(())
 }
 
 /// The defined order of one chunk: `acc = +0; acc = fma(x[k], w[k], acc)` for k in order.

@@ -18,6 +18,29 @@ pub(crate) const SHAPE: Shape = Shape {
 /// How far ahead (in k) a GEMV prefetches each weight stream.
 const PREFETCH_K: usize = 24;
 
+/// Dispatches `$kernel::<MR, NP>` over every tile shape of this path.
+macro_rules! tile_shapes {
+    ($kernel:ident, $w:expr, $a:expr) => {
+        super::drive::dispatch_tile!(
+            $kernel,
+            $w,
+            $a,
+            "AVX2",
+            [
+                (1, 1),
+                (2, 1),
+                (3, 1),
+                (4, 1),
+                (5, 1),
+                (6, 1),
+                (1, 2),
+                (1, 3),
+                (1, 4),
+            ]
+        )
+    };
+}
+
 /// Computes one tile's chunk (see [`TileArgs`]).
 ///
 /// # Safety
@@ -26,26 +49,7 @@ const PREFETCH_K: usize = 24;
 /// [`SHAPE`], and the CPU has AVX2 + FMA + F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn tile(w: *const f32, a: &TileArgs) {
-    macro_rules! dispatch {
-        ($(($r:literal, $p:literal)),* $(,)?) => {
-            match (a.mr, a.np) {
-                // SAFETY: forwarded from our own contract.
-                $(($r, $p) => unsafe { tile_fixed::<$r, $p>(w, a) },)*
-                _ => unreachable!("tile {}x{} is not an AVX2 tile shape", a.mr, a.np),
-            }
-        };
-    }
-    dispatch!(
-        (1, 1),
-        (2, 1),
-        (3, 1),
-        (4, 1),
-        (5, 1),
-        (6, 1),
-        (1, 2),
-        (1, 3),
-        (1, 4),
-    );
+    tile_shapes!(tile_fixed, w, a)
 }
 
 /// The `MR x NP` tile.
@@ -228,26 +232,7 @@ unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
 /// As [`tile`], for pair panels and rounded rows of `pairs_len(k1)` floats; k0 even.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn tile_pairs(w: *const u16, a: &TileArgs) {
-    macro_rules! dispatch {
-        ($(($r:literal, $p:literal)),* $(,)?) => {
-            match (a.mr, a.np) {
-                // SAFETY: forwarded from our own contract.
-                $(($r, $p) => unsafe { pairs_fixed::<$r, $p>(w, a) },)*
-                _ => unreachable!("tile {}x{} is not an AVX2 tile shape", a.mr, a.np),
-            }
-        };
-    }
-    dispatch!(
-        (1, 1),
-        (2, 1),
-        (3, 1),
-        (4, 1),
-        (5, 1),
-        (6, 1),
-        (1, 2),
-        (1, 3),
-        (1, 4),
-    );
+    tile_shapes!(pairs_fixed, w, a)
 }
 
 /// The `MR x NP` pair tile: two fmas per pair, odd k first.

@@ -19,32 +19,38 @@ pub(crate) const SHAPE: Shape = Shape {
 /// How far ahead (in k) a GEMV prefetches each weight stream.
 const PREFETCH_K: usize = 24;
 
-/// Calls `$m` with every tile shape of this path.
+/// Dispatches `$kernel::<MR, NP>` over every tile shape of this path.
 macro_rules! tile_shapes {
-    ($m:ident) => {
-        $m!(
-            (1, 1),
-            (2, 1),
-            (3, 1),
-            (4, 1),
-            (5, 1),
-            (6, 1),
-            (7, 1),
-            (8, 1),
-            (1, 2),
-            (2, 2),
-            (3, 2),
-            (4, 2),
-            (5, 2),
-            (6, 2),
-            (7, 2),
-            (8, 2),
-            (1, 3),
-            (1, 4),
-            (1, 5),
-            (1, 6),
-            (1, 7),
-            (1, 8),
+    ($kernel:ident, $w:expr, $a:expr) => {
+        super::drive::dispatch_tile!(
+            $kernel,
+            $w,
+            $a,
+            "AVX-512",
+            [
+                (1, 1),
+                (2, 1),
+                (3, 1),
+                (4, 1),
+                (5, 1),
+                (6, 1),
+                (7, 1),
+                (8, 1),
+                (1, 2),
+                (2, 2),
+                (3, 2),
+                (4, 2),
+                (5, 2),
+                (6, 2),
+                (7, 2),
+                (8, 2),
+                (1, 3),
+                (1, 4),
+                (1, 5),
+                (1, 6),
+                (1, 7),
+                (1, 8),
+            ]
         )
     };
 }
@@ -57,16 +63,7 @@ macro_rules! tile_shapes {
 /// [`SHAPE`], and the CPU has AVX-512 F/BW/VL + FMA.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 pub(crate) unsafe fn tile(w: *const f32, a: &TileArgs) {
-    macro_rules! dispatch {
-        ($(($r:literal, $p:literal)),* $(,)?) => {
-            match (a.mr, a.np) {
-                // SAFETY: forwarded from our own contract.
-                $(($r, $p) => unsafe { tile_fixed::<$r, $p>(w, a) },)*
-                _ => unreachable!("tile {}x{} is not an AVX-512 tile shape", a.mr, a.np),
-            }
-        };
-    }
-    tile_shapes!(dispatch);
+    tile_shapes!(tile_fixed, w, a)
 }
 
 /// The `MR x NP` tile.
@@ -199,16 +196,7 @@ unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
 /// As [`tile`], for pair panels and rounded rows of `pairs_len(k1)` floats; k0 even.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 pub(crate) unsafe fn tile_pairs(w: *const u16, a: &TileArgs) {
-    macro_rules! dispatch {
-        ($(($r:literal, $p:literal)),* $(,)?) => {
-            match (a.mr, a.np) {
-                // SAFETY: forwarded from our own contract.
-                $(($r, $p) => unsafe { pairs_fma::<$r, $p>(w, a) },)*
-                _ => unreachable!("tile {}x{} is not an AVX-512 tile shape", a.mr, a.np),
-            }
-        };
-    }
-    tile_shapes!(dispatch);
+    tile_shapes!(pairs_fma, w, a)
 }
 
 /// [`tile_pairs`] with `vdpbf16ps`, x rounded as bf16 pairs at `a.xb`.
@@ -217,16 +205,7 @@ pub(crate) unsafe fn tile_pairs(w: *const u16, a: &TileArgs) {
 /// As [`tile_pairs`], with `a.xb` holding the rows as bf16 and a CPU with AVX-512 BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
 pub(crate) unsafe fn tile_pairs_dot(w: *const u16, a: &TileArgs) {
-    macro_rules! dispatch {
-        ($(($r:literal, $p:literal)),* $(,)?) => {
-            match (a.mr, a.np) {
-                // SAFETY: forwarded from our own contract.
-                $(($r, $p) => unsafe { pairs_dot::<$r, $p>(w, a) },)*
-                _ => unreachable!("tile {}x{} is not an AVX-512 tile shape", a.mr, a.np),
-            }
-        };
-    }
-    tile_shapes!(dispatch);
+    tile_shapes!(pairs_dot, w, a)
 }
 
 /// The `MR x NP` pair tile with two fmas per pair, odd k first.
