@@ -71,25 +71,11 @@ unsafe fn tile_fixed<const MR: usize, const NP: usize>(w: *const f32, a: &TileAr
             // SAFETY: kk < k1, so the 16 weights of panel p at kk are readable.
             *v = unsafe { [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))] };
         }
-        for (r, acc_row) in acc.iter_mut().enumerate() {
-            // SAFETY: kk < k1 is inside x row r.
-            let xv = _mm256_set1_ps(unsafe { *a.x.add(r * a.ldx + kk) });
-            for (s, wc) in acc_row.iter_mut().zip(&wv) {
-                s[0] = _mm256_fmadd_ps(xv, wc[0], s[0]);
-                s[1] = _mm256_fmadd_ps(xv, wc[1], s[1]);
-            }
-        }
+        // SAFETY: kk < k1 is inside every x row.
+        unsafe { fma_rows(&mut acc, a, kk, &wv) };
     }
-    for (r, acc_row) in acc.iter().enumerate() {
-        for (p, s) in acc_row.iter().enumerate() {
-            let at = (r * NP + p) * PANEL;
-            // SAFETY: out has mr * np * 16 floats.
-            unsafe {
-                _mm256_storeu_ps(a.out.add(at), s[0]);
-                _mm256_storeu_ps(a.out.add(at + 8), s[1]);
-            }
-        }
-    }
+    // SAFETY: out has mr * np * 16 floats (contract).
+    unsafe { store_tile(&acc, a.out) };
 }
 
 /// GEMV chunk over quantized panels (`a.mr == 1`, `pstride` in bytes), decoding each k's
@@ -266,23 +252,53 @@ unsafe fn pairs_fixed<const MR: usize, const NP: usize>(w: *const u16, a: &TileA
                     });
                 }
             }
-            for (r, acc_row) in acc.iter_mut().enumerate() {
-                // SAFETY: 2q + 1 < pairs_len(k1) is inside rounded row r.
-                let xv = _mm256_set1_ps(unsafe { *a.x.add(r * a.ldx + 2 * q + usize::from(odd)) });
-                for (s, wc) in acc_row.iter_mut().zip(&wv) {
-                    s[0] = _mm256_fmadd_ps(xv, wc[0], s[0]);
-                    s[1] = _mm256_fmadd_ps(xv, wc[1], s[1]);
-                }
-            }
+            // SAFETY: 2q + 1 < pairs_len(k1) is inside every rounded row.
+            unsafe { fma_rows(&mut acc, a, 2 * q + usize::from(odd), &wv) };
         }
     }
+    // SAFETY: out has mr * np * 16 floats (contract).
+    unsafe { store_tile(&acc, a.out) };
+}
+
+/// One k of a tile: every accumulator of row r gains `x[r][col] * w` (one fma per ymm).
+///
+/// # Safety
+/// Column `col` must be inside rows `0..MR` of x (`a.x`, `a.ldx` apart).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_rows<const MR: usize, const NP: usize>(
+    acc: &mut [[[__m256; 2]; NP]; MR],
+    a: &TileArgs,
+    col: usize,
+    wv: &[[__m256; 2]; NP],
+) {
+    for (r, acc_row) in acc.iter_mut().enumerate() {
+        // SAFETY: inside row r (caller's contract).
+        let xv = _mm256_set1_ps(unsafe { *a.x.add(r * a.ldx + col) });
+        for (s, wc) in acc_row.iter_mut().zip(wv) {
+            s[0] = _mm256_fmadd_ps(xv, wc[0], s[0]);
+            s[1] = _mm256_fmadd_ps(xv, wc[1], s[1]);
+        }
+    }
+}
+
+/// Stores an `MR x NP` tile of accumulators to `out` (row-major, 16 per panel).
+///
+/// # Safety
+/// `out` must have room for `MR * NP * 16` floats.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_tile<const MR: usize, const NP: usize>(
+    acc: &[[[__m256; 2]; NP]; MR],
+    out: *mut f32,
+) {
     for (r, acc_row) in acc.iter().enumerate() {
         for (p, s) in acc_row.iter().enumerate() {
             let at = (r * NP + p) * PANEL;
-            // SAFETY: out has mr * np * 16 floats.
+            // SAFETY: inside MR * NP * 16 floats (caller's contract).
             unsafe {
-                _mm256_storeu_ps(a.out.add(at), s[0]);
-                _mm256_storeu_ps(a.out.add(at + 8), s[1]);
+                _mm256_storeu_ps(out.add(at), s[0]);
+                _mm256_storeu_ps(out.add(at + 8), s[1]);
             }
         }
     }

@@ -93,12 +93,8 @@ unsafe fn tile_fixed<const MR: usize, const NP: usize>(w: *const f32, a: &TileAr
             }
         }
     }
-    for (r, acc_row) in acc.iter().enumerate() {
-        for (p, s) in acc_row.iter().enumerate() {
-            // SAFETY: out has mr * np * 16 floats.
-            unsafe { _mm512_storeu_ps(a.out.add((r * NP + p) * PANEL), *s) };
-        }
-    }
+    // SAFETY: out has mr * np * 16 floats (contract).
+    unsafe { store_tile(&acc, a.out) };
 }
 
 /// GEMV chunk over quantized panels (`a.mr == 1`, `pstride` in bytes), decoding each k's
