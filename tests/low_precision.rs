@@ -123,3 +123,47 @@ fn bf16_weights_change_the_logits() {
         "bf16 log-probabilities equal f32's"
     );
 }
+
+#[test]
+fn bf16_gives_the_same_tokens_and_logits_on_every_instruction_set() {
+    // Each path runs its own kernels (vdpbf16ps on AVX-512 BF16, fmas elsewhere); all of
+    // them follow one pair order, so the output is the same, down to the printed f32 logits
+    // (serde prints the shortest text that reads back as the same f32).
+    let dir = common::default_model().to_str().unwrap().to_owned();
+    let text = "Explain in one sentence why the sky looks blue:";
+    let isas = tessera_kernels::Isa::available();
+    let outputs: Vec<(String, serde_json::Value)> = isas
+        .iter()
+        .map(|isa| {
+            let name = format!("{isa:?}").to_lowercase();
+            let args = [
+                "generate",
+                "--model",
+                &dir,
+                "--dtype",
+                "bf16",
+                "--isa",
+                &name,
+                "--prompt",
+                text,
+                "--max-tokens",
+                "12",
+                "--ignore-eos",
+                "--json",
+                "--top-logits",
+                "5",
+            ];
+            let out = common::json_stdout(&common::run(&args));
+            (name, out)
+        })
+        .collect();
+    let (first_isa, first) = &outputs[0];
+    for (isa, out) in &outputs[1..] {
+        for key in ["prompt_ids", "completion_ids", "prompt_top_logits"] {
+            assert_eq!(
+                out[key], first[key],
+                "{key}: {isa} differs from {first_isa}"
+            );
+        }
+    }
+}
