@@ -19,6 +19,8 @@ fn packed_matmul_equals_reference_bitwise_for_f32_and_bf16() {
         (9, 130, 33),
         (64, 77, 45),
         (13, 5, 1),
+        // Odd k and more rows than k: rounded bf16 rows (k + 1 apart) reach past m * k.
+        (20, 3, 17),
     ]
     .into_iter()
     .enumerate()

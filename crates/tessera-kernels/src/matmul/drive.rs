@@ -449,13 +449,16 @@ fn tile_chunks(isa: Isa, job: &Job<'_>, i: usize, mr: usize, p0: usize, np: usiz
     let (mut c0, mut ci) = (0usize, 0usize);
     loop {
         let c1 = c0.saturating_add(job.chunk).min(k);
+        // Rows i.. of x in the one form the kernel reads: the bf16 instruction reads pairs
+        // (rows `ldx` apart there), every other kernel f32 rows.
+        let (x, xb) = if job.xb.is_empty() {
+            (job.x[i * job.ldx..].as_ptr(), std::ptr::null())
+        } else {
+            (std::ptr::null(), job.xb[i * job.ldx..].as_ptr())
+        };
         let args = TileArgs {
-            x: job.x[i * job.ldx..].as_ptr(),
-            xb: if job.xb.is_empty() {
-                std::ptr::null()
-            } else {
-                job.xb[i * job.ldx..].as_ptr()
-            },
+            x,
+            xb,
             ldx: job.ldx,
             mr,
             pstride,
@@ -574,8 +577,10 @@ unsafe fn kernel(isa: Isa, src: Src, args: &TileArgs) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Bf16 => match src {
             Src::F32(w) => unsafe { super::x86_avx512::tile(w, args) },
-            Src::Pairs(w) if args.xb.is_null() => unsafe { super::x86_avx512::tile_pairs(w, args) },
-            Src::Pairs(w) => unsafe { super::x86_avx512::tile_pairs_dot(w, args) },
+            Src::Pairs(w) if isa == Isa::Avx512Bf16 => unsafe {
+                super::x86_avx512::tile_pairs_dot(w, args)
+            },
+            Src::Pairs(w) => unsafe { super::x86_avx512::tile_pairs(w, args) },
             Src::Blocks(f, w) => unsafe { super::x86_avx512::gemv_blocks(f, w, args) },
             Src::RowsF32(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
             Src::RowsBf16(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
