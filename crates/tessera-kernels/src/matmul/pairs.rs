@@ -114,30 +114,12 @@ pub(crate) fn with_rounded<R>(
     as_bits: bool,
     f: impl FnOnce(Rounded<'_>) -> R,
 ) -> R {
-    let kp = pairs_len(k);
-    let len = m * kp;
+    let len = m * pairs_len(k);
     let fill = |bufs: &mut (LineVec<f32>, LineVec<u16>)| {
-        let rows = x.chunks_exact(k.max(1)).take(m);
         if as_bits {
-            if bufs.1.len() < len {
-                bufs.1.resize(len, 0);
-            }
-            for (dst, src) in bufs.1[..len].chunks_exact_mut(kp.max(1)).zip(rows) {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = round_bf16(v);
-                }
-                dst[k..].fill(0);
-            }
+            fill_rows(&mut bufs.1, x, m, k, round_bf16);
         } else {
-            if bufs.0.len() < len {
-                bufs.0.resize(len, 0.0);
-            }
-            for (dst, src) in bufs.0[..len].chunks_exact_mut(kp.max(1)).zip(rows) {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = widen(round_bf16(v));
-                }
-                dst[k..].fill(0.0);
-            }
+            fill_rows(&mut bufs.0, x, m, k, |v| widen(round_bf16(v)));
         }
     };
     let call = |bufs: &(LineVec<f32>, LineVec<u16>)| {
@@ -159,6 +141,29 @@ pub(crate) fn with_rounded<R>(
             call(&bufs)
         }
     })
+}
+
+/// Writes `m` rows of `k` activations into `buf` (grown to hold them), `pairs_len(k)`
+/// apart, each value through `conv`, the pad column zero.
+fn fill_rows<T: Copy + Default>(
+    buf: &mut LineVec<T>,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    conv: impl Fn(f32) -> T,
+) {
+    let kp = pairs_len(k);
+    let len = m * kp;
+    if buf.len() < len {
+        buf.resize(len, T::default());
+    }
+    let rows = x.chunks_exact(k.max(1)).take(m);
+    for (dst, src) in buf[..len].chunks_exact_mut(kp.max(1)).zip(rows) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = conv(v);
+        }
+        dst[k..].fill(T::default());
+    }
 }
 
 /// Portable pair kernel: `out[r][p][o]` is the pair chain of k0..k1 (x rounded, as f32).
