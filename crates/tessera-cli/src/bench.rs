@@ -218,7 +218,7 @@ const GEMM_N: usize = 2048;
 
 /// Read bandwidth as the best of two probes over a buffer much larger than the caches: a
 /// streaming sum (four independent 16-lane accumulators per thread) and Tessera's own GEMV
-/// (one row times a `k` = 2048 matrix of the same size), so the bound is at least what the
+/// over packed f32 panels (one row times a `k` = 2048 matrix of the same size), so the bound is at least what the
 /// decode kernels reach. `bound_gb_s` is the largest sample of either probe: a bound no
 /// measured rate of this machine may exceed.
 fn bandwidth(a: &BandwidthArgs) -> Result<()> {
@@ -231,9 +231,10 @@ fn bandwidth(a: &BandwidthArgs) -> Result<()> {
     let (mut stream, mut gemv, mut best, mut gemm, mut gemm_bf16) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let bf16_weights = packed_bf16(&buf)?;
+    let panels = tessera_kernels::PackedMatrix::pack_f32(&buf, buf.len() / GEMV_K, GEMV_K)?;
     for _ in 0..a.repeats {
         let s = stream_read_rate(&pool, &buf);
-        let g = gemv_read_rate(&pool, &buf)?;
+        let g = gemv_read_rate(&pool, &panels)?;
         stream.push(s);
         gemv.push(g);
         best.push(s.max(g));
@@ -311,15 +312,16 @@ fn gemm_bf16_rate(pool: &CpuPool, w: &tessera_kernels::PackedMatrix) -> Result<f
     Ok((2 * m * k * n) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
-/// GB/s of the weight read of one batch-1 matmul over `buf` viewed as `len / 2048` rows of
-/// 2048 (the decode kernel itself).
-fn gemv_read_rate(pool: &CpuPool, buf: &[f32]) -> Result<f64> {
-    let k = 2048;
-    let n = buf.len() / k;
+/// Inner size of the GEMV probe's matrix.
+const GEMV_K: usize = 2048;
+
+/// GB/s of the weight read of one batch-1 matmul over f32 panels of `GEMV_K` columns, packed
+/// as the model's weights are (the decode kernel itself).
+fn gemv_read_rate(pool: &CpuPool, w: &tessera_kernels::PackedMatrix) -> Result<f64> {
+    let (n, k) = (w.rows(), w.cols());
     let x: Vec<f32> = (0..k).map(|i| (i % 5) as f32 * 0.25).collect();
     let mut y = vec![0.0f32; n];
-    let w = tessera_kernels::WeightRef::F32(&buf[..n * k]);
     let t = Instant::now();
-    tessera_kernels::matmul(pool, &x, 1, k, w, n, None, &mut y)?;
+    tessera_kernels::matmul_packed(pool, &x, 1, w, None, &mut y)?;
     Ok((n * k * 4) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }

@@ -1,6 +1,6 @@
 //! AVX2 + FMA tile kernels: a panel is two `ymm` (outputs 0-7, 8-15), 6 rows x 1 panel for
 //! GEMM (12 accumulators of 16 ymm), 1 row x 4 panels for GEMV (8 fma chains in flight),
-//! the GEMV over quantized panels (scales widened with F16C), and the same tiles over bf16
+//! the GEMV over quantized panels one panel at a time (scales widened with F16C), and the same tiles over bf16
 //! pair panels (two fmas per pair, see [`super::pairs`]).
 
 use std::arch::x86_64::*;
@@ -15,7 +15,8 @@ pub(crate) const SHAPE: Shape = Shape {
     np_gemv: 4,
 };
 
-/// How far ahead (in k) a GEMV prefetches each weight stream.
+/// How far ahead (in k) a GEMV prefetches each weight stream, into L2 (`T1`): prefetching
+/// into L1 (`T0`) read 10-35% slower, as its misses queue in L1's few fill buffers.
 const PREFETCH_K: usize = 24;
 
 /// Dispatches `$kernel::<MR, NP>` over every tile shape of this path.
@@ -66,7 +67,7 @@ unsafe fn tile_fixed<const MR: usize, const NP: usize>(w: *const f32, a: &TileAr
             let at = w.wrapping_add(p * a.pstride + kk * PANEL);
             if MR == 1 {
                 // Prefetching never faults; `wrapping_add` keeps the address defined.
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_K * PANEL).cast());
+                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PREFETCH_K * PANEL).cast());
             }
             // SAFETY: kk < k1, so the 16 weights of panel p at kk are readable.
             *v = unsafe { [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))] };
@@ -85,18 +86,25 @@ unsafe fn tile_fixed<const MR: usize, const NP: usize>(w: *const f32, a: &TileAr
 /// As [`tile`] with quantized panels of format `f` (k1 within the panels' k), mr = 1.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn gemv_blocks(f: BlockFormat, w: *const u8, a: &TileArgs) {
-    macro_rules! dispatch {
-        ($($p:literal),*) => {
-            match (f, a.np) {
-                // SAFETY (all arms): forwarded from our own contract.
-                $((BlockFormat::Q8_0, $p) => unsafe { gemv_fixed::<0, $p>(w, a) },
-                  (BlockFormat::Q4_0, $p) => unsafe { gemv_fixed::<1, $p>(w, a) },
-                  (BlockFormat::Q4_1, $p) => unsafe { gemv_fixed::<2, $p>(w, a) },)*
-                _ => unreachable!("{} panels is not an AVX2 GEMV shape", a.np),
-            }
+    // One panel at a time: with more, the decode's registers spilled and it read 25-30%
+    // slower (the order within each panel is the same either way).
+    for p in 0..a.np {
+        let one = TileArgs {
+            np: 1,
+            // SAFETY (`add`): panel p < np and its 16 sums are inside the caller's panels/out.
+            out: unsafe { a.out.add(p * PANEL) },
+            ..*a
         };
+        let w = w.wrapping_add(p * a.pstride);
+        // SAFETY: panel p satisfies our contract as a one-panel tile.
+        unsafe {
+            match f {
+                BlockFormat::Q8_0 => gemv_fixed::<0>(w, &one),
+                BlockFormat::Q4_0 => gemv_fixed::<1>(w, &one),
+                BlockFormat::Q4_1 => gemv_fixed::<2>(w, &one),
+            }
+        }
     }
-    dispatch!(1, 2, 3, 4);
 }
 
 /// Widens the 16 halves at `p` to two f32 vectors.
@@ -111,13 +119,14 @@ unsafe fn load_halves(p: *const u8) -> [__m256; 2] {
     [_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi)]
 }
 
-/// The 16 quants of one k as two vectors of i32 (format `F`, value `j` of the block).
+/// The 16 quants of one k as two vectors of i32 (format `F`, value `j` of the block;
+/// `HIGH`: j >= 16, the high nibbles of 4-bit formats).
 ///
 /// # Safety
 /// `q` points at the block's quants.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn load_quants<const F: u8>(q: *const u8, j: usize) -> [__m256i; 2] {
+unsafe fn load_quants<const F: u8, const HIGH: bool>(q: *const u8, j: usize) -> [__m256i; 2] {
     if F == 0 {
         // SAFETY: 32 rows of 16 quants (caller's contract).
         let (lo, hi) = unsafe {
@@ -139,7 +148,7 @@ unsafe fn load_quants<const F: u8>(q: *const u8, j: usize) -> [__m256i; 2] {
     let mut v = [_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(hi)];
     for h in &mut v {
         // Zero-extended bytes: the high nibble needs only the shift.
-        *h = if j >= 16 {
+        *h = if HIGH {
             _mm256_srli_epi32::<4>(*h)
         } else {
             _mm256_and_si256(*h, _mm256_set1_epi32(0xF))
@@ -151,13 +160,14 @@ unsafe fn load_quants<const F: u8>(q: *const u8, j: usize) -> [__m256i; 2] {
     v
 }
 
-/// [`gemv_blocks`] for format `F` (0: Q8_0, 1: Q4_0, 2: Q4_1) and `NP` panels.
+/// [`gemv_blocks`] for format `F` (0: Q8_0, 1: Q4_0, 2: Q4_1), one panel.
 ///
 /// # Safety
 /// As [`gemv_blocks`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
+unsafe fn gemv_fixed<const F: u8>(w: *const u8, a: &TileArgs) {
+    const NP: usize = 1;
     let fmt = [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1][F as usize];
     let (block_bytes, quants_at) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
     let mut acc = [[_mm256_setzero_ps(); 2]; NP];
@@ -178,27 +188,15 @@ unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
                 }
             }
             q[p] = base.wrapping_add(quants_at);
-            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(2 * block_bytes).cast());
+            _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(2 * block_bytes).cast());
         }
-        for kk in kk..end {
-            let j = kk % BLOCK;
-            // SAFETY: kk < k1 is inside x's row.
-            let xv = _mm256_set1_ps(unsafe { *a.x.add(kk) });
-            for p in 0..NP {
-                // SAFETY: q[p] points at block b's quants of panel p.
-                let iv = unsafe { load_quants::<F>(q[p], j) };
-                for h in 0..2 {
-                    let q = _mm256_cvtepi32_ps(iv[h]);
-                    // q * d is exact, so the fused form rounds (and signs zeros) exactly
-                    // as multiply-then-add.
-                    let wv = if F == 2 {
-                        _mm256_fmadd_ps(q, d[p][h], m[p][h])
-                    } else {
-                        _mm256_mul_ps(q, d[p][h])
-                    };
-                    acc[p][h] = _mm256_fmadd_ps(xv, wv, acc[p][h]);
-                }
-            }
+        // The low nibbles serve j < 16, the high ones the rest: two loops, no branch per k.
+        let (j0, j1) = (kk - b * BLOCK, end - b * BLOCK);
+        let x = a.x.wrapping_add(b * BLOCK);
+        // SAFETY: j0..j1 lies inside block b, whose x values and quants are readable.
+        unsafe {
+            block_fmas::<F, NP, false>(&mut acc, &d, &m, &q, x, j0..j1.min(16));
+            block_fmas::<F, NP, true>(&mut acc, &d, &m, &q, x, j0.max(16)..j1);
         }
         kk = end;
     }
@@ -207,6 +205,42 @@ unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
         unsafe {
             _mm256_storeu_ps(a.out.add(p * PANEL), s[0]);
             _mm256_storeu_ps(a.out.add(p * PANEL + 8), s[1]);
+        }
+    }
+}
+
+/// Values `js` of one block (all of one nibble half, `HIGH`): `acc += x[j] * w[j]` in
+/// order, each w decoded as [`crate::quant::decode_panel`] does.
+///
+/// # Safety
+/// `x[j]` and row j of every `q[p]` are readable for each j in `js`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_fmas<const F: u8, const NP: usize, const HIGH: bool>(
+    acc: &mut [[__m256; 2]; NP],
+    d: &[[__m256; 2]; NP],
+    m: &[[__m256; 2]; NP],
+    q: &[*const u8; NP],
+    x: *const f32,
+    js: std::ops::Range<usize>,
+) {
+    for j in js {
+        // SAFETY: j is inside x's block (contract).
+        let xv = _mm256_set1_ps(unsafe { *x.add(j) });
+        for p in 0..NP {
+            // SAFETY: q[p] points at the block's quants (contract).
+            let iv = unsafe { load_quants::<F, HIGH>(q[p], j) };
+            for h in 0..2 {
+                let q = _mm256_cvtepi32_ps(iv[h]);
+                // q * d is exact, so the fused form rounds (and signs zeros) exactly
+                // as multiply-then-add.
+                let wv = if F == 2 {
+                    _mm256_fmadd_ps(q, d[p][h], m[p][h])
+                } else {
+                    _mm256_mul_ps(q, d[p][h])
+                };
+                acc[p][h] = _mm256_fmadd_ps(xv, wv, acc[p][h]);
+            }
         }
     }
 }
