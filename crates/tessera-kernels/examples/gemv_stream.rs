@@ -4,7 +4,8 @@
 //! round: GB/s of weight bytes for each precision and of a plain streaming sum over a
 //! buffer as large as the f32 weights.
 //!
-//! `cargo run --release -p tessera-kernels --example gemv_stream [avx512bf16|avx512|avx2] [rounds]`
+//! `cargo run --release -p tessera-kernels --example gemv_stream [avx512bf16|avx512|avx2] [rounds] [rows]`
+//! (rows of x, default 1; `DTYPES=f32,bf16` limits the precisions).
 use std::time::Instant;
 use tessera_kernels::*;
 
@@ -33,14 +34,14 @@ fn model(shapes: &[(usize, usize)], dtype: &str) -> Vec<PackedMatrix> {
     shapes.iter().enumerate().map(pack).collect()
 }
 
-/// GB/s of one decode step's matmuls (weight bytes over time).
-fn gemv_rate(pool: &CpuPool, mats: &[PackedMatrix]) -> f64 {
+/// GB/s of one step's matmuls over `rows` rows of x (weight bytes over time).
+fn gemv_rate(pool: &CpuPool, mats: &[PackedMatrix], rows: usize) -> f64 {
     let bytes: usize = mats.iter().map(|m| m.storage_bytes()).sum();
-    let xs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.5; m.cols()]).collect();
-    let mut ys: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; m.rows()]).collect();
+    let xs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.5; rows * m.cols()]).collect();
+    let mut ys: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; rows * m.rows()]).collect();
     let t = Instant::now();
     for ((m, x), y) in mats.iter().zip(&xs).zip(ys.iter_mut()) {
-        matmul_packed(pool, x, 1, m, None, y).expect("gemv");
+        matmul_packed(pool, x, rows, m, None, y).expect("gemv");
     }
     bytes as f64 / t.elapsed().as_secs_f64() / 1e9
 }
@@ -75,6 +76,8 @@ fn main() {
         _ => Isa::detect(),
     };
     let rounds: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(5);
+    // Rows of x per matmul: 1 is decode; a few tens is a paced prefill step.
+    let rows: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(1);
     let pool = CpuPool::with_isa(2, isa).expect("pool");
     let shapes: Vec<(usize, usize)> = (0..30)
         .flat_map(|_| [(960, 576), (576, 576), (3072, 576), (576, 1536)])
@@ -86,17 +89,17 @@ fn main() {
     let f32_bytes: usize = shapes.iter().map(|(n, k)| n * k * 4).sum();
     let big: Vec<f32> = (0..f32_bytes / 4).map(|i| (i % 7) as f32).collect();
     for m in &models {
-        gemv_rate(&pool, m); // first touch
+        gemv_rate(&pool, m, rows); // first touch
     }
     for round in 0..rounds {
         let stream = stream_rate(&pool, &big);
         let rates: Vec<String> = dtypes
             .iter()
             .zip(&models)
-            .map(|(d, m)| format!("\"{d}\":{:.2}", gemv_rate(&pool, m)))
+            .map(|(d, m)| format!("\"{d}\":{:.2}", gemv_rate(&pool, m, rows)))
             .collect();
         println!(
-            "{{\"isa\":\"{isa:?}\",\"round\":{round},\"stream\":{stream:.2},{}}}",
+            "{{\"isa\":\"{isa:?}\",\"rows\":{rows},\"round\":{round},\"stream\":{stream:.2},{}}}",
             rates.join(",")
         );
     }
