@@ -4,8 +4,9 @@
 //! round: GB/s of weight bytes for each precision and of a plain streaming sum over a
 //! buffer as large as the f32 weights.
 //!
-//! `cargo run --release -p tessera-kernels --example gemv_stream [avx512bf16|avx512|avx2] [rounds] [rows]`
-//! (rows of x, default 1; `DTYPES=f32,bf16` limits the precisions).
+//! `cargo run --release -p tessera-kernels --example gemv_stream [ISA] [rounds] [rows] [precisions]`
+//! (ISA `avx512bf16`, `avx512` or `avx2`; rows of x, default 1; precisions default
+//! `f32,bf16,q4_1`).
 use std::time::Instant;
 use tessera_kernels::*;
 
@@ -83,7 +84,7 @@ fn main() {
         .flat_map(|_| [(960, 576), (576, 576), (3072, 576), (576, 1536)])
         .chain([(49152, 576)])
         .collect();
-    let only = std::env::var("DTYPES").unwrap_or_else(|_| "f32,bf16,q4_1".into());
+    let only = args.next().unwrap_or_else(|| "f32,bf16,q4_1".into());
     let dtypes: Vec<&str> = only.split(',').collect();
     let models: Vec<Vec<PackedMatrix>> = dtypes.iter().map(|d| model(&shapes, d)).collect();
     let f32_bytes: usize = shapes.iter().map(|(n, k)| n * k * 4).sum();
