@@ -86,8 +86,8 @@ unsafe fn tile_fixed<const MR: usize, const NP: usize>(w: *const f32, a: &TileAr
 /// As [`tile`] with quantized panels of format `f` (k1 within the panels' k), mr = 1.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn gemv_blocks(f: BlockFormat, w: *const u8, a: &TileArgs) {
-    // One panel at a time: with more, the decode's registers spilled and it read 25-30%
-    // slower (the order within each panel is the same either way).
+    // One panel at a time: four at once spilled the decode's registers, and two (no
+    // spills) still read 15-20% slower on AMD EPYC; the order within a panel is the same.
     for p in 0..a.np {
         let one = TileArgs {
             np: 1,
