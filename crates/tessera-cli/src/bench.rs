@@ -218,8 +218,8 @@ const GEMM_N: usize = 2048;
 
 /// Read bandwidth as the best of two probes over a buffer much larger than the caches: a
 /// streaming sum (four independent 16-lane accumulators per thread) and Tessera's own GEMV
-/// over packed f32 panels (one row times a `k` = 2048 matrix of the same size), so the bound is at least what the
-/// decode kernels reach. `bound_gb_s` is the largest sample of either probe: a bound no
+/// over packed f32 panels (one row times a `k` = 2048 matrix of the same size), so the
+/// bound is at least what the decode kernels reach. `bound_gb_s` is the largest sample of either probe: a bound no
 /// measured rate of this machine may exceed.
 fn bandwidth(a: &BandwidthArgs) -> Result<()> {
     let pool = match crate::parse_isa(a.isa.as_deref())? {

@@ -1,7 +1,7 @@
 //! AVX2 + FMA tile kernels: a panel is two `ymm` (outputs 0-7, 8-15), 6 rows x 1 panel for
 //! GEMM (12 accumulators of 16 ymm), 1 row x 4 panels for GEMV (8 fma chains in flight),
-//! the GEMV over quantized panels one panel at a time (scales widened with F16C), and the same tiles over bf16
-//! pair panels (two fmas per pair, see [`super::pairs`]).
+//! the GEMV over quantized panels one panel at a time (scales widened with F16C), and the
+//! same tiles over bf16 pair panels (two fmas per pair, see [`super::pairs`]).
 
 use std::arch::x86_64::*;
 
@@ -16,7 +16,8 @@ pub(crate) const SHAPE: Shape = Shape {
 };
 
 /// How far ahead (in k) a GEMV prefetches each weight stream, into L2 (`T1`): prefetching
-/// into L1 (`T0`) read 10-35% slower, as its misses queue in L1's few fill buffers.
+/// into L1 (`T0`) read 10-35% slower, as its misses queue in L1's few fill buffers. The bf16
+/// pair GEMV keeps `T0`: `T1` showed no gain there.
 const PREFETCH_K: usize = 24;
 
 /// Dispatches `$kernel::<MR, NP>` over every tile shape of this path.
