@@ -51,17 +51,31 @@ def cpu_flags():
 
 
 def llama_bench(binp, gguf, threads):
-    cmd = [f"{binp}/llama-bench", "-m", gguf, "-p", "512", "-n", "128", "-t", str(threads), "-r", "3", "-o", "json"]
+    """Prefill-512 and decode-128 as two runs, so a peer that crashes on one (llama.cpp's AMX
+    path on an Intel Xeon crashed on Q4_1 prefill) still gives the other; a crash is recorded,
+    not a number."""
     res = {}
-    for r in json.loads(run(cmd)):
-        res["prefill" if r["n_prompt"] > 0 else "decode"] = r["avg_ts"]
+    for key, p, n in (("prefill", 512, 0), ("decode", 0, 128)):
+        cmd = [f"{binp}/llama-bench", "-m", gguf, "-p", str(p), "-n", str(n), "-t", str(threads), "-r", "3",
+               "-o", "json"]
+        try:
+            res[key] = json.loads(run(cmd))[0]["avg_ts"]
+        except subprocess.CalledProcessError as e:
+            res[key] = None
+            res[f"{key}_error"] = f"exit status {e.returncode}"
+            print(f"llama-bench {key} failed on {gguf}: exit status {e.returncode}", file=sys.stderr)
     return res
 
 
 def llama_batched(binp, gguf, threads, n, inp, out):
     cmd = [f"{binp}/llama-batched-bench", "-m", gguf, "-npp", str(inp), "-ntg", str(out), "-npl", str(n),
            "-c", str(n * (inp + out)), "-t", str(threads)]
-    rows = [line for line in run(cmd).splitlines() if re.match(r"^\|\s*\d+", line)]
+    try:
+        out = run(cmd)
+    except subprocess.CalledProcessError as e:
+        print(f"llama-batched-bench failed on {gguf}: exit status {e.returncode}", file=sys.stderr)
+        return {"total_tok_s": None, "error": f"exit status {e.returncode}"}
+    rows = [line for line in out.splitlines() if re.match(r"^\|\s*\d+", line)]
     cells = [c.strip() for c in rows[-1].strip("|").split("|")]
     return {"total_tok_s": float(cells[-1]), "row": cells}
 
@@ -86,6 +100,20 @@ def one_round(a, raw):
                                     "batched": llama_batched(a.llama_bin, gguf, a.threads, 64, 128, 128)})
 
 
+def med_or_none(xs):
+    """Median of the runs that gave a number; None when the peer crashed in every round."""
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, digits):
+    return "crashed" if x is None else f"{x:.{digits}f}"
+
+
+def ratio(t, l):
+    return "-" if l is None else f"{t / l:.2f}"
+
+
 def table(a, raw):
     med = statistics.median
     print(f"| precision | decode tok/s (T / L) | ratio | prefill-512 tok/s (T / L) | ratio "
@@ -97,12 +125,12 @@ def table(a, raw):
         td = med([r["latency"]["decode_tok_s_median"] for r in t])
         tp = med([r["latency"]["prefill_tok_s_median"] for r in t])
         tt = med([r["throughput"]["total_tok_s"] for r in t])
-        ld = med([r["bench"]["decode"] for r in l])
-        lp = med([r["bench"]["prefill"] for r in l])
-        lt = med([r["batched"]["total_tok_s"] for r in l])
+        ld = med_or_none([r["bench"]["decode"] for r in l])
+        lp = med_or_none([r["bench"]["prefill"] for r in l])
+        lt = med_or_none([r["batched"]["total_tok_s"] for r in l])
         summary[p] = {"decode": [td, ld], "prefill": [tp, lp], "throughput": [tt, lt]}
-        print(f"| {p} | {td:.1f} / {ld:.1f} | {td / ld:.2f} | {tp:.0f} / {lp:.0f} | {tp / lp:.2f} "
-              f"| {tt:.0f} / {lt:.0f} | {tt / lt:.2f} |")
+        print(f"| {p} | {td:.1f} / {fmt(ld, 1)} | {ratio(td, ld)} | {tp:.0f} / {fmt(lp, 0)} | {ratio(tp, lp)} "
+              f"| {tt:.0f} / {fmt(lt, 0)} | {ratio(tt, lt)} |")
     return summary
 
 
