@@ -50,32 +50,35 @@ def cpu_flags():
     return (model.group(1) if model else "unknown"), isa
 
 
+def run_peer(cmd):
+    """A peer command's stdout, or None and its exit status when it fails (a crash is recorded,
+    not a number, and the run goes on)."""
+    try:
+        return run(cmd), None
+    except subprocess.CalledProcessError as e:
+        print(f"{cmd[0]} failed on {cmd[2]}: exit status {e.returncode}", file=sys.stderr)
+        return None, f"exit status {e.returncode}"
+
+
 def llama_bench(binp, gguf, threads):
-    """Prefill-512 and decode-128 as two runs, so a peer that crashes on one (llama.cpp's AMX
-    path on an Intel Xeon crashed on Q4_1 prefill) still gives the other; a crash is recorded,
-    not a number."""
+    """Prefill-512 and decode-128 as two runs, so a peer that crashes on one (llama.cpp on an
+    Intel Xeon crashed on Q4_1 prefill) still gives the other."""
     res = {}
     for key, p, n in (("prefill", 512, 0), ("decode", 0, 128)):
-        cmd = [f"{binp}/llama-bench", "-m", gguf, "-p", str(p), "-n", str(n), "-t", str(threads), "-r", "3",
-               "-o", "json"]
-        try:
-            res[key] = json.loads(run(cmd))[0]["avg_ts"]
-        except subprocess.CalledProcessError as e:
-            res[key] = None
-            res[f"{key}_error"] = f"exit status {e.returncode}"
-            print(f"llama-bench {key} failed on {gguf}: exit status {e.returncode}", file=sys.stderr)
+        stdout, err = run_peer([f"{binp}/llama-bench", "-m", gguf, "-p", str(p), "-n", str(n),
+                                "-t", str(threads), "-r", "3", "-o", "json"])
+        res[key] = None if err else json.loads(stdout)[0]["avg_ts"]
+        if err:
+            res[f"{key}_error"] = err
     return res
 
 
 def llama_batched(binp, gguf, threads, n, inp, out):
-    cmd = [f"{binp}/llama-batched-bench", "-m", gguf, "-npp", str(inp), "-ntg", str(out), "-npl", str(n),
-           "-c", str(n * (inp + out)), "-t", str(threads)]
-    try:
-        out = run(cmd)
-    except subprocess.CalledProcessError as e:
-        print(f"llama-batched-bench failed on {gguf}: exit status {e.returncode}", file=sys.stderr)
-        return {"total_tok_s": None, "error": f"exit status {e.returncode}"}
-    rows = [line for line in out.splitlines() if re.match(r"^\|\s*\d+", line)]
+    stdout, err = run_peer([f"{binp}/llama-batched-bench", "-m", gguf, "-npp", str(inp), "-ntg", str(out),
+                            "-npl", str(n), "-c", str(n * (inp + out)), "-t", str(threads)])
+    if err:
+        return {"total_tok_s": None, "error": err}
+    rows = [line for line in stdout.splitlines() if re.match(r"^\|\s*\d+", line)]
     cells = [c.strip() for c in rows[-1].strip("|").split("|")]
     return {"total_tok_s": float(cells[-1]), "row": cells}
 
@@ -107,10 +110,12 @@ def med_or_none(xs):
 
 
 def fmt(x, digits):
+    """A peer's rate for the table, or "crashed" when it gave none."""
     return "crashed" if x is None else f"{x:.{digits}f}"
 
 
 def ratio(t, l):
+    """Tessera over the peer for the table, or "-" when the peer gave no number."""
     return "-" if l is None else f"{t / l:.2f}"
 
 
