@@ -8,11 +8,11 @@ use std::ops::Range;
 use half::bf16;
 
 use super::pairs::{self, pairs_len, Rounded};
-use super::{scalar, Elem, WeightRef};
+use super::{blocks, scalar, Elem, WeightRef};
 use crate::aligned::{line_vec, LineVec, LINE};
 use crate::isa::Isa;
 use crate::pool::CpuPool;
-use crate::quant::{self, BlockFormat};
+use crate::quant::{self, act, BlockFormat, BLOCK};
 
 /// Output rows of one panel (one zmm, two ymm).
 pub(crate) const PANEL: usize = 16;
@@ -56,11 +56,15 @@ pub(crate) enum Src {
 /// Operands of one register tile and one reduction chunk: rows `0..mr` of x (at `x`,
 /// `ldx` apart) against panels `0..np` of `w`, over k in `k0..k1`; the tile's sums go to
 /// `out[r * np * 16 + p * 16 + o]`. A bf16 pair kernel reads x rounded (as f32 at `x`, or
-/// as bf16 pairs at `xb` for the instruction), rows `ldx` apart.
+/// as bf16 pairs at `xb` for the instruction), rows `ldx` apart; a block kernel reads x
+/// rounded to i16 per block (`xq`, with scales `xd` and sums `xs`, see [`act`]).
 #[derive(Clone, Copy)]
 pub(crate) struct TileArgs {
     pub x: *const f32,
     pub xb: *const u16,
+    pub xq: *const i16,
+    pub xd: *const f32,
+    pub xs: *const i32,
     pub ldx: usize,
     pub mr: usize,
     pub pstride: usize,
@@ -113,6 +117,8 @@ pub(crate) struct Job<'a> {
     ldx: usize,
     /// x rounded to bf16 pairs, for the bf16 instruction (else empty).
     xb: &'a [u16],
+    /// x rounded for block weights (else empty rows).
+    xq: Option<&'a act::QuantRows>,
     m: usize,
     k: usize,
     n: usize,
@@ -147,6 +153,7 @@ impl<'a> Job<'a> {
             x,
             ldx: k,
             xb: &[],
+            xq: None,
             m,
             k,
             n,
@@ -156,6 +163,17 @@ impl<'a> Job<'a> {
             chunk,
             partial_stride,
         }
+    }
+}
+
+/// The register tiles of `isa` over quantized panels.
+fn block_shape(isa: Isa) -> Shape {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => super::blocks_x86::AVX2_SHAPE,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => super::blocks_x86::AVX512_SHAPE,
+        _ => blocks::SHAPE,
     }
 }
 
@@ -173,10 +191,22 @@ pub(crate) fn shape(isa: Isa) -> Shape {
 }
 
 /// Runs every column of `job`, split over the pool's threads when the work is worth it;
-/// bf16 weights first round x once (see [`super::pairs`]).
+/// bf16 weights first round x once (see [`super::pairs`]), block weights to i16 (see
+/// [`act`]).
 pub(crate) fn run(pool: &CpuPool, job: &Job<'_>) {
     if job.m == 0 || job.n == 0 {
         return;
+    }
+    if let Panels::Blocks(..) = job.w {
+        return act::with_quantized(job.x, job.m, job.k, |rows| {
+            run_split(
+                pool,
+                &Job {
+                    xq: Some(rows),
+                    ..*job
+                },
+            )
+        });
     }
     if let Panels::Bf16(_) = job.w {
         let hw = pool.isa() == Isa::Avx512Bf16;
@@ -222,20 +252,23 @@ pub(crate) fn thread_columns(n: usize, threads: usize, thread: usize) -> Range<u
 }
 
 /// Whether a one-row matmul reads `w` straight from its panels (else through scratch).
-fn reads_direct(isa: Isa, w: &Panels<'_>) -> bool {
+fn reads_direct(w: &Panels<'_>) -> bool {
     match w {
         Panels::Rows(_) => false,
         Panels::F32(_) | Panels::Bf16(_) => true,
-        Panels::Blocks(..) => isa != Isa::Scalar,
+        Panels::Blocks(..) => true,
     }
 }
 
 /// Computes columns `cols` (starting on a panel boundary) of every row of `job`.
 fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
     let panels = cols.start / PANEL..cols.end.div_ceil(PANEL);
-    let sh = shape(isa);
+    let sh = match job.w {
+        Panels::Blocks(..) => block_shape(isa),
+        _ => shape(isa),
+    };
     let k = job.k;
-    if job.m == 1 && reads_direct(isa, &job.w) {
+    if job.m == 1 && reads_direct(&job.w) {
         for p0 in panels.clone().step_by(sh.np_gemv) {
             let np = sh.np_gemv.min(panels.end - p0);
             tile_chunks(isa, job, 0, 1, p0, np, direct(job, p0));
@@ -246,9 +279,10 @@ fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
         gemv_rows(isa, job, w, panels);
         return;
     }
-    if matches!(job.w, Panels::F32(_) | Panels::Bf16(_)) {
+    if reads_direct(&job.w) {
         // Packed panels: row blocks of x stay in L2 while the panels stream past them.
-        let block = (X_BLOCK_BYTES / (4 * k.max(1)) / sh.mr * sh.mr).max(sh.mr);
+        let elem = if let Panels::Blocks(..) = job.w { 2 } else { 4 };
+        let block = (X_BLOCK_BYTES / (elem * k.max(1)) / sh.mr * sh.mr).max(sh.mr);
         for i0 in (0..job.m).step_by(block) {
             let i1 = job.m.min(i0 + block);
             for p0 in panels.clone().step_by(sh.np) {
@@ -260,8 +294,8 @@ fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
         }
         return;
     }
-    // Row-major or quantized weights: each panel group is packed (decoded) once into
-    // scratch, then every row of x runs through it.
+    // Row-major weights: each panel group is packed once into scratch, then every row of
+    // x runs through it.
     // One row (GEMV) keeps more panels, so more fma chains, in flight.
     let step = if job.m == 1 { sh.np_gemv } else { sh.np };
     with_scratch(step * PANEL * k, |scratch| {
@@ -330,8 +364,8 @@ fn direct(job: &Job<'_>, p0: usize) -> Src {
     }
 }
 
-/// Writes panels `p0 .. p0 + np` of `job.w` as f32 panels (`16 k` floats apart) into
-/// `scratch`: packed on the fly from rows, or decoded from quantized blocks.
+/// Writes panels `p0 .. p0 + np` of row-major `job.w` as f32 panels (`16 k` floats apart)
+/// into `scratch`.
 fn fill_scratch(job: &Job<'_>, p0: usize, np: usize, scratch: &mut [f32]) {
     let k = job.k;
     if k == 0 {
@@ -340,14 +374,9 @@ fn fill_scratch(job: &Job<'_>, p0: usize, np: usize, scratch: &mut [f32]) {
     match job.w {
         Panels::Rows(WeightRef::F32(w)) => pack_rows(w, job.n, k, p0, np, scratch),
         Panels::Rows(WeightRef::Bf16(w)) => pack_rows(w, job.n, k, p0, np, scratch),
-        Panels::Blocks(f, d) => {
-            let bytes = quant::panel_bytes(f, k);
-            for (p, out) in scratch.chunks_exact_mut(PANEL * k).take(np).enumerate() {
-                let at = (p0 + p) * bytes;
-                quant::decode_panel(f, &d[at..at + bytes], out);
-            }
+        Panels::F32(_) | Panels::Bf16(_) | Panels::Blocks(..) => {
+            unreachable!("packed panels are read directly")
         }
-        Panels::F32(_) | Panels::Bf16(_) => unreachable!("f32/bf16 panels are read directly"),
     }
 }
 
@@ -456,9 +485,20 @@ fn tile_chunks(isa: Isa, job: &Job<'_>, i: usize, mr: usize, p0: usize, np: usiz
         } else {
             (std::ptr::null(), job.xb[i * job.ldx..].as_ptr())
         };
+        let (xq, xd, xs) = match job.xq {
+            Some(q) => {
+                let at = i * (job.ldx / BLOCK);
+                let ptrs = (q.q[i * job.ldx..].as_ptr(), q.d[at..].as_ptr());
+                (ptrs.0, ptrs.1, q.s[at..].as_ptr())
+            }
+            None => (std::ptr::null(), std::ptr::null(), std::ptr::null()),
+        };
         let args = TileArgs {
             x,
             xb,
+            xq,
+            xd,
+            xs,
             ldx: job.ldx,
             mr,
             pstride,
@@ -562,15 +602,16 @@ unsafe fn kernel(isa: Isa, src: Src, args: &TileArgs) {
         Isa::Scalar => match src {
             Src::F32(w) => unsafe { scalar::tile(w, args) },
             Src::Pairs(w) => unsafe { pairs::tile_scalar(w, args) },
-            Src::Blocks(..) | Src::RowsF32(_) | Src::RowsBf16(_) => {
-                unreachable!("the portable path reads blocks and rows through scratch")
+            Src::Blocks(f, w) => unsafe { blocks::tile(f, w, args) },
+            Src::RowsF32(_) | Src::RowsBf16(_) => {
+                unreachable!("the portable path reads rows through scratch")
             }
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match src {
             Src::F32(w) => unsafe { super::x86_avx2::tile(w, args) },
             Src::Pairs(w) => unsafe { super::x86_avx2::tile_pairs(w, args) },
-            Src::Blocks(f, w) => unsafe { super::x86_avx2::gemv_blocks(f, w, args) },
+            Src::Blocks(f, w) => unsafe { super::blocks_x86::tile_avx2(f, w, args) },
             Src::RowsF32(w) => unsafe { super::rows_x86::gemv_rows_avx2(w, args) },
             Src::RowsBf16(w) => unsafe { super::rows_x86::gemv_rows_avx2(w, args) },
         },
@@ -581,7 +622,7 @@ unsafe fn kernel(isa: Isa, src: Src, args: &TileArgs) {
                 super::x86_avx512::tile_pairs_dot(w, args)
             },
             Src::Pairs(w) => unsafe { super::x86_avx512::tile_pairs(w, args) },
-            Src::Blocks(f, w) => unsafe { super::x86_avx512::gemv_blocks(f, w, args) },
+            Src::Blocks(f, w) => unsafe { super::blocks_x86::tile_avx512(f, w, args) },
             Src::RowsF32(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
             Src::RowsBf16(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
         },

@@ -23,6 +23,9 @@
 //! with fmas ([`pairs`]). Row-major bf16 weights (`matmul` with [`WeightRef::Bf16`]) keep
 //! f32 activations and widen the weights exactly.
 
+mod blocks;
+#[cfg(target_arch = "x86_64")]
+mod blocks_x86;
 mod drive;
 mod packed;
 mod pairs;

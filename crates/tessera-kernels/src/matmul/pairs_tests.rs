@@ -90,6 +90,9 @@ fn run_tile(
     let args = TileArgs {
         x: x.as_ptr(),
         xb: if bits { xb.as_ptr() } else { std::ptr::null() },
+        xq: std::ptr::null(),
+        xd: std::ptr::null(),
+        xs: std::ptr::null(),
         ldx: kp,
         mr,
         pstride: PANEL * kp,

@@ -1,13 +1,11 @@
 //! AVX-512 tile kernels: one `zmm` per panel (16 outputs at one k), 8 rows x 2 panels for
-//! GEMM (16 accumulators), 1 row x 8 panels for GEMV (8 fma chains in flight), and the
-//! GEMV over quantized panels that decodes 16 weights per k in registers. bf16 pair panels
+//! GEMM (16 accumulators), 1 row x 8 panels for GEMV (8 fma chains in flight). bf16 pair panels
 //! run on the same tiles, with `vdpbf16ps` where the CPU has AVX-512 BF16 and two fmas per
 //! pair where it does not (see [`super::pairs`]).
 
 use std::arch::x86_64::*;
 
 use super::drive::{Shape, TileArgs, PANEL};
-use crate::quant::{BlockFormat, BLOCK};
 
 /// Tile shape of the AVX-512 path.
 pub(crate) const SHAPE: Shape = Shape {
@@ -96,94 +94,6 @@ unsafe fn tile_fixed<const MR: usize, const NP: usize>(w: *const f32, a: &TileAr
     }
     // SAFETY: out has mr * np * 16 floats (contract).
     unsafe { store_tile(&acc, a.out) };
-}
-
-/// GEMV chunk over quantized panels (`a.mr == 1`, `pstride` in bytes), decoding each k's
-/// 16 weights in registers exactly as [`crate::quant::decode_panel`] does.
-///
-/// # Safety
-/// As [`tile`] with quantized panels of format `f` (k1 within the panels' k), mr = 1.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-pub(crate) unsafe fn gemv_blocks(f: BlockFormat, w: *const u8, a: &TileArgs) {
-    macro_rules! dispatch {
-        ($($p:literal),*) => {
-            match (f, a.np) {
-                // SAFETY (all arms): forwarded from our own contract.
-                $((BlockFormat::Q8_0, $p) => unsafe { gemv_fixed::<0, $p>(w, a) },
-                  (BlockFormat::Q4_0, $p) => unsafe { gemv_fixed::<1, $p>(w, a) },
-                  (BlockFormat::Q4_1, $p) => unsafe { gemv_fixed::<2, $p>(w, a) },)*
-                _ => unreachable!("{} panels is not an AVX-512 GEMV shape", a.np),
-            }
-        };
-    }
-    dispatch!(1, 2, 3, 4, 5, 6, 7, 8);
-}
-
-/// [`gemv_blocks`] for format `F` (0: Q8_0, 1: Q4_0, 2: Q4_1) and `NP` panels.
-///
-/// # Safety
-/// As [`gemv_blocks`].
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn gemv_fixed<const F: u8, const NP: usize>(w: *const u8, a: &TileArgs) {
-    let fmt = [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1][F as usize];
-    let (block_bytes, quants_at) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
-    let mut acc = [_mm512_setzero_ps(); NP];
-    let mut kk = a.k0;
-    while kk < a.k1 {
-        let b = kk / BLOCK;
-        let end = a.k1.min((b + 1) * BLOCK);
-        let mut d = [_mm512_setzero_ps(); NP];
-        let mut m = [_mm512_setzero_ps(); NP];
-        let mut q = [std::ptr::null::<u8>(); NP];
-        for p in 0..NP {
-            let base = w.wrapping_add(p * a.pstride + b * block_bytes);
-            // SAFETY: block b of panel p is inside the panels (b < k1 / 32 rounded up).
-            d[p] = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base.cast()) });
-            if F == 2 {
-                // SAFETY: Q4_1 blocks hold 16 mins after the 16 scales.
-                m[p] = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base.add(32).cast()) });
-            }
-            q[p] = base.wrapping_add(quants_at);
-            _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(2 * block_bytes).cast());
-        }
-        for kk in kk..end {
-            let j = kk % BLOCK;
-            // SAFETY: kk < k1 is inside x's row.
-            let xv = _mm512_set1_ps(unsafe { *a.x.add(kk) });
-            for p in 0..NP {
-                let wv = if F == 0 {
-                    // SAFETY: 32 rows of 16 quants follow the scales.
-                    let raw = unsafe { _mm_loadu_si128(q[p].add(j * 16).cast()) };
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), d[p])
-                } else {
-                    // SAFETY: 16 rows of 16 nibble pairs follow the scales (and mins).
-                    let raw = unsafe { _mm_loadu_si128(q[p].add((j % 16) * 16).cast()) };
-                    let v = _mm512_cvtepu8_epi32(raw);
-                    // Zero-extended bytes: the high nibble needs only the shift.
-                    let mut v = if j >= 16 {
-                        _mm512_srli_epi32::<4>(v)
-                    } else {
-                        _mm512_and_si512(v, _mm512_set1_epi32(0xF))
-                    };
-                    if F == 1 {
-                        v = _mm512_sub_epi32(v, _mm512_set1_epi32(8));
-                        _mm512_mul_ps(_mm512_cvtepi32_ps(v), d[p])
-                    } else {
-                        // q * d is exact, so the fused form rounds (and signs zeros)
-                        // exactly as multiply-then-add.
-                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), d[p], m[p])
-                    }
-                };
-                acc[p] = _mm512_fmadd_ps(xv, wv, acc[p]);
-            }
-        }
-        kk = end;
-    }
-    for (p, s) in acc.iter().enumerate() {
-        // SAFETY: out has np * 16 floats.
-        unsafe { _mm512_storeu_ps(a.out.add(p * PANEL), *s) };
-    }
 }
 
 /// Computes one tile's chunk over bf16 pair panels (see [`super::pairs`]) with fmas, x

@@ -9,10 +9,12 @@
 //!                                        value j+16 = (qs[j] >> 4) * d + m
 //! ```
 //!
-//! `q * d` is exact in f32 (at most 8 + 11 significant bits), so a decoded value is the
-//! same whether the add is fused or not: the kernels' values equal a plain f32
-//! dequantization (tessera-convert's `dequant.rs`) bit for bit.
+//! `q * d` is exact in f32 (at most 8 + 11 significant bits), so [`BlockTensor::dequantize`]
+//! equals a plain f32 dequantization (tessera-convert's `dequant.rs`) bit for bit. The
+//! matmul kernels never dequantize: they multiply the integer codes with activations
+//! rounded to i16 per block ([`act`]), as llama.cpp multiplies them with 8-bit ones.
 
+pub(crate) mod act;
 mod panel;
 mod quantize;
 
@@ -22,7 +24,7 @@ use half::f16;
 
 use crate::error::{check_len, mul, KernelError};
 
-pub(crate) use panel::{decode_panel, pack_panels, panel_bytes};
+pub(crate) use panel::{code, pack_panels, panel_bytes};
 
 /// Values per block along k.
 pub const BLOCK: usize = 32;

@@ -1,16 +1,18 @@
-//! Quantized panels: 16 rows' blocks at the same k packed together, k-major inside.
+//! Quantized panels: 16 rows' blocks at the same k packed together, pairs of k adjacent per
+//! row, so that one 32-byte load widens into 16 rows x 2 k of i16 for `pmaddwd`.
 //!
 //! ```text
 //!  panel p, block b (rows 16p .. 16p+15, k = 32b .. 32b+31):
-//!  | d[0..16]: f16 | m[0..16]: f16 (Q4_1) | quants, k-major, 16 rows per k
-//!  Q8_0 quants: q[j][o]  = row o's q[j]     (32 x 16 bytes)
-//!  Q4_x quants: qs[j][o] = row o's qs[j]    (16 x 16 bytes; low nibble k = j, high k = j+16)
+//!  | d[0..16]: f16 | m[0..16]: f16 (Q4_1) | quants: pair groups of 32 bytes
+//!  Q8_0: group g (0..16), byte 2o + t = row o's q[2g + t]
+//!  Q4_x: group g (0..8),  byte 2o + t = row o's qs[2g + t]
+//!        (low nibble: k = 2g + t; high nibble: k = 16 + 2g + t)
 //! ```
 //!
 //! The bytes stay in blocks (scales stay f16), so a GEMV reads as few bytes as the GGUF
 //! holds; rows past the matrix are zero blocks and their outputs are never stored.
 
-use super::{half_at, nibble, BlockFormat, BlockTensor, BLOCK};
+use super::{BlockFormat, BlockTensor, BLOCK};
 use crate::aligned::{line_vec, LineVec};
 
 /// Rows per panel.
@@ -19,6 +21,13 @@ const ROWS: usize = 16;
 /// Bytes of one packed panel over `k` columns.
 pub(crate) fn panel_bytes(format: BlockFormat, k: usize) -> usize {
     k / BLOCK * format.panel_block_bytes()
+}
+
+/// Offset, inside a panel block's quants, of row `o`'s stored byte `j` (a Q8_0 value, or a
+/// Q4_x pair of nibbles).
+#[inline(always)]
+pub(crate) fn quant_at(o: usize, j: usize) -> usize {
+    j / 2 * 2 * ROWS + 2 * o + j % 2
 }
 
 /// Packs a block tensor into panels (`rows.div_ceil(16)` panels of [`panel_bytes`]).
@@ -43,40 +52,26 @@ pub(crate) fn pack_panels(t: &BlockTensor) -> LineVec<u8> {
                 BlockFormat::Q8_0 | BlockFormat::Q4_0 => &src[2..],
             };
             for (j, &q) in qs.iter().enumerate() {
-                dst[quants_at + j * ROWS + o] = q;
+                dst[quants_at + quant_at(o, j)] = q;
             }
         }
     }
     out
 }
 
-/// Decodes one packed panel (`panel_bytes(format, k)` bytes) into f32 panel layout
-/// (`out[k * 16 + o]`), with the same formulas as [`decode_block`].
-pub(crate) fn decode_panel(format: BlockFormat, panel: &[u8], out: &mut [f32]) {
-    let pbb = format.panel_block_bytes();
-    let quants_at = format.panel_quants_at();
-    for (b, blk) in panel.chunks_exact(pbb).enumerate() {
-        let out = &mut out[b * BLOCK * ROWS..][..BLOCK * ROWS];
-        for o in 0..ROWS {
-            let d = half_at(blk, 2 * o);
-            let q = &blk[quants_at..];
-            match format {
-                BlockFormat::Q8_0 => {
-                    for j in 0..BLOCK {
-                        out[j * ROWS + o] = f32::from(q[j * ROWS + o] as i8) * d;
-                    }
-                }
-                BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                    let m = match format {
-                        BlockFormat::Q4_1 => half_at(blk, 32 + 2 * o),
-                        _ => 0.0,
-                    };
-                    for j in 0..BLOCK / 2 {
-                        let byte = q[j * ROWS + o];
-                        out[j * ROWS + o] = nibble(format, byte & 0xF, d, m);
-                        out[(j + 16) * ROWS + o] = nibble(format, byte >> 4, d, m);
-                    }
-                }
+/// Row `o`'s integer code for value `j` of a packed panel block (`quants` = its quants):
+/// the signed byte (Q8_0), the nibble minus 8 (Q4_0) or the nibble (Q4_1).
+#[inline(always)]
+pub(crate) fn code(format: BlockFormat, quants: &[u8], o: usize, j: usize) -> i32 {
+    match format {
+        BlockFormat::Q8_0 => i32::from(quants[quant_at(o, j)] as i8),
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            let byte = quants[quant_at(o, j % 16)];
+            let nibble = i32::from(if j < 16 { byte & 0xF } else { byte >> 4 });
+            if format == BlockFormat::Q4_0 {
+                nibble - 8
+            } else {
+                nibble
             }
         }
     }

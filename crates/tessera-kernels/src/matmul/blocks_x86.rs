@@ -1,0 +1,324 @@
+//! x86 tile kernels over quantized panels: a 32-byte group of a panel block widens to 16
+//! rows x 2 k of i16 (one `zmm`, or two `ymm` of 8 rows), `pmaddwd` multiplies it with a
+//! broadcast pair of rounded x and sums each row's pair into i32, and the block ends with
+//! the f32 steps of [`crate::quant::act`]. Integer sums are exact, so the order inside a
+//! block is free; the f32 steps run per block in order, as in [`super::blocks`].
+
+use std::arch::x86_64::*;
+
+use super::drive::{Shape, TileArgs, PANEL};
+use crate::quant::act::{block_x, BlockX};
+use crate::quant::{BlockFormat, BLOCK};
+
+/// Tile shape of the AVX-512 path over quantized panels.
+pub(crate) const AVX512_SHAPE: Shape = Shape {
+    mr: 4,
+    np: 2,
+    np_gemv: 4,
+};
+
+/// Tile shape of the AVX2 path over quantized panels.
+pub(crate) const AVX2_SHAPE: Shape = Shape {
+    mr: 2,
+    np: 1,
+    np_gemv: 2,
+};
+
+/// The formats by kernel parameter `F`.
+const FORMATS: [BlockFormat; 3] = [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1];
+
+/// Blocks ahead a one-row tile prefetches each panel stream (into L2).
+const PREFETCH_BLOCKS: usize = 2;
+
+/// Calls `$kernel::<F, MR, NP>($w, $a)` for format `$f` and the tile shape of `$a`.
+macro_rules! block_tiles {
+    ($kernel:ident, $f:expr, $w:expr, $a:expr, $path:literal, [$(($r:literal, $p:literal)),*]) => {
+        match ($a.mr, $a.np) {
+            // SAFETY (all arms): forwarded from the calling kernel's contract.
+            $(($r, $p) => match $f {
+                BlockFormat::Q8_0 => unsafe { $kernel::<0, $r, $p>($w, $a) },
+                BlockFormat::Q4_0 => unsafe { $kernel::<1, $r, $p>($w, $a) },
+                BlockFormat::Q4_1 => unsafe { $kernel::<2, $r, $p>($w, $a) },
+            },)*
+            _ => unreachable!("tile {}x{} is not an {} block tile shape", $a.mr, $a.np, $path),
+        }
+    };
+}
+
+/// Computes one tile's chunk over quantized panels of format `f` (see [`super::blocks::tile`]).
+///
+/// # Safety
+/// As [`super::blocks::tile`], `(mr, np)` within [`AVX512_SHAPE`], on a CPU with AVX-512
+/// F/BW/VL, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn tile_avx512(f: BlockFormat, w: *const u8, a: &TileArgs) {
+    block_tiles!(
+        tile512,
+        f,
+        w,
+        a,
+        "AVX-512",
+        [
+            (1, 1),
+            (2, 1),
+            (3, 1),
+            (4, 1),
+            (1, 2),
+            (2, 2),
+            (3, 2),
+            (4, 2),
+            (1, 3),
+            (1, 4)
+        ]
+    )
+}
+
+/// Computes one tile's chunk over quantized panels of format `f` (see [`super::blocks::tile`]).
+///
+/// # Safety
+/// As [`super::blocks::tile`], `(mr, np)` within [`AVX2_SHAPE`], on a CPU with AVX2, FMA
+/// and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn tile_avx2(f: BlockFormat, w: *const u8, a: &TileArgs) {
+    block_tiles!(tile256, f, w, a, "AVX2", [(1, 1), (2, 1), (1, 2)])
+}
+
+/// Rows `0..MR`'s operands for block `b` (cut ones copied into `tmp`).
+///
+/// # Safety
+/// As [`block_x`] for every row.
+#[inline(always)]
+unsafe fn rows_x<const MR: usize>(
+    a: &TileArgs,
+    b: usize,
+    tmp: &mut [[i16; BLOCK]; MR],
+) -> [BlockX; MR] {
+    let mut xs = [BlockX {
+        q: std::ptr::null(),
+        dx: 0.0,
+        sx: 0.0,
+    }; MR];
+    for (r, (x, t)) in xs.iter_mut().zip(tmp.iter_mut()).enumerate() {
+        // SAFETY: row r holds block b (caller's contract).
+        *x = unsafe { block_x(a.xq, a.xd, a.xs, a.ldx, r, b, a.k0, a.k1, t) };
+    }
+    xs
+}
+
+/// The pair of rounded x at value `j` of a block, as one i32 to broadcast.
+///
+/// # Safety
+/// `q` must hold 32 values and `j` be even, below 32.
+#[inline(always)]
+unsafe fn pair(q: *const i16, j: usize) -> i32 {
+    // SAFETY: values j and j + 1 are inside the block (contract).
+    unsafe { q.add(j).cast::<i32>().read_unaligned() }
+}
+
+/// Block `b`'s address in panels `0..NP`, prefetching ahead for a one-row tile.
+#[inline(always)]
+fn bases<const NP: usize>(w: *const u8, a: &TileArgs, b: usize, pbb: usize) -> [*const u8; NP] {
+    let mut base = [std::ptr::null(); NP];
+    for (p, at) in base.iter_mut().enumerate() {
+        // `wrapping_add` keeps the address defined; the kernels read only blocks below k1.
+        *at = w.wrapping_add(p * a.pstride + b * pbb);
+        if a.mr == 1 {
+            let ahead = at.wrapping_add(PREFETCH_BLOCKS * pbb);
+            for line in (0..pbb).step_by(64) {
+                // SAFETY: a prefetch never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(line).cast()) };
+            }
+        }
+    }
+    base
+}
+
+/// The `MR x NP` AVX-512 tile for format `F` (0: Q8_0, 1: Q4_0, 2: Q4_1).
+///
+/// # Safety
+/// As [`tile_avx512`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn tile512<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a: &TileArgs) {
+    let fmt = FORMATS[F as usize];
+    let (pbb, qa) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
+    let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+    let mut tmp = [[0i16; BLOCK]; MR];
+    for b in a.k0 / BLOCK..a.k1.div_ceil(BLOCK) {
+        // SAFETY: rows 0..MR hold block b (b * 32 < k1).
+        let xs = unsafe { rows_x::<MR>(a, b, &mut tmp) };
+        let base = bases::<NP>(w, a, b, pbb);
+        let mut sums = [[_mm512_setzero_si512(); NP]; MR];
+        if F == 0 {
+            for g in 0..BLOCK / 2 {
+                let mut wv = [_mm512_setzero_si512(); NP];
+                for (v, at) in wv.iter_mut().zip(&base) {
+                    // SAFETY: group g of block b's quants is inside panel p.
+                    *v = _mm512_cvtepi8_epi16(unsafe {
+                        _mm256_loadu_si256(at.add(qa + 32 * g).cast())
+                    });
+                }
+                for (x, row) in xs.iter().zip(sums.iter_mut()) {
+                    // SAFETY: 2g < 32.
+                    let xv = _mm512_set1_epi32(unsafe { pair(x.q, 2 * g) });
+                    for (s, v) in row.iter_mut().zip(&wv) {
+                        *s = _mm512_add_epi32(*s, _mm512_madd_epi16(*v, xv));
+                    }
+                }
+            }
+        } else {
+            let (nib, eight) = (_mm512_set1_epi16(0xF), _mm512_set1_epi16(8));
+            for g in 0..BLOCK / 4 {
+                let (mut lo, mut hi) = ([_mm512_setzero_si512(); NP], [_mm512_setzero_si512(); NP]);
+                for p in 0..NP {
+                    // SAFETY: group g of block b's quants is inside panel p.
+                    let raw = unsafe { _mm256_loadu_si256(base[p].add(qa + 32 * g).cast()) };
+                    let v = _mm512_cvtepu8_epi16(raw);
+                    // Zero-extended bytes: the high nibble needs only the shift.
+                    (lo[p], hi[p]) = (_mm512_and_si512(v, nib), _mm512_srli_epi16::<4>(v));
+                    if F == 1 {
+                        lo[p] = _mm512_sub_epi16(lo[p], eight);
+                        hi[p] = _mm512_sub_epi16(hi[p], eight);
+                    }
+                }
+                for (x, row) in xs.iter().zip(sums.iter_mut()) {
+                    // SAFETY: 2g and 16 + 2g are even and below 32.
+                    let (xl, xh) = unsafe { (pair(x.q, 2 * g), pair(x.q, 16 + 2 * g)) };
+                    let (xl, xh) = (_mm512_set1_epi32(xl), _mm512_set1_epi32(xh));
+                    for (s, (l, h)) in row.iter_mut().zip(lo.iter().zip(&hi)) {
+                        let t =
+                            _mm512_add_epi32(_mm512_madd_epi16(*l, xl), _mm512_madd_epi16(*h, xh));
+                        *s = _mm512_add_epi32(*s, t);
+                    }
+                }
+            }
+        }
+        for p in 0..NP {
+            // SAFETY: the 16 scales (and Q4_1's 16 mins after them) open block b of panel p.
+            let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base[p].cast()) });
+            let m = if F == 2 {
+                // SAFETY: as above.
+                _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base[p].add(32).cast()) })
+            } else {
+                _mm512_setzero_ps()
+            };
+            for r in 0..MR {
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(xs[r].dx));
+                let mut v = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sums[r][p]), acc[r][p]);
+                if F == 2 {
+                    v = _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r].sx), v);
+                }
+                acc[r][p] = v;
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (p, s) in row.iter().enumerate() {
+            // SAFETY: out has MR * NP * 16 floats (contract).
+            unsafe { _mm512_storeu_ps(a.out.add((r * NP + p) * PANEL), *s) };
+        }
+    }
+}
+
+/// The `MR x NP` AVX2 tile for format `F`: each panel's 16 rows are two halves of 8.
+///
+/// # Safety
+/// As [`tile_avx2`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile256<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a: &TileArgs) {
+    let fmt = FORMATS[F as usize];
+    let (pbb, qa) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
+    let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
+    let mut tmp = [[0i16; BLOCK]; MR];
+    for b in a.k0 / BLOCK..a.k1.div_ceil(BLOCK) {
+        // SAFETY: rows 0..MR hold block b (b * 32 < k1).
+        let xs = unsafe { rows_x::<MR>(a, b, &mut tmp) };
+        let base = bases::<NP>(w, a, b, pbb);
+        let mut sums = [[[_mm256_setzero_si256(); 2]; NP]; MR];
+        if F == 0 {
+            for g in 0..BLOCK / 2 {
+                let mut wv = [[_mm256_setzero_si256(); 2]; NP];
+                for (v, at) in wv.iter_mut().zip(&base) {
+                    for (h, half) in v.iter_mut().enumerate() {
+                        // SAFETY: group g of block b's quants is inside panel p.
+                        let raw = unsafe { _mm_loadu_si128(at.add(qa + 32 * g + 16 * h).cast()) };
+                        *half = _mm256_cvtepi8_epi16(raw);
+                    }
+                }
+                for (x, row) in xs.iter().zip(sums.iter_mut()) {
+                    // SAFETY: 2g < 32.
+                    let xv = _mm256_set1_epi32(unsafe { pair(x.q, 2 * g) });
+                    for (s, v) in row.iter_mut().zip(&wv) {
+                        for (s, v) in s.iter_mut().zip(v) {
+                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(*v, xv));
+                        }
+                    }
+                }
+            }
+        } else {
+            let (nib, eight) = (_mm256_set1_epi16(0xF), _mm256_set1_epi16(8));
+            for g in 0..BLOCK / 4 {
+                let mut lo = [[_mm256_setzero_si256(); 2]; NP];
+                let mut hi = lo;
+                for p in 0..NP {
+                    for h in 0..2 {
+                        // SAFETY: group g of block b's quants is inside panel p.
+                        let raw =
+                            unsafe { _mm_loadu_si128(base[p].add(qa + 32 * g + 16 * h).cast()) };
+                        let v = _mm256_cvtepu8_epi16(raw);
+                        (lo[p][h], hi[p][h]) =
+                            (_mm256_and_si256(v, nib), _mm256_srli_epi16::<4>(v));
+                        if F == 1 {
+                            lo[p][h] = _mm256_sub_epi16(lo[p][h], eight);
+                            hi[p][h] = _mm256_sub_epi16(hi[p][h], eight);
+                        }
+                    }
+                }
+                for (x, row) in xs.iter().zip(sums.iter_mut()) {
+                    // SAFETY: 2g and 16 + 2g are even and below 32.
+                    let (xl, xh) = unsafe { (pair(x.q, 2 * g), pair(x.q, 16 + 2 * g)) };
+                    let (xl, xh) = (_mm256_set1_epi32(xl), _mm256_set1_epi32(xh));
+                    for p in 0..NP {
+                        for h in 0..2 {
+                            let t = _mm256_add_epi32(
+                                _mm256_madd_epi16(lo[p][h], xl),
+                                _mm256_madd_epi16(hi[p][h], xh),
+                            );
+                            row[p][h] = _mm256_add_epi32(row[p][h], t);
+                        }
+                    }
+                }
+            }
+        }
+        for p in 0..NP {
+            for h in 0..2 {
+                // SAFETY: the 16 scales (and Q4_1's 16 mins after them) open block b.
+                let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(base[p].add(16 * h).cast()) });
+                let m = if F == 2 {
+                    // SAFETY: as above.
+                    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(base[p].add(32 + 16 * h).cast()) })
+                } else {
+                    _mm256_setzero_ps()
+                };
+                for r in 0..MR {
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(xs[r].dx));
+                    let sum = _mm256_cvtepi32_ps(sums[r][p][h]);
+                    let mut v = _mm256_fmadd_ps(scale, sum, acc[r][p][h]);
+                    if F == 2 {
+                        v = _mm256_fmadd_ps(m, _mm256_set1_ps(xs[r].sx), v);
+                    }
+                    acc[r][p][h] = v;
+                }
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (p, s) in row.iter().enumerate() {
+            for (h, v) in s.iter().enumerate() {
+                // SAFETY: out has MR * NP * 16 floats (contract).
+                unsafe { _mm256_storeu_ps(a.out.add((r * NP + p) * PANEL + 8 * h), *v) };
+            }
+        }
+    }
+}

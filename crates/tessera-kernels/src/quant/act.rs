@@ -1,0 +1,147 @@
+//! Activations for block weights: every row of x rounded to i16 per 32-column block with
+//! one f32 scale (`x ≈ dx * q`, `|q| <= 32767`), so that a block's dot product with any
+//! block format is an exact integer sum and one f32 step.
+//!
+//! ```text
+//!  per output o, row r, block b (the columns of b inside the chunk k0..k1):
+//!    i   = Σ_j code_o[j] * q_r[j]            exact i32 (Q4_0 codes are nibble - 8)
+//!    acc = fma(d_o * dx_rb, (f32) i, acc)     one f32 multiply, one fma
+//!    acc = fma(m_o, dx_rb * (f32) Σ_j q_r[j], acc)   Q4_1 only (its min)
+//! ```
+//!
+//! Every instruction-set path runs these steps, in block order from +0 at the chunk's first
+//! column, so the bits do not depend on the path, the tile, the batch or the rank count.
+//! The rounding is done once per row in scalar code (the same everywhere); i16 keeps the
+//! activations within 2^-16 of the block's largest value, far closer than bf16.
+
+use std::cell::RefCell;
+
+use super::BLOCK;
+
+/// Largest rounded magnitude.
+const QMAX: f32 = 32767.0;
+
+/// Rows of x rounded for block weights: `q` row-major (`k` per row), one scale and one
+/// integer block sum per row and block (`k / 32` per row).
+#[derive(Debug, Default)]
+pub(crate) struct QuantRows {
+    /// The rounded values.
+    pub q: Vec<i16>,
+    /// Each block's scale `dx`.
+    pub d: Vec<f32>,
+    /// Each block's `Σ q`.
+    pub s: Vec<i32>,
+}
+
+impl QuantRows {
+    /// Rounds `m` rows of `k` floats (`k` a multiple of 32) into `self`, reusing its buffers.
+    pub(crate) fn fill(&mut self, x: &[f32], m: usize, k: usize) {
+        debug_assert!(k.is_multiple_of(BLOCK) && x.len() >= m * k);
+        let blocks = m * k / BLOCK;
+        self.q.resize(m * k, 0);
+        self.d.resize(blocks, 0.0);
+        self.s.resize(blocks, 0);
+        let rows = x[..m * k]
+            .chunks_exact(BLOCK)
+            .zip(self.q.chunks_exact_mut(BLOCK));
+        for ((xb, qb), (d, s)) in rows.zip(self.d.iter_mut().zip(self.s.iter_mut())) {
+            let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let dx = amax / QMAX;
+            let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in qb.iter_mut().zip(xb) {
+                // `as` saturates (and maps NaN to 0); the clamp only guards rounding.
+                *q = (v * inv).round().clamp(-QMAX, QMAX) as i16;
+                sum += i32::from(*q);
+            }
+            *d = dx;
+            *s = sum;
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's rounded rows, grown to the largest request and kept.
+    static ROWS: RefCell<QuantRows> = RefCell::new(QuantRows::default());
+}
+
+/// Calls `f` with `m` rows of `k` floats rounded for block weights (this thread's buffers).
+pub(crate) fn with_quantized<R>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    f: impl FnOnce(&QuantRows) -> R,
+) -> R {
+    ROWS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut rows) => {
+            rows.fill(x, m, k);
+            f(&rows)
+        }
+        Err(_) => {
+            let mut rows = QuantRows::default();
+            rows.fill(x, m, k);
+            f(&rows)
+        }
+    })
+}
+
+/// One row's operands for one block, limited to a chunk's columns.
+#[derive(Clone, Copy)]
+pub(crate) struct BlockX {
+    /// 32 rounded values (zeros outside the chunk).
+    pub q: *const i16,
+    /// The block's scale.
+    pub dx: f32,
+    /// `dx * Σ q` over the chunk's columns (the Q4_1 min's factor).
+    pub sx: f32,
+}
+
+/// Row `r`'s operands for block `b` restricted to columns `k0..k1` (`q` at `xq`, scales and
+/// sums at `xd`/`xs`, rows `ldx` values and `ldx / 32` blocks apart). A block cut by the
+/// chunk is copied into `tmp` with the columns outside it zeroed.
+///
+/// # Safety
+/// Row r must hold block b (`32 (b + 1) <= ldx`) at all three pointers.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the tile's x operands, passed apart so each kernel reads them the same way"
+)]
+pub(crate) unsafe fn block_x(
+    xq: *const i16,
+    xd: *const f32,
+    xs: *const i32,
+    ldx: usize,
+    r: usize,
+    b: usize,
+    k0: usize,
+    k1: usize,
+    tmp: &mut [i16; BLOCK],
+) -> BlockX {
+    let at = r * (ldx / BLOCK) + b;
+    // SAFETY: block b of row r exists (contract).
+    let (q, dx, s) = unsafe { (xq.add(r * ldx + b * BLOCK), *xd.add(at), *xs.add(at)) };
+    let (lo, hi) = (b * BLOCK, (b + 1) * BLOCK);
+    if k0 <= lo && hi <= k1 {
+        return BlockX {
+            q,
+            dx,
+            sx: dx * s as f32,
+        };
+    }
+    let mut sum = 0i32;
+    for (j, t) in tmp.iter_mut().enumerate() {
+        // SAFETY: j < 32 is inside the block.
+        *t = if (k0..k1).contains(&(lo + j)) {
+            unsafe { *q.add(j) }
+        } else {
+            0
+        };
+        sum += i32::from(*t);
+    }
+    BlockX {
+        q: tmp.as_ptr(),
+        dx,
+        sx: dx * sum as f32,
+    }
+}
