@@ -90,14 +90,15 @@ fn decoded_values_equal_the_dequant_reference() {
     }
 }
 
-/// x rounded as the kernels round it: per 32 values, `dx = amax / 32767`, `q = round(x / dx)`.
+/// x rounded as the kernels round it: per 32 values, `dx = amax / 32767`, `q = x * (1 / dx)`
+/// rounded to the nearest integer, ties to even.
 fn round_x(x: &[f32]) -> (Vec<i32>, Vec<f32>) {
     let (mut q, mut d) = (Vec::new(), Vec::new());
     for block in x.chunks_exact(32) {
         let amax = block.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         let dx = amax / 32767.0;
         let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
-        q.extend(block.iter().map(|v| (v * inv).round() as i32));
+        q.extend(block.iter().map(|v| (v * inv).round_ties_even() as i32));
         d.push(dx);
     }
     (q, d)

@@ -52,25 +52,35 @@ macro_rules! block_tiles {
 /// F/BW/VL, FMA and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) unsafe fn tile_avx512(f: BlockFormat, w: *const u8, a: &TileArgs) {
-    block_tiles!(
-        tile512,
-        f,
-        w,
-        a,
-        "AVX-512",
-        [
-            (1, 1),
-            (2, 1),
-            (3, 1),
-            (4, 1),
-            (1, 2),
-            (2, 2),
-            (3, 2),
-            (4, 2),
-            (1, 3),
-            (1, 4)
-        ]
-    )
+    macro_rules! shapes {
+        ($kernel:ident) => {
+            block_tiles!(
+                $kernel,
+                f,
+                w,
+                a,
+                "AVX-512",
+                [
+                    (1, 1),
+                    (2, 1),
+                    (3, 1),
+                    (4, 1),
+                    (1, 2),
+                    (2, 2),
+                    (3, 2),
+                    (4, 2),
+                    (1, 3),
+                    (1, 4)
+                ]
+            )
+        };
+    }
+    // std caches the CPUID answer: one atomic load per tile.
+    if is_x86_feature_detected!("avx512vnni") {
+        shapes!(tile512_vnni)
+    } else {
+        shapes!(tile512)
+    }
 }
 
 /// Computes one tile's chunk over quantized panels of format `f` (see [`super::blocks::tile`]).
@@ -140,82 +150,131 @@ fn bases<const NP: usize>(w: *const u8, a: &TileArgs, b: usize, pbb: usize) -> [
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn tile512<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a: &TileArgs) {
-    let fmt = FORMATS[F as usize];
-    let (pbb, qa) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
-    let mut acc = [[_mm512_setzero_ps(); NP]; MR];
-    let mut tmp = [[0i16; BLOCK]; MR];
-    for b in a.k0 / BLOCK..a.k1.div_ceil(BLOCK) {
-        // SAFETY: rows 0..MR hold block b (b * 32 < k1).
-        let xs = unsafe { rows_x::<MR>(a, b, &mut tmp) };
-        let base = bases::<NP>(w, a, b, pbb);
-        let mut sums = [[_mm512_setzero_si512(); NP]; MR];
-        if F == 0 {
-            for g in 0..BLOCK / 2 {
-                let mut wv = [_mm512_setzero_si512(); NP];
-                for (v, at) in wv.iter_mut().zip(&base) {
-                    // SAFETY: group g of block b's quants is inside panel p.
-                    *v = _mm512_cvtepi8_epi16(unsafe {
-                        _mm256_loadu_si256(at.add(qa + 32 * g).cast())
-                    });
-                }
-                for (x, row) in xs.iter().zip(sums.iter_mut()) {
-                    // SAFETY: 2g < 32.
-                    let xv = _mm512_set1_epi32(unsafe { pair(x.q, 2 * g) });
-                    for (s, v) in row.iter_mut().zip(&wv) {
-                        *s = _mm512_add_epi32(*s, _mm512_madd_epi16(*v, xv));
-                    }
-                }
-            }
-        } else {
-            let (nib, eight) = (_mm512_set1_epi16(0xF), _mm512_set1_epi16(8));
-            for g in 0..BLOCK / 4 {
-                let (mut lo, mut hi) = ([_mm512_setzero_si512(); NP], [_mm512_setzero_si512(); NP]);
-                for p in 0..NP {
-                    // SAFETY: group g of block b's quants is inside panel p.
-                    let raw = unsafe { _mm256_loadu_si256(base[p].add(qa + 32 * g).cast()) };
-                    let v = _mm512_cvtepu8_epi16(raw);
-                    // Zero-extended bytes: the high nibble needs only the shift.
-                    (lo[p], hi[p]) = (_mm512_and_si512(v, nib), _mm512_srli_epi16::<4>(v));
-                    if F == 1 {
-                        lo[p] = _mm512_sub_epi16(lo[p], eight);
-                        hi[p] = _mm512_sub_epi16(hi[p], eight);
-                    }
-                }
-                for (x, row) in xs.iter().zip(sums.iter_mut()) {
-                    // SAFETY: 2g and 16 + 2g are even and below 32.
-                    let (xl, xh) = unsafe { (pair(x.q, 2 * g), pair(x.q, 16 + 2 * g)) };
-                    let (xl, xh) = (_mm512_set1_epi32(xl), _mm512_set1_epi32(xh));
-                    for (s, (l, h)) in row.iter_mut().zip(lo.iter().zip(&hi)) {
-                        let t =
-                            _mm512_add_epi32(_mm512_madd_epi16(*l, xl), _mm512_madd_epi16(*h, xh));
-                        *s = _mm512_add_epi32(*s, t);
-                    }
-                }
-            }
-        }
-        for p in 0..NP {
-            // SAFETY: the 16 scales (and Q4_1's 16 mins after them) open block b of panel p.
-            let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base[p].cast()) });
-            let m = if F == 2 {
-                // SAFETY: as above.
-                _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base[p].add(32).cast()) })
-            } else {
-                _mm512_setzero_ps()
-            };
-            for r in 0..MR {
-                let scale = _mm512_mul_ps(d, _mm512_set1_ps(xs[r].dx));
-                let mut v = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sums[r][p]), acc[r][p]);
-                if F == 2 {
-                    v = _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r].sx), v);
-                }
-                acc[r][p] = v;
-            }
-        }
+    // SAFETY: forwarded; the body runs with this function's features.
+    unsafe { body512::<F, MR, NP, false>(w, a) }
+}
+
+/// [`tile512`] with `vpdpwssd` (multiply, pair-sum and accumulate in one instruction).
+///
+/// # Safety
+/// As [`tile_avx512`], on a CPU with AVX-512 VNNI.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile512_vnni<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a: &TileArgs) {
+    // SAFETY: forwarded; the body runs with this function's features.
+    unsafe { body512::<F, MR, NP, true>(w, a) }
+}
+
+/// `s + pmaddwd(w, x)`, fused into `vpdpwssd` when `VNNI`.
+///
+/// # Safety
+/// AVX-512 BW, and AVX-512 VNNI when `VNNI`; inlined into a function that has them.
+#[inline(always)]
+unsafe fn dot_pairs<const VNNI: bool>(s: __m512i, w: __m512i, x: __m512i) -> __m512i {
+    if VNNI {
+        // SAFETY: the caller has AVX-512 VNNI (contract).
+        unsafe { _mm512_dpwssd_epi32(s, w, x) }
+    } else {
+        // SAFETY: the caller has AVX-512 BW (contract).
+        unsafe { _mm512_add_epi32(s, _mm512_madd_epi16(w, x)) }
     }
-    for (r, row) in acc.iter().enumerate() {
-        for (p, s) in row.iter().enumerate() {
-            // SAFETY: out has MR * NP * 16 floats (contract).
-            unsafe { _mm512_storeu_ps(a.out.add((r * NP + p) * PANEL), *s) };
+}
+
+/// The body of [`tile512`] and [`tile512_vnni`], inlined into each with its features.
+///
+/// # Safety
+/// As [`tile512`], and [`dot_pairs`]'s for `VNNI`.
+#[inline(always)]
+#[expect(
+    unused_unsafe,
+    reason = "the inner blocks keep each pointer access's own reason inside the outer one"
+)]
+unsafe fn body512<const F: u8, const MR: usize, const NP: usize, const VNNI: bool>(
+    w: *const u8,
+    a: &TileArgs,
+) {
+    // SAFETY: every intrinsic below needs only the features of the function this body is
+    // inlined into (contract); each pointer access carries its own reason.
+    unsafe {
+        let fmt = FORMATS[F as usize];
+        let (pbb, qa) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
+        let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+        let mut tmp = [[0i16; BLOCK]; MR];
+        for b in a.k0 / BLOCK..a.k1.div_ceil(BLOCK) {
+            // SAFETY: rows 0..MR hold block b (b * 32 < k1).
+            let xs = unsafe { rows_x::<MR>(a, b, &mut tmp) };
+            let base = bases::<NP>(w, a, b, pbb);
+            let mut sums = [[_mm512_setzero_si512(); NP]; MR];
+            if F == 0 {
+                for g in 0..BLOCK / 2 {
+                    let mut wv = [_mm512_setzero_si512(); NP];
+                    for (v, at) in wv.iter_mut().zip(&base) {
+                        // SAFETY: group g of block b's quants is inside panel p.
+                        *v = _mm512_cvtepi8_epi16(unsafe {
+                            _mm256_loadu_si256(at.add(qa + 32 * g).cast())
+                        });
+                    }
+                    for (x, row) in xs.iter().zip(sums.iter_mut()) {
+                        // SAFETY: 2g < 32.
+                        let xv = _mm512_set1_epi32(unsafe { pair(x.q, 2 * g) });
+                        for (s, v) in row.iter_mut().zip(&wv) {
+                            // SAFETY: the features of the function this body is inlined into.
+                            *s = unsafe { dot_pairs::<VNNI>(*s, *v, xv) };
+                        }
+                    }
+                }
+            } else {
+                let (nib, eight) = (_mm512_set1_epi16(0xF), _mm512_set1_epi16(8));
+                for g in 0..BLOCK / 4 {
+                    let (mut lo, mut hi) =
+                        ([_mm512_setzero_si512(); NP], [_mm512_setzero_si512(); NP]);
+                    for p in 0..NP {
+                        // SAFETY: group g of block b's quants is inside panel p.
+                        let raw = unsafe { _mm256_loadu_si256(base[p].add(qa + 32 * g).cast()) };
+                        let v = _mm512_cvtepu8_epi16(raw);
+                        // Zero-extended bytes: the high nibble needs only the shift.
+                        (lo[p], hi[p]) = (_mm512_and_si512(v, nib), _mm512_srli_epi16::<4>(v));
+                        if F == 1 {
+                            lo[p] = _mm512_sub_epi16(lo[p], eight);
+                            hi[p] = _mm512_sub_epi16(hi[p], eight);
+                        }
+                    }
+                    for (x, row) in xs.iter().zip(sums.iter_mut()) {
+                        // SAFETY: 2g and 16 + 2g are even and below 32.
+                        let (xl, xh) = unsafe { (pair(x.q, 2 * g), pair(x.q, 16 + 2 * g)) };
+                        let (xl, xh) = (_mm512_set1_epi32(xl), _mm512_set1_epi32(xh));
+                        for (s, (l, h)) in row.iter_mut().zip(lo.iter().zip(&hi)) {
+                            // SAFETY: the features of the function this body is inlined into.
+                            *s =
+                                unsafe { dot_pairs::<VNNI>(dot_pairs::<VNNI>(*s, *l, xl), *h, xh) };
+                        }
+                    }
+                }
+            }
+            for p in 0..NP {
+                // SAFETY: the 16 scales (and Q4_1's 16 mins after them) open block b of panel p.
+                let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base[p].cast()) });
+                let m = if F == 2 {
+                    // SAFETY: as above.
+                    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(base[p].add(32).cast()) })
+                } else {
+                    _mm512_setzero_ps()
+                };
+                for r in 0..MR {
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(xs[r].dx));
+                    let mut v = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sums[r][p]), acc[r][p]);
+                    if F == 2 {
+                        v = _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r].sx), v);
+                    }
+                    acc[r][p] = v;
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (p, s) in row.iter().enumerate() {
+                // SAFETY: out has MR * NP * 16 floats (contract).
+                unsafe { _mm512_storeu_ps(a.out.add((r * NP + p) * PANEL), *s) };
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ use super::BLOCK;
 
 /// Largest rounded magnitude.
 const QMAX: f32 = 32767.0;
+/// 1.5 * 2^23: `(t + ROUNDER) - ROUNDER` is `t` rounded to an integer, ties to even.
+const ROUNDER: f32 = 12_582_912.0;
 
 /// Rows of x rounded for block weights: `q` row-major (`k` per row), one scale and one
 /// integer block sum per row and block (`k / 32` per row).
@@ -45,15 +47,19 @@ impl QuantRows {
             .chunks_exact(BLOCK)
             .zip(self.q.chunks_exact_mut(BLOCK));
         for ((xb, qb), (d, s)) in rows.zip(self.d.iter_mut().zip(self.s.iter_mut())) {
-            let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-            let dx = amax / QMAX;
+            // A select, not `f32::max`, so that the reduction vectorizes; a NaN anywhere in
+            // the block makes the scale NaN, so it reaches the outputs as f32 sums would.
+            let amax = xb.iter().fold(0.0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+            let nan = xb.iter().fold(false, |n, v| n | v.is_nan());
+            let dx = if nan { f32::NAN } else { amax / QMAX };
             let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
-            let mut sum = 0i32;
             for (q, v) in qb.iter_mut().zip(xb) {
-                // `as` saturates (and maps NaN to 0); the clamp only guards rounding.
-                *q = (v * inv).round().clamp(-QMAX, QMAX) as i16;
-                sum += i32::from(*q);
+                // Adding and taking away 1.5 * 2^23 rounds |t| < 2^22 to the nearest
+                // integer, ties to even, in plain f32 steps that vectorize (`round` is a
+                // libm call). `as` saturates and maps NaN to 0.
+                *q = ((v * inv + ROUNDER) - ROUNDER) as i16;
             }
+            let sum = qb.iter().map(|&q| i32::from(q)).sum();
             *d = dx;
             *s = sum;
         }
