@@ -1,8 +1,8 @@
-//! The shipped Q4_1 model run from its blocks (`--dtype q4_1`, `model.blocks.safetensors`)
-//! gives exactly the bits of the f32 copy: that copy is the exact dequantization of the
-//! same blocks, and the kernels decode blocks exactly. Checked through `generate --json`
-//! at 1 and 2 ranks, and through the serving engine alone and batched; the blocks also
-//! take far less memory than f32.
+//! The shipped Q4_1 model run from its blocks (`--dtype q4_1`, `model.blocks.safetensors`):
+//! the same bits at 1 and 2 ranks and alone or batched, the greedy tokens of the f32 copy
+//! (the exact dequantization of the same blocks) and logits within the rounding of the
+//! activations to i16 (the kernels' integer path) of it. Checked through `generate --json`
+//! and through the serving engine; the blocks also take far less memory than f32.
 
 mod common;
 
@@ -38,19 +38,33 @@ fn generate_json(tp: usize, dtype: &str) -> serde_json::Value {
     common::json_stdout(&common::run(&args))
 }
 
+/// How far a q4_1 logit may be from the f32 copy's: activations rounded to i16 per block
+/// moved the top logits by about 1e-3 when measured; ten times that is still far below
+/// the gaps between the candidates this test compares.
+const LOGIT_TOL: f64 = 0.01;
+
 #[test]
-fn q4_1_generate_gives_the_bits_of_f32_at_1_and_2_ranks() {
+fn q4_1_generate_has_one_answer_at_1_and_2_ranks_and_follows_f32() {
     let f32_out = generate_json(1, "f32");
-    for tp in [1, 2] {
-        let q = generate_json(tp, "q4_1");
-        // JSON numbers print the shortest text that reads back to the same f32, so equal
-        // text is equal bits.
-        assert_eq!(
-            q["prompt_top_logits"], f32_out["prompt_top_logits"],
-            "tp {tp}: q4_1 top logits differ from f32"
-        );
-        assert_eq!(q["completion_ids"], f32_out["completion_ids"], "tp {tp}");
+    let one = generate_json(1, "q4_1");
+    // JSON numbers print the shortest text that reads back to the same f32, so equal
+    // text is equal bits.
+    let two = generate_json(2, "q4_1");
+    for field in ["completion_ids", "prompt_top_logits"] {
+        assert_eq!(one[field], two[field], "q4_1 {field} differ at 2 ranks");
     }
+    assert_eq!(one["completion_ids"], f32_out["completion_ids"]);
+    let (ours, theirs) = (
+        one["prompt_top_logits"].as_array().unwrap(),
+        f32_out["prompt_top_logits"].as_array().unwrap(),
+    );
+    assert_eq!(ours.len(), 10);
+    for (a, b) in ours.iter().zip(theirs) {
+        assert_eq!(a["id"], b["id"], "top-10 order differs: {ours:?} vs {theirs:?}");
+        let d = (a["logit"].as_f64().unwrap() - b["logit"].as_f64().unwrap()).abs();
+        assert!(d < LOGIT_TOL, "logit of {} is {d} from f32's", a["id"]);
+    }
+    assert_ne!(ours, theirs, "q4_1 logits are f32's bits: the blocks were not used");
 }
 
 fn start(dtype: WeightDtype) -> EngineHandle {
@@ -67,7 +81,7 @@ fn start(dtype: WeightDtype) -> EngineHandle {
 }
 
 #[test]
-fn q4_1_engine_traces_equal_f32_alone_and_batched() {
+fn q4_1_engine_traces_are_one_alone_and_batched_and_follow_f32() {
     let prompts: Vec<Vec<u32>> = cases().into_iter().take(3).map(|c| c.prompt).collect();
     let engine = start(WeightDtype::F32);
     let f32_alone: Vec<Trace> = prompts
@@ -82,8 +96,19 @@ fn q4_1_engine_traces_equal_f32_alone_and_batched() {
         .collect();
     let batched = run_all(&engine, &prompts);
     engine.shutdown();
-    assert!(alone == f32_alone, "q4_1 traces differ from f32");
     assert!(alone == batched, "q4_1 traces differ alone and batched");
+    for ((ids, lps), (want, want_lps)) in alone.iter().zip(&f32_alone) {
+        for (step, (lp, wlp)) in lps.iter().zip(want_lps).enumerate() {
+            let d = (f64::from(lp.0) - f64::from(wlp.0)).abs();
+            assert!(d < LOGIT_TOL, "step {step}: log-probability {d} from f32's");
+            // A swap is allowed only where f32's top two were within the tolerance.
+            let gap = f64::from(wlp.1[0].1) - f64::from(wlp.1[1].1);
+            if ids[step] != want[step] {
+                assert!(gap < 2.0 * LOGIT_TOL, "step {step}: {ids:?} vs f32 {want:?}");
+                break;
+            }
+        }
+    }
 }
 
 #[test]
