@@ -60,11 +60,17 @@ fn q4_1_generate_has_one_answer_at_1_and_2_ranks_and_follows_f32() {
     );
     assert_eq!(ours.len(), 10);
     for (a, b) in ours.iter().zip(theirs) {
-        assert_eq!(a["id"], b["id"], "top-10 order differs: {ours:?} vs {theirs:?}");
+        assert_eq!(
+            a["id"], b["id"],
+            "top-10 order differs: {ours:?} vs {theirs:?}"
+        );
         let d = (a["logit"].as_f64().unwrap() - b["logit"].as_f64().unwrap()).abs();
         assert!(d < LOGIT_TOL, "logit of {} is {d} from f32's", a["id"]);
     }
-    assert_ne!(ours, theirs, "q4_1 logits are f32's bits: the blocks were not used");
+    assert_ne!(
+        ours, theirs,
+        "q4_1 logits are f32's bits: the blocks were not used"
+    );
 }
 
 fn start(dtype: WeightDtype) -> EngineHandle {
@@ -104,7 +110,10 @@ fn q4_1_engine_traces_are_one_alone_and_batched_and_follow_f32() {
             // A swap is allowed only where f32's top two were within the tolerance.
             let gap = f64::from(wlp.1[0].1) - f64::from(wlp.1[1].1);
             if ids[step] != want[step] {
-                assert!(gap < 2.0 * LOGIT_TOL, "step {step}: {ids:?} vs f32 {want:?}");
+                assert!(
+                    gap < 2.0 * LOGIT_TOL,
+                    "step {step}: {ids:?} vs f32 {want:?}"
+                );
                 break;
             }
         }

@@ -243,10 +243,11 @@ unsafe fn body512<const F: u8, const MR: usize, const NP: usize, const VNNI: boo
                         // SAFETY: 2g and 16 + 2g are even and below 32.
                         let (xl, xh) = unsafe { (pair(x.q, 2 * g), pair(x.q, 16 + 2 * g)) };
                         let (xl, xh) = (_mm512_set1_epi32(xl), _mm512_set1_epi32(xh));
-                        for (s, (l, h)) in row.iter_mut().zip(lo.iter().zip(&hi)) {
+                        for p in 0..NP {
                             // SAFETY: the features of the function this body is inlined into.
-                            *s =
-                                unsafe { dot_pairs::<VNNI>(dot_pairs::<VNNI>(*s, *l, xl), *h, xh) };
+                            row[p] = unsafe {
+                                dot_pairs::<VNNI>(dot_pairs::<VNNI>(row[p], lo[p], xl), hi[p], xh)
+                            };
                         }
                     }
                 }
@@ -295,57 +296,26 @@ unsafe fn tile256<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a
         let xs = unsafe { rows_x::<MR>(a, b, &mut tmp) };
         let base = bases::<NP>(w, a, b, pbb);
         let mut sums = [[[_mm256_setzero_si256(); 2]; NP]; MR];
-        if F == 0 {
-            for g in 0..BLOCK / 2 {
-                let mut wv = [[_mm256_setzero_si256(); 2]; NP];
-                for (v, at) in wv.iter_mut().zip(&base) {
-                    for (h, half) in v.iter_mut().enumerate() {
-                        // SAFETY: group g of block b's quants is inside panel p.
-                        let raw = unsafe { _mm_loadu_si128(at.add(qa + 32 * g + 16 * h).cast()) };
-                        *half = _mm256_cvtepi8_epi16(raw);
-                    }
-                }
-                for (x, row) in xs.iter().zip(sums.iter_mut()) {
-                    // SAFETY: 2g < 32.
-                    let xv = _mm256_set1_epi32(unsafe { pair(x.q, 2 * g) });
-                    for (s, v) in row.iter_mut().zip(&wv) {
-                        for (s, v) in s.iter_mut().zip(v) {
-                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(*v, xv));
-                        }
-                    }
-                }
-            }
-        } else {
-            let (nib, eight) = (_mm256_set1_epi16(0xF), _mm256_set1_epi16(8));
-            for g in 0..BLOCK / 4 {
-                let mut lo = [[_mm256_setzero_si256(); 2]; NP];
-                let mut hi = lo;
+        for g in 0..if F == 0 { BLOCK / 2 } else { BLOCK / 4 } {
+            // SAFETY: group g of block b is inside every panel.
+            let (lo, hi) = unsafe { group256::<F, NP>(&base, qa, g) };
+            for (x, row) in xs.iter().zip(sums.iter_mut()) {
+                // SAFETY: 2g (and 16 + 2g for 4-bit groups) are even and below 32.
+                let xl = _mm256_set1_epi32(unsafe { pair(x.q, 2 * g) });
+                let xh = _mm256_set1_epi32(if F == 0 {
+                    0
+                } else {
+                    unsafe { pair(x.q, 16 + 2 * g) }
+                });
+                // Indexed loops over the constant shape unroll into registers (iterator
+                // adapters over the nested arrays kept the sums in memory).
                 for p in 0..NP {
                     for h in 0..2 {
-                        // SAFETY: group g of block b's quants is inside panel p.
-                        let raw =
-                            unsafe { _mm_loadu_si128(base[p].add(qa + 32 * g + 16 * h).cast()) };
-                        let v = _mm256_cvtepu8_epi16(raw);
-                        (lo[p][h], hi[p][h]) =
-                            (_mm256_and_si256(v, nib), _mm256_srli_epi16::<4>(v));
-                        if F == 1 {
-                            lo[p][h] = _mm256_sub_epi16(lo[p][h], eight);
-                            hi[p][h] = _mm256_sub_epi16(hi[p][h], eight);
+                        let mut v = _mm256_add_epi32(row[p][h], _mm256_madd_epi16(lo[p][h], xl));
+                        if F != 0 {
+                            v = _mm256_add_epi32(v, _mm256_madd_epi16(hi[p][h], xh));
                         }
-                    }
-                }
-                for (x, row) in xs.iter().zip(sums.iter_mut()) {
-                    // SAFETY: 2g and 16 + 2g are even and below 32.
-                    let (xl, xh) = unsafe { (pair(x.q, 2 * g), pair(x.q, 16 + 2 * g)) };
-                    let (xl, xh) = (_mm256_set1_epi32(xl), _mm256_set1_epi32(xh));
-                    for p in 0..NP {
-                        for h in 0..2 {
-                            let t = _mm256_add_epi32(
-                                _mm256_madd_epi16(lo[p][h], xl),
-                                _mm256_madd_epi16(hi[p][h], xh),
-                            );
-                            row[p][h] = _mm256_add_epi32(row[p][h], t);
-                        }
+                        row[p][h] = v;
                     }
                 }
             }
@@ -380,4 +350,39 @@ unsafe fn tile256<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a
             }
         }
     }
+}
+
+/// Pair group `g` of one block in panels `0..NP` as i16 halves of 8 rows: the signed bytes
+/// (Q8_0; `hi` unused), or the low and high nibbles (minus 8 for Q4_0).
+///
+/// # Safety
+/// Group g of the block at every `base` must be readable (`qa` = its quants' offset).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn group256<const F: u8, const NP: usize>(
+    base: &[*const u8; NP],
+    qa: usize,
+    g: usize,
+) -> ([[__m256i; 2]; NP], [[__m256i; 2]; NP]) {
+    let (nib, eight) = (_mm256_set1_epi16(0xF), _mm256_set1_epi16(8));
+    let mut lo = [[_mm256_setzero_si256(); 2]; NP];
+    let mut hi = lo;
+    for p in 0..NP {
+        for h in 0..2 {
+            // SAFETY: 16 bytes of group g (contract).
+            let raw = unsafe { _mm_loadu_si128(base[p].add(qa + 32 * g + 16 * h).cast()) };
+            if F == 0 {
+                lo[p][h] = _mm256_cvtepi8_epi16(raw);
+                continue;
+            }
+            let v = _mm256_cvtepu8_epi16(raw);
+            // Zero-extended bytes: the high nibble needs only the shift.
+            (lo[p][h], hi[p][h]) = (_mm256_and_si256(v, nib), _mm256_srli_epi16::<4>(v));
+            if F == 1 {
+                lo[p][h] = _mm256_sub_epi16(lo[p][h], eight);
+                hi[p][h] = _mm256_sub_epi16(hi[p][h], eight);
+            }
+        }
+    }
+    (lo, hi)
 }

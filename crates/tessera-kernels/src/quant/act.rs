@@ -49,7 +49,9 @@ impl QuantRows {
         for ((xb, qb), (d, s)) in rows.zip(self.d.iter_mut().zip(self.s.iter_mut())) {
             // A select, not `f32::max`, so that the reduction vectorizes; a NaN anywhere in
             // the block makes the scale NaN, so it reaches the outputs as f32 sums would.
-            let amax = xb.iter().fold(0.0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+            let amax = xb
+                .iter()
+                .fold(0.0f32, |a, v| if v.abs() > a { v.abs() } else { a });
             let nan = xb.iter().fold(false, |n, v| n | v.is_nan());
             let dx = if nan { f32::NAN } else { amax / QMAX };
             let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
