@@ -4,8 +4,10 @@ For each precision (f32, bf16, q4_1) it alternates rounds of:
   - batch-1 decode and prefill-512: `tessera bench latency --dtype P` / `llama-bench -p 512 -n 128`
   - 64 requests x (128 in + 128 out), total tok/s: `tessera bench throughput --dtype P` /
     `llama-batched-bench -npp 128 -ntg 128 -npl 64`
-and the read-bandwidth probe (`tessera bench bandwidth`), then prints a Markdown table of
-medians and ratios and writes every raw number as JSON. It builds nothing: llama.cpp comes
+and the read-bandwidth probe (`tessera bench bandwidth`, also rereading each precision's
+weight bytes), then prints a Markdown table of medians and ratios, MFU, and each
+precision's fastest decode read against the bound at its working set, and writes every raw
+number as JSON. It builds nothing: llama.cpp comes
 from `tools/peers/build_llamacpp.sh` (its `LB/bin`, or an AVX2-only build in another
 directory for `--isa avx2`), the GGUF files from the same script and `tessera pull`.
 
@@ -91,7 +93,6 @@ def tessera(a, *args):
 
 
 def one_round(a, raw):
-    raw["bandwidth"].append(tessera(a, "bench", "bandwidth", "--repeats", "5", "--mib", "1024"))
     for p in a.precisions:
         lat = tessera(a, "bench", "latency", "--model", a.model, "--dtype", p, "--repeats", "3",
                       "--threads", str(a.threads))
@@ -101,6 +102,25 @@ def one_round(a, raw):
         gguf = a.gguf[p]
         raw["llama.cpp"][p].append({"bench": llama_bench(a.llama_bin, gguf, a.threads),
                                     "batched": llama_batched(a.llama_bin, gguf, a.threads, 64, 128, 128)})
+    # The probe also rereads each precision's weight bytes: a model that fits a large L3
+    # partly stays there between tokens, and its bound must cover that.
+    sizes = ",".join(str(raw["tessera"][p][-1]["latency"]["weight_bytes_per_token"]) for p in a.precisions)
+    raw["bandwidth"].append(tessera(a, "bench", "bandwidth", "--repeats", "5", "--mib", "1024",
+                                    "--working-set-bytes", sizes))
+
+
+def bound_check(a, raw):
+    """Per precision: the fastest decode sample's weight read against the bound at that
+    working set (the best of every probe), so no measured rate passes unchecked."""
+    for p in a.precisions:
+        bytes_ = raw["tessera"][p][-1]["latency"]["weight_bytes_per_token"]
+        fastest = max(max(r["latency"]["decode_tok_s_all"]) for r in raw["tessera"][p])
+        bound = max(ws["bound_gb_s"] for b in raw["bandwidth"] for ws in b["working_sets"]
+                    if ws["bytes"] == bytes_)
+        read = fastest * bytes_ / 1e9
+        verdict = "within" if read <= bound else "EXCEEDS"
+        print(f"bound {p}: fastest decode sample {fastest:.1f} tok/s x {bytes_ / 1e6:.0f} MB = "
+              f"{read:.1f} GB/s, {verdict} the bound {bound:.1f} GB/s at that working set")
 
 
 def med_or_none(xs):
@@ -155,7 +175,7 @@ def mfu(a, raw, peak):
     """MFU of the 64-request runs: prompt tokens count 2 x layer parameters (they skip the
     output head), generated tokens 2 x (layer + head) parameters; over the GEMM peak of that
     precision's arithmetic measured in the same run (`tessera bench bandwidth`: f32 fmas for
-    f32 and q4_1, whose blocks are decoded to f32; bf16 pairs for bf16)."""
+    f32, bf16 pairs for bf16, Q4_1 blocks times i16 activations for q4_1)."""
     layers, head = param_counts(a.model)
     flops = 64 * (128 * 2 * layers + 128 * 2 * (layers + head))
     for p in a.precisions:
@@ -188,12 +208,14 @@ def main():
     bw = max(b["bound_gb_s"] for b in raw["bandwidth"])
     f32_peak = max(b["gemm_gflop_s_max"] for b in raw["bandwidth"])
     bf16_peak = max(b.get("gemm_bf16_gflop_s_max", 0.0) for b in raw["bandwidth"]) or f32_peak
-    peak = {"f32": f32_peak, "q4_1": f32_peak, "bf16": bf16_peak}
+    q4_1_peak = max(b.get("gemm_q4_1_gflop_s_max", 0.0) for b in raw["bandwidth"]) or f32_peak
+    peak = {"f32": f32_peak, "q4_1": q4_1_peak, "bf16": bf16_peak}
     print(f"CPU: {cpu}; machine ISA {machine_isa}; Tessera kernels {a.isa or machine_isa}; "
           f"llama.cpp {a.llama_bin}; {a.threads} threads; read bandwidth bound (best probe) {bw:.1f} GB/s; "
-          f"GEMM peak f32 {f32_peak:.0f}, bf16 {bf16_peak:.0f} GFLOP/s\n")
+          f"GEMM peak f32 {f32_peak:.0f}, bf16 {bf16_peak:.0f}, q4_1 {q4_1_peak:.0f} GFLOP/s\n")
     summary = table(a, raw)
     mfu(a, raw, peak)
+    bound_check(a, raw)
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "machine_isa": machine_isa,

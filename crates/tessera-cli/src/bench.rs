@@ -75,6 +75,11 @@ pub(crate) struct BandwidthArgs {
     /// CPU kernel instruction set for the GEMV and GEMM probes (default: the fastest).
     #[arg(long)]
     isa: Option<String>,
+    /// Also read buffers of these sizes (bytes, comma-separated) over and over, by the
+    /// streaming sum and the GEMV: a model's weights read once per token may stay partly in
+    /// a large L3, so the bound for a model is the best of every probe at its weight size.
+    #[arg(long, value_delimiter = ',')]
+    working_set_bytes: Vec<usize>,
 }
 
 #[derive(Serialize)]
@@ -219,8 +224,10 @@ const GEMM_N: usize = 2048;
 /// Read bandwidth as the best of two probes over a buffer much larger than the caches: a
 /// streaming sum (four independent 16-lane accumulators per thread) and Tessera's own GEMV
 /// over packed f32 panels (one row times a `k` = 2048 matrix of the same size), so the
-/// bound is at least what the decode kernels reach. `bound_gb_s` is the largest sample of either probe: a bound no
-/// measured rate of this machine may exceed.
+/// bound is at least what the decode kernels reach. `bound_gb_s` is the largest sample of
+/// either probe; `working_sets` adds rereads of model-sized buffers, whose `bound_gb_s` is
+/// the bound for a model of that size (its weights may partly stay in L3 between tokens).
+/// Also the GEMM peaks (f32, bf16, Q4_1 blocks) MFU figures divide by.
 fn bandwidth(a: &BandwidthArgs) -> Result<()> {
     let pool = match crate::parse_isa(a.isa.as_deref())? {
         Some(isa) => CpuPool::with_isa(a.threads.max(1), isa)?,
@@ -239,21 +246,59 @@ fn bandwidth(a: &BandwidthArgs) -> Result<()> {
         gemv.push(g);
         best.push(s.max(g));
         gemm.push(gemm_rate(&pool, &buf)?);
-        gemm_bf16.push(gemm_bf16_rate(&pool, &bf16_weights)?);
+        gemm_bf16.push(gemm_packed_rate(&pool, &bf16_weights)?);
     }
     let bound = best.iter().copied().fold(0.0, f64::max);
+    let q4_1 = packed_q4_1(&buf)?;
+    let gemm_q4_1: Vec<f64> = (0..a.repeats)
+        .map(|_| gemm_packed_rate(&pool, &q4_1))
+        .collect::<Result<_>>()?;
+    let working_sets: Vec<serde_json::Value> = a
+        .working_set_bytes
+        .iter()
+        .map(|&bytes| {
+            let rows = (bytes / 4 / GEMV_K).clamp(16, buf.len() / GEMV_K);
+            let ws = &buf[..rows * GEMV_K];
+            let panels = tessera_kernels::PackedMatrix::pack_f32(ws, rows, GEMV_K)?;
+            // One pass of each probe brings what fits into the caches; then timed passes.
+            stream_read_rate(&pool, ws);
+            gemv_read_rate(&pool, &panels)?;
+            let mut rates = Vec::new();
+            for _ in 0..a.repeats {
+                rates.push(stream_read_rate(&pool, ws).max(gemv_read_rate(&pool, &panels)?));
+            }
+            let best = rates.iter().copied().fold(0.0, f64::max);
+            Ok(serde_json::json!({
+                "bytes": bytes, "gb_s_all": rates, "bound_gb_s": best.max(bound)
+            }))
+        })
+        .collect::<Result<_>>()?;
     println!(
         "{}",
         serde_json::json!({
             "threads": pool.threads(), "mib": a.mib, "isa": format!("{:?}", pool.isa()),
             "read_gb_s_median": median(&best), "bound_gb_s": bound,
             "stream_gb_s_all": stream, "gemv_gb_s_all": gemv,
+            "working_sets": working_sets,
             "gemm_gflop_s_max": gemm.iter().copied().fold(0.0, f64::max), "gemm_gflop_s_all": gemm,
             "gemm_bf16_gflop_s_max": gemm_bf16.iter().copied().fold(0.0, f64::max),
             "gemm_bf16_gflop_s_all": gemm_bf16,
+            "gemm_q4_1_gflop_s_max": gemm_q4_1.iter().copied().fold(0.0, f64::max),
+            "gemm_q4_1_gflop_s_all": gemm_q4_1,
         })
     );
     Ok(())
+}
+
+/// The first `GEMM_N x GEMM_K` values of `buf` quantized to Q4_1 blocks and packed.
+fn packed_q4_1(buf: &[f32]) -> Result<tessera_kernels::PackedMatrix> {
+    let t = tessera_kernels::BlockTensor::quantize(
+        tessera_kernels::BlockFormat::Q4_1,
+        &buf[..GEMM_N * GEMM_K],
+        GEMM_N,
+        GEMM_K,
+    )?;
+    Ok(tessera_kernels::PackedMatrix::pack_blocks(&t))
 }
 
 /// GB/s of one streaming pass that sums `buf` (split over the pool's threads).
@@ -301,9 +346,10 @@ fn packed_bf16(buf: &[f32]) -> Result<tessera_kernels::PackedMatrix> {
     )?)
 }
 
-/// GFLOP/s of one `GEMM_M x GEMM_K x GEMM_N` matmul over packed bf16 weights (bf16
-/// activations, `vdpbf16ps` where the CPU has it): the peak of `--dtype bf16`.
-fn gemm_bf16_rate(pool: &CpuPool, w: &tessera_kernels::PackedMatrix) -> Result<f64> {
+/// GFLOP/s of one `GEMM_M x GEMM_K x GEMM_N` matmul over packed weights: bf16 (bf16
+/// activations, `vdpbf16ps` where the CPU has it), the peak of `--dtype bf16`, or Q4_1
+/// blocks (i16 activations, integer dots), the peak of `--dtype q4_1`.
+fn gemm_packed_rate(pool: &CpuPool, w: &tessera_kernels::PackedMatrix) -> Result<f64> {
     let (m, k, n) = (GEMM_M, GEMM_K, GEMM_N);
     let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 * 0.25).collect();
     let mut y = vec![0.0f32; m * n];
