@@ -185,7 +185,8 @@ fn native_quantized_matmul_follows_the_integer_reference_bitwise_on_every_path()
             let native = PackedMatrix::pack_blocks(&t);
             assert_eq!(native.weight(), PackedWeight::Blocks(format));
             let mut r = rng(20 + case as u64);
-            let x = uniform(&mut r, 20 * cols);
+            // 64 rows of 576 are enough values for the rounding to split over threads.
+            let x = uniform(&mut r, 64 * cols);
             for (chunk, output) in [
                 (usize::MAX, ChunkOutput::Fold),
                 (64, ChunkOutput::Fold),
@@ -193,7 +194,7 @@ fn native_quantized_matmul_follows_the_integer_reference_bitwise_on_every_path()
                 (64, ChunkOutput::Partials),
                 (16, ChunkOutput::Partials),
             ] {
-                for m in [1, 2, 5, 20] {
+                for m in [1, 2, 5, 20, 64] {
                     let want = integer_reference(&t, &x[..m * cols], m, chunk, output);
                     for pool in &pools {
                         let got = run(pool, &x[..m * cols], m, &native, chunk, output);

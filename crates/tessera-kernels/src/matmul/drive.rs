@@ -198,7 +198,7 @@ pub(crate) fn run(pool: &CpuPool, job: &Job<'_>) {
         return;
     }
     if let Panels::Blocks(..) = job.w {
-        return act::with_quantized(job.x, job.m, job.k, |rows| {
+        return act::with_quantized(pool, job.x, job.m, job.k, |rows| {
             run_split(
                 pool,
                 &Job {

@@ -15,8 +15,10 @@
 //! activations within 2^-16 of the block's largest value, far closer than bf16.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use super::BLOCK;
+use crate::pool::CpuPool;
 
 /// Largest rounded magnitude.
 const QMAX: f32 = 32767.0;
@@ -36,35 +38,63 @@ pub(crate) struct QuantRows {
 }
 
 impl QuantRows {
-    /// Rounds `m` rows of `k` floats (`k` a multiple of 32) into `self`, reusing its buffers.
-    pub(crate) fn fill(&mut self, x: &[f32], m: usize, k: usize) {
+    /// Rounds `m` rows of `k` floats (`k` a multiple of 32) into `self`, reusing its buffers;
+    /// many rows are split over the pool's threads (each row's result is the same anyway).
+    pub(crate) fn fill(&mut self, pool: &CpuPool, x: &[f32], m: usize, k: usize) {
         debug_assert!(k.is_multiple_of(BLOCK) && x.len() >= m * k);
-        let blocks = m * k / BLOCK;
+        let blocks = k / BLOCK;
         self.q.resize(m * k, 0);
-        self.d.resize(blocks, 0.0);
-        self.s.resize(blocks, 0);
-        let rows = x[..m * k]
-            .chunks_exact(BLOCK)
-            .zip(self.q.chunks_exact_mut(BLOCK));
-        for ((xb, qb), (d, s)) in rows.zip(self.d.iter_mut().zip(self.s.iter_mut())) {
-            // A select, not `f32::max`, so that the reduction vectorizes; a NaN anywhere in
-            // the block makes the scale NaN, so it reaches the outputs as f32 sums would.
-            let amax = xb
-                .iter()
-                .fold(0.0f32, |a, v| if v.abs() > a { v.abs() } else { a });
-            let nan = xb.iter().fold(false, |n, v| n | v.is_nan());
-            let dx = if nan { f32::NAN } else { amax / QMAX };
-            let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
-            for (q, v) in qb.iter_mut().zip(xb) {
-                // Adding and taking away 1.5 * 2^23 rounds |t| < 2^22 to the nearest
-                // integer, ties to even, in plain f32 steps that vectorize (`round` is a
-                // libm call). `as` saturates and maps NaN to 0.
-                *q = ((v * inv + ROUNDER) - ROUNDER) as i16;
-            }
-            let sum = qb.iter().map(|&q| i32::from(q)).sum();
-            *d = dx;
-            *s = sum;
+        self.d.resize(m * blocks, 0.0);
+        self.s.resize(m * blocks, 0);
+        let threads = pool.threads();
+        if threads == 1 || m * k < PARALLEL_MIN_VALUES {
+            round_rows(&x[..m * k], &mut self.q, &mut self.d, &mut self.s);
+            return;
         }
+        // Each thread takes a contiguous run of rows, behind its own lock.
+        let mut shares = Vec::with_capacity(threads);
+        let (mut q, mut d, mut s) = (&mut self.q[..], &mut self.d[..], &mut self.s[..]);
+        let mut x = &x[..m * k];
+        for t in 0..threads {
+            let rows = m * (t + 1) / threads - m * t / threads;
+            let (qt, qr) = std::mem::take(&mut q).split_at_mut(rows * k);
+            let (dt, dr) = std::mem::take(&mut d).split_at_mut(rows * blocks);
+            let (st, sr) = std::mem::take(&mut s).split_at_mut(rows * blocks);
+            let (xt, xr) = x.split_at(rows * k);
+            (q, d, s, x) = (qr, dr, sr, xr);
+            shares.push(Mutex::new((xt, qt, dt, st)));
+        }
+        pool.run(|t| {
+            let mut share = shares[t].lock().unwrap_or_else(|e| e.into_inner());
+            let (xt, qt, dt, st) = &mut *share;
+            round_rows(xt, qt, dt, st);
+        });
+    }
+}
+
+/// Below this many values the rounding runs on the calling thread alone.
+const PARALLEL_MIN_VALUES: usize = 1 << 15;
+
+/// Rounds whole rows `x` into `q`, with each block's scale in `d` and sum in `s`.
+fn round_rows(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [i32]) {
+    let rows = x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK));
+    for ((xb, qb), (d, s)) in rows.zip(d.iter_mut().zip(s.iter_mut())) {
+        // A select, not `f32::max`, so that the reduction vectorizes; a NaN anywhere in the
+        // block makes the scale NaN, so it reaches the outputs as f32 sums would.
+        let amax = xb
+            .iter()
+            .fold(0.0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+        let nan = xb.iter().fold(false, |n, v| n | v.is_nan());
+        let dx = if nan { f32::NAN } else { amax / QMAX };
+        let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+        for (q, v) in qb.iter_mut().zip(xb) {
+            // Adding and taking away 1.5 * 2^23 rounds |t| < 2^22 to the nearest integer,
+            // ties to even, in plain f32 steps that vectorize (`round` is a libm call).
+            // `as` saturates and maps NaN to 0.
+            *q = ((v * inv + ROUNDER) - ROUNDER) as i16;
+        }
+        *d = dx;
+        *s = qb.iter().map(|&q| i32::from(q)).sum();
     }
 }
 
@@ -75,6 +105,7 @@ thread_local! {
 
 /// Calls `f` with `m` rows of `k` floats rounded for block weights (this thread's buffers).
 pub(crate) fn with_quantized<R>(
+    pool: &CpuPool,
     x: &[f32],
     m: usize,
     k: usize,
@@ -82,12 +113,12 @@ pub(crate) fn with_quantized<R>(
 ) -> R {
     ROWS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut rows) => {
-            rows.fill(x, m, k);
+            rows.fill(pool, x, m, k);
             f(&rows)
         }
         Err(_) => {
             let mut rows = QuantRows::default();
-            rows.fill(x, m, k);
+            rows.fill(pool, x, m, k);
             f(&rows)
         }
     })
