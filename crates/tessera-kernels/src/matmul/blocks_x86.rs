@@ -12,14 +12,14 @@ use crate::quant::{BlockFormat, BLOCK};
 
 /// Tile shape of the AVX-512 path over quantized panels.
 pub(crate) const AVX512_SHAPE: Shape = Shape {
-    mr: 4,
+    mr: 8,
     np: 2,
     np_gemv: 4,
 };
 
 /// Tile shape of the AVX2 path over quantized panels.
 pub(crate) const AVX2_SHAPE: Shape = Shape {
-    mr: 2,
+    mr: 4,
     np: 1,
     np_gemv: 2,
 };
@@ -65,10 +65,18 @@ pub(crate) unsafe fn tile_avx512(f: BlockFormat, w: *const u8, a: &TileArgs) {
                     (2, 1),
                     (3, 1),
                     (4, 1),
+                    (5, 1),
+                    (6, 1),
+                    (7, 1),
+                    (8, 1),
                     (1, 2),
                     (2, 2),
                     (3, 2),
                     (4, 2),
+                    (5, 2),
+                    (6, 2),
+                    (7, 2),
+                    (8, 2),
                     (1, 3),
                     (1, 4)
                 ]
@@ -90,7 +98,14 @@ pub(crate) unsafe fn tile_avx512(f: BlockFormat, w: *const u8, a: &TileArgs) {
 /// and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn tile_avx2(f: BlockFormat, w: *const u8, a: &TileArgs) {
-    block_tiles!(tile256, f, w, a, "AVX2", [(1, 1), (2, 1), (1, 2)])
+    block_tiles!(
+        tile256,
+        f,
+        w,
+        a,
+        "AVX2",
+        [(1, 1), (2, 1), (3, 1), (4, 1), (1, 2)]
+    )
 }
 
 /// Rows `0..MR`'s operands for block `b` (cut ones copied into `tmp`).
@@ -198,7 +213,12 @@ unsafe fn body512<const F: u8, const MR: usize, const NP: usize, const VNNI: boo
     unsafe {
         let fmt = FORMATS[F as usize];
         let (pbb, qa) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
-        let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+        // The f32 sums live in `out` (touched once per block), so the registers hold the
+        // integer sums of eight rows.
+        for j in 0..MR * NP {
+            // SAFETY: out has MR * NP * 16 floats (contract).
+            unsafe { _mm512_storeu_ps(a.out.add(PANEL * j), _mm512_setzero_ps()) };
+        }
         let mut tmp = [[0i16; BLOCK]; MR];
         for b in a.k0 / BLOCK..a.k1.div_ceil(BLOCK) {
             // SAFETY: rows 0..MR hold block b (b * 32 < k1).
@@ -262,19 +282,17 @@ unsafe fn body512<const F: u8, const MR: usize, const NP: usize, const VNNI: boo
                     _mm512_setzero_ps()
                 };
                 for r in 0..MR {
+                    let at = a.out.wrapping_add((r * NP + p) * PANEL);
                     let scale = _mm512_mul_ps(d, _mm512_set1_ps(xs[r].dx));
-                    let mut v = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sums[r][p]), acc[r][p]);
+                    let sum = _mm512_cvtepi32_ps(sums[r][p]);
+                    // SAFETY: inside out's MR * NP * 16 floats (contract).
+                    let mut v = _mm512_fmadd_ps(scale, sum, unsafe { _mm512_loadu_ps(at) });
                     if F == 2 {
                         v = _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r].sx), v);
                     }
-                    acc[r][p] = v;
+                    // SAFETY: as above.
+                    unsafe { _mm512_storeu_ps(at, v) };
                 }
-            }
-        }
-        for (r, row) in acc.iter().enumerate() {
-            for (p, s) in row.iter().enumerate() {
-                // SAFETY: out has MR * NP * 16 floats (contract).
-                unsafe { _mm512_storeu_ps(a.out.add((r * NP + p) * PANEL), *s) };
             }
         }
     }
@@ -289,7 +307,12 @@ unsafe fn body512<const F: u8, const MR: usize, const NP: usize, const VNNI: boo
 unsafe fn tile256<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a: &TileArgs) {
     let fmt = FORMATS[F as usize];
     let (pbb, qa) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
-    let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
+    // The f32 sums live in `out` (touched once per block), so the registers hold the
+    // integer sums of four rows.
+    for j in 0..MR * NP * 2 {
+        // SAFETY: out has MR * NP * 16 floats (contract).
+        unsafe { _mm256_storeu_ps(a.out.add(8 * j), _mm256_setzero_ps()) };
+    }
     let mut tmp = [[0i16; BLOCK]; MR];
     for b in a.k0 / BLOCK..a.k1.div_ceil(BLOCK) {
         // SAFETY: rows 0..MR hold block b (b * 32 < k1).
@@ -331,22 +354,17 @@ unsafe fn tile256<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a
                     _mm256_setzero_ps()
                 };
                 for r in 0..MR {
+                    let at = a.out.wrapping_add((r * NP + p) * PANEL + 8 * h);
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(xs[r].dx));
                     let sum = _mm256_cvtepi32_ps(sums[r][p][h]);
-                    let mut v = _mm256_fmadd_ps(scale, sum, acc[r][p][h]);
+                    // SAFETY: inside out's MR * NP * 16 floats (contract).
+                    let mut v = _mm256_fmadd_ps(scale, sum, unsafe { _mm256_loadu_ps(at) });
                     if F == 2 {
                         v = _mm256_fmadd_ps(m, _mm256_set1_ps(xs[r].sx), v);
                     }
-                    acc[r][p][h] = v;
+                    // SAFETY: as above.
+                    unsafe { _mm256_storeu_ps(at, v) };
                 }
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (p, s) in row.iter().enumerate() {
-            for (h, v) in s.iter().enumerate() {
-                // SAFETY: out has MR * NP * 16 floats (contract).
-                unsafe { _mm256_storeu_ps(a.out.add((r * NP + p) * PANEL + 8 * h), *v) };
             }
         }
     }
