@@ -304,6 +304,10 @@ unsafe fn body512<const F: u8, const MR: usize, const NP: usize, const VNNI: boo
 /// As [`tile_avx2`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[expect(
+    clippy::needless_range_loop,
+    reason = "indexed loops over the constant shape unroll into registers; iterators did not"
+)]
 unsafe fn tile256<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a: &TileArgs) {
     let fmt = FORMATS[F as usize];
     let (pbb, qa) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
