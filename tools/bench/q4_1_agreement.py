@@ -8,9 +8,9 @@ log-probabilities (over the ids both list) at the steps before the first disagre
 Writes the raw responses and the summary as JSON. Builds nothing.
 
 llama.cpp multiplies Q4_1 weights with activations it quantizes to 8 bits (Q8_1); Tessera
-keeps activations in f32 and decodes the weights exactly. The two are the same model
-computed two ways, so log-probabilities differ by the activation rounding; tokens differ
-only where the top two are that close.
+rounds them to 16 bits (i16 per block of 32) and keeps f32 elsewhere. The two are the same
+model computed two ways, so log-probabilities differ by the activation rounding (mostly
+llama.cpp's); tokens differ only where the top two are that close.
 
 Usage:
   python3 tools/bench/q4_1_agreement.py --out benches/results/q4_1-agreement.json
