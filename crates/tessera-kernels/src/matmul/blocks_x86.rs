@@ -14,7 +14,7 @@ use crate::quant::{BlockFormat, BLOCK};
 pub(crate) const AVX512_SHAPE: Shape = Shape {
     mr: 8,
     np: 2,
-    np_gemv: 4,
+    np_gemv: 8,
 };
 
 /// Tile shape of the AVX2 path over quantized panels.
@@ -78,7 +78,11 @@ pub(crate) unsafe fn tile_avx512(f: BlockFormat, w: *const u8, a: &TileArgs) {
                     (7, 2),
                     (8, 2),
                     (1, 3),
-                    (1, 4)
+                    (1, 4),
+                    (1, 5),
+                    (1, 6),
+                    (1, 7),
+                    (1, 8)
                 ]
             )
         };
