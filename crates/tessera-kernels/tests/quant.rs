@@ -144,17 +144,17 @@ fn integer_reference(
             for c in 0..chunks {
                 let (k0, k1) = (c * chunk, k.min((c + 1).saturating_mul(chunk)));
                 let mut acc = 0.0f32;
-                for b in k0 / 32..k1.div_ceil(32) {
+                for (b, &dx) in dx.iter().enumerate().take(k1.div_ceil(32)).skip(k0 / 32) {
                     let block = &t.bytes()[o * t.row_bytes() + b * bb..][..bb];
                     let cols = (b * 32).max(k0)..((b + 1) * 32).min(k1);
                     let dot: i32 = cols
                         .clone()
                         .map(|j| code(t.format(), block, j - b * 32) * q[j])
                         .sum();
-                    acc = (f16_at(block, 0) * dx[b]).mul_add(dot as f32, acc);
+                    acc = (f16_at(block, 0) * dx).mul_add(dot as f32, acc);
                     if t.format() == BlockFormat::Q4_1 {
                         let s: i32 = cols.map(|j| q[j]).sum();
-                        acc = f16_at(block, 2).mul_add(dx[b] * s as f32, acc);
+                        acc = f16_at(block, 2).mul_add(dx * s as f32, acc);
                     }
                 }
                 partial[c * m * n + i * n + o] = acc;
