@@ -27,8 +27,13 @@ impl Isa {
     }
 
     /// The fastest path this CPU supports (runs CPUID; call once, not per kernel).
+    ///
+    /// AVX-512 BF16 is chosen only on AMD CPUs: there `vdpbf16ps` doubled the bf16 GEMM
+    /// rate, while on the Intel Xeon measured (2026-12-05, BENCHMARKS.md) the two fmas per
+    /// pair of [`Isa::Avx512`] ran bf16 prefill faster. Both give the same bits but for
+    /// running sums below 2^-126 (README); `--isa avx512bf16` still forces the instruction.
     pub fn detect() -> Isa {
-        if Isa::Avx512Bf16.is_available() {
+        if Isa::Avx512Bf16.is_available() && bf16_instruction_pays() {
             Isa::Avx512Bf16
         } else if Isa::Avx512.is_available() {
             Isa::Avx512
@@ -76,4 +81,21 @@ impl Isa {
             .filter(|isa| isa.is_available())
             .collect()
     }
+}
+
+/// Whether `vdpbf16ps` is the faster way to multiply bf16 pairs here: on AMD CPUs (CPUID
+/// vendor "AuthenticAMD"), as measured; elsewhere two fmas per pair.
+fn bf16_instruction_pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0 (the vendor string) exists on every x86-64 CPU.
+        let id = std::arch::x86_64::__cpuid(0);
+        let mut vendor = [0u8; 12];
+        for (i, reg) in [id.ebx, id.edx, id.ecx].into_iter().enumerate() {
+            vendor[4 * i..4 * i + 4].copy_from_slice(&reg.to_le_bytes());
+        }
+        &vendor == b"AuthenticAMD"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
