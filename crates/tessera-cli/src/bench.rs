@@ -76,8 +76,9 @@ pub(crate) struct BandwidthArgs {
     #[arg(long)]
     isa: Option<String>,
     /// Also read buffers of these sizes (bytes, comma-separated) over and over, by the
-    /// streaming sum and the GEMV: a model's weights read once per token may stay partly in
-    /// a large L3, so the bound for a model is the best of every probe at its weight size.
+    /// streaming sum and the GEMV of every weight format (f32, bf16, Q4_1): a model's
+    /// weights read once per token may stay partly in a large L3, so the bound for a model
+    /// is the best of every probe at its weight size.
     #[arg(long, value_delimiter = ',')]
     working_set_bytes: Vec<usize>,
 }
@@ -259,13 +260,28 @@ fn bandwidth(a: &BandwidthArgs) -> Result<()> {
         .map(|&bytes| {
             let rows = (bytes / 4 / GEMV_K).clamp(16, buf.len() / GEMV_K);
             let ws = &buf[..rows * GEMV_K];
-            let panels = tessera_kernels::PackedMatrix::pack_f32(ws, rows, GEMV_K)?;
+            // The decode kernels of every weight format, each over this many bytes.
+            let kernels = [
+                tessera_kernels::PackedMatrix::pack_f32(ws, rows, GEMV_K)?,
+                packed_bf16_rows(
+                    &buf[..(bytes / 2 / GEMV_K).clamp(16, buf.len() / GEMV_K) * GEMV_K],
+                )?,
+                packed_q4_1_rows(
+                    &buf[..(bytes / 20 * 32 / GEMV_K).clamp(16, buf.len() / GEMV_K) * GEMV_K],
+                )?,
+            ];
             // One pass of each probe brings what fits into the caches; then timed passes.
             stream_read_rate(&pool, ws);
-            gemv_read_rate(&pool, &panels)?;
+            for w in &kernels {
+                gemv_read_rate(&pool, w)?;
+            }
             let mut rates = Vec::new();
             for _ in 0..a.repeats {
-                rates.push(stream_read_rate(&pool, ws).max(gemv_read_rate(&pool, &panels)?));
+                let mut best = stream_read_rate(&pool, ws);
+                for w in &kernels {
+                    best = best.max(gemv_read_rate(&pool, w)?);
+                }
+                rates.push(best);
             }
             let best = rates.iter().copied().fold(0.0, f64::max);
             Ok(serde_json::json!({
@@ -292,13 +308,29 @@ fn bandwidth(a: &BandwidthArgs) -> Result<()> {
 
 /// The first `GEMM_N x GEMM_K` values of `buf` quantized to Q4_1 blocks and packed.
 fn packed_q4_1(buf: &[f32]) -> Result<tessera_kernels::PackedMatrix> {
+    packed_q4_1_rows(&buf[..GEMM_N * GEMM_K])
+}
+
+/// `values` (a multiple of `GEMV_K`) as Q4_1 blocks packed in rows of `GEMV_K`.
+fn packed_q4_1_rows(values: &[f32]) -> Result<tessera_kernels::PackedMatrix> {
+    let rows = values.len() / GEMV_K;
     let t = tessera_kernels::BlockTensor::quantize(
         tessera_kernels::BlockFormat::Q4_1,
-        &buf[..GEMM_N * GEMM_K],
-        GEMM_N,
-        GEMM_K,
+        values,
+        rows,
+        GEMV_K,
     )?;
     Ok(tessera_kernels::PackedMatrix::pack_blocks(&t))
+}
+
+/// `values` (a multiple of `GEMV_K`) as bf16 panels in rows of `GEMV_K`.
+fn packed_bf16_rows(values: &[f32]) -> Result<tessera_kernels::PackedMatrix> {
+    let w: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    Ok(tessera_kernels::PackedMatrix::pack_bf16(
+        &w,
+        values.len() / GEMV_K,
+        GEMV_K,
+    )?)
 }
 
 /// GB/s of one streaming pass that sums `buf` (split over the pool's threads).
@@ -337,14 +369,11 @@ fn gemm_rate(pool: &CpuPool, buf: &[f32]) -> Result<f64> {
 
 /// The first `GEMM_N x GEMM_K` values of `buf` packed as bf16 weights.
 fn packed_bf16(buf: &[f32]) -> Result<tessera_kernels::PackedMatrix> {
-    let w: Vec<half::bf16> = buf[..GEMM_N * GEMM_K]
-        .iter()
-        .map(|&v| half::bf16::from_f32(v))
-        .collect();
-    Ok(tessera_kernels::PackedMatrix::pack_bf16(
-        &w, GEMM_N, GEMM_K,
-    )?)
+    packed_bf16_rows(&buf[..GEMM_N * GEMM_K])
 }
+
+// The GEMM probes' matrices are packed by the row helpers, in rows of `GEMV_K`.
+const _: () = assert!(GEMM_K == GEMV_K);
 
 /// GFLOP/s of one `GEMM_M x GEMM_K x GEMM_N` matmul over packed weights: bf16 (bf16
 /// activations, `vdpbf16ps` where the CPU has it), the peak of `--dtype bf16`, or Q4_1
@@ -361,13 +390,13 @@ fn gemm_packed_rate(pool: &CpuPool, w: &tessera_kernels::PackedMatrix) -> Result
 /// Inner size of the GEMV probe's matrix.
 const GEMV_K: usize = 2048;
 
-/// GB/s of the weight read of one batch-1 matmul over f32 panels of `GEMV_K` columns, packed
-/// as the model's weights are (the decode kernel itself).
+/// GB/s of the weight read of one batch-1 matmul over packed panels of `GEMV_K` columns
+/// (f32, bf16 or blocks, packed as the model's weights are: the decode kernel itself).
 fn gemv_read_rate(pool: &CpuPool, w: &tessera_kernels::PackedMatrix) -> Result<f64> {
     let (n, k) = (w.rows(), w.cols());
     let x: Vec<f32> = (0..k).map(|i| (i % 5) as f32 * 0.25).collect();
     let mut y = vec![0.0f32; n];
     let t = Instant::now();
     tessera_kernels::matmul_packed(pool, &x, 1, w, None, &mut y)?;
-    Ok((n * k * 4) as f64 / t.elapsed().as_secs_f64() / 1e9)
+    Ok(w.storage_bytes() as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
