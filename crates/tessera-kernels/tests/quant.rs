@@ -392,3 +392,32 @@ fn bad_block_shapes_and_ranges_are_typed_errors() {
         KernelError::Invalid { .. }
     ));
 }
+
+#[test]
+fn a_nan_activation_reaches_its_rows_outputs_on_every_path() {
+    let (rows, cols, m) = (20, 96, 3);
+    let mut r = rng(60);
+    let mut x = uniform(&mut r, m * cols);
+    // Row 1, block 1: the rounding must not turn the NaN into a zero.
+    x[cols + 40] = f32::NAN;
+    for format in FORMATS {
+        let w = PackedMatrix::pack_blocks(&random_blocks(format, rows, cols, 61));
+        for pool in pools(&[1, 2]) {
+            for (chunk, out) in [(usize::MAX, ChunkOutput::Fold), (32, ChunkOutput::Partials)] {
+                let y = run(&pool, &x, m, &w, chunk, out);
+                for (i, row) in y.chunks(rows).enumerate() {
+                    // Partials: only chunk 1 (columns 32..64) of row 1 holds the NaN.
+                    let poisoned = match out {
+                        ChunkOutput::Fold => i == 1,
+                        ChunkOutput::Partials => i == m + 1,
+                    };
+                    assert_eq!(
+                        row.iter().all(|v| v.is_nan()),
+                        poisoned,
+                        "{pool:?} {format:?} {out:?} row {i}: {row:?}"
+                    );
+                }
+            }
+        }
+    }
+}
