@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use super::BLOCK;
+use crate::isa::Isa;
 use crate::pool::CpuPool;
 
 /// Largest rounded magnitude.
@@ -46,9 +47,9 @@ impl QuantRows {
         self.q.resize(m * k, 0);
         self.d.resize(m * blocks, 0.0);
         self.s.resize(m * blocks, 0);
-        let threads = pool.threads();
+        let (threads, isa) = (pool.threads(), pool.isa());
         if threads == 1 || m * k < PARALLEL_MIN_VALUES {
-            round_rows(&x[..m * k], &mut self.q, &mut self.d, &mut self.s);
+            round_rows(isa, &x[..m * k], &mut self.q, &mut self.d, &mut self.s);
             return;
         }
         // Each thread takes a contiguous run of rows, behind its own lock.
@@ -67,7 +68,7 @@ impl QuantRows {
         pool.run(|t| {
             let mut share = shares[t].lock().unwrap_or_else(|e| e.into_inner());
             let (xt, qt, dt, st) = &mut *share;
-            round_rows(xt, qt, dt, st);
+            round_rows(isa, xt, qt, dt, st);
         });
     }
 }
@@ -75,8 +76,44 @@ impl QuantRows {
 /// Below this many values the rounding runs on the calling thread alone.
 const PARALLEL_MIN_VALUES: usize = 1 << 15;
 
-/// Rounds whole rows `x` into `q`, with each block's scale in `d` and sum in `s`.
-fn round_rows(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [i32]) {
+/// Rounds whole rows `x` into `q`, with each block's scale in `d` and sum in `s`: the one
+/// portable body, compiled for the widest vectors `isa` has. Its steps are plain IEEE
+/// operations that Rust never contracts into fmas, so every build gives the same bits.
+fn round_rows(isa: Isa, x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [i32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the pool checked that the CPU has the features of `isa`.
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { round_rows_avx512(x, q, d, s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { round_rows_avx2(x, q, d, s) },
+        _ => round_body(x, q, d, s),
+    }
+}
+
+/// [`round_body`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn round_rows_avx512(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [i32]) {
+    round_body(x, q, d, s);
+}
+
+/// [`round_body`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn round_rows_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [i32]) {
+    round_body(x, q, d, s);
+}
+
+/// The rounding itself, inlined into each instruction-set wrapper.
+#[inline(always)]
+fn round_body(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [i32]) {
     let rows = x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK));
     for ((xb, qb), (d, s)) in rows.zip(d.iter_mut().zip(s.iter_mut())) {
         // A select, not `f32::max`, so that the reduction vectorizes; a NaN anywhere in the
