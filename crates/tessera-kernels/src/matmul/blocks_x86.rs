@@ -10,12 +10,9 @@ use super::drive::{Shape, TileArgs, PANEL};
 use crate::quant::act::{block_x, BlockX};
 use crate::quant::{BlockFormat, BLOCK};
 
-/// Tile shape of the AVX-512 path over quantized panels.
-pub(crate) const AVX512_SHAPE: Shape = Shape {
-    mr: 8,
-    np: 2,
-    np_gemv: 8,
-};
+/// Tile shape of the AVX-512 path over quantized panels: the f32 path's, whose shape list
+/// ([`super::x86_avx512::avx512_shapes`]) both dispatch over.
+pub(crate) const AVX512_SHAPE: Shape = super::x86_avx512::SHAPE;
 
 /// Tile shape of the AVX2 path over quantized panels.
 pub(crate) const AVX2_SHAPE: Shape = Shape {
@@ -32,7 +29,7 @@ const PREFETCH_BLOCKS: usize = 2;
 
 /// Calls `$kernel::<F, MR, NP>($w, $a)` for format `$f` and the tile shape of `$a`.
 macro_rules! block_tiles {
-    ($kernel:ident, $f:expr, $w:expr, $a:expr, $path:literal, [$(($r:literal, $p:literal)),*]) => {
+    ($kernel:ident, $f:expr, $w:expr, $a:expr, $path:literal, [$(($r:literal, $p:literal)),* $(,)?]) => {
         match ($a.mr, $a.np) {
             // SAFETY (all arms): forwarded from the calling kernel's contract.
             $(($r, $p) => match $f {
@@ -54,37 +51,7 @@ macro_rules! block_tiles {
 pub(crate) unsafe fn tile_avx512(f: BlockFormat, w: *const u8, a: &TileArgs) {
     macro_rules! shapes {
         ($kernel:ident) => {
-            block_tiles!(
-                $kernel,
-                f,
-                w,
-                a,
-                "AVX-512",
-                [
-                    (1, 1),
-                    (2, 1),
-                    (3, 1),
-                    (4, 1),
-                    (5, 1),
-                    (6, 1),
-                    (7, 1),
-                    (8, 1),
-                    (1, 2),
-                    (2, 2),
-                    (3, 2),
-                    (4, 2),
-                    (5, 2),
-                    (6, 2),
-                    (7, 2),
-                    (8, 2),
-                    (1, 3),
-                    (1, 4),
-                    (1, 5),
-                    (1, 6),
-                    (1, 7),
-                    (1, 8)
-                ]
-            )
+            super::x86_avx512::avx512_shapes!(block_tiles, $kernel, f, w, a, "AVX-512")
         };
     }
     // std caches the CPUID answer: one atomic load per tile.

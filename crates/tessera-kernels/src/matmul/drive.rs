@@ -253,11 +253,7 @@ pub(crate) fn thread_columns(n: usize, threads: usize, thread: usize) -> Range<u
 
 /// Whether a one-row matmul reads `w` straight from its panels (else through scratch).
 fn reads_direct(w: &Panels<'_>) -> bool {
-    match w {
-        Panels::Rows(_) => false,
-        Panels::F32(_) | Panels::Bf16(_) => true,
-        Panels::Blocks(..) => true,
-    }
+    !matches!(w, Panels::Rows(_))
 }
 
 /// Computes columns `cols` (starting on a panel boundary) of every row of `job`.

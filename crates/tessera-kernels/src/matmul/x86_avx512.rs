@@ -18,14 +18,13 @@ pub(crate) const SHAPE: Shape = Shape {
 /// into L1 (`T0`) read 10-35% slower, as its misses queue in L1's few fill buffers.
 const PREFETCH_K: usize = 24;
 
-/// Dispatches `$kernel::<MR, NP>` over every tile shape of this path.
-macro_rules! tile_shapes {
-    ($kernel:ident, $w:expr, $a:expr) => {
-        super::drive::dispatch_tile!(
-            $kernel,
-            $w,
-            $a,
-            "AVX-512",
+/// Calls `$callback!(args..., [shapes])` with the AVX-512 tile shapes (8 x 2 for GEMM,
+/// 1 x 8 for GEMV, and every smaller edge), the one list that the f32, bf16 and
+/// block-format kernels all dispatch over.
+macro_rules! avx512_shapes {
+    ($($callback:ident)::+, $($args:tt)*) => {
+        $($callback)::+!(
+            $($args)*,
             [
                 (1, 1),
                 (2, 1),
@@ -48,9 +47,17 @@ macro_rules! tile_shapes {
                 (1, 5),
                 (1, 6),
                 (1, 7),
-                (1, 8),
+                (1, 8)
             ]
         )
+    };
+}
+pub(crate) use avx512_shapes;
+
+/// Dispatches `$kernel::<MR, NP>` over every tile shape of this path.
+macro_rules! tile_shapes {
+    ($kernel:ident, $w:expr, $a:expr) => {
+        avx512_shapes!(super::drive::dispatch_tile, $kernel, $w, $a, "AVX-512")
     };
 }
 
