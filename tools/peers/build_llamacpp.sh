@@ -3,7 +3,9 @@
 # and F32 and BF16 GGUFs of the default model (exact conversions of the shipped Q4_1 file),
 # outside the repository. ISA=avx2 builds an AVX2 + FMA + F16C llama.cpp without AVX-512 into
 # LB-avx2 (to measure the AVX2 column on an AVX-512 machine; say so wherever it is used).
-# Usage: [ISA=avx2] tools/peers/build_llamacpp.sh [PEERS_DIR]   (default /opt/tessera-peers; ~11 min on 2 cores)
+# ISA=avx512 builds every AVX-512 extension but no AMX into LB-avx512: on an Intel Xeon with
+# AMX the native build crashed on Q4_1 prompts, and this one is its closest peer there.
+# Usage: [ISA=avx2|avx512] tools/peers/build_llamacpp.sh [PEERS_DIR]   (default /opt/tessera-peers; ~11 min on 2 cores)
 set -euo pipefail
 P=${1:-/opt/tessera-peers}
 mkdir -p "$P/DL"
@@ -19,6 +21,11 @@ if [ "${ISA:-native}" = avx2 ]; then
   LBDIR=LB-avx2
   ISA_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
     -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF)
+elif [ "${ISA:-native}" = avx512 ]; then
+  LBDIR=LB-avx512
+  ISA_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+    -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
 fi
 if [ ! -x $LBDIR/bin/llama-server ]; then
   PATH=$P/B/bin:$PATH cmake -S DL/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp -B $LBDIR -G Ninja \

@@ -47,6 +47,10 @@ pub(crate) enum Src {
     Pairs(*const u16),
     /// Quantized panels, `pstride` bytes apart.
     Blocks(BlockFormat, *const u8),
+    /// One quantized panel widened to i16 codes and f32 scales (AVX2, see
+    /// [`super::blocks_x86::widen_panel`]).
+    #[cfg(target_arch = "x86_64")]
+    Wide(BlockFormat, *const i16),
     /// 16 full row-major f32 rows, `pstride` floats apart (one-row GEMV only).
     RowsF32(*const f32),
     /// 16 full row-major bf16 rows, `pstride` elements apart (one-row GEMV only).
@@ -279,6 +283,11 @@ fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
         // Packed panels: row blocks of x stay in L2 while the panels stream past them.
         let elem = if let Panels::Blocks(..) = job.w { 2 } else { 4 };
         let block = (X_BLOCK_BYTES / (elem * k.max(1)) / sh.mr * sh.mr).max(sh.mr);
+        #[cfg(target_arch = "x86_64")]
+        if let (Isa::Avx2, Panels::Blocks(f, w)) = (isa, job.w) {
+            wide_blocks(job, f, w, panels, block, sh);
+            return;
+        }
         for i0 in (0..job.m).step_by(block) {
             let i1 = job.m.min(i0 + block);
             for p0 in panels.clone().step_by(sh.np) {
@@ -301,6 +310,47 @@ fn run_columns(isa: Isa, job: &Job<'_>, cols: Range<usize>) {
             for i in (0..job.m).step_by(sh.mr) {
                 let src = Src::F32(scratch.as_ptr());
                 tile_chunks(isa, job, i, sh.mr.min(job.m - i), p0, np, src);
+            }
+        }
+    });
+}
+
+/// The AVX2 batched matmul over quantized panels: each panel is widened once per row
+/// block of x (codes to i16, scales to f32), then every row tile of the block reads it,
+/// so no tile unpacks nibbles in its inner loop.
+#[cfg(target_arch = "x86_64")]
+fn wide_blocks(
+    job: &Job<'_>,
+    f: BlockFormat,
+    w: &[u8],
+    panels: Range<usize>,
+    block: usize,
+    sh: Shape,
+) {
+    use super::blocks_x86::{widen_panel, WIDE_BLOCK};
+    let blocks = job.k / BLOCK;
+    let bytes = quant::panel_bytes(f, job.k);
+    // f32 scratch, line-aligned, reused as i16.
+    with_scratch(blocks * WIDE_BLOCK / 2, |scratch| {
+        let wide = scratch.as_mut_ptr().cast::<i16>();
+        for i0 in (0..job.m).step_by(block) {
+            let i1 = job.m.min(i0 + block);
+            for p in panels.clone() {
+                // SAFETY: panel p holds `blocks` blocks of `f` (the packed weights were
+                // checked against k and n); the scratch holds blocks * WIDE_BLOCK i16 and
+                // is line-aligned; the pool checked that the CPU has AVX2 and F16C.
+                unsafe { widen_panel(f, w[p * bytes..].as_ptr(), blocks, wide) };
+                for i in (i0..i1).step_by(sh.mr) {
+                    tile_chunks(
+                        Isa::Avx2,
+                        job,
+                        i,
+                        sh.mr.min(i1 - i),
+                        p,
+                        1,
+                        Src::Wide(f, wide),
+                    );
+                }
             }
         }
     });
@@ -466,6 +516,8 @@ fn tile_chunks(isa: Isa, job: &Job<'_>, i: usize, mr: usize, p0: usize, np: usiz
     );
     let pstride = match src {
         Src::Blocks(f, _) => quant::panel_bytes(f, k),
+        #[cfg(target_arch = "x86_64")]
+        Src::Wide(..) => k / BLOCK * super::blocks_x86::WIDE_BLOCK,
         Src::F32(_) => PANEL * k,
         Src::Pairs(_) => PANEL * pairs_len(k),
         Src::RowsF32(_) | Src::RowsBf16(_) => k,
@@ -602,12 +654,15 @@ unsafe fn kernel(isa: Isa, src: Src, args: &TileArgs) {
             Src::RowsF32(_) | Src::RowsBf16(_) => {
                 unreachable!("the portable path reads rows through scratch")
             }
+            #[cfg(target_arch = "x86_64")]
+            Src::Wide(..) => unreachable!("only the AVX2 path widens panels"),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match src {
             Src::F32(w) => unsafe { super::x86_avx2::tile(w, args) },
             Src::Pairs(w) => unsafe { super::x86_avx2::tile_pairs(w, args) },
             Src::Blocks(f, w) => unsafe { super::blocks_x86::tile_avx2(f, w, args) },
+            Src::Wide(f, w) => unsafe { super::blocks_x86::tile_avx2_wide(f, w, args) },
             Src::RowsF32(w) => unsafe { super::rows_x86::gemv_rows_avx2(w, args) },
             Src::RowsBf16(w) => unsafe { super::rows_x86::gemv_rows_avx2(w, args) },
         },
@@ -619,6 +674,7 @@ unsafe fn kernel(isa: Isa, src: Src, args: &TileArgs) {
             },
             Src::Pairs(w) => unsafe { super::x86_avx512::tile_pairs(w, args) },
             Src::Blocks(f, w) => unsafe { super::blocks_x86::tile_avx512(f, w, args) },
+            Src::Wide(..) => unreachable!("only the AVX2 path widens panels"),
             Src::RowsF32(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
             Src::RowsBf16(w) => unsafe { super::rows_x86::gemv_rows_avx512(w, args) },
         },
