@@ -4,7 +4,7 @@
 # tools/bench_serve.py with the same workload at each concurrency level.
 # Usage: OUT=DIR tools/bench/serve.sh [TESSERA_BIN] [PEERS_DIR]   (run on an idle machine)
 # Env: LEVELS, REQ, IN, OUTLEN (workload); TPORT, LPORT (ports); TESSERA_ARGS (extra serve flags);
-# SKIP_PEER=1 runs tessera only.
+# SKIP_PEER=1 runs tessera only, SKIP_TESSERA=1 the peer only.
 set -euo pipefail
 T=${1:-target/release/tessera}
 P=${2:-/opt/tessera-peers}
@@ -16,12 +16,14 @@ TPORT=${TPORT:-18081} LPORT=${LPORT:-18080} TESSERA_ARGS=${TESSERA_ARGS:-}
 wait_health() { for _ in $(seq 1 240); do curl -sf "$1" >/dev/null && return 0; sleep 0.5; done; return 1; }
 ARGS="--concurrency $LEVELS --requests $REQ --input-len $IN --output-len $OUTLEN"
 
-echo "== tessera serve"
-"$T" serve --model $M --port $TPORT $TESSERA_ARGS >"$OUT/tessera-serve.log" 2>&1 &
-TS=$!
-wait_health http://127.0.0.1:$TPORT/health
-python3 tools/bench_serve.py --url http://127.0.0.1:$TPORT $ARGS | tee "$OUT/serve-tessera.json"
-kill $TS; wait $TS 2>/dev/null || true
+if [ "${SKIP_TESSERA:-0}" != 1 ]; then
+  echo "== tessera serve"
+  "$T" serve --model $M --port $TPORT $TESSERA_ARGS >"$OUT/tessera-serve.log" 2>&1 &
+  TS=$!
+  wait_health http://127.0.0.1:$TPORT/health
+  python3 tools/bench_serve.py --url http://127.0.0.1:$TPORT $ARGS | tee "$OUT/serve-tessera.json"
+  kill $TS; wait $TS 2>/dev/null || true
+fi
 
 [ "${SKIP_PEER:-0}" = 1 ] && exit 0
 echo "== llama.cpp server, 64 slots"

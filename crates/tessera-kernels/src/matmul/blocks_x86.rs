@@ -66,21 +66,14 @@ pub(crate) unsafe fn tile_avx512(f: BlockFormat, w: *const u8, a: &TileArgs) {
     }
 }
 
-/// Computes one tile's chunk over quantized panels of format `f` (see [`super::blocks::tile`]).
+/// Computes one GEMV tile's chunk over quantized panels of format `f` (see
+/// [`super::blocks::tile`]); batched AVX2 matmuls run [`tile_avx2_wide`] instead.
 ///
 /// # Safety
-/// As [`super::blocks::tile`], `(mr, np)` within [`AVX2_SHAPE`], on a CPU with AVX2, FMA
-/// and F16C.
+/// As [`super::blocks::tile`], `mr == 1` and `np <= 2`, on a CPU with AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn tile_avx2(f: BlockFormat, w: *const u8, a: &TileArgs) {
-    block_tiles!(
-        tile256,
-        f,
-        w,
-        a,
-        "AVX2",
-        [(1, 1), (2, 1), (3, 1), (4, 1), (1, 2)]
-    )
+    block_tiles!(tile256, f, w, a, "AVX2 GEMV", [(1, 1), (1, 2)])
 }
 
 /// i16 values of one widened panel block: the quants as `pmaddwd` reads them (per pair
@@ -149,8 +142,8 @@ unsafe fn widen<const F: u8>(w: *const u8, blocks: usize, dst: *mut i16) {
 /// Computes one tile's chunk over a widened panel (see [`widen_panel`]) of format `f`.
 ///
 /// # Safety
-/// As [`tile_avx2`] with `np == 1`, `mr <= 4`, and `w` a widened panel of `k1.div_ceil(32)`
-/// blocks or more.
+/// As [`super::blocks::tile`] with `np == 1` and `mr <= 6`, `w` a widened panel of
+/// `k1.div_ceil(32)` blocks or more, on a CPU with AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn tile_avx2_wide(f: BlockFormat, w: *const i16, a: &TileArgs) {
     block_tiles!(

@@ -30,6 +30,7 @@ mod drive;
 mod packed;
 mod pairs;
 mod reference;
+mod rows_pack;
 #[cfg(target_arch = "x86_64")]
 mod rows_x86;
 mod scalar;
