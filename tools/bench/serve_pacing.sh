@@ -9,7 +9,7 @@ OUT=${OUT:?set OUT to the results directory}
 export LEVELS=${LEVELS:-4,16,64}
 for r in $(seq 1 "${ROUNDS:-2}"); do
   for m in auto off; do
-    OUT=$OUT/$m-$r SKIP_PEER=1 TESSERA_ARGS="--max-itl-ms $m" tools/bench/serve.sh "$T" | grep '^concurrency' | sed "s/^/$m round $r: /"
+    OUT=$OUT/$m-$r SKIP_PEER=1 TESSERA_ARGS="--max-itl-ms $m" tools/bench/serve.sh "$T" 2>&1 | grep '^concurrency' | sed "s/^/$m round $r: /"
   done
 done
-OUT=$OUT/peer SKIP_TESSERA=1 tools/bench/serve.sh "$T" | grep '^concurrency' | sed 's/^/llama-server: /'
+OUT=$OUT/peer SKIP_TESSERA=1 tools/bench/serve.sh "$T" 2>&1 | grep '^concurrency' | sed 's/^/llama-server: /'
