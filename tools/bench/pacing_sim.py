@@ -2,7 +2,7 @@
 """Prefill pacing in a model: what `--max-itl-ms auto` costs and gains, without a server.
 
 Two parts:
-  --fit LOG   fits `step ms = fixed + per_row x decode rows + per_token x prefill tokens` to the
+  --fit LOG.. fits `step ms = fixed + per_row x decode rows + per_token x prefill tokens` to the
               `step` lines of a `tessera serve` log run with RUST_LOG=tessera_engine=trace
               (decode-only steps give fixed and per_row, mixed steps per_token);
   (default)   simulates tools/bench/serve.sh's workload (closed-loop clients, REQ requests of
@@ -15,8 +15,8 @@ It prints output tok/s (and its ratio to `off`), ITL p50/p99 and their ratio per
 rule: medians over seeds, with 5% step-time noise and 0.5-8 ms client turnaround.
 
 Usage:
-  python3 tools/bench/pacing_sim.py --fit benches/.../tessera-serve.log
-  python3 tools/bench/pacing_sim.py --cost 17.5,1.67,0.87 --factors 1.5,1.75,2.0
+  python3 tools/bench/pacing_sim.py --fit benches/results/2026-12-05-serve-intel/trace/*.log
+  python3 tools/bench/pacing_sim.py --cost 17.5,1.67,0.91 --factors 1.5,1.75,2.0
 """
 
 import argparse
@@ -25,15 +25,16 @@ import re
 import statistics
 
 
-def fit(path):
+def fit(paths):
     ansi = re.compile(r"\x1b\[[0-9;]*m")
     steps = []
-    with open(path) as f:
-        for line in f:
-            line = ansi.sub("", line)
-            if " step " in line and "prefill=" in line:
-                d = dict(re.findall(r"(\w+)=([\d.]+)", line))
-                steps.append((int(d["prefill"]), int(d["decodes"]), float(d["ms"])))
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                line = ansi.sub("", line)
+                if "step" in line and "prefill=" in line:
+                    d = dict(re.findall(r"(\w+)=([\d.]+)", line))
+                    steps.append((int(d["prefill"]), int(d["decodes"]), float(d["ms"])))
     dec = [(d, ms) for p, d, ms in steps if p == 0 and d > 0]
     n = len(dec)
     mx, my = sum(d for d, _ in dec) / n, sum(ms for _, ms in dec) / n
@@ -96,8 +97,8 @@ def simulate(cost, conc, rule, seed, req=64, inl=64, outl=64, max_tokens=512):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fit", help="a trace log of tessera serve to fit the cost model to")
-    ap.add_argument("--cost", default="17.5,1.67,0.87", help="fixed,per_row,per_token in ms")
+    ap.add_argument("--fit", nargs="+", help="trace logs of tessera serve to fit the cost model to")
+    ap.add_argument("--cost", default="17.5,1.67,0.91", help="fixed,per_row,per_token in ms")
     ap.add_argument("--levels", default="4,16,64")
     ap.add_argument("--factors", default="1.5,1.75,2.0")
     ap.add_argument("--seeds", type=int, default=7)
