@@ -352,10 +352,6 @@ unsafe fn body512<const F: u8, const MR: usize, const NP: usize, const VNNI: boo
 /// As [`tile_avx2`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[expect(
-    clippy::needless_range_loop,
-    reason = "indexed loops over the constant shape unroll into registers; iterators did not"
-)]
 unsafe fn tile256<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a: &TileArgs) {
     let fmt = FORMATS[F as usize];
     let (pbb, qa) = (fmt.panel_block_bytes(), fmt.panel_quants_at());
@@ -405,19 +401,40 @@ unsafe fn tile256<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a
                 } else {
                     _mm256_setzero_ps()
                 };
-                for r in 0..MR {
-                    let at = a.out.wrapping_add((r * NP + p) * PANEL + 8 * h);
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(xs[r].dx));
-                    let sum = _mm256_cvtepi32_ps(sums[r][p][h]);
-                    // SAFETY: inside out's MR * NP * 16 floats (contract).
-                    let mut v = _mm256_fmadd_ps(scale, sum, unsafe { _mm256_loadu_ps(at) });
-                    if F == 2 {
-                        v = _mm256_fmadd_ps(m, _mm256_set1_ps(xs[r].sx), v);
-                    }
-                    // SAFETY: as above.
-                    unsafe { _mm256_storeu_ps(at, v) };
-                }
+                let at = a.out.wrapping_add(p * PANEL + 8 * h);
+                let sums = std::array::from_fn(|r| sums[r][p][h]);
+                // SAFETY: rows NP * 16 floats apart inside out's MR * NP * 16 (contract).
+                unsafe { scale8::<F, MR>(d, m, &xs, sums, at, NP * PANEL) };
             }
+        }
+    }
+}
+
+/// One block's f32 steps for 8 outputs of rows `0..MR` (row r's at `out + r * ld`):
+/// `out = fma(d * dx, (f32) sum, out)`, then Q4_1's `out = fma(m, sx, out)`.
+///
+/// # Safety
+/// 8 floats at each row's `out` must be writable; AVX2 and FMA, inlined into a function
+/// that has them.
+#[inline(always)]
+unsafe fn scale8<const F: u8, const MR: usize>(
+    d: __m256,
+    m: __m256,
+    xs: &[BlockX; MR],
+    sums: [__m256i; MR],
+    out: *mut f32,
+    ld: usize,
+) {
+    for (r, (x, sum)) in xs.iter().zip(sums).enumerate() {
+        let at = out.wrapping_add(r * ld);
+        // SAFETY (all): the caller's features; `at` holds 8 floats (contract).
+        unsafe {
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.dx));
+            let mut v = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), _mm256_loadu_ps(at));
+            if F == 2 {
+                v = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sx), v);
+            }
+            _mm256_storeu_ps(at, v);
         }
     }
 }
@@ -429,10 +446,6 @@ unsafe fn tile256<const F: u8, const MR: usize, const NP: usize>(w: *const u8, a
 /// As [`tile_avx2_wide`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[expect(
-    clippy::needless_range_loop,
-    reason = "indexed loops over the constant shape unroll into registers; iterators did not"
-)]
 unsafe fn tile256w<const F: u8, const MR: usize, const NP: usize>(w: *const i16, a: &TileArgs) {
     for j in 0..MR * 2 {
         // SAFETY: out has MR * 16 floats (contract).
@@ -483,18 +496,9 @@ unsafe fn tile256w<const F: u8, const MR: usize, const NP: usize>(w: *const i16,
             } else {
                 _mm256_setzero_ps()
             };
-            for r in 0..MR {
-                let at = a.out.wrapping_add(r * PANEL + 8 * h);
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(xs[r].dx));
-                let sum = _mm256_cvtepi32_ps(sums[r][h]);
-                // SAFETY: inside out's MR * 16 floats (contract).
-                let mut v = _mm256_fmadd_ps(scale, sum, unsafe { _mm256_loadu_ps(at) });
-                if F == 2 {
-                    v = _mm256_fmadd_ps(m, _mm256_set1_ps(xs[r].sx), v);
-                }
-                // SAFETY: as above.
-                unsafe { _mm256_storeu_ps(at, v) };
-            }
+            let sums = std::array::from_fn(|r| sums[r][h]);
+            // SAFETY: rows 16 floats apart inside out's MR * 16 (contract).
+            unsafe { scale8::<F, MR>(d, m, &xs, sums, a.out.wrapping_add(8 * h), PANEL) };
         }
     }
 }
