@@ -1,6 +1,7 @@
-//! The real model with bf16 weights (`--dtype bf16`) through the serving engine: greedy
-//! tokens follow Hugging Face's float32 references within the bf16 margin, and the tokens
-//! and log-probabilities have the same bits alone, inside a batch, and at 1, 2 and 3 ranks.
+//! The real model with bf16 weights (`--dtype bf16`), or a bf16 KV cache (`--kv-dtype
+//! bf16`), through the serving engine: greedy tokens follow Hugging Face's float32
+//! references within the bf16 margin, and the tokens and log-probabilities have the same
+//! bits alone, inside a batch, and at 1, 2 and 3 ranks.
 //!
 //! bf16 rounds every weight, and every matmul's activations, to 8 significant bits, which
 //! moves the logits of this model by up to about 0.2 (0.176 measured on the public prompts
@@ -16,20 +17,31 @@ use common::engine_ref::{cases, run_all, Trace};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tessera_engine::{Coordinator, EngineConfig, EngineHandle, EngineOptions};
-use tessera_model::{ModelConfig, TextTokenizer, WeightDtype};
+use tessera_model::{KvDtype, ModelConfig, TextTokenizer, WeightDtype};
 use tessera_plan::Strategy;
 
 /// Twice the largest logit error bf16 weights are allowed (0.2), with the reference's margin.
 const BF16_MARGIN: f64 = 0.4;
 
-/// The serving engine on the default model at `tp` ranks with `dtype` weights.
+/// The same for f32 weights over a bf16 KV cache, which moves the logits far less (0.031
+/// at most on the public prompts, `tools/bench/dtype_error.py --dtypes f32:bf16`): 2 x 0.05.
+const BF16_KV_MARGIN: f64 = 0.1;
+
+/// The serving engine on the default model at `tp` ranks with `dtype` weights and an f32
+/// KV cache.
 fn start(tp: usize, dtype: WeightDtype) -> EngineHandle {
+    start_kv(tp, dtype, KvDtype::F32)
+}
+
+/// [`start`] with a `kv` cache.
+fn start_kv(tp: usize, dtype: WeightDtype, kv: KvDtype) -> EngineHandle {
     let dir = common::default_model();
     let config = ModelConfig::from_dir(dir).unwrap();
     let tokenizer = Arc::new(TextTokenizer::from_dir(dir).unwrap());
     let plan = Strategy::Megatron.plan(&config.shape, tp).unwrap();
     let options = EngineOptions {
         dtype,
+        kv_dtype: Some(kv),
         ..EngineOptions::default()
     };
     let coord = Coordinator::start(dir, plan, &options).unwrap();
@@ -37,8 +49,12 @@ fn start(tp: usize, dtype: WeightDtype) -> EngineHandle {
 }
 
 /// Every reference prompt alone, then all of them among random companions in one batch.
-fn alone_and_batched(tp: usize, dtype: WeightDtype) -> (Vec<Trace>, Vec<Trace>, Vec<usize>) {
-    let engine = start(tp, dtype);
+fn alone_and_batched(
+    tp: usize,
+    dtype: WeightDtype,
+    kv: KvDtype,
+) -> (Vec<Trace>, Vec<Trace>, Vec<usize>) {
+    let engine = start_kv(tp, dtype, kv);
     let cases = cases();
     let alone: Vec<Trace> = cases
         .iter()
@@ -69,24 +85,54 @@ fn alone_and_batched(tp: usize, dtype: WeightDtype) -> (Vec<Trace>, Vec<Trace>, 
 
 #[test]
 fn bf16_follows_the_reference_and_has_the_same_bits_batched_and_at_1_to_3_ranks() {
+    let failures = follow_reference(WeightDtype::Bf16, KvDtype::F32, &[1, 2, 3], BF16_MARGIN);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_bf16_kv_cache_follows_the_reference_and_has_the_same_bits_batched_and_at_1_and_3_ranks() {
+    let failures = follow_reference(WeightDtype::F32, KvDtype::Bf16, &[1, 3], BF16_KV_MARGIN);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // It must be able to fail: the cache is not silently f32.
+    let prompt = cases().remove(0).prompt;
+    let traces: Vec<Trace> = [KvDtype::F32, KvDtype::Bf16]
+        .into_iter()
+        .map(|kv| {
+            let engine = start_kv(1, WeightDtype::F32, kv);
+            let t = run_all(&engine, std::slice::from_ref(&prompt)).remove(0);
+            engine.shutdown();
+            t
+        })
+        .collect();
+    assert_ne!(
+        traces[0].1, traces[1].1,
+        "bf16 KV log-probabilities equal f32's"
+    );
+}
+
+/// Runs every reference prompt alone and batched at each of `tps`; lists each greedy token
+/// that leaves the reference after steps whose top-1/top-2 margins are all at least
+/// `margin`, each batched run that differs from its run alone, and each rank count whose
+/// runs differ from the first one's.
+fn follow_reference(dtype: WeightDtype, kv: KvDtype, tps: &[usize], margin: f64) -> Vec<String> {
     let cases = cases();
     let mut failures = Vec::new();
     let mut first: Option<Vec<Trace>> = None;
-    for tp in 1..=3 {
-        let (alone, batched, slots) = alone_and_batched(tp, WeightDtype::Bf16);
+    for &tp in tps {
+        let (alone, batched, slots) = alone_and_batched(tp, dtype, kv);
         for (i, c) in cases.iter().enumerate() {
             let (ids, _) = &alone[i];
             if let Some(step) = (0..32).find(|&s| ids[s] != c.greedy[s]) {
-                if !c.margins[..=step].iter().any(|&m| m < BF16_MARGIN) {
+                if !c.margins[..=step].iter().any(|&m| m < margin) {
                     failures.push(format!(
-                        "bf16 tp {tp} {}: token {step} is {} not {}",
+                        "{dtype:?}/{kv:?} KV tp {tp} {}: token {step} is {} not {}",
                         c.name, ids[step], c.greedy[step]
                     ));
                 }
             }
             if batched[slots[i]] != alone[i] {
                 failures.push(format!(
-                    "bf16 tp {tp} {}: batched differs from alone",
+                    "{dtype:?}/{kv:?} KV tp {tp} {}: batched differs from alone",
                     c.name
                 ));
             }
@@ -96,13 +142,16 @@ fn bf16_follows_the_reference_and_has_the_same_bits_batched_and_at_1_to_3_ranks(
             Some(one) => {
                 for (i, c) in cases.iter().enumerate() {
                     if alone[i] != one[i] {
-                        failures.push(format!("bf16 tp {tp} {}: differs from tp 1", c.name));
+                        failures.push(format!(
+                            "{dtype:?}/{kv:?} KV tp {tp} {}: differs from tp {}",
+                            c.name, tps[0]
+                        ));
                     }
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    failures
 }
 
 #[test]

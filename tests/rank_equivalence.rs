@@ -5,12 +5,13 @@
 //! beyond the number of heads leave some ranks without heads.
 //!
 //! With the default deterministic reduction the logits have the same bits at every rank
-//! count and for every strategy; with `--fast-reduce` they agree to rounding.
+//! count and for every strategy (with an f32 or a bf16 KV cache); with `--fast-reduce`
+//! they agree to rounding.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tessera_engine::{Coordinator, EngineOptions};
-use tessera_model::{synthetic, LogitRows};
+use tessera_model::{synthetic, KvDtype, LogitRows};
 use tessera_plan::{ReduceMode, Strategy};
 
 fn logits(
@@ -174,4 +175,44 @@ fn prefill_and_token_by_token_decode_give_the_same_logits() {
     }
     // The fixed reduction order makes a row's logits independent of how many rows ran with it.
     assert_eq!(all, stepwise);
+}
+
+#[test]
+fn a_bf16_kv_cache_gives_the_bits_of_one_rank_on_1_to_5_ranks() {
+    let mut rng = ChaCha8Rng::seed_from_u64(0xb16);
+    for case in 0..4 {
+        let shape = synthetic::random_shape(&mut rng);
+        let tmp = tempfile::tempdir().unwrap();
+        synthetic::write_random_model(tmp.path(), &shape, 100 + case, 64).unwrap();
+        let prompt: Vec<u32> = (0..rng.random_range(2..12))
+            .map(|_| rng.random_range(0..shape.vocab as u32))
+            .collect();
+        let run = |tp: usize, kv: KvDtype| {
+            let plan = Strategy::Megatron.plan(&shape, tp).unwrap();
+            let options = EngineOptions {
+                kv_dtype: Some(kv),
+                ..EngineOptions::default()
+            };
+            let mut engine = Coordinator::start(tmp.path(), plan, &options).unwrap();
+            let mut out = engine.forward(&prompt, LogitRows::All).unwrap();
+            for &t in &prompt[..2] {
+                out.extend(engine.forward(&[t], LogitRows::Last).unwrap());
+            }
+            out
+        };
+        let one = run(1, KvDtype::Bf16);
+        assert_ne!(
+            bits(&one),
+            bits(&run(1, KvDtype::F32)),
+            "case {case}: bf16 = f32"
+        );
+        for tp in 2..=5 {
+            let many = run(tp, KvDtype::Bf16);
+            assert!(
+                bits(&one) == bits(&many),
+                "case {case} {shape:?}: bf16 KV at tp {tp} differs from tp 1 by {}",
+                max_abs_diff(&one, &many)
+            );
+        }
+    }
 }

@@ -16,6 +16,10 @@ the shipped Q4_1 file, and Tessera's `--dtype q4_1` runs that file's blocks as t
 `--isa avx2` forces Tessera's AVX2 kernels (`tessera --isa avx2`) on an AVX-512 machine;
 pair it with a llama.cpp built without AVX-512 and say so wherever the numbers are used.
 
+KV cache: llama.cpp keeps its default (f16 keys and values) unless `--llama-kv f32`
+(`-ctk/-ctv`); Tessera keeps its default (f32) unless `--kv-dtype bf16`, which, like
+llama.cpp's default, stores 16 bits per value. The JSON records both.
+
 Usage (idle machine, check `uptime`):
   python3 tools/bench/cpu_vs_llamacpp.py --rounds 3 --out benches/results/cpu-vs-llamacpp.json
   python3 tools/bench/cpu_vs_llamacpp.py --isa avx2 --llama-bin /opt/tessera-peers/LB-avx2/bin ...
@@ -62,7 +66,7 @@ def run_peer(cmd):
         return None, f"exit status {e.returncode}"
 
 
-def llama_bench(binp, gguf, threads):
+def llama_bench(binp, gguf, threads, kv_args):
     """Prefill-512 and decode-128 as two runs, so a peer that crashes on one still gives the
     other. A run that crashes is retried without weight repacking (`--repack 0`): on an
     Intel Xeon with AMX, llama.cpp's AMX repacked Q4_1 crashed on prompts (llama.cpp issue
@@ -70,7 +74,7 @@ def llama_bench(binp, gguf, threads):
     res = {}
     for key, p, n in (("prefill", 512, 0), ("decode", 0, 128)):
         cmd = [f"{binp}/llama-bench", "-m", gguf, "-p", str(p), "-n", str(n),
-               "-t", str(threads), "-r", "3", "-o", "json"]
+               "-t", str(threads), "-r", "3", "-o", "json"] + kv_args
         stdout, err = run_peer(cmd)
         if err:
             res[f"{key}_error"] = err
@@ -80,10 +84,10 @@ def llama_bench(binp, gguf, threads):
     return res
 
 
-def llama_batched(binp, gguf, threads, n, inp, out):
+def llama_batched(binp, gguf, threads, n, inp, out, kv_args):
     """64 requests' total tok/s, retried without repacking after a crash (see llama_bench)."""
     cmd = [f"{binp}/llama-batched-bench", "-m", gguf, "-npp", str(inp), "-ntg", str(out),
-           "-npl", str(n), "-c", str(n * (inp + out)), "-t", str(threads)]
+           "-npl", str(n), "-c", str(n * (inp + out)), "-t", str(threads)] + kv_args
     stdout, err = run_peer(cmd)
     res = {}
     if err:
@@ -96,23 +100,27 @@ def llama_batched(binp, gguf, threads, n, inp, out):
     return {"total_tok_s": float(cells[-1]), "row": cells, **res}
 
 
-def tessera(a, *args):
+def tessera(a, *args, kv=False):
     cmd = [a.tessera] + list(args)
     if a.isa:
         cmd += ["--isa", a.isa]  # an option of each bench subcommand, so it goes last
+    if kv and a.kv_dtype:
+        cmd += ["--kv-dtype", a.kv_dtype]
     return run_json(cmd)
 
 
 def one_round(a, raw):
     for p in a.precisions:
         lat = tessera(a, "bench", "latency", "--model", a.model, "--dtype", p, "--repeats", "3",
-                      "--threads", str(a.threads))
+                      "--threads", str(a.threads), kv=True)
         thr = tessera(a, "bench", "throughput", "--model", a.model, "--dtype", p, "--requests", "64",
-                      "--input-len", "128", "--output-len", "128", "--threads", str(a.threads), "--json")
+                      "--input-len", "128", "--output-len", "128", "--threads", str(a.threads), "--json",
+                      kv=True)
         raw["tessera"][p].append({"latency": lat, "throughput": thr})
         gguf = a.gguf[p]
-        raw["llama.cpp"][p].append({"bench": llama_bench(a.llama_bin, gguf, a.threads),
-                                    "batched": llama_batched(a.llama_bin, gguf, a.threads, 64, 128, 128)})
+        raw["llama.cpp"][p].append({"bench": llama_bench(a.llama_bin, gguf, a.threads, a.llama_kv_args),
+                                    "batched": llama_batched(a.llama_bin, gguf, a.threads, 64, 128, 128,
+                                                             a.llama_kv_args)})
     # The probe also rereads each precision's weight bytes: a model that fits a large L3
     # partly stays there between tokens, and its bound must cover that.
     sizes = ",".join(str(raw["tessera"][p][-1]["latency"]["weight_bytes_per_token"]) for p in a.precisions)
@@ -212,8 +220,11 @@ def main():
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kv-dtype", default=None, choices=["f32", "bf16"], help="Tessera's KV cache (default f32)")
+    ap.add_argument("--llama-kv", default=None, choices=["f32", "f16"], help="llama.cpp's -ctk/-ctv (default f16)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    a.llama_kv_args = ["-ctk", a.llama_kv, "-ctv", a.llama_kv] if a.llama_kv else []
     a.llama_bin = a.llama_bin or f"{a.peers}/LB/bin"
     a.precisions = a.precisions.split(",")
     a.gguf = {"f32": f"{a.peers}/smollm2-f32.gguf", "bf16": f"{a.peers}/smollm2-bf16.gguf", "q4_1": a.q4_1}
@@ -228,7 +239,8 @@ def main():
     q4_1_peak = max(b.get("gemm_q4_1_gflop_s_max", 0.0) for b in raw["bandwidth"]) or f32_peak
     peak = {"f32": f32_peak, "q4_1": q4_1_peak, "bf16": bf16_peak}
     print(f"CPU: {cpu}; machine ISA {machine_isa}; Tessera kernels {a.isa or machine_isa}; "
-          f"llama.cpp {a.llama_bin}; {a.threads} threads; read bandwidth bound (best probe) {bw:.1f} GB/s; "
+          f"llama.cpp {a.llama_bin}; KV cache Tessera {a.kv_dtype or 'f32'}, llama.cpp {a.llama_kv or 'f16'}; "
+          f"{a.threads} threads; read bandwidth bound (best probe) {bw:.1f} GB/s; "
           f"GEMM peak f32 {f32_peak:.0f}, bf16 {bf16_peak:.0f}, q4_1 {q4_1_peak:.0f} GFLOP/s\n")
     summary = table(a, raw)
     mfu(a, raw, peak)
@@ -237,6 +249,7 @@ def main():
         with open(a.out, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "machine_isa": machine_isa,
                        "tessera_isa": a.isa or machine_isa, "llama_bin": a.llama_bin, "threads": a.threads,
+                       "tessera_kv": a.kv_dtype or "f32", "llama_kv": a.llama_kv or "f16",
                        "bandwidth_gb_s": bw, "summary_T_over_L": summary, "raw": raw}, f, indent=1)
 
 

@@ -6,8 +6,10 @@ and reports: whether the prompt ids match, how many leading greedy tokens equal 
 reference's, and the largest difference of the last prompt position's top-5 logits (over
 the ids both list). Writes the rows as JSON. Builds nothing.
 
+A dtype `W:KV` also sets the KV cache's storage (`--kv-dtype KV`), e.g. `f32:bf16`.
+
 Usage:
-  python3 tools/bench/dtype_error.py --dtypes f32,bf16 --out benches/results/dtype-error.json
+  python3 tools/bench/dtype_error.py --dtypes f32,bf16,f32:bf16 --out benches/results/dtype-error.json
 """
 
 import argparse
@@ -17,8 +19,11 @@ import time
 
 
 def generate(a, dtype, text):
-    cmd = [a.tessera, "generate", "--model", a.model, "--dtype", dtype, "--prompt", text,
+    weights, _, kv = dtype.partition(":")
+    cmd = [a.tessera, "generate", "--model", a.model, "--dtype", weights, "--prompt", text,
            "--max-tokens", str(a.tokens), "--ignore-eos", "--json", "--top-logits", "5"]
+    if kv:
+        cmd += ["--kv-dtype", kv]
     if a.isa:
         cmd += ["--isa", a.isa]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

@@ -55,6 +55,9 @@ pub(crate) struct LatencyArgs {
     /// has). Forcing a slower one measures another machine class on this one.
     #[arg(long)]
     isa: Option<String>,
+    /// KV-cache storage: f32 or bf16 (default: f32).
+    #[arg(long, value_name = "f32|bf16")]
+    kv_dtype: Option<String>,
     /// Also write `latency.json` and `manifest.json` into this directory.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -154,6 +157,7 @@ fn latency(a: &LatencyArgs) -> Result<()> {
         dtype,
         reduce: a.shard.reduce(),
         threads: a.threads,
+        kv_dtype: crate::parse_kv_dtype(a.kv_dtype.as_deref())?,
         ..EngineOptions::default()
     };
     let loader = tessera_engine::CpuLoader {
@@ -208,7 +212,7 @@ fn latency(a: &LatencyArgs) -> Result<()> {
         let mut manifest = RunManifest::new("latency", Some(&dir), 0, HardwareProfile::cpu_here())?;
         manifest.parameters = serde_json::json!({
             "dtype": a.dtype, "prompt_tokens": a.prompt_tokens, "decode_tokens": a.decode_tokens,
-            "repeats": a.repeats, "threads": a.threads, "isa": a.isa,
+            "repeats": a.repeats, "threads": a.threads, "isa": a.isa, "kv_dtype": a.kv_dtype,
         });
         write_single_run(out, "latency.json", &report, manifest, &plan)?;
     }

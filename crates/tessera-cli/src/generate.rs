@@ -51,6 +51,9 @@ pub(crate) struct GenerateArgs {
     /// CPU kernel instruction set: avx512bf16, avx512, avx2 or scalar (default: the fastest).
     #[arg(long)]
     isa: Option<String>,
+    /// KV-cache storage: f32 or bf16 (default: f32 on cpu).
+    #[arg(long, value_name = "f32|bf16")]
+    kv_dtype: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -154,6 +157,7 @@ fn generate_on(
         dtype,
         reduce: args.shard.reduce(),
         threads: args.threads,
+        kv_dtype: crate::parse_kv_dtype(args.kv_dtype.as_deref())?,
         ..EngineOptions::default()
     };
     let mut engine =

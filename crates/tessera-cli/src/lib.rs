@@ -197,9 +197,13 @@ pub(crate) struct EngineArgs {
     #[arg(long, default_value = "f32")]
     pub(crate) dtype: String,
     /// KV-cache memory per rank, in MiB (allocated and touched once at start-up; 1 GiB
-    /// holds about 22k tokens of SmolLM2-135M at f32).
+    /// holds about 22k tokens of SmolLM2-135M at f32, twice that at bf16).
     #[arg(long, default_value_t = DEFAULT_KV_CACHE_MIB)]
     pub(crate) kv_cache_mib: usize,
+    /// KV-cache storage: f32 or bf16 (default: f32 on cpu; bf16 on cuda for bf16/f16
+    /// weights). bf16 halves the cache's memory and the bytes attention reads per step.
+    #[arg(long, value_name = "f32|bf16")]
+    pub(crate) kv_dtype: Option<String>,
     /// Most tokens per engine step.
     #[arg(long, default_value_t = 512)]
     pub(crate) max_batch_tokens: usize,
@@ -246,6 +250,7 @@ impl EngineArgs {
             reduce: shard.reduce(),
             threads: self.threads,
             kv_cache_bytes: self.kv_cache_mib << 20,
+            kv_dtype: parse_kv_dtype(self.kv_dtype.as_deref())?,
             ..tessera_engine::EngineOptions::default()
         };
         let config = tessera_engine::EngineConfig {
@@ -430,6 +435,15 @@ pub(crate) fn parse_isa(isa: Option<&str>) -> Result<Option<tessera_kernels::Isa
         bail!("--isa {name}: this CPU does not have it");
     }
     Ok(Some(isa))
+}
+
+/// Parses `--kv-dtype` (`None`: the backend's default).
+pub(crate) fn parse_kv_dtype(name: Option<&str>) -> Result<Option<tessera_model::KvDtype>> {
+    let Some(name) = name else { return Ok(None) };
+    match tessera_model::KvDtype::parse(name) {
+        Some(d) => Ok(Some(d)),
+        None => bail!("unknown --kv-dtype '{name}' (f32 or bf16)"),
+    }
 }
 
 /// The ranks' loader for `device` (after [`weight_dtype`] accepted `dtype` for it): CPU

@@ -70,6 +70,8 @@ struct Report {
     itl_ms: Percentiles,
     prefix_hits: u64,
     preemptions: u64,
+    /// The KV cache's storage, as asked for (`None`: the backend's default).
+    kv_dtype: Option<String>,
 }
 
 fn percentiles(mut v: Vec<f64>) -> Percentiles {
@@ -202,25 +204,34 @@ pub(crate) fn run(a: &ThroughputArgs) -> Result<()> {
         itl_ms: percentiles(itl),
         prefix_hits: stats.prefix_hits,
         preemptions: stats.preemptions,
+        kv_dtype: a.engine.kv_dtype.clone(),
     };
     if !a.json {
         print_summary(&report);
     }
     println!("{}", serde_json::to_string(&report)?);
     if let Some(out) = &a.out {
-        let mut manifest = RunManifest::new(
-            "throughput",
-            Some(&dir),
-            a.seed,
-            HardwareProfile::cpu_here(),
-        )?;
-        manifest.parameters = serde_json::json!({
-            "dtype": a.engine.dtype, "requests": a.requests, "input_len": a.input_len,
-            "output_len": a.output_len, "concurrency": concurrency,
-            "max_batch_tokens": a.engine.max_batch_tokens, "max_seqs": a.engine.max_seqs, "threads": a.engine.threads,
-            "isa": a.engine.isa,
-        });
-        write_single_run(out, "throughput.json", &report, manifest, &plan)?;
+        save(a, out, &dir, concurrency, &report, &plan)?;
     }
     Ok(())
+}
+
+/// Writes the report, its run manifest and the plan into `out`.
+fn save(
+    a: &ThroughputArgs,
+    out: &std::path::Path,
+    dir: &std::path::Path,
+    concurrency: usize,
+    report: &Report,
+    plan: &tessera_plan::ShardPlan,
+) -> Result<()> {
+    let mut manifest =
+        RunManifest::new("throughput", Some(dir), a.seed, HardwareProfile::cpu_here())?;
+    manifest.parameters = serde_json::json!({
+        "dtype": a.engine.dtype, "requests": a.requests, "input_len": a.input_len,
+        "output_len": a.output_len, "concurrency": concurrency,
+        "max_batch_tokens": a.engine.max_batch_tokens, "max_seqs": a.engine.max_seqs, "threads": a.engine.threads,
+        "isa": a.engine.isa, "kv_dtype": a.engine.kv_dtype,
+    });
+    write_single_run(out, "throughput.json", report, manifest, plan)
 }

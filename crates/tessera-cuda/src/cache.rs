@@ -13,16 +13,11 @@ use cudarc::driver::CudaSlice;
 use crate::device::Gpu;
 use crate::error::{ensure, CudaError};
 
-/// Storage of the keys and values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KvDtype {
-    /// f32: read by `cuda/paged_attention.cu` (tiled prefill, split decode).
-    F32,
-    /// bf16 rounded to nearest even, f32 accumulation: decode rows read by
-    /// `cuda/decode_attention.cu` (each key/value head once per GQA group), prompt rows by
-    /// `prefill_attention_bf16`; half the bytes of f32.
-    Bf16,
-}
+/// Storage of the keys and values: the engine's [`KvDtype`]. f32 pools are read by
+/// `cuda/paged_attention.cu` (tiled prefill, split decode); bf16 pools (rounded to nearest
+/// even, f32 accumulation) by `cuda/decode_attention.cu` for decode rows (each key/value
+/// head once per GQA group) and `prefill_attention_bf16` for prompt rows.
+pub use tessera_model::KvDtype;
 
 /// One layer's pool in its storage.
 pub(crate) enum LayerPool<'a> {

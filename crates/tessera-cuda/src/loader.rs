@@ -45,8 +45,9 @@ pub struct CudaLoader {
     pub dtype: DeviceDtype,
     /// Device ordinal of rank 0.
     pub first_device: usize,
-    /// Element type of the KV pool (`None`: [`CudaRankModel::preferred_kv`]; bf16 needs
-    /// even GQA groups, and a plan without them is refused at the first step).
+    /// Element type of the KV pool when the engine's `--kv-dtype` names none (`None`:
+    /// [`CudaRankModel::preferred_kv`]; bf16 needs even GQA groups, and a plan without
+    /// them is refused at the first step).
     pub kv: Option<KvDtype>,
 }
 
@@ -148,7 +149,10 @@ impl RankStarter for CudaStarter {
             self.loader.dtype,
             setup.reduce,
         )?;
-        let kv = self.loader.kv.unwrap_or_else(|| model.preferred_kv());
+        let kv = setup
+            .kv_dtype
+            .or(self.loader.kv)
+            .unwrap_or_else(|| model.preferred_kv());
         let cache = CudaKvCache::new(
             model.gpu(),
             &model.kv_widths(),

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use tessera_comm::CommStats;
 use tessera_model::worker::{CpuLoader, RankLoader, RankSetup, RankStarter};
 use tessera_model::{
-    LogitRows, ModelConfig, ModelError, PagedKvCache, RowChoice, StepSeq, WeightDtype,
+    KvDtype, LogitRows, ModelConfig, ModelError, PagedKvCache, RowChoice, StepSeq, WeightDtype,
 };
 use tessera_plan::{ReduceMode, ShardPlan};
 
@@ -52,6 +52,9 @@ pub struct EngineOptions {
     pub block_size: usize,
     /// How row-parallel partial sums are combined (deterministic unless `--fast-reduce`).
     pub reduce: ReduceMode,
+    /// KV-cache storage (`None`: the backend's choice, f32 on CPU); the block count that
+    /// fits `kv_cache_bytes` follows from it.
+    pub kv_dtype: Option<KvDtype>,
 }
 
 impl Default for EngineOptions {
@@ -62,6 +65,7 @@ impl Default for EngineOptions {
             kv_cache_bytes: 256 << 20,
             block_size: 16,
             reduce: ReduceMode::Deterministic,
+            kv_dtype: None,
         }
     }
 }
@@ -165,6 +169,7 @@ impl Coordinator {
                 threads: threads_per_rank,
                 num_blocks,
                 block_size: options.block_size,
+                kv_dtype: options.kv_dtype,
             };
             let join = std::thread::Builder::new()
                 .name(format!("tessera-rank-{rank}"))
@@ -425,7 +430,8 @@ fn fit_blocks(
             let widths: Vec<usize> = (0..config.shape.layers)
                 .map(|l| plan.heads(l, rank).kv_heads.len() * config.shape.head_dim)
                 .collect();
-            PagedKvCache::block_bytes(&widths, options.block_size)
+            let dtype = options.kv_dtype.unwrap_or(KvDtype::F32);
+            PagedKvCache::block_bytes(&widths, options.block_size, dtype)
         })
         .max()
         .unwrap_or(0)

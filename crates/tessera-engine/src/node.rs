@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tessera_comm::CommStats;
 use tessera_model::worker::{RankLoader, RankSetup, RankStarter, RankWorker};
-use tessera_model::{ModelConfig, ModelError, StepSeq, WeightDtype};
+use tessera_model::{KvDtype, ModelConfig, ModelError, StepSeq, WeightDtype};
 use tessera_plan::{ReduceMode, ShardPlan};
 
 /// Largest frame accepted (a step of many long prompts fits easily).
@@ -67,6 +67,7 @@ enum ToRank<S> {
     Setup {
         num_blocks: usize,
         block_size: usize,
+        kv_dtype: Option<KvDtype>,
     },
     Step(S),
 }
@@ -278,6 +279,7 @@ impl RankStarter for RemoteStarter {
             &ToRank::<&[StepSeq]>::Setup {
                 num_blocks: setup.num_blocks,
                 block_size: setup.block_size,
+                kv_dtype: setup.kv_dtype,
             },
         )?;
         match recv(&mut self.stream)? {
@@ -416,6 +418,7 @@ pub fn follow(f: &Follower, loader: &dyn RankLoader) -> Result<(), ModelError> {
                 threads,
                 num_blocks: 0,
                 block_size: 0,
+                kv_dtype: None,
             };
             std::thread::Builder::new()
                 .name(format!("tessera-rank-{rank}"))
@@ -459,6 +462,7 @@ fn serve_rank(
     let Some(ToRankOwned::Setup {
         num_blocks,
         block_size,
+        kv_dtype,
     }) = recv(&mut stream)?
     else {
         return Err(node_err(format!(
@@ -468,6 +472,7 @@ fn serve_rank(
     };
     setup.num_blocks = num_blocks;
     setup.block_size = block_size;
+    setup.kv_dtype = kv_dtype;
     let mut worker = match starter.start(&setup) {
         Ok(w) => w,
         Err(e) => {

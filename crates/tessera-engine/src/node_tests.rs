@@ -97,6 +97,7 @@ fn setup(rank: usize, plan: &Arc<ShardPlan>) -> RankSetup {
         threads: 1,
         num_blocks: 40,
         block_size: 16,
+        kv_dtype: None,
     }
 }
 

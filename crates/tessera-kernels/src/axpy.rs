@@ -1,7 +1,9 @@
 //! `y[i] = fma(a, x[i], y[i])` per instruction set: elementwise, so every path gives the
-//! same bits (attention accumulates values with it, in key order).
+//! same bits (attention accumulates values with it, in key order). Value rows may be f32
+//! or bf16 (widened exactly to f32 before the fma).
 
 use crate::isa::Isa;
+use crate::matmul::Elem;
 
 /// y[i] = fma(a, x[i], y[i]) for i < min(len); `isa` must be available (a pool's ISA is).
 pub(crate) fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
@@ -50,20 +52,27 @@ unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
 /// `acc[i] = fma(w[c], v[offs[c] + i], acc[i])` for every key c in order, i < acc.len():
 /// the attention's value sum. Per element it is exactly [`axpy`] called key after key, so
 /// the bits are the same; head widths of 64 and 128 keep `acc` in AVX-512 registers, other
-/// multiples of 32 in AVX2 registers, 64 columns at a time.
+/// multiples of 32 in AVX2 registers, 64 columns at a time. bf16 values give the bits of
+/// the same sum over their exact f32 widening.
 ///
 /// # Safety
 /// `isa` must be available, and `v[offs[c] .. offs[c] + acc.len()]` must be in bounds for
 /// every c < `w.len()` (`offs` at least as long as `w`).
-pub(crate) unsafe fn weighted_sum(isa: Isa, w: &[f32], v: &[f32], offs: &[usize], acc: &mut [f32]) {
+pub(crate) unsafe fn weighted_sum<E: Elem>(
+    isa: Isa,
+    w: &[f32],
+    v: &[E],
+    offs: &[usize],
+    acc: &mut [f32],
+) {
     let d = acc.len();
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx512() {
         match d {
             // SAFETY: forwarded from our contract; AVX-512 is available.
-            64 => return unsafe { weighted_sum_avx512::<4>(w, v, offs, acc) },
+            64 => return unsafe { weighted_sum_avx512::<E, 4>(w, v, offs, acc) },
             // SAFETY: as above.
-            128 => return unsafe { weighted_sum_avx512::<8>(w, v, offs, acc) },
+            128 => return unsafe { weighted_sum_avx512::<E, 8>(w, v, offs, acc) },
             _ => {}
         }
     }
@@ -79,17 +88,21 @@ pub(crate) unsafe fn weighted_sum(isa: Isa, w: &[f32], v: &[f32], offs: &[usize]
             // v[off ..][..d]); AVX2 + FMA come with both x86 ISAs.
             unsafe {
                 if width == 64 {
-                    weighted_sum_avx2::<8>(w, v, offs, col, block);
+                    weighted_sum_avx2::<E, 8>(w, v, offs, col, block);
                 } else {
-                    weighted_sum_avx2::<4>(w, v, offs, col, block);
+                    weighted_sum_avx2::<E, 4>(w, v, offs, col, block);
                 }
             }
             col += width;
         }
         return;
     }
+    let mut row = vec![0.0f32; d];
     for (&wc, &off) in w.iter().zip(offs) {
-        axpy(isa, wc, &v[off..off + d], acc);
+        for (r, x) in row.iter_mut().zip(&v[off..off + d]) {
+            *r = x.to_f32();
+        }
+        axpy(isa, wc, &row, acc);
     }
 }
 
@@ -101,9 +114,9 @@ pub(crate) unsafe fn weighted_sum(isa: Isa, w: &[f32], v: &[f32], offs: &[usize]
 /// `acc.len() == 8 * N`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_sum_avx2<const N: usize>(
+unsafe fn weighted_sum_avx2<E: Elem, const N: usize>(
     w: &[f32],
-    v: &[f32],
+    v: &[E],
     offs: &[usize],
     col: usize,
     acc: &mut [f32],
@@ -118,8 +131,8 @@ unsafe fn weighted_sum_avx2<const N: usize>(
         let a = _mm256_set1_ps(wc);
         let row = v[off + col..off + col + 8 * N].as_ptr();
         for (r, reg) in regs.iter_mut().enumerate() {
-            // SAFETY: the row slice above holds 8 * N floats.
-            let x = unsafe { _mm256_loadu_ps(row.add(8 * r)) };
+            // SAFETY: the row slice above holds 8 * N elements.
+            let x = unsafe { crate::dot16::load8(row.add(8 * r)) };
             *reg = _mm256_fmadd_ps(a, x, *reg);
         }
     }
@@ -132,12 +145,12 @@ unsafe fn weighted_sum_avx2<const N: usize>(
 /// [`weighted_sum`] for `acc.len() == 16 * N`, accumulators held in N zmm registers.
 ///
 /// # Safety
-/// As [`weighted_sum`], with AVX-512 F available and `acc.len() == 16 * N`.
+/// As [`weighted_sum`], with AVX-512 F/BW/VL available and `acc.len() == 16 * N`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn weighted_sum_avx512<const N: usize>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn weighted_sum_avx512<E: Elem, const N: usize>(
     w: &[f32],
-    v: &[f32],
+    v: &[E],
     offs: &[usize],
     acc: &mut [f32],
 ) {
@@ -151,8 +164,8 @@ unsafe fn weighted_sum_avx512<const N: usize>(
         let a = _mm512_set1_ps(wc);
         let row = v[off..off + 16 * N].as_ptr();
         for (r, reg) in regs.iter_mut().enumerate() {
-            // SAFETY: the row slice above holds 16 * N floats.
-            let x = unsafe { _mm512_loadu_ps(row.add(16 * r)) };
+            // SAFETY: the row slice above holds 16 * N elements.
+            let x = unsafe { crate::dot16::load16(row.add(16 * r)) };
             *reg = _mm512_fmadd_ps(a, x, *reg);
         }
     }
@@ -170,12 +183,12 @@ unsafe fn weighted_sum_avx512<const N: usize>(
 /// As [`weighted_sum`] for every head; `w` holds `heads` rows `stride` apart of at least
 /// `keys` weights each, `offs` at least `keys` offsets, `accs.len() == heads * d`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn weighted_sum_heads(
+pub(crate) unsafe fn weighted_sum_heads<E: Elem>(
     isa: Isa,
     w: &[f32],
     stride: usize,
     keys: usize,
-    v: &[f32],
+    v: &[E],
     offs: &[usize],
     d: usize,
     accs: &mut [f32],
@@ -186,9 +199,9 @@ pub(crate) unsafe fn weighted_sum_heads(
         // SAFETY: forwarded from our contract; AVX-512 is available; d = 16 * 4.
         return unsafe {
             match heads {
-                2 => weighted_heads_avx512::<4, 2>(w, stride, keys, v, offs, accs),
-                3 => weighted_heads_avx512::<4, 3>(w, stride, keys, v, offs, accs),
-                _ => weighted_heads_avx512::<4, 4>(w, stride, keys, v, offs, accs),
+                2 => weighted_heads_avx512::<E, 4, 2>(w, stride, keys, v, offs, accs),
+                3 => weighted_heads_avx512::<E, 4, 3>(w, stride, keys, v, offs, accs),
+                _ => weighted_heads_avx512::<E, 4, 4>(w, stride, keys, v, offs, accs),
             }
         };
     }
@@ -202,14 +215,14 @@ pub(crate) unsafe fn weighted_sum_heads(
 /// [`weighted_sum_heads`] for H heads of 16 * N floats, all accumulators in registers.
 ///
 /// # Safety
-/// As [`weighted_sum_heads`], with AVX-512 F available, `d == 16 * N`, `heads == H`.
+/// As [`weighted_sum_heads`], with AVX-512 F/BW/VL available, `d == 16 * N`, `heads == H`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn weighted_heads_avx512<const N: usize, const H: usize>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn weighted_heads_avx512<E: Elem, const N: usize, const H: usize>(
     w: &[f32],
     stride: usize,
     keys: usize,
-    v: &[f32],
+    v: &[E],
     offs: &[usize],
     accs: &mut [f32],
 ) {
@@ -225,8 +238,8 @@ unsafe fn weighted_heads_avx512<const N: usize, const H: usize>(
         let row = v[off..off + 16 * N].as_ptr();
         let mut x = [_mm512_setzero_ps(); N];
         for (r, xr) in x.iter_mut().enumerate() {
-            // SAFETY: the row slice above holds 16 * N floats.
-            *xr = unsafe { _mm512_loadu_ps(row.add(16 * r)) };
+            // SAFETY: the row slice above holds 16 * N elements.
+            *xr = unsafe { crate::dot16::load16(row.add(16 * r)) };
         }
         for (h, head) in regs.iter_mut().enumerate() {
             let a = _mm512_set1_ps(w[h * stride + c]);
@@ -275,6 +288,23 @@ mod tests {
                     .zip(&want)
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "d {d} {isa:?}");
+            }
+            // bf16 value rows: the same chain over their exact f32 widening.
+            let vb: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            let mut want = start.clone();
+            for (&wc, &off) in w.iter().zip(&offs) {
+                let row: Vec<f32> = vb[off..off + d].iter().map(|x| x.to_f32()).collect();
+                axpy_scalar(wc, &row, &mut want);
+            }
+            for isa in Isa::available() {
+                let mut got = start.clone();
+                // SAFETY: as above.
+                unsafe { weighted_sum(isa, &w, &vb, &offs, &mut got) };
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "bf16 d {d} {isa:?}");
             }
         }
     }

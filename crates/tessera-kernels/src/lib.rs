@@ -65,7 +65,7 @@ pub use matmul::{
     PackedWeight, WeightRef,
 };
 pub use norm::{add_rms_norm, rms_norm};
-pub use paged_attention::{paged_attention, PagedSeq, PagedShape};
+pub use paged_attention::{paged_attention, paged_attention_bf16, PagedSeq, PagedShape};
 pub use pool::CpuPool;
 pub use quant::{BlockFormat, BlockTensor, BLOCK};
 pub use rope::{rope, RopeTable};

@@ -13,14 +13,21 @@
 //! output is bit-identical to the contiguous [`crate::attention`] on the same keys, and
 //! independent of the other sequences in the batch, its position in it, how its prompt was
 //! chunked and the thread count.
+//!
+//! The pool may hold bf16 keys and values ([`paged_attention_bf16`]): they are widened
+//! exactly to f32 where they are read, so the output is bit-identical to the f32 kernel on
+//! the bf16-rounded cache.
 
 use std::ops::Range;
+
+use half::bf16;
 
 use crate::axpy::{weighted_sum, weighted_sum_heads};
 use crate::dot16::{gemm_cols, Operands};
 use crate::error::{check_len, mul, KernelError};
 use crate::exp::softmax_numerators;
 use crate::isa::Isa;
+use crate::matmul::Elem;
 use crate::pool::CpuPool;
 
 /// Below this many score multiply-adds, attention runs on the caller's thread alone.
@@ -60,6 +67,32 @@ pub fn paged_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    seqs: &[PagedSeq<'_>],
+    shape: &PagedShape<'_>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    paged_attention_in(pool, q, k, v, seqs, shape, out)
+}
+
+/// [`paged_attention`] over a pool of bf16 keys and values (half the bytes to read).
+pub fn paged_attention_bf16(
+    pool: &CpuPool,
+    q: &[f32],
+    k: &[bf16],
+    v: &[bf16],
+    seqs: &[PagedSeq<'_>],
+    shape: &PagedShape<'_>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    paged_attention_in(pool, q, k, v, seqs, shape, out)
+}
+
+/// [`paged_attention`] for either storage of the pool.
+fn paged_attention_in<E: Elem>(
+    pool: &CpuPool,
+    q: &[f32],
+    k: &[E],
+    v: &[E],
     seqs: &[PagedSeq<'_>],
     shape: &PagedShape<'_>,
     out: &mut [f32],
@@ -158,10 +191,10 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 
 /// Checks every length, row offset and block table; returns the number of rows.
-fn check(
+fn check<E>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[E],
+    v: &[E],
     seqs: &[PagedSeq<'_>],
     shape: &PagedShape<'_>,
     out: &[f32],
@@ -196,7 +229,7 @@ fn check(
     if !k.len().is_multiple_of(block) {
         return Err(invalid(
             "k",
-            format!("{} floats are not whole blocks of {block}", k.len()),
+            format!("{} values are not whole blocks of {block}", k.len()),
         ));
     }
     let num_blocks = k.len() / block;
@@ -241,11 +274,11 @@ fn check(
 /// Arguments must have passed `check`, `out` must point to the checked output buffer, no
 /// other thread may write these units' rows of it, and `isa` must be available.
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_units(
+unsafe fn attend_units<E: Elem>(
     isa: Isa,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[E],
+    v: &[E],
     seqs: &[PagedSeq<'_>],
     shape: &PagedShape<'_>,
     out: &OutPtr,
@@ -383,10 +416,10 @@ impl UnitKeys {
 /// # Safety
 /// As [`attend_units`]; `offs` holds the offsets of keys `lo_min..hi` computed from the
 /// checked block table, and `scores` holds `rows * (hi - lo_min)` floats.
-unsafe fn score_keys(
+unsafe fn score_keys<E: Elem>(
     isa: Isa,
     q: &[f32],
-    k: &[f32],
+    k: &[E],
     shape: &PagedShape<'_>,
     u: &UnitKeys,
     offs: &[usize],

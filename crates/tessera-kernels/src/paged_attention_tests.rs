@@ -1,8 +1,10 @@
 //! Paged attention's unit tests: the live-row ranges, bit-for-bit equality with the
-//! contiguous kernel on a mixed batch, and rejected block tables.
+//! contiguous kernel on a mixed batch (and of a bf16 pool with its f32 widening), and
+//! rejected block tables.
 
 use super::*;
 use crate::{attention, AttentionShape};
+use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -43,6 +45,9 @@ fn paged_equals_contiguous_bitwise_for_a_mixed_batch() {
     compare_with_contiguous(8, &[0, 0, 1, 1, 1], 2, 4);
     compare_with_contiguous(16, &[0, 0, 0, 0, 0], 1, 16);
     compare_with_contiguous(64, &[0, 0, 0, 1, 1, 1], 2, 16);
+    // Head widths that are not whole 16-lane vectors (the tiny test models' 4..16).
+    compare_with_contiguous(6, &[0, 1, 1], 2, 4);
+    compare_with_contiguous(12, &[0, 0, 0, 0], 1, 3);
 }
 
 /// The batch of sequences `(start, tokens)` with their block tables, rows in order.
@@ -111,6 +116,7 @@ fn compare_with_contiguous(d: usize, kv_index: &[usize], hkv: usize, bs: usize) 
                 window,
                 block_size: bs,
             };
+            bf16_pool_matches_its_widening(&pool, &q, (&kp, &vp), &seqs, &shape);
             paged_attention(&pool, &q, &kp, &vp, &seqs, &shape, &mut out).unwrap();
             let mut offset = 0;
             for (i, &(start, t)) in specs.iter().enumerate() {
@@ -141,6 +147,34 @@ fn compare_with_contiguous(d: usize, kv_index: &[usize], hkv: usize, bs: usize) 
             }
         }
     }
+}
+
+/// A pool rounded to bf16 gives the bits of the f32 kernel on its exact widening.
+fn bf16_pool_matches_its_widening(
+    pool: &CpuPool,
+    q: &[f32],
+    (kp, vp): (&[f32], &[f32]),
+    seqs: &[PagedSeq<'_>],
+    shape: &PagedShape<'_>,
+) {
+    let kb: Vec<bf16> = kp.iter().map(|&x| bf16::from_f32(x)).collect();
+    let vb: Vec<bf16> = vp.iter().map(|&x| bf16::from_f32(x)).collect();
+    let kw: Vec<f32> = kb.iter().map(|x| x.to_f32()).collect();
+    let vw: Vec<f32> = vb.iter().map(|x| x.to_f32()).collect();
+    let mut from_bf16 = vec![f32::NAN; q.len()];
+    let mut from_f32 = vec![f32::NAN; q.len()];
+    paged_attention_bf16(pool, q, &kb, &vb, seqs, shape, &mut from_bf16).unwrap();
+    paged_attention(pool, q, &kw, &vw, seqs, shape, &mut from_f32).unwrap();
+    let same = from_bf16
+        .iter()
+        .zip(&from_f32)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same,
+        "{:?} window {:?}: bf16 pool differs",
+        pool.isa(),
+        shape.window
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use tessera_plan::Span;
 
 use crate::backend::{Backend, HeadLayout, Matrix, PlanNeeds, Weight, WeightDtype, WeightValues};
 use crate::error::ModelError;
-use crate::paged::PagedKvCache;
+use crate::paged::{KvLayer, PagedKvCache};
 use crate::step_seq::StepSeq;
 
 /// The CPU backend: Tessera's own kernels on one rank's thread pool.
@@ -321,9 +321,15 @@ impl Backend for CpuBackend {
             window: heads.window,
             block_size: cache.block_size(),
         };
-        let (kc, vc) = cache.layer(heads.layer);
         let out = &mut out[..rows * qw];
-        tessera_kernels::paged_attention(&self.pool, q, kc, vc, &paged, &shape, out)?;
+        match cache.layer(heads.layer) {
+            KvLayer::F32(kc, vc) => {
+                tessera_kernels::paged_attention(&self.pool, q, kc, vc, &paged, &shape, out)?
+            }
+            KvLayer::Bf16(kc, vc) => {
+                tessera_kernels::paged_attention_bf16(&self.pool, q, kc, vc, &paged, &shape, out)?
+            }
+        }
         Ok(())
     }
 

@@ -25,7 +25,7 @@ pub use cpu::{CpuBackend, CpuStep};
 pub use error::ModelError;
 pub use forward::{StepRows, Workspace};
 pub use greedy::{greedy_token, sanitize_logit};
-pub use paged::PagedKvCache;
+pub use paged::{KvDtype, KvLayer, PagedKvCache};
 pub use rank::{check_tokens, RankModel};
 pub use step_seq::{logit_rows, LogitRows, StepSeq};
 pub use tokenizer::{ChatMessage, TextTokenizer};

@@ -16,7 +16,7 @@ use crate::choice::{RowChoice, RowChooser};
 use crate::config::ModelConfig;
 use crate::cpu::CpuBackend;
 use crate::error::ModelError;
-use crate::paged::PagedKvCache;
+use crate::paged::{KvDtype, PagedKvCache};
 use crate::rank::RankModel;
 use crate::step_seq::StepSeq;
 use crate::weights::WeightFiles;
@@ -45,6 +45,8 @@ pub struct RankSetup {
     pub num_blocks: usize,
     /// Tokens per KV block.
     pub block_size: usize,
+    /// KV-cache storage asked for (`None`: the backend's choice; f32 on CPU).
+    pub kv_dtype: Option<KvDtype>,
 }
 
 /// One loaded rank: its shard, KV cache and communicator.
@@ -183,7 +185,12 @@ impl RankStarter for CpuStarter {
             setup.dtype,
             setup.reduce,
         )?;
-        let cache = PagedKvCache::new(model.kv_widths(), setup.num_blocks, setup.block_size);
+        let cache = PagedKvCache::with_dtype(
+            model.kv_widths(),
+            setup.num_blocks,
+            setup.block_size,
+            setup.kv_dtype.unwrap_or(KvDtype::F32),
+        );
         Ok(Box::new(CpuWorker {
             model,
             backend,

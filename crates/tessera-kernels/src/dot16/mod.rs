@@ -19,9 +19,9 @@ mod x86_avx2;
 mod x86_avx512;
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86_avx2::{lane_mask, tree_sum8};
+pub(crate) use x86_avx2::{lane_mask, load_w as load8, tree_sum8};
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86_avx512::tree_sum as tree_sum_zmm;
+pub(crate) use x86_avx512::{load_w as load16, tree_sum as tree_sum_zmm};
 
 use std::ops::Range;
 

@@ -47,7 +47,7 @@ pub(crate) unsafe fn tile<E: Elem>(op: &Operands<E>, t: Tile) {
 /// 8 elements at `p` must be readable.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn load_w<E: Elem>(p: *const E) -> __m256 {
+pub(crate) unsafe fn load_w<E: Elem>(p: *const E) -> __m256 {
     if E::IS_BF16 {
         // SAFETY: 8 bf16 = 16 readable bytes at p (caller's contract).
         let raw = unsafe { _mm_loadu_si128(p.cast()) };

@@ -55,7 +55,7 @@ pub(crate) unsafe fn tile<E: Elem>(op: &Operands<E>, t: Tile) {
 /// 16 elements at `p` must be readable.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn load_w<E: Elem>(p: *const E) -> __m512 {
+pub(crate) unsafe fn load_w<E: Elem>(p: *const E) -> __m512 {
     if E::IS_BF16 {
         // SAFETY: 16 bf16 = 32 readable bytes at p (caller's contract).
         let raw = unsafe { _mm256_loadu_si256(p.cast()) };
