@@ -140,7 +140,13 @@ impl Coordinator {
             "starting ranks"
         );
         let num_blocks = fit_blocks(&config, &plan, options)?;
-        tracing::info!(num_blocks, block_size = options.block_size, "KV cache");
+        let kv_dtype = options.kv_dtype.map_or("backend default", KvDtype::name);
+        tracing::info!(
+            num_blocks,
+            block_size = options.block_size,
+            kv_dtype,
+            "KV cache"
+        );
         let plan_arc = Arc::new(plan.clone());
         let starters = loader.prepare(world)?;
         if starters.len() != world {

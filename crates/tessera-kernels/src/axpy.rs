@@ -106,6 +106,29 @@ pub(crate) unsafe fn weighted_sum<E: Elem>(
     }
 }
 
+/// Keys ahead whose value rows the sums below prefetch: a decode step reads each value row
+/// once, from memory, so without it every key waits for its row.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_KEYS: usize = 8;
+
+/// Asks for the cache lines of `len` elements of `v` from `off` (a hint: it reads nothing
+/// and changes no result).
+#[inline(always)]
+pub(crate) fn prefetch_row<E>(v: &[E], off: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = len * std::mem::size_of::<E>();
+        let base = v.as_ptr().wrapping_add(off).cast::<i8>();
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch never faults and reads nothing the program sees.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, off, len);
+}
+
 /// [`weighted_sum`] of columns `col .. col + 8 * N` of the value rows into `acc`
 /// (`8 * N` floats), the accumulators held in N ymm registers across all keys.
 ///
@@ -127,7 +150,10 @@ unsafe fn weighted_sum_avx2<E: Elem, const N: usize>(
         // SAFETY: acc holds 8 * N floats.
         *reg = unsafe { _mm256_loadu_ps(acc.as_ptr().add(8 * r)) };
     }
-    for (&wc, &off) in w.iter().zip(offs) {
+    for (c, (&wc, &off)) in w.iter().zip(offs).enumerate() {
+        if c + PREFETCH_KEYS < w.len() {
+            prefetch_row(v, offs[c + PREFETCH_KEYS] + col, 8 * N);
+        }
         let a = _mm256_set1_ps(wc);
         let row = v[off + col..off + col + 8 * N].as_ptr();
         for (r, reg) in regs.iter_mut().enumerate() {
@@ -160,7 +186,10 @@ unsafe fn weighted_sum_avx512<E: Elem, const N: usize>(
         // SAFETY: acc holds 16 * N floats.
         *reg = unsafe { _mm512_loadu_ps(acc.as_ptr().add(16 * r)) };
     }
-    for (&wc, &off) in w.iter().zip(offs) {
+    for (c, (&wc, &off)) in w.iter().zip(offs).enumerate() {
+        if c + PREFETCH_KEYS < w.len() {
+            prefetch_row(v, offs[c + PREFETCH_KEYS], 16 * N);
+        }
         let a = _mm512_set1_ps(wc);
         let row = v[off..off + 16 * N].as_ptr();
         for (r, reg) in regs.iter_mut().enumerate() {
@@ -205,10 +234,76 @@ pub(crate) unsafe fn weighted_sum_heads<E: Elem>(
             }
         };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar && (2..=4).contains(&heads) && d.is_multiple_of(32) {
+        // Column blocks of 32 (heads 2-3) or 16 (4 heads): every head's accumulators of a
+        // block stay in ymm registers while each value row is read once for all of them.
+        // SAFETY: forwarded from our contract; AVX2 + FMA come with both x86 ISAs.
+        unsafe {
+            match heads {
+                2 => weighted_heads_avx2::<E, 4, 2>(w, stride, keys, v, offs, d, accs),
+                3 => weighted_heads_avx2::<E, 4, 3>(w, stride, keys, v, offs, d, accs),
+                _ => weighted_heads_avx2::<E, 2, 4>(w, stride, keys, v, offs, d, accs),
+            }
+        }
+        return;
+    }
     for (h, acc) in accs.chunks_exact_mut(d.max(1)).enumerate() {
         let wh = &w[h * stride..h * stride + keys];
         // SAFETY: forwarded from our contract.
         unsafe { weighted_sum(isa, wh, v, offs, acc) };
+    }
+}
+
+/// [`weighted_sum_heads`] for H heads in column blocks of 8 * N floats, each block's
+/// H * N accumulators held in ymm registers over all keys.
+///
+/// # Safety
+/// As [`weighted_sum_heads`], with AVX2 + FMA available, `heads == H` and `d` a multiple
+/// of 8 * N.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_heads_avx2<E: Elem, const N: usize, const H: usize>(
+    w: &[f32],
+    stride: usize,
+    keys: usize,
+    v: &[E],
+    offs: &[usize],
+    d: usize,
+    accs: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    for col in (0..d).step_by(8 * N) {
+        let mut regs = [[_mm256_setzero_ps(); N]; H];
+        for (h, head) in regs.iter_mut().enumerate() {
+            for (r, reg) in head.iter_mut().enumerate() {
+                // SAFETY: accs holds H rows of d floats, and col + 8 * N <= d.
+                *reg = unsafe { _mm256_loadu_ps(accs.as_ptr().add(h * d + col + 8 * r)) };
+            }
+        }
+        for (c, &off) in offs.iter().enumerate().take(keys) {
+            if c + PREFETCH_KEYS < keys {
+                prefetch_row(v, offs[c + PREFETCH_KEYS] + col, 8 * N);
+            }
+            let row = v[off + col..off + col + 8 * N].as_ptr();
+            let mut a = [_mm256_setzero_ps(); H];
+            for (h, ah) in a.iter_mut().enumerate() {
+                *ah = _mm256_set1_ps(w[h * stride + c]);
+            }
+            for r in 0..N {
+                // SAFETY: the row slice above holds 8 * N elements.
+                let x = unsafe { crate::dot16::load8(row.add(8 * r)) };
+                for (head, ah) in regs.iter_mut().zip(&a) {
+                    head[r] = _mm256_fmadd_ps(*ah, x, head[r]);
+                }
+            }
+        }
+        for (h, head) in regs.iter().enumerate() {
+            for (r, reg) in head.iter().enumerate() {
+                // SAFETY: as for the loads above.
+                unsafe { _mm256_storeu_ps(accs.as_mut_ptr().add(h * d + col + 8 * r), *reg) };
+            }
+        }
     }
 }
 
@@ -235,6 +330,9 @@ unsafe fn weighted_heads_avx512<E: Elem, const N: usize, const H: usize>(
         }
     }
     for (c, &off) in offs.iter().enumerate().take(keys) {
+        if c + PREFETCH_KEYS < keys {
+            prefetch_row(v, offs[c + PREFETCH_KEYS], 16 * N);
+        }
         let row = v[off..off + 16 * N].as_ptr();
         let mut x = [_mm512_setzero_ps(); N];
         for (r, xr) in x.iter_mut().enumerate() {
@@ -259,6 +357,64 @@ unsafe fn weighted_heads_avx512<E: Elem, const N: usize, const H: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The several-heads sum equals each head's plain chain, on every ISA, f32 and bf16.
+    #[test]
+    fn head_group_sums_match_the_scalar_chain_bitwise_on_every_isa() {
+        let mut seed = 11u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / 16_777_216.0 - 0.5
+        };
+        for (d, heads) in [
+            (64, 2),
+            (64, 3),
+            (64, 4),
+            (32, 3),
+            (96, 2),
+            (128, 4),
+            (24, 3),
+        ] {
+            let (keys, stride) = (29, 33);
+            let v: Vec<f32> = (0..(keys + 2) * d).map(|_| next()).collect();
+            let vb: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            let w: Vec<f32> = (0..heads * stride).map(|_| next()).collect();
+            let offs: Vec<usize> = (0..keys).map(|c| ((c * 5) % (keys + 2)) * d).collect();
+            let start: Vec<f32> = (0..heads * d).map(|_| next()).collect();
+            for bf16 in [false, true] {
+                let row = |off: usize| -> Vec<f32> {
+                    if bf16 {
+                        vb[off..off + d].iter().map(|x| x.to_f32()).collect()
+                    } else {
+                        v[off..off + d].to_vec()
+                    }
+                };
+                let mut want = start.clone();
+                for (h, acc) in want.chunks_exact_mut(d).enumerate() {
+                    for (c, &off) in offs.iter().enumerate() {
+                        axpy_scalar(w[h * stride + c], &row(off), acc);
+                    }
+                }
+                for isa in Isa::available() {
+                    let mut got = start.clone();
+                    // SAFETY: every offset + d is inside v; w holds `heads` rows of
+                    // `stride` >= keys; `isa` is available.
+                    unsafe {
+                        if bf16 {
+                            weighted_sum_heads(isa, &w, stride, keys, &vb, &offs, d, &mut got);
+                        } else {
+                            weighted_sum_heads(isa, &w, stride, keys, &v, &offs, d, &mut got);
+                        }
+                    }
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "d {d} heads {heads} bf16 {bf16} {isa:?}");
+                }
+            }
+        }
+    }
 
     /// Every ISA's value sum equals the plain fma chain per element, key after key.
     #[test]

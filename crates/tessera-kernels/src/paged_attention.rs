@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use half::bf16;
 
-use crate::axpy::{weighted_sum, weighted_sum_heads};
+use crate::axpy::{prefetch_row, weighted_sum, weighted_sum_heads};
 use crate::dot16::{gemm_cols, Operands};
 use crate::error::{check_len, mul, KernelError};
 use crate::exp::softmax_numerators;
@@ -313,7 +313,7 @@ unsafe fn attend_units<E: Elem>(
                 .map(|p| (s.block_table[p / bs] as usize * bs + p % bs) * slot_width + g * d),
         );
         // SAFETY: the offsets come from the checked block table; see `score_keys`.
-        unsafe { score_keys(isa, q, k, shape, &keys, &offs, &mut scores) };
+        unsafe { score_keys(isa, q, (k, v), shape, &keys, &offs, &mut scores) };
         if u.heads > 1 {
             // One decode token, several heads over the same keys: softmax each head's row,
             // then one pass over the value rows for all of them.
@@ -415,11 +415,12 @@ impl UnitKeys {
 ///
 /// # Safety
 /// As [`attend_units`]; `offs` holds the offsets of keys `lo_min..hi` computed from the
-/// checked block table, and `scores` holds `rows * (hi - lo_min)` floats.
+/// checked block table (of `k` and `v` alike), and `scores` holds `rows * (hi - lo_min)`
+/// floats.
 unsafe fn score_keys<E: Elem>(
     isa: Isa,
     q: &[f32],
-    k: &[E],
+    (k, v): (&[E], &[E]),
     shape: &PagedShape<'_>,
     u: &UnitKeys,
     offs: &[usize],
@@ -441,6 +442,18 @@ unsafe fn score_keys<E: Elem>(
         if live.is_empty() {
             j += run;
             continue;
+        }
+        // While this run is scored, ask for the next run's key rows (another block,
+        // which the tiles' own prefetch does not reach) and, for a decode unit, this
+        // run's value rows, which the value sum reads right after the softmax.
+        let next = (j + run).min(u.hi)..(j + run + bs).min(u.hi);
+        for &off in &offs[next.start - u.lo_min..next.end - u.lo_min] {
+            prefetch_row(k, off, d);
+        }
+        if u.multi_head {
+            for &off in &offs[j - u.lo_min..j + run - u.lo_min] {
+                prefetch_row(v, off, d);
+            }
         }
         let op = Operands {
             x: q[u.q_base + live.start * u.q_stride..].as_ptr(),
