@@ -27,14 +27,9 @@ const BF16_MARGIN: f64 = 0.4;
 /// at most on the public prompts, `tools/bench/dtype_error.py --dtypes f32:bf16`): 2 x 0.05.
 const BF16_KV_MARGIN: f64 = 0.1;
 
-/// The serving engine on the default model at `tp` ranks with `dtype` weights and an f32
-/// KV cache.
-fn start(tp: usize, dtype: WeightDtype) -> EngineHandle {
-    start_kv(tp, dtype, KvDtype::F32)
-}
-
-/// [`start`] with a `kv` cache.
-fn start_kv(tp: usize, dtype: WeightDtype, kv: KvDtype) -> EngineHandle {
+/// The serving engine on the default model at `tp` ranks with `dtype` weights and a `kv`
+/// cache.
+fn start(tp: usize, dtype: WeightDtype, kv: KvDtype) -> EngineHandle {
     let dir = common::default_model();
     let config = ModelConfig::from_dir(dir).unwrap();
     let tokenizer = Arc::new(TextTokenizer::from_dir(dir).unwrap());
@@ -54,7 +49,7 @@ fn alone_and_batched(
     dtype: WeightDtype,
     kv: KvDtype,
 ) -> (Vec<Trace>, Vec<Trace>, Vec<usize>) {
-    let engine = start_kv(tp, dtype, kv);
+    let engine = start(tp, dtype, kv);
     let cases = cases();
     let alone: Vec<Trace> = cases
         .iter()
@@ -94,20 +89,20 @@ fn a_bf16_kv_cache_follows_the_reference_and_has_the_same_bits_batched_and_at_1_
     let failures = follow_reference(WeightDtype::F32, KvDtype::Bf16, &[1, 3], BF16_KV_MARGIN);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // It must be able to fail: the cache is not silently f32.
-    let prompt = cases().remove(0).prompt;
-    let traces: Vec<Trace> = [KvDtype::F32, KvDtype::Bf16]
-        .into_iter()
-        .map(|kv| {
-            let engine = start_kv(1, WeightDtype::F32, kv);
-            let t = run_all(&engine, std::slice::from_ref(&prompt)).remove(0);
-            engine.shutdown();
-            t
-        })
-        .collect();
     assert_ne!(
-        traces[0].1, traces[1].1,
+        first_trace(WeightDtype::F32, KvDtype::F32).1,
+        first_trace(WeightDtype::F32, KvDtype::Bf16).1,
         "bf16 KV log-probabilities equal f32's"
     );
+}
+
+/// The first reference prompt's trace at tp 1 with `dtype` weights and a `kv` cache.
+fn first_trace(dtype: WeightDtype, kv: KvDtype) -> Trace {
+    let prompt = cases().remove(0).prompt;
+    let engine = start(1, dtype, kv);
+    let t = run_all(&engine, std::slice::from_ref(&prompt)).remove(0);
+    engine.shutdown();
+    t
 }
 
 /// Runs every reference prompt alone and batched at each of `tps`; lists each greedy token
@@ -157,18 +152,9 @@ fn follow_reference(dtype: WeightDtype, kv: KvDtype, tps: &[usize], margin: f64)
 #[test]
 fn bf16_weights_change_the_logits() {
     // The test above must be able to fail: bf16 is not silently run as f32.
-    let prompt = cases().remove(0).prompt;
-    let traces: Vec<Trace> = [WeightDtype::F32, WeightDtype::Bf16]
-        .into_iter()
-        .map(|dtype| {
-            let engine = start(1, dtype);
-            let t = run_all(&engine, std::slice::from_ref(&prompt)).remove(0);
-            engine.shutdown();
-            t
-        })
-        .collect();
     assert_ne!(
-        traces[0].1, traces[1].1,
+        first_trace(WeightDtype::F32, KvDtype::F32).1,
+        first_trace(WeightDtype::Bf16, KvDtype::F32).1,
         "bf16 log-probabilities equal f32's"
     );
 }

@@ -358,14 +358,27 @@ unsafe fn weighted_heads_avx512<E: Elem, const N: usize, const H: usize>(
 mod tests {
     use super::*;
 
+    /// A fixed pseudo-random sequence in [-0.5, 0.5).
+    fn lcg(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / 16_777_216.0 - 0.5
+        }
+    }
+
+    /// Fails with `what` unless `got` and `want` have the same bits.
+    fn assert_bits(got: &[f32], want: &[f32], what: &str) {
+        let same = got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same && got.len() == want.len(), "{what}");
+    }
+
     /// The several-heads sum equals each head's plain chain, on every ISA, f32 and bf16.
     #[test]
     fn head_group_sums_match_the_scalar_chain_bitwise_on_every_isa() {
-        let mut seed = 11u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / 16_777_216.0 - 0.5
-        };
+        let mut next = lcg(11);
         for (d, heads) in [
             (64, 2),
             (64, 3),
@@ -406,11 +419,11 @@ mod tests {
                             weighted_sum_heads(isa, &w, stride, keys, &v, &offs, d, &mut got);
                         }
                     }
-                    let same = got
-                        .iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "d {d} heads {heads} bf16 {bf16} {isa:?}");
+                    assert_bits(
+                        &got,
+                        &want,
+                        &format!("d {d} heads {heads} bf16 {bf16} {isa:?}"),
+                    );
                 }
             }
         }
@@ -419,11 +432,7 @@ mod tests {
     /// Every ISA's value sum equals the plain fma chain per element, key after key.
     #[test]
     fn weighted_sums_match_the_scalar_chain_bitwise_on_every_isa() {
-        let mut seed = 7u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / 16_777_216.0 - 0.5
-        };
+        let mut next = lcg(7);
         for d in [8, 24, 32, 64, 80, 96, 128, 160, 192] {
             let keys = 37;
             let v: Vec<f32> = (0..(keys + 3) * d).map(|_| next()).collect();
@@ -439,11 +448,7 @@ mod tests {
                 let mut got = start.clone();
                 // SAFETY: every offset + d is inside v; `isa` is available.
                 unsafe { weighted_sum(isa, &w, &v, &offs, &mut got) };
-                let same = got
-                    .iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "d {d} {isa:?}");
+                assert_bits(&got, &want, &format!("d {d} {isa:?}"));
             }
             // bf16 value rows: the same chain over their exact f32 widening.
             let vb: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
@@ -456,11 +461,7 @@ mod tests {
                 let mut got = start.clone();
                 // SAFETY: as above.
                 unsafe { weighted_sum(isa, &w, &vb, &offs, &mut got) };
-                let same = got
-                    .iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "bf16 d {d} {isa:?}");
+                assert_bits(&got, &want, &format!("bf16 d {d} {isa:?}"));
             }
         }
     }
