@@ -5,8 +5,9 @@
 use crate::isa::Isa;
 use crate::matmul::Elem;
 
-/// y[i] = fma(a, x[i], y[i]) for i < min(len); `isa` must be available (a pool's ISA is).
-pub(crate) fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
+/// y[i] = fma(a, x[i], y[i]) for i < min(len), x f32 or bf16 (widened exactly); `isa`
+/// must be available (a pool's ISA is).
+pub(crate) fn axpy<E: Elem>(isa: Isa, a: f32, x: &[E], y: &mut [f32]) {
     match isa {
         Isa::Scalar => axpy_scalar(a, x, y),
         #[cfg(target_arch = "x86_64")]
@@ -18,9 +19,9 @@ pub(crate) fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// Portable version.
-fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
+fn axpy_scalar<E: Elem>(a: f32, x: &[E], y: &mut [f32]) {
     for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = a.mul_add(xv, *yv);
+        *yv = a.mul_add(xv.to_f32(), *yv);
     }
 }
 
@@ -30,7 +31,7 @@ fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
 /// The CPU must have AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+unsafe fn axpy_avx2<E: Elem>(a: f32, x: &[E], y: &mut [f32]) {
     use std::arch::x86_64::*;
     let n = x.len().min(y.len());
     let av = _mm256_set1_ps(a);
@@ -39,13 +40,13 @@ unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
         // SAFETY: i + 8 <= n, and both slices hold at least n elements.
         unsafe {
             let yv = _mm256_loadu_ps(y.as_ptr().add(i));
-            let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+            let xv = crate::dot16::load8(x.as_ptr().add(i));
             _mm256_storeu_ps(y.as_mut_ptr().add(i), _mm256_fmadd_ps(av, xv, yv));
         }
         i += 8;
     }
     for (yv, &xv) in y[i..n].iter_mut().zip(&x[i..n]) {
-        *yv = a.mul_add(xv, *yv);
+        *yv = a.mul_add(xv.to_f32(), *yv);
     }
 }
 
@@ -97,12 +98,8 @@ pub(crate) unsafe fn weighted_sum<E: Elem>(
         }
         return;
     }
-    let mut row = vec![0.0f32; d];
     for (&wc, &off) in w.iter().zip(offs) {
-        for (r, x) in row.iter_mut().zip(&v[off..off + d]) {
-            *r = x.to_f32();
-        }
-        axpy(isa, wc, &row, acc);
+        axpy(isa, wc, &v[off..off + d], acc);
     }
 }
 
